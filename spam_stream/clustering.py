@@ -1,0 +1,50 @@
+"""Step 4 — clustering iterations (SSN): soft association over the candidates and centroid updates.
+
+Soft (differentiable, training): q = softmax(−‖f_p − c_k‖²) over a pixel's valid candidates, c_k = Σ q f / Σ q.
+Hard (inference): assign each pixel to its nearest valid candidate, c_k = mean of its members.
+The heavy steps run in :mod:`spam_stream.kernels`, which picks the implementation for the tensors' device.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import kernels
+from .kernels.candidates import Candidates
+
+
+def as_pixel_rows(features: torch.Tensor) -> torch.Tensor:
+    """(D, H, W) → (N, D) contiguous, the layout the kernels take."""
+    return features.reshape(features.shape[0], -1).t().contiguous()
+
+
+def initial_centroids(features: torch.Tensor, init_labels: torch.Tensor, n_superpixels: int) -> torch.Tensor:
+    """Mean feature of the pixels that start in each seed: (K, D). Differentiable; pixels with label -1 ignored.
+
+    A seed with no starting pixel gets the mean of all features.
+    """
+    keep = init_labels >= 0
+    idx = init_labels[keep].long()
+    sums = torch.zeros(n_superpixels, features.shape[1], dtype=features.dtype, device=features.device)
+    sums = sums.index_add(0, idx, features[keep])
+    counts = torch.zeros(n_superpixels, dtype=features.dtype, device=features.device)
+    counts = counts.index_add(0, idx, torch.ones_like(idx, dtype=features.dtype))
+    fallback = features.mean(0, keepdim=True).expand_as(sums)
+    return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], fallback)
+
+
+def cluster_hard(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 10):
+    """Inference: (N,) int32 labels (superpixel index, -1 where no candidate is valid) and (K, D) centroids.
+
+    ``features`` (N, D) float32; ``init_labels`` (N,) int32 starting superpixel of each pixel.
+    """
+    centroids = initial_centroids(features, init_labels, cands.n_superpixels)
+    return kernels.hard_iterations(features, centroids, cands, iterations)
+
+
+def cluster_soft(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 5):
+    """Training: differentiable SSN iterations. Returns (q (N, 9) of the last iteration, centroids (K, D))."""
+    centroids = initial_centroids(features, init_labels, cands.n_superpixels)
+    q = None
+    for _ in range(iterations):
+        q, centroids = kernels.soft_iteration(features, centroids, cands)
+    return q, centroids

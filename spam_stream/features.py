@@ -1,0 +1,48 @@
+"""Pixel features: scaled CIE Lab colour and yx position, plus the encoder's learned channels.
+
+Colour is scaled by λc (``color_scale``, 0.26) and position by λs·max(√K/H, √K/W) (``spatial_scale``, 7.5): position
+is measured in units of the superpixel grid step, so λs is the regularity (compactness) knob at test time.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from skimage.color import rgb2lab
+
+COLOR_SCALE = 0.26
+SPATIAL_SCALE = 7.5
+
+
+def position_scale(height: int, width: int, n_superpixels: int, spatial_scale: float = SPATIAL_SCALE) -> float:
+    """λs·max(√K/H, √K/W): the factor applied to pixel coordinates."""
+    return spatial_scale * max(math.sqrt(n_superpixels) / height, math.sqrt(n_superpixels) / width)
+
+
+def scaled_lab_yx(image: np.ndarray, n_superpixels: int, color_scale: float = COLOR_SCALE,
+                  spatial_scale: float = SPATIAL_SCALE) -> torch.Tensor:
+    """The 5 hand-made channels ``[L, a, b, y, x]`` scaled: (5, H, W) float32 tensor, from an (H, W, 3) uint8 RGB image."""
+    h, w = image.shape[:2]
+    lab = rgb2lab(image).astype(np.float32) * color_scale
+    s = position_scale(h, w, n_superpixels, spatial_scale)
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32) * s, np.arange(w, dtype=np.float32) * s, indexing="ij")
+    return torch.from_numpy(np.concatenate([lab.transpose(2, 0, 1), yy[None], xx[None]], 0))
+
+
+def pixel_features(image: np.ndarray, n_superpixels: int, encoder=None, color_scale: float = COLOR_SCALE,
+                   spatial_scale: float = SPATIAL_SCALE, device="cpu") -> torch.Tensor:
+    """Features of every pixel: (D, H, W) float32 tensor; D = 5 without an encoder, ``encoder.out_dim`` with one.
+
+    ``encoder`` is an inference-ready :class:`~spam_stream.encoder.Encoder` (see ``fold_batchnorm``) or None. The
+    encoder sees its input at the scales it was trained with (``encoder.input_scales``, default λc, λs); the user's
+    ``color_scale`` and ``spatial_scale`` apply to the 5 hand-made output channels, so λs stays a test-time knob.
+    """
+    x = scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale).to(device)
+    if encoder is None:
+        return x
+    scales = getattr(encoder, "input_scales", (COLOR_SCALE, SPATIAL_SCALE))
+    x_in = x if tuple(scales) == (color_scale, spatial_scale) else scaled_lab_yx(image, n_superpixels, *scales).to(device)
+    with torch.inference_mode():
+        learned = encoder(x_in[None].contiguous(memory_format=torch.channels_last))[0, 5:]
+    return torch.cat([x, learned], 0).contiguous()

@@ -1,0 +1,107 @@
+"""Clustering kernels and the one place that chooses an implementation by device.
+
+Implementations (same functions, same results):
+
+* ``reference`` — plain torch (:mod:`.reference`), the ground truth;
+* ``cpu``       — fused numba loops over both cores, no (N, 9, D) intermediate (:mod:`.cpu`), the default on CPU;
+* ``triton``    — Triton kernels (:mod:`.triton_kernels`), the default for CUDA tensors.
+
+``SPAM_KERNELS=reference|cpu|triton`` forces one implementation everywhere (``triton`` on CPU tensors needs
+``TRITON_INTERPRET=1`` set before triton is imported; that is how the test suite runs the GPU code path here).
+
+Public functions (shapes in :mod:`.reference`): :func:`masked_distances`, :func:`assign`, :func:`associate`,
+:func:`centroid_sums_hard`, :func:`centroid_sums_soft`, :func:`hard_iterations`, :func:`soft_iteration`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from . import reference
+from .candidates import N_SLOTS, Candidates, candidate_table, grid_table, valid_slots
+
+BACKENDS = ("reference", "cpu", "triton")
+_MODULES = {"reference": ".reference", "cpu": ".cpu", "triton": ".triton_kernels"}
+
+
+def backend_name(device: torch.device | str) -> str:
+    """The implementation used for tensors on ``device`` (honours ``SPAM_KERNELS``)."""
+    forced = os.environ.get("SPAM_KERNELS", "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"SPAM_KERNELS={forced!r}: expected one of {', '.join(BACKENDS)}")
+        return forced
+    return "triton" if torch.device(device).type == "cuda" else "cpu"
+
+
+def backend(device: torch.device | str):
+    """The kernel module for ``device``: the single dispatch point."""
+    return importlib.import_module(_MODULES[backend_name(device)], __name__)
+
+
+def masked_distances(features, centroids, cands: Candidates):
+    return backend(features.device).masked_distances(features, centroids, cands)
+
+
+def assign(features, centroids, cands: Candidates):
+    return backend(features.device).assign(features, centroids, cands)
+
+
+def associate(features, centroids, cands: Candidates):
+    return backend(features.device).associate(features, centroids, cands)
+
+
+def centroid_sums_hard(features, labels, n_superpixels: int):
+    return backend(features.device).centroid_sums_hard(features, labels, n_superpixels)
+
+
+def centroid_sums_soft(features, q, cands: Candidates):
+    return backend(features.device).centroid_sums_soft(features, q, cands)
+
+
+def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
+    """(labels (N,) int32, centroids (K, D)) after ``n_iter`` hard iterations and a final assignment."""
+    return backend(features.device).hard_iterations(features, centroids, cands, n_iter)
+
+
+class _FusedSoftIteration(torch.autograd.Function):
+    """A soft iteration computed by a fused backend, with the analytic backward of the same backend."""
+
+    @staticmethod
+    def forward(ctx, features, centroids, cands, impl_name):
+        impl = importlib.import_module(_MODULES[impl_name], __name__)
+        q = impl.associate(features, centroids, cands)
+        sums, counts = impl.centroid_sums_soft(features, q, cands)
+        new_c = reference.new_centroids(sums, counts, centroids)
+        ctx.cands, ctx.impl = cands, impl
+        ctx.save_for_backward(features, centroids, q, counts, new_c)
+        return q, new_c
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_new_c):
+        features, centroids, q, counts, new_c = ctx.saved_tensors
+        if grad_new_c is None:
+            grad_new_c = torch.zeros_like(new_c)
+        backward = getattr(ctx.impl, "soft_iteration_backward", reference.soft_iteration_backward)
+        g_f, g_c = backward(features, centroids, ctx.cands, q, counts, new_c, grad_q, grad_new_c)
+        return g_f, g_c, None, None
+
+
+def soft_iteration(features, centroids, cands: Candidates):
+    """One differentiable soft iteration: (q (N, 9), new centroids (K, D)).
+
+    The reference runs through torch autograd; fused backends run forward and backward as their own kernels.
+    """
+    name = backend_name(features.device)
+    if name == "reference":
+        return reference.soft_iteration(features, centroids, cands)
+    return _FusedSoftIteration.apply(features, centroids, cands, name)
+
+
+__all__ = [
+    "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
+    "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
+    "soft_iteration",
+]

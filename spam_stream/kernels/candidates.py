@@ -1,0 +1,98 @@
+"""Candidate layouts shared by every kernel implementation.
+
+A pixel may join at most 9 superpixels, its *candidates*. Two layouts exist:
+
+* **grid** — superpixels are the cells of an ``nh x nw`` grid over an ``H x W`` image. Pixel ``(y, x)`` lies in cell
+  ``(y * nh // H, x * nw // W)``; its 9 candidate slots are that cell and its 8 neighbours in row-major order
+  (slot ``s`` is the offset ``(s // 3 - 1, s % 3 - 1)``); slots that fall outside the grid are empty.
+* **table** — an explicit ``(N, 9)`` int32 table of superpixel indices, ``-1`` marking an empty slot (used for seeds
+  placed inside prior objects, where the nearest seeds are not on a grid).
+
+In both layouts a slot is *valid* when it is not empty and the superpixel belongs to the pixel's prior object, or the
+pixel is free (object ``-1``). Every implementation (torch reference, CPU fast path, Triton) follows these rules and
+the same tie rule: the argmin picks the lowest valid slot among equal distances; a pixel with no valid slot gets
+label ``-1``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+N_SLOTS = 9
+
+
+@dataclass
+class Candidates:
+    """Which superpixels each pixel may join.
+
+    Attributes:
+        height, width: image size; pixels are numbered ``p = y * width + x`` (N = height * width).
+        pixel_object: (N,) int32 prior object id of each pixel, -1 = free (may join any candidate).
+        superpixel_object: (K,) int32 prior object id of each superpixel.
+        grid: ``(nh, nw)`` for the grid layout, else None.
+        table: (N, 9) int32 candidate superpixel indices (-1 = empty) for the table layout, else None.
+    """
+
+    height: int
+    width: int
+    pixel_object: torch.Tensor
+    superpixel_object: torch.Tensor
+    grid: tuple[int, int] | None = None
+    table: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if (self.grid is None) == (self.table is None):
+            raise ValueError("Candidates need exactly one of grid=(nh, nw) or table=(N, 9)")
+        n = self.height * self.width
+        if self.pixel_object.shape != (n,):
+            raise ValueError(f"pixel_object must have shape ({n},), got {tuple(self.pixel_object.shape)}")
+        if self.table is not None and self.table.shape != (n, N_SLOTS):
+            raise ValueError(f"table must have shape ({n}, {N_SLOTS}), got {tuple(self.table.shape)}")
+        if self.grid is not None and self.superpixel_object.shape != (self.grid[0] * self.grid[1],):
+            raise ValueError("a grid layout needs one superpixel_object entry per cell")
+
+    @property
+    def n_pixels(self) -> int:
+        return self.height * self.width
+
+    @property
+    def n_superpixels(self) -> int:
+        return int(self.superpixel_object.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_object.device
+
+    def to(self, device) -> "Candidates":
+        return Candidates(
+            self.height, self.width, self.pixel_object.to(device), self.superpixel_object.to(device),
+            self.grid, None if self.table is None else self.table.to(device),
+        )
+
+
+def grid_table(height: int, width: int, nh: int, nw: int, device=None) -> torch.Tensor:
+    """The grid layout written out as a table: (N, 9) int32, -1 where a neighbour cell is outside the grid."""
+    y = torch.arange(height, device=device).repeat_interleave(width)
+    x = torch.arange(width, device=device).repeat(height)
+    cy, cx = y * nh // height, x * nw // width
+    slots = []
+    for s in range(N_SLOTS):
+        ny, nx = cy + (s // 3 - 1), cx + (s % 3 - 1)
+        inside = (ny >= 0) & (ny < nh) & (nx >= 0) & (nx < nw)
+        slots.append(torch.where(inside, ny * nw + nx, torch.full_like(ny, -1)))
+    return torch.stack(slots, 1).to(torch.int32)
+
+
+def candidate_table(c: Candidates) -> torch.Tensor:
+    """(N, 9) int32 candidate indices of either layout (-1 = empty)."""
+    return c.table if c.table is not None else grid_table(c.height, c.width, *c.grid, device=c.device)
+
+
+def valid_slots(c: Candidates, table: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 9) bool: the slot holds a superpixel the pixel may join (same prior object, or the pixel is free)."""
+    table = candidate_table(c) if table is None else table
+    present = table >= 0
+    sp_obj = c.superpixel_object[table.clamp(min=0).long()]
+    pix_obj = c.pixel_object[:, None]
+    return present & ((pix_obj < 0) | (sp_obj == pix_obj))

@@ -1,0 +1,123 @@
+"""Plain-torch reference of the clustering kernels: the ground truth the fast paths are tested against.
+
+Shapes: ``features`` (N, D) float32, ``centroids`` (K, D) float32, ``q`` (N, 9) float32 soft association over the
+candidate slots, ``labels`` (N,) int32. Candidate layouts and validity rules: :mod:`.candidates`.
+
+Squared distances are accumulated channel by channel in the order d = 0..D-1, so that every implementation rounds
+identically and the argmin (lowest slot wins ties) agrees bit for bit. Centroid sums are accumulated in float64 and
+returned as float32.
+"""
+from __future__ import annotations
+
+import torch
+
+from .candidates import Candidates, candidate_table, valid_slots
+
+
+def masked_distances(features: torch.Tensor, centroids: torch.Tensor, cands: Candidates) -> torch.Tensor:
+    """Squared feature distance of each pixel to each candidate slot: (N, 9) float32, +inf on invalid slots."""
+    table = candidate_table(cands)
+    valid = valid_slots(cands, table)
+    idx = table.clamp(min=0).long()
+    dist = torch.zeros(table.shape, dtype=features.dtype, device=features.device)
+    for d in range(features.shape[1]):
+        diff = features[:, d, None] - centroids[idx, d]
+        dist = dist + diff * diff
+    return dist.masked_fill(~valid, float("inf"))
+
+
+def assign(features: torch.Tensor, centroids: torch.Tensor, cands: Candidates) -> torch.Tensor:
+    """Hard assignment: (N,) int32 superpixel index of the nearest valid candidate (-1 if none)."""
+    table = candidate_table(cands)
+    dist = masked_distances(features, centroids, cands)
+    best = dist.argmin(1, keepdim=True)  # first minimum: lowest slot wins ties
+    labels = table.gather(1, best)[:, 0]
+    none = torch.isinf(dist.gather(1, best)[:, 0])
+    return torch.where(none, torch.full_like(labels, -1), labels)
+
+
+def associate(features: torch.Tensor, centroids: torch.Tensor, cands: Candidates) -> torch.Tensor:
+    """Soft association q = softmax(-distance) over the valid slots: (N, 9) float32, 0 on invalid slots."""
+    neg = -masked_distances(features, centroids, cands)
+    all_invalid = torch.isinf(neg).all(1, keepdim=True)
+    q = torch.softmax(neg.masked_fill(all_invalid, 0.0), dim=1)
+    return q.masked_fill(torch.isinf(neg), 0.0)
+
+
+def centroid_sums_hard(features: torch.Tensor, labels: torch.Tensor, n_superpixels: int):
+    """Σ f and member count per superpixel for a hard assignment: ((K, D) float32, (K,) float32)."""
+    keep = labels >= 0
+    idx = labels[keep].long()
+    sums = torch.zeros(n_superpixels, features.shape[1], dtype=torch.float64, device=features.device)
+    sums.index_add_(0, idx, features[keep].double())
+    counts = torch.zeros(n_superpixels, dtype=torch.float64, device=features.device)
+    counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+    return sums.float(), counts.float()
+
+
+def centroid_sums_soft(features: torch.Tensor, q: torch.Tensor, cands: Candidates):
+    """Σ_p q_pk f_p and Σ_p q_pk per superpixel: ((K, D) float32, (K,) float32). Differentiable."""
+    table = candidate_table(cands)
+    idx = table.clamp(min=0).long().reshape(-1)
+    w = q.masked_fill(table < 0, 0.0).reshape(-1).double()
+    k = cands.n_superpixels
+    f = features.double()[:, None, :].expand(-1, table.shape[1], -1).reshape(-1, features.shape[1])
+    sums = torch.zeros(k, features.shape[1], dtype=torch.float64, device=features.device).index_add(0, idx, f * w[:, None])
+    counts = torch.zeros(k, dtype=torch.float64, device=features.device).index_add(0, idx, w)
+    return sums.float(), counts.float()
+
+
+def new_centroids(sums: torch.Tensor, counts: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Centroid = sums / counts; a superpixel with no members keeps its old centroid."""
+    has = counts > 0
+    return torch.where(has[:, None], sums / counts.clamp(min=1e-12)[:, None], old)
+
+
+def soft_iteration(features, centroids, cands: Candidates):
+    """One differentiable SSN iteration: q = softmax(-‖f - c‖²) over candidates, then centroids = Σqf / Σq.
+
+    Returns (q (N, 9), new centroids (K, D)); gradients flow through plain torch autograd.
+    """
+    q = associate(features, centroids, cands)
+    sums, counts = centroid_sums_soft(features, q, cands)
+    return q, new_centroids(sums, counts, centroids)
+
+
+def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, new_c, grad_q, grad_new_c):
+    """Analytic gradient of :func:`soft_iteration`, from its saved outputs (q, counts, new centroids).
+
+    With S = Σ q f, Z = Σ q, c' = S / Z and q = softmax(-d), d = ‖f - c‖²:
+    gS = gc'/Z, gZ = -(gc'·c')/Z, gq += gS[k]·f_p + gZ[k], gf = Σ_s q gS[k] + Σ_s gd·2(f - c_k),
+    gd = -q (gq - Σ_s q gq), gc_k = -Σ gd·2(f - c_k) (+ gc' itself where Z = 0). Returns (grad_features, grad_centroids).
+    This is the documented torch backward of the fused soft iteration (the CPU fast path fuses the same formulas).
+    """
+    table = candidate_table(cands)
+    idx = table.clamp(min=0).long()
+    valid = table >= 0
+    has = counts > 0
+    z = counts.clamp(min=1e-12)[:, None]
+    g_s = torch.where(has[:, None], grad_new_c / z, torch.zeros_like(grad_new_c))
+    g_z = torch.where(has, -(grad_new_c * new_c).sum(1) / z[:, 0], torch.zeros_like(counts))
+    g_q = (grad_q if grad_q is not None else torch.zeros_like(q)).clone()
+    g_s_p = g_s[idx]  # (N, 9, D)
+    g_q = g_q + torch.where(valid, (g_s_p * features[:, None, :]).sum(-1) + g_z[idx], torch.zeros_like(q))
+    g_f = (q[:, :, None] * g_s_p * valid[:, :, None]).sum(1)
+    g_d = -q * (g_q - (q * g_q).sum(1, keepdim=True))
+    diff2 = 2.0 * (features[:, None, :] - centroids[idx])  # (N, 9, D)
+    contrib = g_d[:, :, None] * diff2 * valid[:, :, None]
+    g_f = g_f + contrib.sum(1)
+    g_c = torch.zeros_like(centroids).index_add_(0, idx.reshape(-1), -contrib.reshape(-1, features.shape[1]))
+    g_c = g_c + torch.where(has[:, None], torch.zeros_like(grad_new_c), grad_new_c)
+    return g_f, g_c
+
+
+def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
+    """``n_iter`` rounds of (assign, recompute centroids), then a final assignment.
+
+    Returns (labels (N,) int32, centroids (K, D) float32).
+    """
+    for _ in range(n_iter):
+        labels = assign(features, centroids, cands)
+        sums, counts = centroid_sums_hard(features, labels, cands.n_superpixels)
+        centroids = new_centroids(sums, counts, centroids)
+    return assign(features, centroids, cands), centroids

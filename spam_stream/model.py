@@ -1,0 +1,138 @@
+"""The SPAM model: load the encoder once, then segment many images.
+
+decode (caller) → prior → features → seeds → candidates → cluster → connectivity → labels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .candidates import grid_candidates, object_candidates
+from .clustering import as_pixel_rows, cluster_hard
+from .connectivity import enforce_connectivity
+from .encoder import Encoder, fold_batchnorm, load_encoder
+from .features import COLOR_SCALE, SPATIAL_SCALE, pixel_features
+from .seeding import grid_seeds, object_seeds
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "spam_encoder.pt"
+
+
+def as_rgb(image) -> np.ndarray:
+    """Any image array → (H, W, 3) uint8 RGB. Grayscale (H, W) or (H, W, 1) is repeated, RGBA drops alpha,
+    float images are taken as values in [0, 1]."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
+    img = img[:, :, :3]
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"empty image of shape {img.shape}")
+    if np.issubdtype(img.dtype, np.floating):
+        img = np.clip(np.nan_to_num(img) * 255.0 + 0.5, 0, 255)
+    elif img.dtype != np.uint8:
+        img = np.clip(img, 0, 255)
+    return np.ascontiguousarray(img.astype(np.uint8))
+
+
+def check_prior(prior, shape) -> np.ndarray | None:
+    """Validate a prior partition against the image shape; returns it as (H, W) int32 with consecutive ids
+    (-1 kept for uncertain pixels)."""
+    if prior is None:
+        return None
+    prior = np.asarray(prior)
+    if prior.shape != tuple(shape):
+        raise ValueError(f"prior partition has shape {prior.shape} but the image is {tuple(shape)}")
+    if not np.issubdtype(prior.dtype, np.integer):
+        raise ValueError(f"prior partition must hold integer object ids, got dtype {prior.dtype}")
+    ids, inv = np.unique(np.where(prior < 0, -1, prior), return_inverse=True)
+    offset = 1 if ids[0] == -1 else 0
+    out = (inv.reshape(shape) - offset).astype(np.int32)
+    if out.max() < 0:
+        return None  # nothing but uncertain pixels: no usable prior
+    return out
+
+
+def resolve_encoder(encoder) -> tuple[Encoder | None, dict]:
+    """``"default"`` → the bundled weights if the package ships them, else None (D=5); a path → loaded;
+    an Encoder → used as is; None → no CNN (D=5)."""
+    if encoder is None or encoder == "none":
+        return None, {}
+    if isinstance(encoder, Encoder):
+        return encoder, {}
+    if encoder == "default":
+        if not DEFAULT_WEIGHTS.is_file():
+            return None, {}
+        encoder = DEFAULT_WEIGHTS
+    return load_encoder(encoder)
+
+
+class SPAM:
+    """SuperPixel Anything Model, ready to segment many images with the same settings.
+
+    Args:
+        encoder: "default" (bundled weights, or D=5 when none ship), a weights path, an Encoder, or None (D=5).
+        compactness: λs, the regularity knob (position weight in grid steps).
+        color_scale: λc, the colour weight.
+        iterations: hard clustering iterations.
+        min_size_factor: disconnected fragments smaller than this fraction of the mean superpixel area merge into
+            a neighbour.
+        max_candidate_distance: with a prior, candidate seeds farther than this many grid steps are ignored.
+        device: torch device for features and clustering ("cpu" or "cuda").
+        seed: random seed for seeding (results are deterministic for a given seed).
+    """
+
+    def __init__(self, encoder="default", compactness: float = SPATIAL_SCALE, color_scale: float = COLOR_SCALE,
+                 iterations: int = 10, min_size_factor: float = 0.25, max_candidate_distance: float = 3.0,
+                 device="cpu", seed: int = 0):
+        enc, meta = resolve_encoder(encoder)
+        self.device = torch.device(device)
+        self.encoder = None
+        if enc is not None:
+            self.encoder = fold_batchnorm(enc).to(self.device)
+            self.encoder.input_scales = (meta.get("color_scale", COLOR_SCALE), meta.get("spatial_scale", SPATIAL_SCALE))
+        self.compactness, self.color_scale, self.iterations = compactness, color_scale, iterations
+        self.min_size_factor, self.max_candidate_distance, self.seed = min_size_factor, max_candidate_distance, seed
+
+    @property
+    def n_features(self) -> int:
+        """D: 5 without a CNN, the encoder's output channels with one."""
+        return 5 if self.encoder is None else self.encoder.out_dim
+
+    def segment(self, image, n_superpixels: int = 400, prior=None, density=None) -> np.ndarray:
+        """Superpixels of one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB (grayscale, RGBA and float [0, 1] images are converted).
+            n_superpixels: K, the requested number of superpixels (1 ≤ K ≤ H·W).
+            prior: (H, W) integer object partition (ids ≥ 0, -1 = uncertain), or None.
+            density: optional per-object seed density factors (indexed by the prior's object ids after they are
+                made consecutive in increasing order) for the attention and user-driven modes.
+        Returns:
+            (H, W) int32 labels 0..K'-1; every superpixel is 4-connected and inside one prior object.
+        """
+        image = as_rgb(image)
+        h, w = image.shape[:2]
+        k = int(n_superpixels)
+        if k < 1:
+            raise ValueError(f"the number of superpixels must be at least 1, got {n_superpixels}")
+        if k > h * w:
+            raise ValueError(f"{k} superpixels requested but the image has only {h * w} pixels")
+        partition = check_prior(prior, (h, w))
+        if partition is None:
+            seeds = grid_seeds(h, w, k)
+            cands = grid_candidates(h, w, seeds)
+        else:
+            seeds = object_seeds(partition, k, density=density, seed=self.seed)
+            cands = object_candidates(partition, seeds, self.max_candidate_distance)
+        feats = pixel_features(image, k, self.encoder, self.color_scale, self.compactness, self.device)
+        with torch.inference_mode():
+            labels, _ = cluster_hard(as_pixel_rows(feats), cands.to(self.device),
+                                     torch.from_numpy(seeds.init_labels).to(self.device), self.iterations)
+        labels = labels.cpu().numpy().reshape(h, w)
+        min_size = max(1, int(self.min_size_factor * h * w / k))
+        return enforce_connectivity(labels, partition, min_size)
