@@ -4,6 +4,10 @@ Architecture (SSN, Jampani et al. 2018): three scales of conv-BN-ReLU (``width``
 max-pool between scales), the coarser scales upsampled bilinearly, concatenated with the input and the first scale,
 then a final 3x3 conv + ReLU to ``out_dim − 5`` channels; the output is ``[input (5), learned (out_dim − 5)]``.
 
+One deliberate difference from SSN: the convolutions see the 3 colour channels only, not the yx channels. Absolute
+positions would make the learned channels depend on where a pixel sits, and the position range differs between
+training crops and full images; colour-only input keeps the learned features translation-invariant.
+
 Weights files are written by :meth:`Encoder.save` (``torch.save`` of a dict with ``state_dict`` and the
 hyper-parameters) and read by :func:`load_encoder`.
 """
@@ -16,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IN_CHANNELS = 5
+IN_CHANNELS = 5  # [L, a, b, y, x]
+COLOR_CHANNELS = 3
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -31,19 +36,20 @@ class Encoder(nn.Module):
         if out_dim <= IN_CHANNELS:
             raise ValueError(f"an encoder needs out_dim > {IN_CHANNELS}; use encoder=None for D=5")
         self.out_dim, self.width = out_dim, width
-        self.scale1 = nn.Sequential(_conv_bn_relu(IN_CHANNELS, width), _conv_bn_relu(width, width))
+        self.scale1 = nn.Sequential(_conv_bn_relu(COLOR_CHANNELS, width), _conv_bn_relu(width, width))
         self.scale2 = nn.Sequential(nn.MaxPool2d(3, 2, padding=1), _conv_bn_relu(width, width), _conv_bn_relu(width, width))
         self.scale3 = nn.Sequential(nn.MaxPool2d(3, 2, padding=1), _conv_bn_relu(width, width), _conv_bn_relu(width, width))
-        self.output = nn.Sequential(nn.Conv2d(IN_CHANNELS + 3 * width, out_dim - IN_CHANNELS, 3, padding=1), nn.ReLU(inplace=True))
+        self.output = nn.Sequential(nn.Conv2d(COLOR_CHANNELS + 3 * width, out_dim - IN_CHANNELS, 3, padding=1), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self.scale1(x)
+        colour = x[:, :COLOR_CHANNELS]
+        s1 = self.scale1(colour)
         s2 = self.scale2(s1)
         s3 = self.scale3(s2)
         size = s1.shape[-2:]
         s2 = F.interpolate(s2, size=size, mode="bilinear", align_corners=False)
         s3 = F.interpolate(s3, size=size, mode="bilinear", align_corners=False)
-        learned = self.output(torch.cat([x, s1, s2, s3], 1))
+        learned = self.output(torch.cat([colour, s1, s2, s3], 1))
         return torch.cat([x, learned], 1)
 
     def save(self, path: str | Path, **meta) -> None:

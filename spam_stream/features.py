@@ -35,14 +35,14 @@ def pixel_features(image: np.ndarray, n_superpixels: int, encoder=None, color_sc
     """Features of every pixel: (D, H, W) float32 tensor; D = 5 without an encoder, ``encoder.out_dim`` with one.
 
     ``encoder`` is an inference-ready :class:`~spam_stream.encoder.Encoder` (see ``fold_batchnorm``) or None. The
-    encoder sees its input at the scales it was trained with (``encoder.input_scales``, default λc, λs); the user's
-    ``color_scale`` and ``spatial_scale`` apply to the 5 hand-made output channels, so λs stays a test-time knob.
+    encoder sees colour at the scale it was trained with (``encoder.input_color_scale``, default λc); the user's
+    ``color_scale`` and ``spatial_scale`` apply to the 5 hand-made output channels, so both stay test-time knobs.
     """
     x = scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale).to(device)
     if encoder is None:
         return x
-    scales = getattr(encoder, "input_scales", (COLOR_SCALE, SPATIAL_SCALE))
-    x_in = x if tuple(scales) == (color_scale, spatial_scale) else scaled_lab_yx(image, n_superpixels, *scales).to(device)
+    enc_color_scale = getattr(encoder, "input_color_scale", COLOR_SCALE)
+    x_in = x if enc_color_scale == color_scale else torch.cat([x[:3] * (enc_color_scale / color_scale), x[3:]])
     with torch.inference_mode():
         learned = encoder(x_in[None].contiguous(memory_format=torch.channels_last))[0, 5:]
     return torch.cat([x, learned], 0).contiguous()

@@ -94,7 +94,7 @@ class SPAM:
         self.encoder = None
         if enc is not None:
             self.encoder = fold_batchnorm(enc).to(self.device)
-            self.encoder.input_scales = (meta.get("color_scale", COLOR_SCALE), meta.get("spatial_scale", SPATIAL_SCALE))
+            self.encoder.input_color_scale = float(meta.get("color_scale", COLOR_SCALE))
         self.compactness, self.color_scale, self.iterations = compactness, color_scale, iterations
         self.min_size_factor, self.max_candidate_distance, self.seed = min_size_factor, max_candidate_distance, seed
 

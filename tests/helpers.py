@@ -1,0 +1,45 @@
+"""Shared test helpers: synthetic images and partitions, and the invariant checks."""
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import find_boundaries
+
+
+def synthetic_image(h=96, w=128, seed=0):
+    """(H, W, 3) uint8: coloured discs and rectangles over a gradient, plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    img = np.stack([xx * 255 // w, yy * 255 // h, np.full((h, w), 90)], -1).astype(np.float64)
+    for _ in range(6):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(8, 30)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 256, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def voronoi_partition(h, w, n_objects, seed=0, band=True):
+    """(H, W) int32 partition into Voronoi cells, with a 1-px band of -1 along the cell boundaries."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform([0, 0], [h, w], size=(n_objects, 2))
+    yy, xx = np.mgrid[:h, :w]
+    d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+    part = d.argmin(-1).astype(np.int32)
+    if band:
+        part[find_boundaries(part, mode="inner")] = -1
+    return part
+
+
+def assert_superpixels_respect_prior(labels, prior):
+    """No superpixel holds pixels of two different prior objects."""
+    known = prior >= 0
+    pairs = np.unique(np.stack([labels[known], prior[known]], 1), axis=0)
+    assert len(np.unique(pairs[:, 0])) == len(pairs), "a superpixel crosses a prior object boundary"
+
+
+def assert_connected(labels):
+    """Every superpixel is one 4-connected component, labels are 0..K'-1."""
+    n = labels.max() + 1
+    assert set(np.unique(labels)) == set(range(n))
+    objects = ndimage.find_objects(labels + 1)
+    for k, sl in enumerate(objects):
+        _, count = ndimage.label(labels[sl] == k)
+        assert count == 1, f"superpixel {k} has {count} 4-connected components"

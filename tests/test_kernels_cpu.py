@@ -1,0 +1,81 @@
+"""The CPU fast path against the torch reference on random inputs."""
+import pytest
+import torch
+
+from spam_stream.kernels import cpu, reference
+from spam_stream.kernels.candidates import Candidates
+
+
+def random_case(h, w, d, nh, nw, layout, seed):
+    g = torch.Generator().manual_seed(seed)
+    n, k = h * w, nh * nw
+    f = torch.randn(n, d, generator=g)
+    c = torch.randn(k, d, generator=g)
+    po = torch.randint(-1, 3, (n,), generator=g, dtype=torch.int32)
+    so = torch.randint(0, 3, (k,), generator=g, dtype=torch.int32)
+    if layout == "grid":
+        cands = Candidates(h, w, po, so, grid=(nh, nw))
+    else:
+        cands = Candidates(h, w, po, so, table=torch.randint(-1, k, (n, 9), generator=g, dtype=torch.int32))
+    return f, c, cands
+
+
+CASES = [(13, 17, 5, 3, 4), (31, 40, 20, 6, 7), (20, 25, 32, 1, 1), (50, 61, 20, 20, 25)]
+
+
+@pytest.mark.parametrize("layout", ["grid", "table"])
+@pytest.mark.parametrize("h,w,d,nh,nw", CASES)
+def test_cpu_matches_reference(layout, h, w, d, nh, nw):
+    f, c, cands = random_case(h, w, d, nh, nw, layout, seed=h * w + d)
+    assert torch.equal(cpu.masked_distances(f, c, cands), reference.masked_distances(f, c, cands))
+    assert torch.equal(cpu.assign(f, c, cands), reference.assign(f, c, cands))
+    torch.testing.assert_close(cpu.associate(f, c, cands), reference.associate(f, c, cands), rtol=1e-5, atol=1e-7)
+    q = reference.associate(f, c, cands)
+    for a, b in zip(cpu.centroid_sums_soft(f, q, cands), reference.centroid_sums_soft(f, q, cands)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    labels = reference.assign(f, c, cands)
+    for a, b in zip(cpu.centroid_sums_hard(f, labels, nh * nw), reference.centroid_sums_hard(f, labels, nh * nw)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    la, ca = cpu.hard_iterations(f, c, cands, 4)
+    lb, cb = reference.hard_iterations(f, c, cands, 4)
+    assert torch.equal(la, lb)
+    torch.testing.assert_close(ca, cb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["grid", "table"])
+def test_cpu_soft_iteration_gradient_matches_autograd_of_reference(layout, monkeypatch):
+    import spam_stream.kernels as K
+
+    f, c, cands = random_case(23, 29, 20, 4, 5, layout, seed=7)
+    grads = {}
+    for name in ("reference", "cpu"):
+        monkeypatch.setenv("SPAM_KERNELS", name)
+        f1, c1 = f.clone().requires_grad_(), c.clone().requires_grad_()
+        q, c_new = K.soft_iteration(f1, c1, cands)
+        q2, c_new2 = K.soft_iteration(f1, c_new, cands)  # two chained iterations
+        wq = torch.linspace(-1, 1, q2.numel()).reshape(q2.shape)
+        ((q2 * wq).sum() + (c_new2 ** 2).sum()).backward()
+        grads[name] = (f1.grad, c1.grad)
+    torch.testing.assert_close(grads["cpu"][0], grads["reference"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads["cpu"][1], grads["reference"][1], rtol=1e-4, atol=1e-5)
+
+
+def test_empty_superpixel_keeps_its_centroid():
+    f, c, cands = random_case(10, 10, 5, 2, 2, "table", seed=1)
+    cands.table[cands.table == 3] = 0  # superpixel 3 has no member
+    labels, cents = cpu.hard_iterations(f, c, cands, 3)
+    assert not (labels == 3).any()
+    assert torch.equal(cents[3], c[3])
+
+
+def test_dispatch_uses_the_cpu_path_by_default_and_honours_the_override(monkeypatch):
+    import spam_stream.kernels as K
+
+    monkeypatch.delenv("SPAM_KERNELS", raising=False)
+    assert K.backend_name("cpu") == "cpu"
+    assert K.backend_name("cuda") == "triton"
+    monkeypatch.setenv("SPAM_KERNELS", "reference")
+    assert K.backend("cpu") is reference
+    monkeypatch.setenv("SPAM_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="SPAM_KERNELS"):
+        K.backend_name("cpu")
