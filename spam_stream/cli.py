@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_prior_arguments(p)
     p.add_argument("--progress", action="store_true", help="show the progress bar even for one input")
     p.set_defaults(run=run_image)
+
+    from .training import add_train_arguments, run_train
+
+    p = sub.add_parser("train", help="train the SPAM encoder on BSDS500 (resumable)",
+                       description="SSN-style training of the encoder: cross-entropy of the ground truth reconstructed "
+                                   "through the soft association + compactness; random crops and flips of the train "
+                                   "split; the checkpoint with the best validation ASA is kept as OUT/best.pt. "
+                                   "Re-running with the same --out resumes from OUT/last.pt.")
+    add_train_arguments(p)
+    p.set_defaults(run=run_train)
     return parser
 
 

@@ -1,0 +1,221 @@
+"""Training the SPAM encoder, SSN-style, on BSDS500 (``spam-stream train``).
+
+Loss (only the encoder learns): the ground-truth segmentation is reconstructed through the soft association —
+superpixel label histograms ``L = Qᵀ Y / Qᵀ 1``, pixel labels ``Ŷ = Q L`` — and scored by cross-entropy, plus a
+compactness term: the pixel positions reconstructed the same way, mean squared error, weight 1e-5 (paper).
+Random crops and flips of the train split; the checkpoint with the best validation ASA (hard SPAM inference on
+val images) is kept; ``last.pt`` holds everything needed to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.color import rgb2lab
+from tqdm import tqdm
+
+from .candidates import grid_candidates
+from .clustering import as_pixel_rows, cluster_soft
+from .encoder import Encoder, fold_batchnorm
+from .features import COLOR_SCALE, SPATIAL_SCALE, position_scale
+from .kernels.candidates import candidate_table
+from .seeding import grid_seeds
+
+
+@dataclass
+class TrainConfig:
+    root: str
+    out: str = "runs/train"
+    iterations: int = 5000
+    batch: int = 4
+    crop: int = 201
+    crop_superpixels: int = 100      # 20 px cells: the cell size of K=400 on a 481x321 image
+    soft_iterations: int = 5
+    lr: float = 6e-4
+    width: int = 32
+    out_dim: int = 20
+    color_scale: float = COLOR_SCALE
+    spatial_scale: float = SPATIAL_SCALE
+    compactness_weight: float = 1e-5
+    val_every: int = 250
+    val_images: int = 20
+    val_superpixels: int = 400
+    checkpoint_every: int = 25
+    seed: int = 0
+
+
+class CropSampler:
+    """Random crops and flips of the train split: (B, 5, c, c) scaled features and (B, c, c) int64 GT labels."""
+
+    def __init__(self, dataset, cfg: TrainConfig):
+        self.cfg = cfg
+        self.items = []
+        for sample in tqdm(dataset, desc="loading train split", unit="img", leave=False):
+            lab = rgb2lab(sample.image).astype(np.float32)
+            self.items.append((lab, [g.astype(np.int64) for g in sample.gts]))
+        c = cfg.crop
+        s = position_scale(c, c, cfg.crop_superpixels, cfg.spatial_scale)
+        yy, xx = np.meshgrid(np.arange(c, dtype=np.float32) * s, np.arange(c, dtype=np.float32) * s, indexing="ij")
+        self.yx = np.stack([yy, xx])
+
+    def sample(self, rng: np.random.Generator):
+        c, feats, gts = self.cfg.crop, [], []
+        for _ in range(self.cfg.batch):
+            lab, annot = self.items[rng.integers(len(self.items))]
+            gt = annot[rng.integers(len(annot))]
+            y0 = rng.integers(lab.shape[0] - c + 1)
+            x0 = rng.integers(lab.shape[1] - c + 1)
+            lab_c, gt_c = lab[y0:y0 + c, x0:x0 + c], gt[y0:y0 + c, x0:x0 + c]
+            if rng.random() < 0.5:
+                lab_c, gt_c = lab_c[:, ::-1], gt_c[:, ::-1]
+            if rng.random() < 0.5:
+                lab_c, gt_c = lab_c[::-1], gt_c[::-1]
+            feats.append(np.concatenate([lab_c.transpose(2, 0, 1) * self.cfg.color_scale, self.yx]))
+            gts.append(np.unique(gt_c, return_inverse=True)[1].reshape(c, c))
+        return torch.from_numpy(np.stack(feats)), torch.from_numpy(np.stack(gts))
+
+
+def reconstruct(q: torch.Tensor, table: torch.Tensor, values: torch.Tensor, n_superpixels: int) -> torch.Tensor:
+    """Map per-pixel values (N, C) to superpixels and back through the soft association q (N, 9): (N, C)."""
+    idx = table.clamp(min=0).long()
+    w = q * (table >= 0)
+    sp = torch.zeros(n_superpixels, values.shape[1], dtype=values.dtype).index_add(
+        0, idx.reshape(-1), (w[:, :, None] * values[:, None, :]).reshape(-1, values.shape[1]))
+    mass = torch.zeros(n_superpixels, dtype=values.dtype).index_add(0, idx.reshape(-1), w.reshape(-1))
+    sp = sp / mass.clamp(min=1e-8)[:, None]
+    return (w[:, :, None] * sp[idx]).sum(1)
+
+
+def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: TrainConfig):
+    """Mean (total, cross-entropy, compactness) over the batch."""
+    c = cfg.crop
+    seeds = grid_seeds(c, c, cfg.crop_superpixels)
+    cands = grid_candidates(c, c, seeds)
+    table = candidate_table(cands)
+    init = torch.from_numpy(seeds.init_labels)
+    out = encoder(feats)
+    ce_sum = compact_sum = 0.0
+    for b in range(feats.shape[0]):
+        f = as_pixel_rows(out[b])
+        q, _ = cluster_soft(f, cands, init, cfg.soft_iterations)
+        onehot = F.one_hot(gts[b].reshape(-1), int(gts[b].max()) + 1).float()
+        recon = reconstruct(q, table, onehot, len(seeds))
+        ce_sum = ce_sum - (onehot * torch.log(recon.clamp(min=1e-8))).sum(1).mean()
+        pos = f[:, 3:5].detach()
+        compact_sum = compact_sum + F.mse_loss(reconstruct(q, table, f[:, 3:5], len(seeds)), pos, reduction="sum") / f.shape[0]
+    ce, compact = ce_sum / feats.shape[0], compact_sum / feats.shape[0]
+    return ce + cfg.compactness_weight * compact, ce, compact
+
+
+def validate(encoder: Encoder, val_samples, cfg: TrainConfig) -> float:
+    """Mean ASA (over annotators, then images) of hard SPAM inference at ``val_superpixels``."""
+    from .metrics import asa
+    from .model import SPAM
+
+    encoder.eval()
+    model = SPAM(encoder=encoder)
+    model.encoder.input_color_scale = cfg.color_scale
+    scores = []
+    for sample in val_samples:
+        labels = model.segment(sample.image, cfg.val_superpixels)
+        scores.append(np.mean([asa(labels, g) for g in sample.gts]))
+    encoder.train()
+    return float(np.mean(scores))
+
+
+def train(cfg: TrainConfig, resume: bool = True) -> Path:
+    """Run (or resume) training; returns the path of the best encoder weights."""
+    from .datasets import BSDS500
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = Encoder(cfg.out_dim, cfg.width)
+    opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr)
+    step, best, history = 0, -1.0, []
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        encoder.load_state_dict(state["encoder"])
+        opt.load_state_dict(state["optimizer"])
+        step, best, history = state["step"], state["best"], state["history"]
+        print(f"resumed from {last} at step {step} (best val ASA {best:.4f})", file=sys.stderr)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    sampler = CropSampler(BSDS500(cfg.root, "train"), cfg)
+    val = BSDS500(cfg.root, "val")
+    val_samples = [val[i] for i in range(min(cfg.val_images, len(val)))]
+    rng = np.random.default_rng(cfg.seed + step)
+    meta = dict(color_scale=cfg.color_scale, spatial_scale=cfg.spatial_scale, crop=cfg.crop,
+                crop_superpixels=cfg.crop_superpixels)
+    log = open(out / "log.csv", "a", newline="")
+    writer = csv.writer(log)
+    encoder.train()
+    bar = tqdm(total=cfg.iterations, initial=step, desc="training", unit="step")
+    t0 = time.time()
+    while step < cfg.iterations:
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.iterations))  # cosine decay
+        for group in opt.param_groups:
+            group["lr"] = lr
+        feats, gts = sampler.sample(rng)
+        loss, ce, compact = batch_loss(encoder, feats, gts, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        writer.writerow([step, f"{loss.item():.5f}", f"{ce.item():.5f}", f"{compact.item():.3f}", f"{lr:.2e}",
+                         f"{time.time() - t0:.1f}"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", best_asa=f"{best:.4f}")
+        if step % cfg.val_every == 0 or step == cfg.iterations:
+            score = validate(encoder, val_samples, cfg)
+            history.append({"step": step, "val_asa": score, "loss": loss.item(), "seconds": time.time() - t0})
+            if score > best:
+                best = score
+                encoder.save(out / "best.pt", **meta, step=step, val_asa=score)
+            tqdm.write(f"step {step}: val ASA {score:.4f} (best {best:.4f})", file=sys.stderr)
+        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+            log.flush()
+            torch.save({"encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
+                        "history": history, "config": asdict(cfg)}, out / "last.tmp")
+            (out / "last.tmp").replace(last)
+    bar.close()
+    log.close()
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    return out / "best.pt"
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig(root="")
+    p.add_argument("--root", default=None, help="BSDS500 folder (default: ../shared/datasets/bsds500 or $SPAM_BSDS_ROOT)")
+    p.add_argument("--out", default=d.out, help=f"run folder: log.csv, last.pt (resume), best.pt (default {d.out})")
+    for name in ("iterations", "batch", "crop", "crop_superpixels", "soft_iterations", "width", "out_dim",
+                 "val_every", "val_images", "checkpoint_every", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help=f"(default {getattr(d, name)})")
+    for name in ("lr", "color_scale", "spatial_scale", "compactness_weight"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
+                       help=f"(default {getattr(d, name)})")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
+
+
+def run_train(args) -> int:
+    from .datasets import default_bsds_root
+    from .io import InputError
+
+    root = args.root or default_bsds_root()
+    if root is None or not Path(root).is_dir():
+        raise InputError("BSDS500 not found: pass --root DIR or set SPAM_BSDS_ROOT")
+    fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if k != "root"}
+    cfg = TrainConfig(root=str(root), **fields)
+    best = train(cfg, resume=not args.no_resume)
+    print(f"best encoder: {best}")
+    return 0
