@@ -198,7 +198,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="BSDS500 folder (default: ../shared/datasets/bsds500 or $SPAM_BSDS_ROOT)")
     p.add_argument("--out", default=d.out, help=f"run folder: log.csv, last.pt (resume), best.pt (default {d.out})")
     for name in ("iterations", "batch", "crop", "crop_superpixels", "soft_iterations", "width", "out_dim",
-                 "val_every", "val_images", "checkpoint_every", "seed"):
+                 "val_every", "val_images", "val_superpixels", "checkpoint_every", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
                        help=f"(default {getattr(d, name)})")
     for name in ("lr", "color_scale", "spatial_scale", "compactness_weight"):
