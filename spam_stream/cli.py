@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show the progress bar even for one input")
     p.set_defaults(run=run_image)
 
+    from .evaluation import add_eval_arguments, run_eval
+
+    p = sub.add_parser("eval", help="evaluate SPAM against SLIC on BSDS500 (metrics table and plots)",
+                       description="Run SPAM (and baselines, in the same run) on a BSDS500 split and write "
+                                   "OUT/per_image.csv, OUT/summary.md and four PNG plots (ASA, GR, EV vs K; "
+                                   "boundary recall vs precision). Metric definitions: spam_stream/metrics.py.")
+    add_eval_arguments(p)
+    p.set_defaults(run=run_eval)
+
     from .training import add_train_arguments, run_train
 
     p = sub.add_parser("train", help="train the SPAM encoder on BSDS500 (resumable)",

@@ -1,0 +1,303 @@
+"""``spam-stream eval``: SPAM (and a scikit-image SLIC baseline) on BSDS500, with the metrics of ``metrics.py``.
+
+Outputs in ``--out``:
+
+* ``per_image.csv``  one row per (method, K, image): the metrics (ground-truth metrics averaged over the
+  annotators) and the segmentation time in seconds;
+* ``summary.md``     a markdown table of the means per (method, K), the settings, and the failures if any;
+* ``asa_vs_k.png``, ``gr_vs_k.png``, ``ev_vs_k.png`` (metric vs superpixels produced) and ``br_vs_bp.png``.
+
+The CLI (``spam-stream eval``) wires it as ``add_eval_arguments(subparser)`` + ``run_eval(args)``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from .datasets import BSDS500, default_bsds_root, oracle_partition
+from .metrics import evaluate
+
+__all__ = ["add_eval_arguments", "run_eval", "ORACLE_LABEL", "SLIC_LABEL", "NO_CNN_LABEL", "METRIC_KEYS"]
+
+ORACLE_LABEL = "oracle (upper bound for a perfect SAM)"
+SLIC_LABEL = "SLIC (scikit-image)"
+NO_CNN_LABEL = "SPAM D=5 (no CNN, no prior)"
+METRIC_KEYS = ("k_produced", "asa", "ue", "br", "bp", "ev", "src", "smf", "gr", "delta_k")
+CSV_FIELDS = ("method", "k", "image") + METRIC_KEYS + ("seconds",)
+SLICO_NOTE = ("OpenCV SLICO (the usual second baseline) is not run: it needs opencv-contrib "
+              "(cv2.ximgproc), which is not installed here.")
+
+# labels = method(image (H, W, 3) uint8, k, prior (H, W) int32 | None) -> (H, W) integer labels
+Method = Callable[[np.ndarray, int, "np.ndarray | None"], np.ndarray]
+
+
+def _k_list(text: str) -> list[int]:
+    try:
+        ks = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return ks
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``spam-stream eval``."""
+    parser.add_argument("--root", type=Path, default=None, metavar="DIR",
+                        help="BSDS500 root holding data/images and data/groundTruth (default: $SPAM_BSDS_ROOT, "
+                             "else ../shared/datasets/bsds500)")
+    parser.add_argument("--split", choices=["train", "val", "test"], default="test", help="BSDS500 split (default test)")
+    parser.add_argument("--superpixels", type=_k_list, default=[200, 400, 600, 800, 1000], metavar="K1,K2,...",
+                        help="numbers of superpixels requested (default 200,400,600,800,1000)")
+    parser.add_argument("--prior", choices=["none", "oracle"], default="none",
+                        help="prior for SPAM: none, or oracle = the first annotator's segmentation with a 1-px "
+                             f"uncertain band, i.e. an {ORACLE_LABEL}")
+    parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N images")
+    parser.add_argument("--out", type=Path, default=Path("eval-results"), metavar="DIR",
+                        help="output folder (default ./eval-results)")
+    parser.add_argument("--compactness", type=float, default=7.5, metavar="LAMBDA_S",
+                        help="SPAM λs, regularity (default 7.5)")
+    parser.add_argument("--iterations", type=_positive_int, default=10, metavar="N",
+                        help="SPAM clustering iterations (default 10)")
+    parser.add_argument("--encoder", default="default", metavar="PATH|none|default",
+                        help="SPAM encoder: 'default' (bundled weights), 'none' (D=5, no CNN) or a weights file")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="do not run the baselines (scikit-image SLIC, and SPAM with D=5 when an encoder is used)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# methods
+# --------------------------------------------------------------------------------------------------------------
+def _spam_method(compactness: float, iterations: int, encoder) -> Method:
+    def run(image, k, prior):
+        import spam_stream  # looked up at call time (tests monkeypatch spam_stream.segment)
+
+        return spam_stream.segment(image, n_superpixels=k, prior=prior, compactness=compactness,
+                                   iterations=iterations, encoder=encoder)
+    return run
+
+
+def _slic(image, k, prior):
+    from skimage.segmentation import slic
+
+    return slic(image, n_segments=k, compactness=10, start_label=0)
+
+
+def _build_methods(args) -> list[tuple[str, Method, bool]]:
+    """[(name, method, uses_prior)]."""
+    encoder = None if str(args.encoder).lower() == "none" else args.encoder
+    spam_name = "SPAM" if args.prior == "none" else f"SPAM + {ORACLE_LABEL}"
+    methods = [(spam_name, _spam_method(args.compactness, args.iterations, encoder), args.prior == "oracle")]
+    if not args.no_baselines:
+        from .model import DEFAULT_WEIGHTS
+
+        uses_cnn = encoder is not None and not (encoder == "default" and not DEFAULT_WEIGHTS.is_file())
+        if uses_cnn:  # what the CNN adds, measured in the same run
+            methods.append((NO_CNN_LABEL, _spam_method(args.compactness, args.iterations, None), False))
+        methods.append((SLIC_LABEL, _slic, False))
+    return methods
+
+
+def _warm_up(methods) -> None:
+    """One call per method on a small image, so that model loading is not timed on the first real image."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    prior = np.zeros((48, 64), np.int32)
+    for _, method, uses_prior in methods:
+        try:
+            method(image, 12, prior if uses_prior else None)
+        except Exception:  # a real failure is reported on the real images
+            pass
+
+
+# --------------------------------------------------------------------------------------------------------------
+# outputs
+# --------------------------------------------------------------------------------------------------------------
+def summarize(rows: list[dict]) -> list[dict]:
+    """Means per (method, k), in first-seen method order and increasing k."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], int(r["k"])), []).append(r)
+    order = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for (method, k), rs in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        s = {"method": method, "k": k, "n": len(rs)}
+        for key in METRIC_KEYS + ("seconds",):
+            s[key] = float(np.mean([float(r[key]) for r in rs]))
+        out.append(s)
+    return out
+
+
+def write_summary(path: Path, summary: list[dict], failures: list[tuple], header: list[str]) -> None:
+    cols = ["method", "K", "K'", "ASA", "UE", "BR", "BP", "EV", "GR", "SRC", "SMF", "ΔK", "mean seconds", "images"]
+    lines = ["# spam-stream eval", "", *header, "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for s in summary:
+        vals = [s["method"], str(s["k"]), f"{s['k_produced']:.1f}"]
+        vals += [f"{s[key]:.4f}" for key in ("asa", "ue", "br", "bp", "ev", "gr", "src", "smf")]
+        vals += [f"{s['delta_k']:.3f}", f"{s['seconds']:.3f}", str(s["n"])]
+        lines.append("| " + " | ".join(vals) + " |")
+    lines += ["", "ASA, BR, BP, EV, GR, SRC, SMF: higher is better; UE, ΔK: lower is better. "
+              "BR/BP with a 2-px Chebyshev tolerance. Ground-truth metrics are averaged over the annotators, then "
+              "over the images. K' = superpixels produced (mean)."]
+    if failures:
+        lines += ["", f"## Failures ({len(failures)})", ""]
+        lines += [f"- {name} / {method} / K={k}: {err}" for name, method, k, err in failures]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_plots(out: Path, summary: list[dict], title_suffix: str = "") -> list[Path]:
+    """asa_vs_k.png, gr_vs_k.png, ev_vs_k.png (metric vs mean K' produced) and br_vs_bp.png."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas for PNG
+
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    paths = []
+
+    def series(method, key):
+        rs = [s for s in summary if s["method"] == method]
+        return [s["k_produced"] for s in rs], [s[key] for s in rs], [s["k"] for s in rs]
+
+    for key, name, fname in (("asa", "ASA (achievable segmentation accuracy)", "asa_vs_k.png"),
+                             ("gr", "GR (global regularity = SRC × SMF)", "gr_vs_k.png"),
+                             ("ev", "EV (explained variation)", "ev_vs_k.png")):
+        fig = Figure(figsize=(6.4, 4.6))
+        ax = fig.add_subplot()
+        for m in methods:
+            x, y, _ = series(m, key)
+            ax.plot(x, y, marker="o", label=m)
+        ax.set_xlabel("superpixels produced K' (mean over images)")
+        ax.set_ylabel(name)
+        ax.set_title(f"{key.upper()} vs number of superpixels{title_suffix}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        paths.append(out / fname)
+
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot()
+    for m in methods:
+        _, bp, ks = series(m, "bp")
+        _, br, _ = series(m, "br")
+        line, = ax.plot(bp, br, marker="o", label=m)
+        for x, y, k in zip(bp, br, ks):
+            ax.annotate(f"K={k}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line.get_color())
+    ax.set_xlabel("boundary precision BP (r = 2 px)")
+    ax.set_ylabel("boundary recall BR (r = 2 px)")
+    ax.set_title(f"Boundary recall vs precision{title_suffix}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "br_vs_bp.png", dpi=110)
+    paths.append(out / "br_vs_bp.png")
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------------------
+def run_eval(args) -> int:
+    """Run ``spam-stream eval``. Exit code: 0 = all went well, 1 = some (image, method, K) failed (they are listed
+    in summary.md and on stderr; the rest is written), 2 = nothing to evaluate (no data set / all failed)."""
+    root = args.root if args.root is not None else default_bsds_root()
+    if root is None:
+        print("error: BSDS500 not found; pass --root DIR or set SPAM_BSDS_ROOT", file=sys.stderr)
+        return 2
+    try:
+        ds = BSDS500(root, args.split)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_images = len(ds) if args.limit is None else min(args.limit, len(ds))
+    if n_images == 0:
+        print(f"error: no images in {ds.image_dir}", file=sys.stderr)
+        return 2
+    ks = list(args.superpixels)
+    methods = _build_methods(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _warm_up(methods)
+
+    rows: list[dict] = []
+    failures: list[tuple] = []  # (image, method, k, error)
+
+    def fail(name, method, k, exc):
+        failures.append((name, method, k, f"{type(exc).__name__}: {exc}"))
+        tqdm.write(f"FAILED {name} / {method} / K={k}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if getattr(args, "verbose", False):
+            tqdm.write(traceback.format_exc(), file=sys.stderr)
+
+    with open(out / "per_image.csv", "w", newline="", encoding="utf-8") as f, \
+            tqdm(total=n_images * len(ks), desc=f"eval {args.split}", unit="img×K", file=sys.stderr) as bar:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for i in range(n_images):
+            name = ds.names[i]
+            try:
+                sample = ds[i]
+                prior = oracle_partition(sample.gts[0], band=1) if args.prior == "oracle" else None
+            except Exception as e:  # unreadable image / ground truth: skip the image, keep going
+                fail(name, "*", "*", e)
+                bar.update(len(ks))
+                continue
+            for k in ks:
+                for method_name, method, uses_prior in methods:
+                    try:
+                        t0 = time.perf_counter()
+                        labels = method(sample.image, k, prior if uses_prior else None)
+                        seconds = time.perf_counter() - t0
+                        labels = np.asarray(labels)
+                        if labels.shape != sample.image.shape[:2]:
+                            raise ValueError(f"labels have shape {labels.shape}, image {sample.image.shape[:2]}")
+                        row = {"method": method_name, "k": k, "image": name,
+                               **evaluate(labels, sample.gts, sample.image, k), "seconds": seconds}
+                    except Exception as e:
+                        fail(name, method_name, k, e)
+                        continue
+                    rows.append(row)
+                    writer.writerow({key: (f"{v:.6g}" if isinstance(v, float) else v) for key, v in row.items()})
+                    f.flush()
+                bar.update(1)
+
+    summary = summarize(rows)
+    encoder = "none (D=5, no CNN)" if str(args.encoder).lower() == "none" else str(args.encoder)
+    header = [f"BSDS500 `{args.split}` split, {n_images} images, K = {', '.join(map(str, ks))}.",
+              f"SPAM: compactness {args.compactness}, iterations {args.iterations}, encoder {encoder}, prior "
+              + (f"{ORACLE_LABEL}: first annotator's segmentation, 1-px uncertain band" if args.prior == "oracle"
+                 else "none") + ".",
+              "Baseline: " + ("none (--no-baselines)." if args.no_baselines
+                              else f"{NO_CNN_LABEL} (when an encoder is used), scikit-image SLIC with "
+                                   "compactness 10. " + SLICO_NOTE),
+              "Seconds: segmentation only (metrics excluded), after one warm-up call per method."]
+    write_summary(out / "summary.md", summary, failures, header)
+    if summary:
+        suffix = f" — BSDS500 {args.split}, {n_images} images"
+        write_plots(out, summary, suffix)
+
+    if failures:
+        print(f"{len(failures)} failure(s):", file=sys.stderr)
+        for name, method, k, err in failures:
+            print(f"  {name} / {method} / K={k}: {err}", file=sys.stderr)
+    print(f"wrote {out / 'per_image.csv'}, {out / 'summary.md'}" + (" and 4 plots" if summary else ""),
+          file=sys.stderr)
+    if not rows:
+        return 2
+    return 1 if failures else 0
+
+
