@@ -281,9 +281,9 @@ def run_eval(args) -> int:
               f"SPAM: compactness {args.compactness}, iterations {args.iterations}, encoder {encoder}, prior "
               + (f"{ORACLE_LABEL}: first annotator's segmentation, 1-px uncertain band" if args.prior == "oracle"
                  else "none") + ".",
-              "Baseline: " + ("none (--no-baselines)." if args.no_baselines
-                              else f"{NO_CNN_LABEL} (when an encoder is used), scikit-image SLIC with "
-                                   "compactness 10. " + SLICO_NOTE),
+              "Baselines, same run: " + ("none (--no-baselines)." if args.no_baselines
+                                         else ", ".join(m[0] for m in methods[1:]) + " (SLIC compactness 10). "
+                                         + SLICO_NOTE),
               "Seconds: segmentation only (metrics excluded), after one warm-up call per method."]
     write_summary(out / "summary.md", summary, failures, header)
     if summary:
