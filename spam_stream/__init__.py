@@ -19,7 +19,7 @@ def _model(encoder, compactness, color_scale, iterations, min_size_factor, devic
 
 
 def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = 7.5,
-            color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.25, device: str = "cpu",
+            color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5, device: str = "cpu",
             seed: int = 0, density=None):
     """SPAM superpixels of one image: (H, W) int32 labels 0..K'-1.
 

@@ -87,7 +87,7 @@ class SPAM:
     """
 
     def __init__(self, encoder="default", compactness: float = SPATIAL_SCALE, color_scale: float = COLOR_SCALE,
-                 iterations: int = 10, min_size_factor: float = 0.25, max_candidate_distance: float = 3.0,
+                 iterations: int = 10, min_size_factor: float = 0.5, max_candidate_distance: float = 3.0,
                  device="cpu", seed: int = 0):
         enc, meta = resolve_encoder(encoder)
         self.device = torch.device(device)
