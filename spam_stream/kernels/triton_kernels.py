@@ -1,0 +1,282 @@
+"""Triton kernels: the default for CUDA tensors (and, under ``TRITON_INTERPRET=1``, runnable on CPU tensors).
+
+Two kernels, each followed by its Python wrappers:
+
+1. :func:`_candidate_kernel` — one program per block of ``BLOCK_PIXELS`` pixels works on a ``(BLOCK_PIXELS, 16)``
+   tile (the 9 candidate slots padded to a power of two). It reads each slot's superpixel index either from the
+   grid layout (cell and neighbours computed from the pixel position exactly as :func:`.candidates.grid_table` does)
+   or from the ``(N, 9)`` table (the constexpr ``USE_TABLE`` selects), masks the slot by prior object, accumulates the
+   squared distance channel by channel in the order d = 0..D-1 with plain ``diff * diff`` adds (launched with
+   ``enable_fp_fusion=False`` so no fused multiply-add changes the rounding: distances and argmin labels equal the
+   reference bit for bit) and writes, depending on the constexpr ``OUTPUT``, the ``(N, 9)`` distances, the soft
+   association (softmax over valid slots), or the argmin label (lowest slot among equal minima, -1 when no slot is
+   valid). With ``ACCUMULATE`` the label pass also adds each pixel into the centroid sums (a fused hard iteration).
+2. :func:`_soft_sums_kernel` — Σ q·f and Σ q per superpixel from a soft association over the candidate slots
+   (the hard version, Σ f and member counts, is :func:`_hard_sums_kernel` / the ``ACCUMULATE`` branch above).
+
+Why atomics for the centroid update: a pixel's ≤9 candidates are scattered over the superpixel array, so the
+contributions to one superpixel come from pixels spread across many programs; K (hundreds to a few thousand) is small
+compared with N (10^5..10^6 pixels), so the ``(K, D)`` sums stay in L2 and ``tl.atomic_add`` into them is cheap; a
+segmented reduction would instead need the pixels sorted by label every iteration (labels change each time), i.e. a
+full sort plus a second pass over the features. The cost: float32 atomics commit in an unspecified order, so sums are
+not bitwise reproducible run to run and agree with the float64-accumulated reference to ~1e-5 relative (of Σ|terms|),
+not bit for bit; distances, q and labels computed from the *same* centroids remain exact.
+
+Shapes and dtypes (as in :mod:`.reference`): ``features`` (N, D) float32, ``centroids`` (K, D) float32, ``q`` (N, 9)
+float32, ``labels`` (N,) int32; candidate layouts and validity rules in :mod:`.candidates`. Tensors must all be on one
+device; offsets are int32, so N·9 and N·D must stay below 2**31.
+
+The backward of a soft iteration on this backend is :func:`soft_iteration_backward`, the documented torch formulas of
+:func:`.reference.soft_iteration_backward` run on the device (it is a handful of batched gathers/index_adds).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .candidates import N_SLOTS, Candidates
+
+SLOTS_PAD = 16  # 9 candidate slots padded to a power of two (tile width)
+OUT_DISTANCES, OUT_SOFT, OUT_LABEL = 0, 1, 2
+
+
+@triton.jit
+def _candidate_tile(offs_p, slots, n_pixels, width, height, nh, nw, table_ptr, USE_TABLE: tl.constexpr):
+    """(BLOCK, SLOTS_PAD) int32 superpixel index of every (pixel, slot); -1 for empty slots, padding and the tail."""
+    in_tile = (offs_p[:, None] < n_pixels) & (slots[None, :] < 9)
+    if USE_TABLE:
+        k = tl.load(table_ptr + offs_p[:, None] * 9 + slots[None, :], mask=in_tile, other=-1)
+    else:
+        # grid layout: pixel (y, x) lies in cell (y * nh // height, x * nw // width); slot s is offset (s//3-1, s%3-1)
+        y = offs_p // width
+        x = offs_p - y * width
+        ny = (y * nh // height)[:, None] + (slots // 3 - 1)[None, :]
+        nx = (x * nw // width)[:, None] + (slots % 3 - 1)[None, :]
+        inside = in_tile & (ny >= 0) & (ny < nh) & (nx >= 0) & (nx < nw)
+        k = tl.where(inside, ny * nw + nx, -1)
+    return k
+
+
+@triton.jit
+def _accumulate_hard(f_ptr, offs_p, label, sums_ptr, counts_ptr, D):
+    """sums[label] += f[p], counts[label] += 1 for every pixel of the block with label >= 0 (float32 atomics)."""
+    member = label >= 0
+    row = tl.maximum(label, 0)
+    tl.atomic_add(counts_ptr + row, tl.full(label.shape, 1.0, tl.float32), mask=member, sem="relaxed")
+    for d in range(D):
+        fd = tl.load(f_ptr + offs_p * D + d, mask=member, other=0.0)
+        tl.atomic_add(sums_ptr + row * D + d, fd, mask=member, sem="relaxed")
+
+
+@triton.jit
+def _candidate_kernel(
+    f_ptr, c_ptr, pix_obj_ptr, sp_obj_ptr, table_ptr, out_ptr, sums_ptr, counts_ptr,
+    n_pixels, D, width, height, nh, nw,
+    USE_TABLE: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_PIXELS: tl.constexpr, SLOTS: tl.constexpr,
+):
+    """Masked candidate distances of a block of pixels, written as distances, soft association or argmin label.
+
+    f (N, D) f32, c (K, D) f32, pix_obj (N,) i32, sp_obj (K,) i32, table (N, 9) i32 (read only if USE_TABLE).
+    OUTPUT 0: out (N, 9) f32 distances, +inf on invalid slots. OUTPUT 1: out (N, 9) f32 softmax(-distance) over the
+    valid slots, 0 elsewhere (all-invalid rows are all zeros). OUTPUT 2: out (N,) i32 label of the nearest valid
+    candidate (lowest slot wins ties, -1 if none); with ACCUMULATE also sums (K, D) f32 += f, counts (K,) f32 += 1.
+    """
+    pid = tl.program_id(0)
+    offs_p = pid * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    slots = tl.arange(0, SLOTS)
+    in_range = offs_p < n_pixels
+
+    k = _candidate_tile(offs_p, slots, n_pixels, width, height, nh, nw, table_ptr, USE_TABLE)
+    row = tl.maximum(k, 0)
+    pix_obj = tl.load(pix_obj_ptr + offs_p, mask=in_range, other=-1)
+    sp_obj = tl.load(sp_obj_ptr + row, mask=k >= 0, other=-1)
+    valid = (k >= 0) & ((pix_obj[:, None] < 0) | (sp_obj == pix_obj[:, None]))
+
+    # squared distance, channel by channel in the reference's order (plain mul then add: same rounding)
+    dist = tl.zeros((BLOCK_PIXELS, SLOTS), dtype=tl.float32)
+    for d in range(D):
+        fd = tl.load(f_ptr + offs_p * D + d, mask=in_range, other=0.0)
+        cd = tl.load(c_ptr + row * D + d, mask=valid, other=0.0)
+        diff = fd[:, None] - cd
+        dist = dist + diff * diff
+    dist = tl.where(valid, dist, float("inf"))
+
+    if OUTPUT == 0:
+        tl.store(out_ptr + offs_p[:, None] * 9 + slots[None, :], dist,
+                 mask=in_range[:, None] & (slots[None, :] < 9))
+    elif OUTPUT == 1:
+        best = tl.min(dist, axis=1)
+        best = tl.where(best < float("inf"), best, 0.0)  # all-invalid row: avoid inf - inf (its q is all zeros)
+        e = tl.where(valid, tl.exp(best[:, None] - dist), 0.0)
+        total = tl.sum(e, axis=1)
+        q = e / tl.where(total > 0, total, 1.0)[:, None]
+        tl.store(out_ptr + offs_p[:, None] * 9 + slots[None, :], q,
+                 mask=in_range[:, None] & (slots[None, :] < 9))
+    else:
+        best = tl.min(dist, axis=1)
+        # lowest slot attaining the minimum == a strict `<` scan over slots 0..8 (reference: torch argmin, first min)
+        best_slot = tl.min(tl.where(dist == best[:, None], slots[None, :], SLOTS), axis=1)
+        label = tl.max(tl.where(slots[None, :] == best_slot[:, None], k, -1), axis=1)
+        label = tl.where(best < float("inf"), label, -1)
+        tl.store(out_ptr + offs_p, label, mask=in_range)
+        if ACCUMULATE:
+            _accumulate_hard(f_ptr, offs_p, label, sums_ptr, counts_ptr, D)
+
+
+@triton.jit
+def _hard_sums_kernel(f_ptr, labels_ptr, sums_ptr, counts_ptr, n_pixels, D, BLOCK_PIXELS: tl.constexpr):
+    """sums (K, D) f32 += f[p], counts (K,) f32 += 1 over pixels with labels (N,) i32 >= 0."""
+    offs_p = tl.program_id(0) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    label = tl.load(labels_ptr + offs_p, mask=offs_p < n_pixels, other=-1)
+    _accumulate_hard(f_ptr, offs_p, label, sums_ptr, counts_ptr, D)
+
+
+@triton.jit
+def _soft_sums_kernel(
+    f_ptr, q_ptr, table_ptr, sums_ptr, counts_ptr, n_pixels, D, width, height, nh, nw,
+    USE_TABLE: tl.constexpr, BLOCK_PIXELS: tl.constexpr, SLOTS: tl.constexpr,
+):
+    """sums (K, D) f32 += q[p, s] f[p], counts (K,) f32 += q[p, s] for every non-empty slot s (q (N, 9) f32)."""
+    offs_p = tl.program_id(0) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    slots = tl.arange(0, SLOTS)
+    in_range = offs_p < n_pixels
+    k = _candidate_tile(offs_p, slots, n_pixels, width, height, nh, nw, table_ptr, USE_TABLE)
+    q = tl.load(q_ptr + offs_p[:, None] * 9 + slots[None, :], mask=in_range[:, None] & (slots[None, :] < 9),
+                other=0.0)
+    hit = (k >= 0) & (q != 0.0)  # adding 0 changes nothing: skip the atomic
+    row = tl.maximum(k, 0)
+    tl.atomic_add(counts_ptr + row, q, mask=hit, sem="relaxed")
+    for d in range(D):
+        fd = tl.load(f_ptr + offs_p * D + d, mask=in_range, other=0.0)
+        tl.atomic_add(sums_ptr + row * D + d, q * fd[:, None], mask=hit, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------------------------- Python wrappers
+
+
+def _block_pixels(device: torch.device) -> int:
+    """Pixels per program: 128 on a GPU (a 128 x 16 tile, 4 warps); larger under the interpreter, whose cost is per
+    program and per operation rather than per element."""
+    return 128 if device.type == "cuda" else 1024
+
+
+def _launch_options(device: torch.device) -> dict:
+    # No fused multiply-add: keeps `dist + diff * diff` rounding identical to the reference (ignored by the interpreter)
+    return {"enable_fp_fusion": False} if device.type == "cuda" else {}
+
+
+def _layout(features: torch.Tensor, cands: Candidates):
+    """(table, use_table, nh, nw, pixel_object, superpixel_object) as contiguous int32 tensors on features' device."""
+    dev = features.device
+    use_table = cands.table is not None
+    table = cands.table.to(dev, torch.int32).contiguous() if use_table else torch.empty(1, dtype=torch.int32, device=dev)
+    nh, nw = (1, 1) if use_table else cands.grid
+    pix_obj = cands.pixel_object.to(dev, torch.int32).contiguous()
+    sp_obj = cands.superpixel_object.to(dev, torch.int32).contiguous()
+    return table, use_table, nh, nw, pix_obj, sp_obj
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float32).contiguous()
+
+
+def _candidate_pass(features, centroids, cands: Candidates, output: int, out, sums=None, counts=None):
+    f, c = _f32(features), _f32(centroids)
+    n, d = f.shape
+    if n == 0:
+        return out
+    table, use_table, nh, nw, pix_obj, sp_obj = _layout(f, cands)
+    accumulate = sums is not None
+    if not accumulate:
+        sums = counts = out  # never written
+    block = _block_pixels(f.device)
+    _candidate_kernel[(triton.cdiv(n, block),)](
+        f, c, pix_obj, sp_obj, table, out, sums, counts,
+        n, d, cands.width, cands.height, nh, nw,
+        USE_TABLE=use_table, OUTPUT=output, ACCUMULATE=accumulate, BLOCK_PIXELS=block, SLOTS=SLOTS_PAD,
+        **_launch_options(f.device),
+    )
+    return out
+
+
+def masked_distances(features, centroids, cands: Candidates) -> torch.Tensor:
+    """Squared distance of each pixel to each candidate slot: (N, 9) float32, +inf on invalid slots."""
+    out = torch.empty(features.shape[0], N_SLOTS, dtype=torch.float32, device=features.device)
+    return _candidate_pass(features, centroids, cands, OUT_DISTANCES, out)
+
+
+def assign(features, centroids, cands: Candidates) -> torch.Tensor:
+    """Hard assignment: (N,) int32 index of the nearest valid candidate (lowest slot on ties, -1 if none)."""
+    out = torch.empty(features.shape[0], dtype=torch.int32, device=features.device)
+    return _candidate_pass(features, centroids, cands, OUT_LABEL, out)
+
+
+def associate(features, centroids, cands: Candidates) -> torch.Tensor:
+    """Soft association softmax(-distance) over the valid slots: (N, 9) float32, 0 on invalid slots."""
+    out = torch.empty(features.shape[0], N_SLOTS, dtype=torch.float32, device=features.device)
+    return _candidate_pass(features, centroids, cands, OUT_SOFT, out)
+
+
+def centroid_sums_hard(features, labels, n_superpixels: int):
+    """Σ f and member count per superpixel for labels (N,) int32 (-1 = none): ((K, D) float32, (K,) float32)."""
+    f = _f32(features)
+    n, d = f.shape
+    sums = torch.zeros(n_superpixels, d, dtype=torch.float32, device=f.device)
+    counts = torch.zeros(n_superpixels, dtype=torch.float32, device=f.device)
+    if n:
+        block = _block_pixels(f.device)
+        _hard_sums_kernel[(triton.cdiv(n, block),)](
+            f, labels.to(f.device, torch.int32).contiguous(), sums, counts, n, d, BLOCK_PIXELS=block)
+    return sums, counts
+
+
+def centroid_sums_soft(features, q, cands: Candidates):
+    """Σ_p q_pk f_p and Σ_p q_pk per superpixel: ((K, D) float32, (K,) float32). Not differentiable by itself
+    (the dispatcher's fused soft iteration supplies the backward)."""
+    f = _f32(features)
+    n, d = f.shape
+    sums = torch.zeros(cands.n_superpixels, d, dtype=torch.float32, device=f.device)
+    counts = torch.zeros(cands.n_superpixels, dtype=torch.float32, device=f.device)
+    if n:
+        table, use_table, nh, nw, _, _ = _layout(f, cands)
+        block = _block_pixels(f.device)
+        _soft_sums_kernel[(triton.cdiv(n, block),)](
+            f, _f32(q), table, sums, counts, n, d, cands.width, cands.height, nh, nw,
+            USE_TABLE=use_table, BLOCK_PIXELS=block, SLOTS=SLOTS_PAD,
+        )
+    return sums, counts
+
+
+new_centroids = reference.new_centroids
+
+
+def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
+    """``n_iter`` fused (assign + atomic Σf/count) passes, each followed by centroids = Σf / count on the device
+    (:func:`.reference.new_centroids`: an empty superpixel keeps its centroid), then a final assignment.
+
+    Returns (labels (N,) int32, centroids (K, D) float32).
+    """
+    c = _f32(centroids).clone()
+    labels = torch.empty(features.shape[0], dtype=torch.int32, device=features.device)
+    sums = torch.empty_like(c)
+    counts = torch.empty(c.shape[0], dtype=torch.float32, device=c.device)
+    for _ in range(n_iter):
+        sums.zero_()
+        counts.zero_()
+        _candidate_pass(features, c, cands, OUT_LABEL, labels, sums, counts)
+        c = reference.new_centroids(sums, counts, c)
+    _candidate_pass(features, c, cands, OUT_LABEL, labels)
+    return labels, c
+
+
+#: Backward of a soft iteration on this backend: the torch formulas of :func:`.reference.soft_iteration_backward`
+#: (batched gathers and one index_add over (N, 9, D) on the device), called by the dispatcher's fused soft iteration.
+soft_iteration_backward = reference.soft_iteration_backward
+
+__all__ = [
+    "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "new_centroids",
+    "hard_iterations", "soft_iteration_backward",
+]
