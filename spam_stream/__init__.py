@@ -3,12 +3,14 @@
     >>> import spam_stream
     >>> labels = spam_stream.segment(image, n_superpixels=400)            # (H, W) int32, 0..K'-1
     >>> labels = spam_stream.segment(image, 400, prior=partition)         # superpixels inside prior objects
+    >>> labels = spam_stream.segment(image, 400, prior="fastsam", prior_checkpoint="FastSAM-s.pt")
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
 from .model import SPAM
+from .priors import Prior, Provider, make_provider
 
 __version__ = "0.1.0"
 
@@ -18,22 +20,48 @@ def _model(encoder, compactness, color_scale, iterations, min_size_factor, devic
     return SPAM(encoder, compactness, color_scale, iterations, min_size_factor, device=device, seed=seed)
 
 
+_providers: dict = {}
+
+
+def _provider(name, checkpoint, sam_model, masks, options) -> Provider | None:
+    """A provider built by name, cached (up to 2) so that repeated calls do not reload the prior model."""
+    key = (name, str(checkpoint), sam_model, str(masks), repr(sorted(options.items())))
+    if key not in _providers:
+        if len(_providers) >= 2:
+            _providers.pop(next(iter(_providers)))
+        _providers[key] = make_provider(name, checkpoint, sam_model, masks, **options)
+    return _providers[key]
+
+
 def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = 7.5,
             color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5, device: str = "cpu",
-            seed: int = 0, density=None):
+            seed: int = 0, density=None, prior_checkpoint=None, sam_model: str = "vit_h", prior_masks=None,
+            prior_options: dict | None = None, attention=None, attention_ratio: float = 2.5, focus=None):
     """SPAM superpixels of one image: (H, W) int32 labels 0..K'-1.
 
     Args:
         image: (H, W, 3) uint8 RGB array (grayscale / RGBA / float [0, 1] are converted).
         n_superpixels: K requested.
-        prior: (H, W) integer object partition (-1 = uncertain pixel) or None. No superpixel crosses an object.
+        prior: the prior object partition; no superpixel crosses an object. One of: None; an (H, W) integer
+            partition (-1 = uncertain pixel); "none" | "sam" | "fastsam" | "masks" (with ``prior_checkpoint`` for
+            sam/fastsam, ``sam_model`` for sam, ``prior_masks`` (file or folder) for masks, ``prior_options`` for
+            the provider's other options, see :func:`spam_stream.priors.make_provider`); a ready
+            :class:`spam_stream.priors.Provider`; or a :class:`spam_stream.priors.Prior`.
         encoder: "default" (bundled weights; D=5 if none), a weights path, or None for D=5 (no CNN).
         compactness: λs, regularity. color_scale: λc. iterations: clustering iterations.
-    The model is cached across calls with the same settings; for many images, :class:`SPAM` is explicit.
+        attention: None or "saliency" (spectral-residual visual attention; or an (H, W) saliency map / a callable
+            image → map): objects with mean saliency > 0.1 get ``attention_ratio`` (2.5)× the seeds per pixel.
+        focus: [(x, y, factor), ...] user-driven mode: the object under each point gets ``factor``× the density.
+        density: explicit per-object density factors (multiplied with the modes above).
+    The model (and a prior model named by string) is cached across calls with the same settings; for many images,
+    :class:`SPAM` with ``prior=make_provider(...)`` is explicit.
     """
     enc = str(encoder) if encoder is not None and not hasattr(encoder, "state_dict") else encoder
     model = _model(enc, compactness, color_scale, iterations, min_size_factor, device, seed)
-    return model.segment(image, n_superpixels, prior, density=density)
+    if isinstance(prior, str):
+        prior = _provider(prior, prior_checkpoint, sam_model, prior_masks, dict(prior_options or {}))
+    return model.segment(image, n_superpixels, prior, density=density, attention=attention,
+                         attention_ratio=attention_ratio, focus=focus)
 
 
-__all__ = ["SPAM", "segment", "__version__"]
+__all__ = ["SPAM", "Prior", "Provider", "make_provider", "segment", "__version__"]

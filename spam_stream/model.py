@@ -14,6 +14,7 @@ from .clustering import as_pixel_rows, cluster_hard
 from .connectivity import enforce_connectivity
 from .encoder import Encoder, fold_batchnorm, load_encoder
 from .features import COLOR_SCALE, SPATIAL_SCALE, pixel_features
+from .priors.base import Prior, Provider
 from .seeding import grid_seeds, object_seeds
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "spam_encoder.pt"
@@ -57,6 +58,37 @@ def check_prior(prior, shape) -> np.ndarray | None:
     return out
 
 
+def prior_partition(prior, image: np.ndarray, key=None) -> np.ndarray | None:
+    """The one place where a prior of any kind becomes a checked partition for ``image`` (H, W, 3).
+
+    ``prior``: None; an (H, W) integer partition (-1 = uncertain); a :class:`~spam_stream.priors.Prior`; or a
+    :class:`~spam_stream.priors.Provider` (called on the image, ``key`` naming the input for folder providers).
+    Returns (H, W) int32 with consecutive ids, or None.
+    """
+    if isinstance(prior, Provider):
+        prior = prior(image, key=key)
+    if isinstance(prior, Prior):
+        prior = prior.partition
+    return check_prior(prior, image.shape[:2])
+
+
+def adaptive_density(partition: np.ndarray, image: np.ndarray, density=None, attention=None,
+                     attention_ratio: float = 2.5, focus=None) -> np.ndarray | None:
+    """Per-object seed density factors (n_objects,) for the attention and user-driven modes, combined with an
+    explicit ``density`` by multiplication; ``density`` unchanged when no mode is on or there is no object."""
+    if (attention is None and not focus) or partition is None:
+        return density
+    from .attention import attention_density, focus_density, saliency_map
+
+    n = int(partition.max()) + 1
+    factors = np.ones(n) if density is None else np.asarray(density, dtype=np.float64)[:n].copy()
+    if attention is not None:
+        factors *= attention_density(partition, saliency_map(image, attention), attention_ratio)
+    if focus:
+        factors = focus_density(partition, focus, base=factors)
+    return factors
+
+
 def resolve_encoder(encoder) -> tuple[Encoder | None, dict]:
     """``"default"`` → the bundled weights if the package ships them, else None (D=5); a path → loaded;
     an Encoder → used as is; None → no CNN (D=5)."""
@@ -84,11 +116,13 @@ class SPAM:
         max_candidate_distance: with a prior, candidate seeds farther than this many grid steps are ignored.
         device: torch device for features and clustering ("cpu" or "cuda").
         seed: random seed for seeding (results are deterministic for a given seed).
+        prior: a ready prior :class:`~spam_stream.priors.Provider` (e.g. ``make_provider("fastsam", checkpoint=…)``)
+            used for every image that :meth:`segment` gets without its own prior: the prior model loads once.
     """
 
     def __init__(self, encoder="default", compactness: float = SPATIAL_SCALE, color_scale: float = COLOR_SCALE,
                  iterations: int = 10, min_size_factor: float = 0.5, max_candidate_distance: float = 3.0,
-                 device="cpu", seed: int = 0):
+                 device="cpu", seed: int = 0, prior: Provider | None = None):
         enc, meta = resolve_encoder(encoder)
         self.device = torch.device(device)
         self.encoder = None
@@ -97,21 +131,28 @@ class SPAM:
             self.encoder.input_color_scale = float(meta.get("color_scale", COLOR_SCALE))
         self.compactness, self.color_scale, self.iterations = compactness, color_scale, iterations
         self.min_size_factor, self.max_candidate_distance, self.seed = min_size_factor, max_candidate_distance, seed
+        self.prior = prior
 
     @property
     def n_features(self) -> int:
         """D: 5 without a CNN, the encoder's output channels with one."""
         return 5 if self.encoder is None else self.encoder.out_dim
 
-    def segment(self, image, n_superpixels: int = 400, prior=None, density=None) -> np.ndarray:
+    def segment(self, image, n_superpixels: int = 400, prior=None, density=None, *, attention=None,
+                attention_ratio: float = 2.5, focus=None, key=None) -> np.ndarray:
         """Superpixels of one image.
 
         Args:
             image: (H, W, 3) uint8 RGB (grayscale, RGBA and float [0, 1] images are converted).
             n_superpixels: K, the requested number of superpixels (1 ≤ K ≤ H·W).
-            prior: (H, W) integer object partition (ids ≥ 0, -1 = uncertain), or None.
+            prior: (H, W) integer object partition (ids ≥ 0, -1 = uncertain), a Prior, a Provider, or None (then
+                the constructor's provider, if any).
             density: optional per-object seed density factors (indexed by the prior's object ids after they are
                 made consecutive in increasing order) for the attention and user-driven modes.
+            attention: None, "saliency" (spectral-residual saliency), an (H, W) saliency map or a callable
+                image → map: objects with mean saliency > 0.1 get ``attention_ratio``× the seeds per pixel.
+            focus: [(x, y, factor), ...]: the object under each point gets ``factor``× the seeds per pixel.
+            key: the input's name (file stem) or frame index, for providers that read one prior file per input.
         Returns:
             (H, W) int32 labels 0..K'-1; every superpixel is 4-connected and inside one prior object.
         """
@@ -122,7 +163,11 @@ class SPAM:
             raise ValueError(f"the number of superpixels must be at least 1, got {n_superpixels}")
         if k > h * w:
             raise ValueError(f"{k} superpixels requested but the image has only {h * w} pixels")
-        partition = check_prior(prior, (h, w))
+        source = self.prior if prior is None else prior
+        if source is None and (attention is not None or focus):
+            raise ValueError("the attention and focus modes weight prior objects: they need a prior")
+        partition = prior_partition(source, image, key)
+        density = adaptive_density(partition, image, density, attention, attention_ratio, focus)
         if partition is None:
             seeds = grid_seeds(h, w, k)
             cands = grid_candidates(h, w, seeds)

@@ -1,0 +1,84 @@
+"""SAM prior: segment-anything's automatic mask generator (a grid of point prompts) → aggregated partition.
+
+The paper uses ViT-H with a 32×32 point grid. On a CPU that takes minutes per image; FastSAM is the fast choice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..aggregation import aggregate
+from .base import SAM_CHECKPOINTS, Prior, Provider, checkpoint_error, empty_proposals
+
+SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
+
+
+def load_sam(checkpoint: str | Path, model_type: str = "vit_h", build: Callable | None = None) -> torch.nn.Module:
+    """A SAM model with the weights of ``checkpoint`` (a state_dict file, as the official ``sam_vit_*.pth``).
+
+    Equivalent to ``segment_anything.sam_model_registry[model_type](checkpoint=path)``, but the state dict is loaded
+    here (``weights_only``, on the CPU) so that a missing, corrupt or mismatched checkpoint raises a one-line
+    :class:`~spam_stream.priors.base.PriorCheckpointError`. ``build`` replaces the architecture builder (a callable
+    returning an un-initialised ``Sam``; tests use a tiny one).
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise checkpoint_error(path, "SAM checkpoint not found", SAM_CHECKPOINTS)
+    if build is None:
+        from segment_anything import sam_model_registry
+
+        if model_type not in SAM_MODEL_TYPES:
+            raise ValueError(f"unknown SAM model type {model_type!r}: expected one of {', '.join(SAM_MODEL_TYPES)}")
+        build = sam_model_registry[model_type]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise checkpoint_error(path, f"not a readable torch checkpoint ({type(exc).__name__})", SAM_CHECKPOINTS) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise checkpoint_error(path, "not a SAM state_dict (expected a dict of tensors)", SAM_CHECKPOINTS)
+    model = build(checkpoint=None)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip()[:160] if "\n" in str(exc) else str(exc)[:160]
+        raise checkpoint_error(path, f"does not fit the SAM {model_type} architecture (wrong --sam-model? {first}…)",
+                               SAM_CHECKPOINTS) from None
+    return model.eval()
+
+
+class SamProvider(Provider):
+    """SAM automatic masks → partition.
+
+    Args:
+        checkpoint: SAM state_dict file (e.g. ``sam_vit_b_01ec64.pth``); never downloaded.
+        model_type: "vit_h" (paper), "vit_l" or "vit_b" — must match the checkpoint.
+        points_per_side: the point-prompt grid is points_per_side² (paper: 32).
+        generator_options: other ``SamAutomaticMaskGenerator`` keyword arguments (pred_iou_thresh,
+            stability_score_thresh, box_nms_thresh, crop_n_layers, points_per_batch, …).
+        aggregation: keyword options of :func:`spam_stream.aggregation.aggregate`.
+        device: torch device of the model.
+        build: architecture builder replacing ``sam_model_registry[model_type]`` (for tests).
+    """
+
+    name = "sam"
+
+    def __init__(self, checkpoint, model_type: str = "vit_h", points_per_side: int = 32,
+                 generator_options: dict | None = None, aggregation: dict | None = None, device="cpu",
+                 build: Callable | None = None):
+        from segment_anything import SamAutomaticMaskGenerator
+
+        self.model = load_sam(checkpoint, model_type, build).to(device)
+        self.generator = SamAutomaticMaskGenerator(self.model, points_per_side=points_per_side,
+                                                   **(generator_options or {}))
+        self.aggregation = aggregation or {}
+
+    def __call__(self, image: np.ndarray, key=None) -> Prior:
+        """Prior of ``image`` (H, W, 3) uint8 RGB: proposals (M, H, W) bool and their aggregated partition."""
+        h, w = image.shape[:2]
+        with torch.inference_mode():
+            records = self.generator.generate(np.ascontiguousarray(image))
+        masks = np.stack([r["segmentation"] for r in records]) if records else empty_proposals(h, w)
+        return Prior(aggregate(masks, **self.aggregation), masks.astype(bool, copy=False))
