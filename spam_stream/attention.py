@@ -69,10 +69,13 @@ class DinoSaliency:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: DINO weights file not found (nothing is downloaded)")
-        self.model = timm.create_model(arch, pretrained=False, num_classes=0, img_size=size, dynamic_img_size=True)
+        # 224-px positional embeddings as trained, interpolated to the input's patch grid at run time
+        self.model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-        self.model.load_state_dict(state, strict=False)
+        missing = self.model.load_state_dict(state, strict=False).missing_keys
+        if missing:
+            raise RuntimeError(f"{path}: not {arch} weights (missing {', '.join(missing[:3])}…)")
         self.model.eval()
         self.size = size
         attn = self.model.blocks[-1].attn

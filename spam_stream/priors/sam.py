@@ -68,17 +68,32 @@ class SamProvider(Provider):
     def __init__(self, checkpoint, model_type: str = "vit_h", points_per_side: int = 32,
                  generator_options: dict | None = None, aggregation: dict | None = None, device="cpu",
                  build: Callable | None = None):
+        self._setup(load_sam(checkpoint, model_type, build).to(device), points_per_side, generator_options,
+                    aggregation)
+
+    @classmethod
+    def from_model(cls, sam: torch.nn.Module, points_per_side: int = 32, generator_options: dict | None = None,
+                   aggregation: dict | None = None) -> "SamProvider":
+        """A provider around a SAM model already in memory (e.g. ``sam_model_registry["vit_b"]()`` for timing)."""
+        provider = cls.__new__(cls)
+        provider._setup(sam.eval(), points_per_side, generator_options, aggregation)
+        return provider
+
+    def _setup(self, sam, points_per_side, generator_options, aggregation):
         from segment_anything import SamAutomaticMaskGenerator
 
-        self.model = load_sam(checkpoint, model_type, build).to(device)
-        self.generator = SamAutomaticMaskGenerator(self.model, points_per_side=points_per_side,
-                                                   **(generator_options or {}))
+        self.model = sam
+        self.generator = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, **(generator_options or {}))
         self.aggregation = aggregation or {}
 
-    def __call__(self, image: np.ndarray, key=None) -> Prior:
-        """Prior of ``image`` (H, W, 3) uint8 RGB: proposals (M, H, W) bool and their aggregated partition."""
+    def proposals(self, image: np.ndarray) -> np.ndarray:
+        """Raw SAM masks of ``image`` (H, W, 3) uint8 RGB: (M, H, W) bool."""
         h, w = image.shape[:2]
         with torch.inference_mode():
             records = self.generator.generate(np.ascontiguousarray(image))
-        masks = np.stack([r["segmentation"] for r in records]) if records else empty_proposals(h, w)
-        return Prior(aggregate(masks, **self.aggregation), masks.astype(bool, copy=False))
+        return np.stack([r["segmentation"] for r in records]).astype(bool) if records else empty_proposals(h, w)
+
+    def __call__(self, image: np.ndarray, key=None) -> Prior:
+        """Prior of ``image`` (H, W, 3) uint8 RGB: proposals (M, H, W) bool and their aggregated partition."""
+        masks = self.proposals(image)
+        return Prior(aggregate(masks, **self.aggregation), masks)
