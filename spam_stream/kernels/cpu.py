@@ -8,13 +8,42 @@ same order as the reference, so hard labels agree bit for bit.
 Why numba: it compiles plain Python loops to vectorised machine code with ``prange`` threads and an on-disk cache,
 needs no compiler at install time (unlike a torch C++ extension), and keeps the kernel readable next to its
 reference; torch.compile cannot express the per-pixel candidate loop without materialising the gathers.
+
+Hard assignment (``assign``, ``hard_iterations``) is vectorised ACROSS PIXELS, never across channels:
+
+* **Blocks of 16 lanes.** Pixels are cut into blocks of ``LANES = 16`` consecutive pixels; one SIMD lane is one
+  pixel (one AVX-512 register of float32). Features are transposed once per call to ``fT`` (D, N padded to a
+  multiple of 16), so the 16 values of channel d of a block are one contiguous vector load.
+* **Union of candidates.** Consecutive pixels mostly share their candidates (table rows are sorted; grid cells are
+  ~20 px wide), so per block the distinct valid candidates of its 16 pixels (≈12 on the BSDS bench, ≤144) are
+  listed once per call (``_prepare``): ``members`` (the superpixels, CSR by block) and ``prio[j, lane]`` = the
+  lowest slot in which the lane holds member j as a *valid* candidate (object masking included), ``NO_SLOT`` if
+  none. Distances are thus computed ≈12 times per 16 pixels instead of 9 times per pixel on one lane.
+* **Per pass**, for each member j the 16 distances are accumulated channel by channel d = 0..D-1 with one vector
+  ``sub, mul, add`` per channel (``_sq_dist2``: two members per call share the feature loads). Every lane performs
+  exactly the scalar reference's float32 operations in the same order, and LLVM gets separate fsub/fmul/fadd
+  without the ``contract`` flag, so no fma is formed: distances are bit-identical to the reference.
+* **Argmin** (``_argmin_step``): a lane takes member j if its slot is valid and it is strictly closer, or exactly
+  as close from a lower slot (``prio``) — the reference's "lowest slot wins ties" rule, whatever the member order.
+  A lane whose best distance is +inf (no valid slot) gets -1, as in the reference.
+* **Centroid sums** (``_add_member_sums``): per distinct label of the block, the masked features are added in
+  float64 into per-chunk (K, D, 8) partial sums (lanes i and i + 8 paired), reduced at the end of the chunk. Only the
+  float64 summation order differs from the reference (as it already did across threads).
+
+The vector bodies are small numba ``@intrinsic`` functions emitting LLVM vector IR. Written as numba loops over 16
+lanes, LLVM fully unrolls them and then cannot vectorise them because it cannot prove that the scratch arrays do
+not alias the features: it emits scalar ``vsubss/vmulss`` (what the earlier "16-lane" attempt hit), and runs of
+identical table rows average 8 pixels, too short for LLVM's runtime-trip-count vector loops ("run-based" attempt).
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .candidates import N_SLOTS, Candidates
 
@@ -68,28 +97,218 @@ def _distances(f, c, pix_obj, sp_obj, width, height, nh, nw, table, use_table, o
             out[p, s] = dist[s]
 
 
+LANES = 16  # pixels per block = float32 lanes of one AVX-512 register
+NO_SLOT = 127  # prio of a (member, lane) pair that is not a valid candidate of that lane
+
+_F32, _F64, _I32, _I64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
+
+
+def _vec(elem, n=LANES):
+    return ir.VectorType(elem, n)
+
+
+def _vec_ptr(context, builder, arr_type, arr, at, elem, n=LANES):
+    """Pointer to the n-vector of ``elem`` starting at flat index ``at`` of a C-contiguous array."""
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [at]), _vec(elem, n).as_pointer())
+
+
+def _splat(builder, x, elem):
+    v = builder.insert_element(ir.Constant(_vec(elem), ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_vec(elem), ir.Undefined), ir.Constant(_vec(_I32), [0] * LANES))
+
+
+def _emit_sq_dists(context, builder, sig, args, n_members):
+    """dist[d_at + 16 m : +16] = Σ_{d < n_dims, in order} (feat[f_at + d·stride : +16] - cent[c_at_m + d])², m < n.
+
+    Separate fsub, fmul, fadd without fast-math flags: LLVM may not contract them into an fma, so each lane rounds
+    exactly like the scalar reference. The accumulators are allocas that LLVM keeps in registers.
+    """
+    dist, d_at, feat, f_at, stride, cent = args[:6]
+    c_ats, n_dims = args[6:6 + n_members], args[6 + n_members]
+    fdata = context.make_array(sig.args[2])(context, builder, feat).data
+    cdata = context.make_array(sig.args[5])(context, builder, cent).data
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_vec(_F32), [0.0] * LANES)) for _ in range(n_members)]
+    with cgutils.for_range(builder, n_dims) as loop:
+        pf = builder.bitcast(builder.gep(fdata, [builder.add(f_at, builder.mul(loop.index, stride))]),
+                             _vec(_F32).as_pointer())
+        fv = builder.load(pf, align=4)
+        for acc, c_at in zip(accs, c_ats):
+            cv = builder.load(builder.gep(cdata, [builder.add(c_at, loop.index)]))
+            diff = builder.fsub(fv, _splat(builder, cv, _F32))
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(diff, diff)), acc)
+    for m, acc in enumerate(accs):
+        at = builder.add(d_at, ir.Constant(_I64, m * LANES))
+        builder.store(builder.load(acc), _vec_ptr(context, builder, sig.args[0], dist, at, _F32), align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _sq_dist(typingctx, dist, d_at, feat, f_at, stride, cent, c_at, n_dims):
+    """Squared distances of 16 pixels (lanes) to one centroid, see :func:`_emit_sq_dists`."""
+    return types.void(dist, d_at, feat, f_at, stride, cent, c_at, n_dims), \
+        lambda context, builder, sig, args: _emit_sq_dists(context, builder, sig, args, 1)
+
+
+@intrinsic
+def _sq_dist2(typingctx, dist, d_at, feat, f_at, stride, cent, c_at0, c_at1, n_dims):
+    """Squared distances of 16 pixels to two centroids at once (the feature loads are shared)."""
+    return types.void(dist, d_at, feat, f_at, stride, cent, c_at0, c_at1, n_dims), \
+        lambda context, builder, sig, args: _emit_sq_dists(context, builder, sig, args, 2)
+
+
+@intrinsic
+def _argmin_step(typingctx, dist, d_at, prio, p_at, best_d, best_p, best_j, j):
+    """Per lane: take member j if its slot is valid and it is closer, or exactly as close from a lower slot."""
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_I64, 0)
+        a = builder.load(_vec_ptr(context, builder, sig.args[0], args[0], args[1], _F32), align=4)
+        pr = builder.sext(builder.load(_vec_ptr(context, builder, sig.args[2], args[2], args[3], ir.IntType(8)),
+                                       align=1), _vec(_I32))
+        pbd = _vec_ptr(context, builder, sig.args[4], args[4], zero, _F32)
+        pbp = _vec_ptr(context, builder, sig.args[5], args[5], zero, _I32)
+        pbj = _vec_ptr(context, builder, sig.args[6], args[6], zero, _I32)
+        bd, bp, bj = builder.load(pbd, align=4), builder.load(pbp, align=4), builder.load(pbj, align=4)
+        valid = builder.icmp_signed("!=", pr, ir.Constant(_vec(_I32), [NO_SLOT] * LANES))
+        closer = builder.fcmp_ordered("<", a, bd)
+        tie = builder.and_(builder.fcmp_ordered("==", a, bd), builder.icmp_signed("<", pr, bp))
+        take = builder.and_(valid, builder.or_(closer, tie))
+        builder.store(builder.select(take, a, bd), pbd, align=4)
+        builder.store(builder.select(take, pr, bp), pbp, align=4)
+        builder.store(builder.select(take, _splat(builder, builder.trunc(args[7], _I32), _I32), bj), pbj, align=4)
+        return context.get_dummy_value()
+    return types.void(dist, d_at, prio, p_at, best_d, best_p, best_j, j), codegen
+
+
+def _lanes_equal(context, builder, arr_type, arr, j):
+    v = builder.load(_vec_ptr(context, builder, arr_type, arr, ir.Constant(_I64, 0), _I32), align=4)
+    return builder.icmp_signed("==", v, _splat(builder, builder.trunc(j, _I32), _I32))
+
+
+@intrinsic
+def _count_equal(typingctx, best_j, j):
+    """Number of lanes with best_j == j."""
+    def codegen(context, builder, sig, args):
+        bits = builder.bitcast(_lanes_equal(context, builder, sig.args[0], args[0], args[1]), ir.IntType(LANES))
+        return builder.zext(builder.ctpop(bits), _I64)
+    return types.int64(best_j, j), codegen
+
+
+@intrinsic
+def _add_member_sums(typingctx, acc, a_at, feat, f_at, stride, n_dims, best_j, j):
+    """acc[a_at + 8d : +8] (float64) += feat[f_at + d·stride : +16] masked to lanes with best_j == j, lanes i and
+    i + 8 added pairwise, for d < n_dims."""
+    def codegen(context, builder, sig, args):
+        m = _lanes_equal(context, builder, sig.args[6], args[6], args[7])
+        fdata = context.make_array(sig.args[2])(context, builder, args[2]).data
+        adata = context.make_array(sig.args[0])(context, builder, args[0]).data
+        with cgutils.for_range(builder, args[5]) as loop:
+            pf = builder.bitcast(builder.gep(fdata, [builder.add(args[3], builder.mul(loop.index, args[4]))]),
+                                 _vec(_F32).as_pointer())
+            v = builder.select(m, builder.load(pf, align=4), ir.Constant(_vec(_F32), [0.0] * LANES))
+            halves = [builder.fpext(builder.shuffle_vector(v, v, ir.Constant(_vec(_I32, 8), list(range(h, h + 8)))),
+                                    _vec(_F64, 8)) for h in (0, 8)]
+            at = builder.add(args[1], builder.mul(loop.index, ir.Constant(_I64, 8)))
+            pa = builder.bitcast(builder.gep(adata, [at]), _vec(_F64, 8).as_pointer())
+            builder.store(builder.fadd(builder.load(pa, align=8), builder.fadd(*halves)), pa, align=8)
+        return context.get_dummy_value()
+    return types.void(acc, a_at, feat, f_at, stride, n_dims, best_j, j), codegen
+
+
 @njit(parallel=True, cache=True)
-def _assign_pass(f, c, pix_obj, sp_obj, width, height, nh, nw, table, use_table, labels, accumulate, sums, counts):
-    """Hard assignment of every pixel; with ``accumulate``, also Σf and counts per (chunk, superpixel)."""
+def _prepare(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chunks):
+    """Once per call: fT (D, N padded to 16) and, per block of 16 pixels, its valid candidates (layout above).
+
+    Returns fT, start (n_blocks + 1) CSR offsets, members (int32 superpixels), prio (n_members, 16) int8.
+    """
     n, d_count = f.shape
-    n_chunks = sums.shape[0]
-    for t in prange(n_chunks):
-        idx = np.empty(N_SLOTS, np.int64)
-        dist = np.empty(N_SLOTS, np.float32)
-        for p in range(t * n // n_chunks, (t + 1) * n // n_chunks):
-            _pixel_distances(p, f, c, pix_obj, sp_obj, width, height, nh, nw, table, use_table, idx, dist)
-            best = -1
-            best_d = INF
-            for s in range(N_SLOTS):
-                if dist[s] < best_d:
-                    best_d = dist[s]
-                    best = s
-            k = -1 if best < 0 else idx[best]
-            labels[p] = k
-            if accumulate and k >= 0:
-                counts[t, k] += 1.0
+    n_blocks = (n + LANES - 1) // LANES
+    n_sp = sp_obj.shape[0]
+    fT = np.zeros((d_count, n_blocks * LANES), np.float32)
+    size = np.zeros(n_blocks + 1, np.int64)
+    for t in prange(n_chunks):  # count the distinct valid candidates of each block (and transpose)
+        mark = np.full(n_sp, -1, np.int64)
+        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+            u = 0
+            for p in range(b * LANES, min(n, (b + 1) * LANES)):
                 for d in range(d_count):
-                    sums[t, k, d] += f[p, d]
+                    fT[d, p] = f[p, d]
+                po = pix_obj[p]
+                for s in range(N_SLOTS):
+                    k = _slot(p, s, width, height, nh, nw, table, use_table)
+                    if k >= 0 and (po < 0 or sp_obj[k] == po) and mark[k] != b:
+                        mark[k] = b
+                        u += 1
+            size[b + 1] = u
+    start = np.cumsum(size)
+    members = np.empty(start[-1], np.int32)
+    prio = np.full((start[-1], LANES), NO_SLOT, np.int8)
+    for t in prange(n_chunks):  # list them, with the lowest valid slot of each member in each lane
+        mark = np.full(n_sp, -1, np.int64)
+        pos = np.empty(n_sp, np.int64)
+        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+            u = start[b]
+            for p in range(b * LANES, min(n, (b + 1) * LANES)):
+                po = pix_obj[p]
+                for s in range(N_SLOTS):
+                    k = _slot(p, s, width, height, nh, nw, table, use_table)
+                    if k < 0 or (po >= 0 and sp_obj[k] != po):
+                        continue
+                    if mark[k] != b:
+                        mark[k] = b
+                        pos[k] = u
+                        members[u] = k
+                        u += 1
+                    if prio[pos[k], p - b * LANES] == NO_SLOT:
+                        prio[pos[k], p - b * LANES] = s
+    return fT, start, members, prio
+
+
+@njit(parallel=True, cache=True)
+def _assign_blocks(fT, n_cols, c, start, members, prio, labels, accumulate, sums, counts):
+    """Hard assignment of every block (labels padded to n_cols); with ``accumulate``, also Σf (float64) and counts
+    per (chunk, superpixel), sums (chunks, K, D). fT is the flat (D · n_cols) transpose."""
+    d_count = c.shape[1]
+    n_blocks = start.shape[0] - 1
+    n_chunks = sums.shape[0]
+    prio_flat = prio.ravel()
+    c_flat = c.ravel()
+    for t in prange(n_chunks):
+        dist = np.empty(N_SLOTS * LANES * LANES, np.float32)  # (members ≤ 9 · 16, 16 lanes)
+        best_d = np.empty(LANES, np.float32)
+        best_p = np.empty(LANES, np.int32)
+        best_j = np.empty(LANES, np.int32)
+        part = np.zeros(sums.shape[1] * d_count * 8 if accumulate else 0, np.float64)  # (K, D, 8 lane pairs)
+        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+            j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
+            for j in range(0, n_u - 1, 2):
+                _sq_dist2(dist, j * LANES, fT, p0, n_cols, c_flat, members[j0 + j] * d_count,
+                          members[j0 + j + 1] * d_count, d_count)
+            if n_u % 2:
+                _sq_dist(dist, (n_u - 1) * LANES, fT, p0, n_cols, c_flat, members[j0 + n_u - 1] * d_count, d_count)
+            best_d[:] = INF
+            best_p[:] = NO_SLOT
+            best_j[:] = -1
+            for j in range(n_u):
+                _argmin_step(dist, j * LANES, prio_flat, (j0 + j) * LANES, best_d, best_p, best_j, j)
+            for i in range(LANES):
+                if best_d[i] == INF:  # no valid slot (or only infinite distances): -1 like the reference
+                    best_j[i] = -1
+                labels[p0 + i] = -1 if best_j[i] < 0 else members[j0 + best_j[i]]
+            if accumulate:
+                for j in range(n_u):
+                    cnt = _count_equal(best_j, j)
+                    if cnt > 0:
+                        k = members[j0 + j]
+                        counts[t, k] += cnt
+                        _add_member_sums(part, k * d_count * 8, fT, p0, n_cols, d_count, best_j, j)
+        if accumulate:
+            for k in range(sums.shape[1]):
+                for d in range(d_count):
+                    acc = 0.0
+                    for lane in range(8):
+                        acc += part[(k * d_count + d) * 8 + lane]
+                    sums[t, k, d] += acc
 
 
 @njit(parallel=True, cache=True)
@@ -175,11 +394,13 @@ def masked_distances(features, centroids, cands: Candidates):
 
 def assign(features, centroids, cands: Candidates):
     f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
-    labels = np.empty(f.shape[0], np.int32)
-    unused = np.zeros((_n_chunks(cands.height), 1, 1), np.float64)
-    _assign_pass(f, centroids.detach().contiguous().numpy(), po, so, w, h, nh, nw, table, use_table, labels,
-                 False, unused, unused[:, :, 0])
-    return torch.from_numpy(labels)
+    chunks = _n_chunks(cands.height)
+    fT, start, members, prio = _prepare(f, po, so, w, h, nh, nw, table, use_table, chunks)
+    labels = np.empty(fT.shape[1], np.int32)
+    unused_sums, unused_counts = np.zeros((chunks, 1, 1), np.float64), np.zeros((chunks, 1), np.float64)
+    _assign_blocks(fT.ravel(), fT.shape[1], centroids.detach().contiguous().numpy(), start, members, prio, labels,
+                   False, unused_sums, unused_counts)
+    return torch.from_numpy(labels[:f.shape[0]])
 
 
 def associate(features, centroids, cands: Candidates):
@@ -256,16 +477,18 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
     c = centroids.detach().contiguous().numpy().copy()
     k, chunks = cands.n_superpixels, _n_chunks(cands.height)
-    labels = np.empty(f.shape[0], np.int32)
+    fT, start, members, prio = _prepare(f, po, so, w, h, nh, nw, table, use_table, chunks)
+    fT_flat = fT.ravel()
+    labels = np.empty(fT.shape[1], np.int32)
     sums = np.zeros((chunks, k, f.shape[1]), np.float64)
     counts = np.zeros((chunks, k), np.float64)
     for _ in range(n_iter):
         sums[:] = 0
         counts[:] = 0
-        _assign_pass(f, c, po, so, w, h, nh, nw, table, use_table, labels, True, sums, counts)
+        _assign_blocks(fT_flat, fT.shape[1], c, start, members, prio, labels, True, sums, counts)
         c = _new_centroids(sums, counts, c)
-    _assign_pass(f, c, po, so, w, h, nh, nw, table, use_table, labels, False, sums, counts)
-    return torch.from_numpy(labels), torch.from_numpy(c)
+    _assign_blocks(fT_flat, fT.shape[1], c, start, members, prio, labels, False, sums, counts)
+    return torch.from_numpy(labels[:f.shape[0]]), torch.from_numpy(c)
 
 
 def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, new_c, grad_q, grad_new_c):
