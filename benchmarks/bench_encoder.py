@@ -6,22 +6,13 @@ mode, on a 481x321 input, for several widths. Random weights with non-trivial BN
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from spam_stream.encoder import Encoder, fold_batchnorm
+from timing import median_ms
 
 
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
 
 
 def main():

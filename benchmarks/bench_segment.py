@@ -7,26 +7,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
 from PIL import Image
 
 from spam_stream import SPAM
 from spam_stream.model import DEFAULT_WEIGHTS
+from timing import median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
 
 
 def main():

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from .cli import _positive_int
 from .datasets import BSDS500, default_bsds_root, oracle_partition
 from .metrics import evaluate
 
@@ -47,13 +48,6 @@ def _k_list(text: str) -> list[int]:
     if not ks or min(ks) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return ks
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
