@@ -24,14 +24,14 @@ from tqdm import tqdm
 
 from .cli import _positive_int
 from .datasets import BSDS500, default_bsds_root, oracle_partition
-from .metrics import evaluate
+from .metrics import asa, evaluate
 
 __all__ = ["add_eval_arguments", "run_eval", "ORACLE_LABEL", "SLIC_LABEL", "NO_CNN_LABEL", "METRIC_KEYS"]
 
 ORACLE_LABEL = "oracle (upper bound for a perfect SAM)"
 SLIC_LABEL = "SLIC (scikit-image)"
 NO_CNN_LABEL = "SPAM D=5 (no CNN, no prior)"
-METRIC_KEYS = ("k_produced", "asa", "ue", "br", "bp", "ev", "src", "smf", "gr", "delta_k")
+METRIC_KEYS = ("k_produced", "asa", "asa_first", "ue", "br", "bp", "ev", "src", "smf", "gr", "delta_k")
 CSV_FIELDS = ("method", "k", "image") + METRIC_KEYS + ("seconds",)
 SLICO_NOTE = ("OpenCV SLICO (the usual second baseline) is not run: it needs opencv-contrib "
               "(cv2.ximgproc), which is not installed here.")
@@ -138,17 +138,18 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def write_summary(path: Path, summary: list[dict], failures: list[tuple], header: list[str]) -> None:
-    cols = ["method", "K", "K'", "ASA", "UE", "BR", "BP", "EV", "GR", "SRC", "SMF", "ΔK", "mean seconds", "images"]
+    cols = ["method", "K", "K'", "ASA", "ASA₁", "UE", "BR", "BP", "EV", "GR", "SRC", "SMF", "ΔK", "mean seconds", "images"]
     lines = ["# spam-stream eval", "", *header, "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for s in summary:
         vals = [s["method"], str(s["k"]), f"{s['k_produced']:.1f}"]
-        vals += [f"{s[key]:.4f}" for key in ("asa", "ue", "br", "bp", "ev", "gr", "src", "smf")]
+        vals += [f"{s[key]:.4f}" for key in ("asa", "asa_first", "ue", "br", "bp", "ev", "gr", "src", "smf")]
         vals += [f"{s['delta_k']:.3f}", f"{s['seconds']:.3f}", str(s["n"])]
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", "ASA, BR, BP, EV, GR, SRC, SMF: higher is better; UE, ΔK: lower is better. "
               "BR/BP with a 2-px Chebyshev tolerance. Ground-truth metrics are averaged over the annotators, then "
-              "over the images. K' = superpixels produced (mean)."]
+              "over the images. ASA₁: ASA against the first annotator only (the one the oracle prior is built from). "
+              "K' = superpixels produced (mean)."]
     if failures:
         lines += ["", f"## Failures ({len(failures)})", ""]
         lines += [f"- {name} / {method} / K={k}: {err}" for name, method, k, err in failures]
@@ -260,7 +261,8 @@ def run_eval(args) -> int:
                         if labels.shape != sample.image.shape[:2]:
                             raise ValueError(f"labels have shape {labels.shape}, image {sample.image.shape[:2]}")
                         row = {"method": method_name, "k": k, "image": name,
-                               **evaluate(labels, sample.gts, sample.image, k), "seconds": seconds}
+                               **evaluate(labels, sample.gts, sample.image, k),
+                               "asa_first": asa(labels, sample.gts[0]), "seconds": seconds}
                     except Exception as e:
                         fail(name, method_name, k, e)
                         continue
