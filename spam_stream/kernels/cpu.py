@@ -26,9 +26,18 @@ Hard assignment (``assign``, ``hard_iterations``) is vectorised ACROSS PIXELS, n
 * **Argmin** (``_argmin_step``): a lane takes member j if its slot is valid and it is strictly closer, or exactly
   as close from a lower slot (``prio``) — the reference's "lowest slot wins ties" rule, whatever the member order.
   A lane whose best distance is +inf (no valid slot) gets -1, as in the reference.
-* **Centroid sums** (``_add_member_sums``): per distinct label of the block, the masked features are added in
-  float64 into per-chunk (K, D, 8) partial sums (lanes i and i + 8 paired), reduced at the end of the chunk. Only the
-  float64 summation order differs from the reference (as it already did across threads).
+* **Warm start + early exit** (``_sq_dist_unless_beaten``): from the second pass on, the members that won the first
+  and last lane of the block in the previous pass are computed first, in full; every other member is dropped as soon
+  as (checked every ``CHANNEL_GROUP`` channels) its partial distance exceeds the best so far in all of its valid
+  lanes. Partial sums of squares never decrease, so a dropped member could not have won any lane, and the argmin
+  is order independent: labels are unchanged, ≈ 1/3 of the channel work is skipped on the BSDS bench.
+* **Centroid sums** (``_add_lane_sums``): per distinct label of the block (≈2, found from a lane bit mask), the
+  masked features are added in float64 into per-chunk (K, D, 8) partial sums (lanes i and i + 8 paired); only the
+  rows a chunk touched are folded and cleared at the end of the pass. Only the float64 summation order differs from
+  the reference (as it already did across threads); the new centroid is float32(sum) / float32(count) like
+  ``reference.new_centroids``, so centroids match the reference bit for bit.
+* **One call** (``_hard_loop``): all passes and the centroid updates run inside one numba function, one parallel
+  region per pass, no Python or numpy work in between.
 
 The vector bodies are small numba ``@intrinsic`` functions emitting LLVM vector IR. Written as numba loops over 16
 lanes, LLVM fully unrolls them and then cannot vectorise them because it cannot prove that the scratch arrays do
@@ -99,6 +108,7 @@ def _distances(f, c, pix_obj, sp_obj, width, height, nh, nw, table, use_table, o
 
 LANES = 16  # pixels per block = float32 lanes of one AVX-512 register
 NO_SLOT = 127  # prio of a (member, lane) pair that is not a valid candidate of that lane
+CHANNEL_GROUP = 4  # channels accumulated between two "already beaten?" checks
 
 _F32, _F64, _I32, _I64 = ir.FloatType(), ir.DoubleType(), ir.IntType(32), ir.IntType(64)
 
@@ -158,6 +168,48 @@ def _sq_dist2(typingctx, dist, d_at, feat, f_at, stride, cent, c_at0, c_at1, n_d
 
 
 @intrinsic
+def _sq_dist_unless_beaten(typingctx, dist, d_at, feat, f_at, stride, cent, c_at, n_dims, prio, p_at, best_d):
+    """Like :func:`_sq_dist`, but every CHANNEL_GROUP channels, stop and return True if every lane where the member
+    is a valid candidate already has a partial distance > best_d. Sums of squares only grow (float32 rounding is
+    monotone), so such a member cannot win any lane: skipping its remaining channels changes no label. Returns
+    False (distance complete in dist) otherwise. Same float32 operations in the same order as the reference."""
+    def codegen(context, builder, sig, args):
+        dist, d_at, feat, f_at, stride, cent, c_at, n_dims, prio, p_at, best_d = args
+        fdata = context.make_array(sig.args[2])(context, builder, feat).data
+        cdata = context.make_array(sig.args[5])(context, builder, cent).data
+        pr = builder.load(_vec_ptr(context, builder, sig.args[8], prio, p_at, ir.IntType(8)), align=1)
+        valid = builder.icmp_signed("!=", pr, ir.Constant(_vec(ir.IntType(8)), [NO_SLOT] * LANES))
+        bd = builder.load(_vec_ptr(context, builder, sig.args[10], best_d, ir.Constant(_I64, 0), _F32), align=4)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_vec(_F32), [0.0] * LANES))
+        d_var = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+        beaten = cgutils.alloca_once_value(builder, ir.Constant(ir.IntType(1), 0))
+        head, body, check, done = (builder.append_basic_block(name) for name in ("head", "body", "check", "done"))
+        builder.branch(head)
+        builder.position_at_end(head)
+        d = builder.load(d_var)
+        builder.cbranch(builder.icmp_signed("<", d, n_dims), body, done)
+        builder.position_at_end(body)
+        fv = builder.load(builder.bitcast(builder.gep(fdata, [builder.add(f_at, builder.mul(d, stride))]),
+                                          _vec(_F32).as_pointer()), align=4)
+        diff = builder.fsub(fv, _splat(builder, builder.load(builder.gep(cdata, [builder.add(c_at, d)])), _F32))
+        builder.store(builder.fadd(builder.load(acc), builder.fmul(diff, diff)), acc)
+        d1 = builder.add(d, ir.Constant(_I64, 1))
+        builder.store(d1, d_var)
+        at_group_end = builder.icmp_signed("==", builder.srem(d1, ir.Constant(_I64, CHANNEL_GROUP)),
+                                           ir.Constant(_I64, 0))
+        builder.cbranch(at_group_end, check, head)
+        builder.position_at_end(check)
+        alive = builder.and_(valid, builder.not_(builder.fcmp_ordered(">", builder.load(acc), bd)))
+        none = builder.icmp_unsigned("==", builder.bitcast(alive, ir.IntType(LANES)), ir.Constant(ir.IntType(LANES), 0))
+        builder.store(none, beaten)
+        builder.cbranch(none, done, head)
+        builder.position_at_end(done)
+        builder.store(builder.load(acc), _vec_ptr(context, builder, sig.args[0], dist, d_at, _F32), align=4)
+        return builder.load(beaten)
+    return types.boolean(dist, d_at, feat, f_at, stride, cent, c_at, n_dims, prio, p_at, best_d), codegen
+
+
+@intrinsic
 def _argmin_step(typingctx, dist, d_at, prio, p_at, best_d, best_p, best_j, j):
     """Per lane: take member j if its slot is valid and it is closer, or exactly as close from a lower slot."""
     def codegen(context, builder, sig, args):
@@ -186,20 +238,32 @@ def _lanes_equal(context, builder, arr_type, arr, j):
 
 
 @intrinsic
-def _count_equal(typingctx, best_j, j):
-    """Number of lanes with best_j == j."""
+def _lanes_where(typingctx, best_j, j):
+    """Bit mask (int64, bit i = lane i) of the lanes with best_j == j."""
     def codegen(context, builder, sig, args):
         bits = builder.bitcast(_lanes_equal(context, builder, sig.args[0], args[0], args[1]), ir.IntType(LANES))
-        return builder.zext(builder.ctpop(bits), _I64)
+        return builder.zext(bits, _I64)
     return types.int64(best_j, j), codegen
 
 
 @intrinsic
-def _add_member_sums(typingctx, acc, a_at, feat, f_at, stride, n_dims, best_j, j):
-    """acc[a_at + 8d : +8] (float64) += feat[f_at + d·stride : +16] masked to lanes with best_j == j, lanes i and
-    i + 8 added pairwise, for d < n_dims."""
+def _popcount(typingctx, x):
+    """Number of set bits of an int64."""
+    return types.int64(x), lambda context, builder, sig, args: builder.ctpop(args[0])
+
+
+@intrinsic
+def _lowest_bit(typingctx, x):
+    """Index of the lowest set bit of a non-zero int64."""
+    return types.int64(x), lambda context, builder, sig, args: builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+
+@intrinsic
+def _add_lane_sums(typingctx, acc, a_at, feat, f_at, stride, n_dims, lanes):
+    """acc[a_at + 8d : +8] (float64) += feat[f_at + d·stride : +16] restricted to the lanes set in the bit mask
+    ``lanes``, lanes i and i + 8 added pairwise, for d < n_dims."""
     def codegen(context, builder, sig, args):
-        m = _lanes_equal(context, builder, sig.args[6], args[6], args[7])
+        m = builder.bitcast(builder.trunc(args[6], ir.IntType(LANES)), _vec(ir.IntType(1)))
         fdata = context.make_array(sig.args[2])(context, builder, args[2]).data
         adata = context.make_array(sig.args[0])(context, builder, args[0]).data
         with cgutils.for_range(builder, args[5]) as loop:
@@ -212,7 +276,7 @@ def _add_member_sums(typingctx, acc, a_at, feat, f_at, stride, n_dims, best_j, j
             pa = builder.bitcast(builder.gep(adata, [at]), _vec(_F64, 8).as_pointer())
             builder.store(builder.fadd(builder.load(pa, align=8), builder.fadd(*halves)), pa, align=8)
         return context.get_dummy_value()
-    return types.void(acc, a_at, feat, f_at, stride, n_dims, best_j, j), codegen
+    return types.void(acc, a_at, feat, f_at, stride, n_dims, lanes), codegen
 
 
 @njit(parallel=True, cache=True)
@@ -264,51 +328,130 @@ def _prepare(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chun
     return fT, start, members, prio
 
 
-@njit(parallel=True, cache=True)
-def _assign_blocks(fT, n_cols, c, start, members, prio, labels, accumulate, sums, counts):
-    """Hard assignment of every block (labels padded to n_cols); with ``accumulate``, also Σf (float64) and counts
-    per (chunk, superpixel), sums (chunks, K, D). fT is the flat (D · n_cols) transpose."""
-    d_count = c.shape[1]
+@njit(inline="always")
+def _member_index(k, members, j0, n_u):
+    """Index j of superpixel k among the block's members members[j0 : j0 + n_u], -1 if absent."""
+    for j in range(n_u):
+        if members[j0 + j] == k:
+            return j
+    return -1
+
+
+@njit(inline="always")
+def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio_flat, labels, dist, best_d,
+                  best_p, best_j, accumulate, part, counts, touched, n_touched):
+    """Hard assignment of the blocks of chunk t (labels padded to n_cols). With ``accumulate``, the member
+    features are added (float64) into ``part`` ((K, D, 8 lane pairs) flat, this chunk's) and the member counts
+    into ``counts`` (K,); superpixels touched for the first time are appended to ``touched[:n_touched]``
+    (count 0 ⇔ untouched). Returns the new n_touched."""
     n_blocks = start.shape[0] - 1
-    n_chunks = sums.shape[0]
-    prio_flat = prio.ravel()
-    c_flat = c.ravel()
-    for t in prange(n_chunks):
-        dist = np.empty(N_SLOTS * LANES * LANES, np.float32)  # (members ≤ 9 · 16, 16 lanes)
-        best_d = np.empty(LANES, np.float32)
-        best_p = np.empty(LANES, np.int32)
-        best_j = np.empty(LANES, np.int32)
-        part = np.zeros(sums.shape[1] * d_count * 8 if accumulate else 0, np.float64)  # (K, D, 8 lane pairs)
-        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
-            j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
+    for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+        j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
+        best_d[:] = INF
+        best_p[:] = NO_SLOT
+        best_j[:] = -1
+        # warm start: the members that won the first and last lane in the previous pass (labels still holds it),
+        # in full; then every other member channel group by channel group, dropped once it is beaten in all of
+        # its lanes (≈ 2/3 of the channel work on the BSDS bench)
+        w0 = _member_index(labels[p0], members, j0, n_u)
+        w1 = _member_index(labels[p0 + LANES - 1], members, j0, n_u)
+        if w1 == w0:
+            w1 = -1
+        for j in (w0, w1):
+            if j >= 0:
+                _sq_dist(dist, j * LANES, fT, p0, n_cols, c_flat, members[j0 + j] * d_count, d_count)
+                _argmin_step(dist, j * LANES, prio_flat, (j0 + j) * LANES, best_d, best_p, best_j, j)
+        if w0 < 0 and w1 < 0:  # no warm start (first pass): all members in full, two at a time
             for j in range(0, n_u - 1, 2):
                 _sq_dist2(dist, j * LANES, fT, p0, n_cols, c_flat, members[j0 + j] * d_count,
                           members[j0 + j + 1] * d_count, d_count)
             if n_u % 2:
                 _sq_dist(dist, (n_u - 1) * LANES, fT, p0, n_cols, c_flat, members[j0 + n_u - 1] * d_count, d_count)
-            best_d[:] = INF
-            best_p[:] = NO_SLOT
-            best_j[:] = -1
             for j in range(n_u):
                 _argmin_step(dist, j * LANES, prio_flat, (j0 + j) * LANES, best_d, best_p, best_j, j)
-            for i in range(LANES):
-                if best_d[i] == INF:  # no valid slot (or only infinite distances): -1 like the reference
-                    best_j[i] = -1
-                labels[p0 + i] = -1 if best_j[i] < 0 else members[j0 + best_j[i]]
-            if accumulate:
-                for j in range(n_u):
-                    cnt = _count_equal(best_j, j)
-                    if cnt > 0:
-                        k = members[j0 + j]
-                        counts[t, k] += cnt
-                        _add_member_sums(part, k * d_count * 8, fT, p0, n_cols, d_count, best_j, j)
+        else:
+            for j in range(n_u):
+                if j != w0 and j != w1 and not _sq_dist_unless_beaten(
+                        dist, j * LANES, fT, p0, n_cols, c_flat, members[j0 + j] * d_count, d_count, prio_flat,
+                        (j0 + j) * LANES, best_d):
+                    _argmin_step(dist, j * LANES, prio_flat, (j0 + j) * LANES, best_d, best_p, best_j, j)
+        assigned = 0
+        for i in range(LANES):
+            if best_d[i] == INF:  # no valid slot (or only infinite distances): -1 like the reference
+                best_j[i] = -1
+                labels[p0 + i] = -1
+            else:
+                labels[p0 + i] = members[j0 + best_j[i]]
+                assigned |= 1 << i
         if accumulate:
-            for k in range(sums.shape[1]):
+            while assigned:  # once per distinct label of the block (≈2)
+                j = best_j[_lowest_bit(assigned)]
+                lanes = _lanes_where(best_j, j)
+                assigned &= ~lanes
+                k = members[j0 + j]
+                if counts[k] == 0:
+                    touched[n_touched] = k
+                    n_touched += 1
+                counts[k] += _popcount(lanes)
+                _add_lane_sums(part, k * d_count * 8, fT, p0, n_cols, d_count, lanes)
+    return n_touched
+
+
+@njit(parallel=True, cache=True)
+def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks):
+    """``n_iter`` rounds of (assign + centroid sums, new centroids; c updated in place), then a final assignment,
+    all in one call: one parallel region per pass, no Python in between.
+
+    Per chunk, the float64 sums live in ``part[t]`` ((K, D, 8) lane pairs, only touched rows are ever nonzero);
+    at the end of the pass the chunk folds its touched rows into ``sums[t]`` ((K, D), the 8 lane pairs added in
+    order) and clears them; then, serially, the chunks' touched rows are added in chunk order and the centroids of
+    the superpixels with members become float32(sum) / float32(count), the reference's new_centroids (torch
+    divides the float32-cast sums and counts); a superpixel without members keeps its centroid.
+    """
+    k_count, d_count = c.shape
+    c_flat = c.ravel()
+    prio_flat = prio.ravel()
+    part = np.zeros((n_chunks, k_count * d_count * 8), np.float64)
+    sums = np.zeros((n_chunks, k_count, d_count), np.float64)
+    counts = np.zeros((n_chunks, k_count), np.int64)
+    touched = np.empty((n_chunks, k_count), np.int64)
+    n_touched = np.zeros(n_chunks, np.int64)
+    total = np.zeros((k_count, d_count), np.float64)
+    total_counts = np.zeros(k_count, np.int64)
+    for it in range(n_iter + 1):
+        accumulate = it < n_iter
+        for t in prange(n_chunks):
+            dist = np.empty(N_SLOTS * LANES * LANES, np.float32)  # (members ≤ 9 · 16, 16 lanes)
+            best_d = np.empty(LANES, np.float32)
+            best_p = np.empty(LANES, np.int32)
+            best_j = np.empty(LANES, np.int32)
+            n_t = _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio_flat, labels, dist,
+                                best_d, best_p, best_j, accumulate, part[t], counts[t], touched[t], 0)
+            for i in range(n_t):  # fold this chunk's lane pairs, clear its partial sums
+                k = touched[t, i]
                 for d in range(d_count):
+                    at = (k * d_count + d) * 8
                     acc = 0.0
                     for lane in range(8):
-                        acc += part[(k * d_count + d) * 8 + lane]
-                    sums[t, k, d] += acc
+                        acc += part[t, at + lane]
+                        part[t, at + lane] = 0.0
+                    sums[t, k, d] = acc
+            n_touched[t] = n_t
+        if accumulate:
+            for t in range(n_chunks):
+                for i in range(n_touched[t]):
+                    k = touched[t, i]
+                    total_counts[k] += counts[t, k]
+                    counts[t, k] = 0
+                    for d in range(d_count):
+                        total[k, d] += sums[t, k, d]
+            for k in range(k_count):
+                if total_counts[k] > 0:
+                    cnt = np.float32(total_counts[k])
+                    for d in range(d_count):
+                        c[k, d] = np.float32(total[k, d]) / cnt
+                        total[k, d] = 0.0
+                    total_counts[k] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -393,14 +536,7 @@ def masked_distances(features, centroids, cands: Candidates):
 
 
 def assign(features, centroids, cands: Candidates):
-    f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
-    chunks = _n_chunks(cands.height)
-    fT, start, members, prio = _prepare(f, po, so, w, h, nh, nw, table, use_table, chunks)
-    labels = np.empty(fT.shape[1], np.int32)
-    unused_sums, unused_counts = np.zeros((chunks, 1, 1), np.float64), np.zeros((chunks, 1), np.float64)
-    _assign_blocks(fT.ravel(), fT.shape[1], centroids.detach().contiguous().numpy(), start, members, prio, labels,
-                   False, unused_sums, unused_counts)
-    return torch.from_numpy(labels[:f.shape[0]])
+    return hard_iterations(features, centroids, cands, 0)[0]
 
 
 def associate(features, centroids, cands: Candidates):
@@ -464,30 +600,14 @@ def centroid_sums_soft(features, q, cands: Candidates):
     return torch.from_numpy(sums.sum(0).astype(np.float32)), torch.from_numpy(counts.sum(0).astype(np.float32))
 
 
-def _new_centroids(sums, counts, old):
-    s, c = sums.sum(0), counts.sum(0)
-    has = c > 0
-    out = old.copy()
-    out[has] = (s[has] / c[has, None]).astype(np.float32)
-    return out
-
-
 def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     """(labels (N,) int32, centroids (K, D)) after ``n_iter`` fused assign+accumulate passes and a final assign."""
     f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
-    c = centroids.detach().contiguous().numpy().copy()
-    k, chunks = cands.n_superpixels, _n_chunks(cands.height)
+    c = np.array(centroids.detach().numpy(), np.float32, order="C")  # a fresh copy, updated in place
+    chunks = _n_chunks(cands.height)
     fT, start, members, prio = _prepare(f, po, so, w, h, nh, nw, table, use_table, chunks)
-    fT_flat = fT.ravel()
-    labels = np.empty(fT.shape[1], np.int32)
-    sums = np.zeros((chunks, k, f.shape[1]), np.float64)
-    counts = np.zeros((chunks, k), np.float64)
-    for _ in range(n_iter):
-        sums[:] = 0
-        counts[:] = 0
-        _assign_blocks(fT_flat, fT.shape[1], c, start, members, prio, labels, True, sums, counts)
-        c = _new_centroids(sums, counts, c)
-    _assign_blocks(fT_flat, fT.shape[1], c, start, members, prio, labels, False, sums, counts)
+    labels = np.full(fT.shape[1], -1, np.int32)  # no warm start in the first pass
+    _hard_loop(fT.ravel(), fT.shape[1], c, start, members, prio, labels, n_iter, chunks)
     return torch.from_numpy(labels[:f.shape[0]]), torch.from_numpy(c)
 
 
