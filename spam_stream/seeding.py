@@ -5,6 +5,9 @@ k_i = max(1, round(K·|O_i|/|I|)) seeds (``|I|`` = pixels that belong to an obje
 none), rebalanced so that the total is K whenever there are at most K objects; the seeds are placed inside the
 object and refined by 5 k-means iterations on yx, so they spread over its shape. An optional per-object density
 factor (attention and user-driven modes) scales an object's share before the same rebalancing.
+
+The k-means runs for all objects at once: each pixel goes to the nearest seed of its own object, found by an exact
+search over a per-object bucket grid of the seeds (:func:`nearest_seeds`, numba), which the candidate tables reuse.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
+from numba import njit, prange
 
 
 @dataclass
@@ -99,16 +102,169 @@ def _initial_positions(coords: np.ndarray, k: int, rng: np.random.Generator) -> 
     return coords[chosen].astype(np.float64)
 
 
-def kmeans_yx(coords: np.ndarray, seeds: np.ndarray, iterations: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd iterations on pixel coordinates (n, 2). Returns (seeds (k, 2), assignment (n,) int64)."""
-    assign = cKDTree(seeds).query(coords)[1]
+@dataclass
+class SeedGrid:
+    """Seeds bucketed per group on a grid of square cells, for exact nearest-seed searches restricted to a group.
+
+    Each group g has its own grid over the bounding box of its seeds (``origin[g]`` (y, x), cell side ``cell[g]``,
+    ``shape[g]`` = (ny, nx) cells, its cells numbered from ``offset[g]``); the seed indices of global cell j are
+    ``items[start[j]:start[j + 1]]``. A seed may belong to several groups.
+    """
+
+    origin: np.ndarray  # (G, 2) float64
+    cell: np.ndarray  # (G,) float64
+    shape: np.ndarray  # (G, 2) int64
+    offset: np.ndarray  # (G,) int64
+    start: np.ndarray  # (n_cells + 1,) int64
+    items: np.ndarray  # (n_items,) int64
+
+
+def build_seed_grid(yx: np.ndarray, item_seed: np.ndarray, item_group: np.ndarray, n_groups: int,
+                    step: float) -> SeedGrid:
+    """Grid of the seeds ``yx`` (K, 2) listed as items (seed index, group id). Cells are ``step`` wide, widened
+    for a group whose bounding box would need more than ≈2 cells per seed (thin or sparse groups)."""
+    item_seed = np.asarray(item_seed, np.int64)
+    item_group = np.asarray(item_group, np.int64)
+    pos = yx[item_seed]
+    n_items = np.bincount(item_group, minlength=n_groups)
+    lo = np.full((n_groups, 2), np.inf)
+    hi = np.full((n_groups, 2), -np.inf)
+    np.minimum.at(lo, item_group, pos)
+    np.maximum.at(hi, item_group, pos)
+    empty = n_items == 0
+    lo[empty], hi[empty] = 0.0, 0.0
+    extent = hi - lo
+    cell = np.maximum(step, np.sqrt(extent[:, 0] * extent[:, 1] / np.maximum(2 * n_items, 1)))
+    shape = (np.floor(extent / cell[:, None]) + 1).astype(np.int64)
+    offset = np.concatenate([[0], np.cumsum(shape[:, 0] * shape[:, 1])])
+    rel = np.floor((pos - lo[item_group]) / cell[item_group, None]).astype(np.int64)
+    rel = np.clip(rel, 0, shape[item_group] - 1)
+    key = offset[item_group] + rel[:, 0] * shape[item_group, 1] + rel[:, 1]
+    order = np.argsort(key, kind="stable")
+    start = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=int(offset[-1])))])
+    return SeedGrid(lo, cell, shape, offset[:-1], start, item_seed[order])
+
+
+@njit(inline="always")
+def _insert(best_d, best_i, k, d, i):
+    """Insert (d, i) into the sorted top-k lists (ties: lower index first) if it belongs there."""
+    if d > best_d[k - 1] or (d == best_d[k - 1] and i >= best_i[k - 1] and best_i[k - 1] >= 0):
+        return
+    j = k - 1
+    while j > 0 and (best_d[j - 1] > d or (best_d[j - 1] == d and best_i[j - 1] > i)):
+        best_d[j] = best_d[j - 1]
+        best_i[j] = best_i[j - 1]
+        j -= 1
+    best_d[j] = d
+    best_i[j] = i
+
+
+@njit(parallel=True, cache=True)
+def _k_nearest(py, px, group, yx, origin, cell, shape, offset, start, items, k, limit2, out):
+    """For each point i: the k nearest seeds of grid group ``group[i]`` (exact, ties to the lower index); those
+    farther than √limit2 are dropped except the nearest; written to out[i, :k] in increasing seed index, -1 after."""
+    n = py.shape[0]
+    chunk = 2048
+    for b in prange((n + chunk - 1) // chunk):
+        best_d = np.empty(k)
+        best_i = np.empty(k, np.int64)
+        for i in range(b * chunk, min(n, (b + 1) * chunk)):
+            _k_nearest_one(i, best_d, best_i, py, px, group, yx, origin, cell, shape, offset, start, items, k,
+                           limit2, out)
+
+
+@njit(inline="always")
+def _k_nearest_one(i, best_d, best_i, py, px, group, yx, origin, cell, shape, offset, start, items, k, limit2, out):
+    g = group[i]
+    best_d[:] = np.inf
+    best_i[:] = -1
+    y0, x0, c = origin[g, 0], origin[g, 1], cell[g]
+    ny, nx, off = shape[g, 0], shape[g, 1], offset[g]
+    fy = (py[i] - y0) / c
+    fx = (px[i] - x0) / c
+    iy = int(np.floor(fy))
+    ix = int(np.floor(fx))
+    rmax = max(abs(iy), abs(ny - 1 - iy), abs(ix), abs(nx - 1 - ix))
+    if start[off + ny * nx] == start[off]:
+        rmax = -1  # a group without seeds
+    for r in range(rmax + 1):
+        if r >= 1:
+            # every seed in ring r lies outside the square of rings < r around the point
+            lb = min(min(fy - (iy - r + 1), (iy + r) - fy), min(fx - (ix - r + 1), (ix + r) - fx)) * c
+            lb2 = lb * lb
+            if lb2 > best_d[k - 1] or (lb2 > limit2 and lb2 > best_d[0]):
+                break
+        for cy in range(iy - r, iy + r + 1):
+            if cy < 0 or cy >= ny:
+                continue
+            edge = cy == iy - r or cy == iy + r
+            cx = ix - r
+            while cx <= ix + r:
+                if 0 <= cx < nx:
+                    # distance from the point to the cell, to skip cells that cannot improve the list
+                    dy = max(0.0, max(cy - fy, fy - (cy + 1))) * c
+                    dx = max(0.0, max(cx - fx, fx - (cx + 1))) * c
+                    dc = dy * dy + dx * dx
+                    if dc <= best_d[k - 1] and not (dc > limit2 and dc > best_d[0]):
+                        j = off + cy * nx + cx
+                        for t in range(start[j], start[j + 1]):
+                            s = items[t]
+                            ey = yx[s, 0] - py[i]
+                            ex = yx[s, 1] - px[i]
+                            _insert(best_d, best_i, k, ey * ey + ex * ex, s)
+                cx += 1 if edge or r == 0 else 2 * r
+    # keep the nearest and every other seed within the limit, in increasing seed index
+    m = 0
+    for j in range(k):
+        if best_i[j] >= 0 and (j == 0 or best_d[j] <= limit2):
+            v = best_i[j]
+            q = m
+            while q > 0 and out[i, q - 1] > v:
+                out[i, q] = out[i, q - 1]
+                q -= 1
+            out[i, q] = v
+            m += 1
+    for j in range(m, out.shape[1]):
+        out[i, j] = -1
+
+
+def nearest_seeds(points: np.ndarray, group: np.ndarray, grid: SeedGrid, yx: np.ndarray, k: int = 1,
+                  limit: float = np.inf, width: int | None = None, dtype=np.int64) -> np.ndarray:
+    """(n, width) ``dtype``: per point (n, 2) yx, the ≤k nearest seeds of its grid group within ``limit`` (the nearest
+    is always kept), in increasing seed index, -1 padded to ``width`` (default k) columns."""
+    out = np.empty((len(points), k if width is None else width), dtype)
+    _k_nearest(np.ascontiguousarray(points[:, 0], np.float64), np.ascontiguousarray(points[:, 1], np.float64),
+               np.asarray(group, np.int64), np.ascontiguousarray(yx, np.float64), grid.origin, grid.cell, grid.shape,
+               grid.offset, grid.start, grid.items, k, float(limit) ** 2, out)
+    return out
+
+
+def kmeans_yx(coords: np.ndarray, seeds: np.ndarray, iterations: int = 5, seed_group: np.ndarray | None = None,
+              point_group: np.ndarray | None = None, step: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd iterations on pixel coordinates (n, 2), every point assigned to the nearest seed of its own group
+    (all groups at once; one group when none are given). Returns (seeds (k, 2), assignment (n,) int64)."""
+    seeds = np.array(seeds, dtype=np.float64)
+    if seed_group is None:
+        seed_group = np.zeros(len(seeds), np.int64)
+        point_group = np.zeros(len(coords), np.int64)
+    seed_group = np.asarray(seed_group, np.int64)
+    n_groups = int(max(seed_group.max(), np.max(point_group, initial=0))) + 1
+    if step is None:
+        step = math.sqrt(max(len(coords), 1) / max(len(seeds), 1))
+    item_seed = np.arange(len(seeds))
+
+    def assign_all():
+        grid = build_seed_grid(seeds, item_seed, seed_group, n_groups, step)
+        return nearest_seeds(coords, point_group, grid, seeds)[:, 0]
+
+    assign = assign_all()
     for _ in range(iterations):
         counts = np.bincount(assign, minlength=len(seeds))
         has = counts > 0
         for dim in range(2):
             sums = np.bincount(assign, weights=coords[:, dim], minlength=len(seeds))
             seeds[has, dim] = sums[has] / counts[has]
-        assign = cKDTree(seeds).query(coords)[1]
+        assign = assign_all()
     return seeds, assign
 
 
@@ -128,16 +284,18 @@ def object_seeds(partition: np.ndarray, n_superpixels: int, density: np.ndarray 
     present = np.flatnonzero(sizes)
     dens = None if density is None else np.asarray(density, dtype=np.float64)[present]
     counts = allocate_seeds(sizes[present], n_superpixels, dens)
+    # pixels grouped by object (row-major inside each object); uncertain pixels (-1) come first and are skipped
     order = np.argsort(flat, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(np.bincount(flat[flat >= 0] , minlength=n_obj))]) + np.count_nonzero(flat < 0)
+    starts = np.concatenate([[0], np.cumsum(sizes)]) + np.count_nonzero(flat < 0)
+    pix = order[starts[0]:]
+    coords = np.stack([pix // width, pix % width], 1).astype(np.float64)
+    point_obj = np.repeat(np.arange(n_obj), sizes)
+    init_yx = [_initial_positions(coords[starts[o] - starts[0]:starts[o + 1] - starts[0]], int(k), rng)
+               for o, k in zip(present, counts)]
+    seed_obj = np.repeat(present, counts).astype(np.int32)
+    # k-means for all objects at once: each pixel goes to the nearest seed of its own object
+    step = math.sqrt(pix.size / max(int(counts.sum()), 1))
+    yx, assign = kmeans_yx(coords, np.concatenate(init_yx), kmeans_iterations, seed_obj, point_obj, step)
     init = np.full(flat.size, -1, np.int32)
-    all_yx, all_obj, offset = [], [], 0
-    for obj, k in zip(present, counts):
-        pix = order[starts[obj]:starts[obj + 1]]
-        coords = np.stack([pix // width, pix % width], 1).astype(np.float64)
-        yx, assign = kmeans_yx(coords, _initial_positions(coords, int(k), rng), kmeans_iterations)
-        init[pix] = assign + offset
-        all_yx.append(yx)
-        all_obj.append(np.full(len(yx), obj, np.int32))
-        offset += len(yx)
-    return Seeds(np.concatenate(all_yx), np.concatenate(all_obj), init)
+    init[pix] = assign
+    return Seeds(yx, seed_obj, init)
