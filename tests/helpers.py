@@ -43,3 +43,19 @@ def assert_connected(labels):
     for k, sl in enumerate(objects):
         _, count = ndimage.label(labels[sl] == k)
         assert count == 1, f"superpixel {k} has {count} 4-connected components"
+
+
+def two_soft_iterations_with_grads(backend, f, c, cands, monkeypatch):
+    """Two chained soft iterations through the dispatch with ``SPAM_KERNELS=backend`` and a fixed loss, backpropagated:
+    (q (N, 9), centroids (K, D), grad of f, grad of c)."""
+    import torch
+
+    import spam_stream.kernels as kernels
+
+    monkeypatch.setenv("SPAM_KERNELS", backend)
+    f1, c1 = f.clone().requires_grad_(), c.clone().requires_grad_()
+    _, c_new = kernels.soft_iteration(f1, c1, cands)
+    q2, c_new2 = kernels.soft_iteration(f1, c_new, cands)
+    wq = torch.linspace(-1, 1, q2.numel()).reshape(q2.shape)
+    ((q2 * wq).sum() + (c_new2 ** 2).sum()).backward()
+    return q2.detach(), c_new2.detach(), f1.grad, c1.grad

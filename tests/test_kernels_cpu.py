@@ -5,6 +5,8 @@ import torch
 from spam_stream.kernels import cpu, reference
 from spam_stream.kernels.candidates import Candidates
 
+from helpers import two_soft_iterations_with_grads
+
 
 def random_case(h, w, d, nh, nw, layout, seed):
     g = torch.Generator().manual_seed(seed)
@@ -44,18 +46,8 @@ def test_cpu_matches_reference(layout, h, w, d, nh, nw):
 
 @pytest.mark.parametrize("layout", ["grid", "table"])
 def test_cpu_soft_iteration_gradient_matches_autograd_of_reference(layout, monkeypatch):
-    import spam_stream.kernels as K
-
     f, c, cands = random_case(23, 29, 20, 4, 5, layout, seed=7)
-    grads = {}
-    for name in ("reference", "cpu"):
-        monkeypatch.setenv("SPAM_KERNELS", name)
-        f1, c1 = f.clone().requires_grad_(), c.clone().requires_grad_()
-        q, c_new = K.soft_iteration(f1, c1, cands)
-        q2, c_new2 = K.soft_iteration(f1, c_new, cands)  # two chained iterations
-        wq = torch.linspace(-1, 1, q2.numel()).reshape(q2.shape)
-        ((q2 * wq).sum() + (c_new2 ** 2).sum()).backward()
-        grads[name] = (f1.grad, c1.grad)
+    grads = {name: two_soft_iterations_with_grads(name, f, c, cands, monkeypatch)[2:] for name in ("reference", "cpu")}
     torch.testing.assert_close(grads["cpu"][0], grads["reference"][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads["cpu"][1], grads["reference"][1], rtol=1e-4, atol=1e-5)
 

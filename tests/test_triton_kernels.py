@@ -17,6 +17,8 @@ from spam_stream.kernels import reference  # noqa: E402
 from spam_stream.kernels import triton_kernels as tk  # noqa: E402
 from spam_stream.kernels.candidates import Candidates  # noqa: E402
 
+from helpers import two_soft_iterations_with_grads  # noqa: E402
+
 # (height, width, D, (nh, nw) grid; K = nh * nw)
 CASES = [
     (37, 53, 5, (1, 1)),
@@ -195,17 +197,7 @@ def test_triton_dispatch_with_spam_kernels_override(monkeypatch):
 
 @pytest.mark.parametrize("layout", ["grid", "table"])
 def test_triton_soft_iteration_gradient_matches_autograd_of_reference(layout, monkeypatch):
-    import spam_stream.kernels as K
-
     f, c, cands = random_case(23, 29, 20, (4, 5), layout, seed=7)
-    grads = {}
-    for name in ("reference", "triton"):
-        monkeypatch.setenv("SPAM_KERNELS", name)
-        f1, c1 = f.clone().requires_grad_(), c.clone().requires_grad_()
-        q, c_new = K.soft_iteration(f1, c1, cands)
-        q2, c_new2 = K.soft_iteration(f1, c_new, cands)  # two chained iterations
-        wq = torch.linspace(-1, 1, q2.numel()).reshape(q2.shape)
-        ((q2 * wq).sum() + (c_new2 ** 2).sum()).backward()
-        grads[name] = (q2.detach(), c_new2.detach(), f1.grad, c1.grad)
+    grads = {name: two_soft_iterations_with_grads(name, f, c, cands, monkeypatch) for name in ("reference", "triton")}
     for got, ref in zip(grads["triton"], grads["reference"]):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
