@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .cli import _positive_int
+from .commands.common import positive_int
 from .datasets import BSDS500, default_bsds_root, oracle_partition
 from .metrics import asa, evaluate
 
@@ -61,12 +61,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", choices=["none", "oracle"], default="none",
                         help="prior for SPAM: none, or oracle = the first annotator's segmentation with a 1-px "
                              f"uncertain band, i.e. an {ORACLE_LABEL}")
-    parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N images")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
     parser.add_argument("--out", type=Path, default=Path("eval-results"), metavar="DIR",
                         help="output folder (default ./eval-results)")
     parser.add_argument("--compactness", type=float, default=7.5, metavar="LAMBDA_S",
                         help="SPAM λs, regularity (default 7.5)")
-    parser.add_argument("--iterations", type=_positive_int, default=10, metavar="N",
+    parser.add_argument("--iterations", type=positive_int, default=10, metavar="N",
                         help="SPAM clustering iterations (default 10)")
     parser.add_argument("--encoder", default="default", metavar="PATH|none|default",
                         help="SPAM encoder: 'default' (bundled weights), 'none' (D=5, no CNN) or a weights file")

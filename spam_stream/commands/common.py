@@ -1,0 +1,143 @@
+"""Flags and builders shared by the commands that segment (image, video, batch) and by eval/train.
+
+Sits below the CLI: commands and other modules import from here, never from :mod:`spam_stream.cli`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..io import InputError
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs SPAM."""
+    p.add_argument("-k", "--superpixels", type=positive_int, default=400, metavar="K",
+                   help="number of superpixels requested (default: 400)")
+    p.add_argument("--compactness", type=float, default=7.5, metavar="LAMBDA_S",
+                   help="λs, the regularity knob: higher = more regular, lower = closer to colour edges (default 7.5)")
+    p.add_argument("--color-scale", type=float, default=0.26, metavar="LAMBDA_C", help="λc, colour weight (default 0.26)")
+    p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="clustering iterations (default 10)")
+    p.add_argument("--encoder", default="default", metavar="PATH|default|none",
+                   help="encoder weights: 'default' = the bundled encoder, 'none' = no CNN (D=5), or a weights file")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+
+
+def _focus_point(text: str) -> tuple[float, float, float]:
+    try:
+        x, y, factor = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y,FACTOR (e.g. 120,80,3), got {text!r}") from None
+    if factor <= 0:
+        raise argparse.ArgumentTypeError(f"the focus factor must be > 0, got {factor:g}")
+    return x, y, factor
+
+
+def add_prior_arguments(p: argparse.ArgumentParser) -> None:
+    """Prior flags shared by image, video and batch."""
+    g = p.add_argument_group(
+        "prior object partition",
+        "Superpixels never cross a prior object. Model checkpoints are never downloaded: SAM's come from "
+        "https://github.com/facebookresearch/segment-anything#model-checkpoints (e.g. sam_vit_b_01ec64.pth), "
+        "FastSAM's from https://github.com/CASIA-IVA-Lab/FastSAM or the ultralytics assets (FastSAM-s.pt, "
+        "FastSAM-x.pt).")
+    g.add_argument("--prior", choices=["none", "sam", "fastsam", "masks"], default=None,
+                   help="none (default); sam = segment-anything automatic masks (slow on a CPU); fastsam = ultralytics "
+                        "FastSAM (fast); masks = your own label image / .npy file(s) given by --prior-masks")
+    g.add_argument("--prior-checkpoint", type=Path, metavar="PATH",
+                   help="checkpoint of the sam or fastsam model (required by both)")
+    g.add_argument("--prior-masks", type=Path, metavar="PATH",
+                   help="label image (each value one object), .npy partition (-1 = uncertain) or .npy stack of binary "
+                        "masks (M, H, W) (aggregated like SAM's); or a folder of them, matched to the inputs by file "
+                        "stem")
+    g.add_argument("--prior-mask", type=Path, metavar="PATH",
+                   help="shorthand for --prior masks --prior-masks PATH")
+    g.add_argument("--sam-model", choices=["vit_h", "vit_l", "vit_b"], default="vit_h",
+                   help="SAM architecture matching --prior-checkpoint (default vit_h, the paper's)")
+    g.add_argument("--points-per-side", type=positive_int, default=32, metavar="N",
+                   help="sam: N×N grid of point prompts (default 32, the paper's; 8-16 is much faster)")
+    g.add_argument("--imgsz", type=positive_int, default=1024, metavar="N",
+                   help="fastsam: inference size in pixels (default 1024; 640 is faster)")
+    g = p.add_argument_group("adaptive density (needs a prior)")
+    g.add_argument("--attention", choices=["none", "saliency"], default="none",
+                   help="saliency = visual-attention mode: objects with mean saliency > 0.1 (spectral residual, no "
+                        "weights needed) get --attention-ratio times the superpixels per pixel, the rest fewer; the "
+                        "total stays K")
+    g.add_argument("--attention-ratio", type=float, default=2.5, metavar="R",
+                   help="superpixel density of salient objects relative to the others (default 2.5)")
+    g.add_argument("--saliency-weights", type=Path, metavar="PATH",
+                   help="use DINO attention (the paper's saliency) from this ViT-S/16 state_dict instead of the "
+                        "spectral residual; needs timm installed")
+    g.add_argument("--focus", type=_focus_point, action="append", metavar="X,Y,FACTOR",
+                   help="user-driven mode: the object under pixel (X, Y) gets FACTOR times the superpixel density "
+                        "(repeatable: --focus 120,80,3 --focus 10,10,0.5)")
+
+
+def resolve_prior_arguments(args) -> None:
+    """Fold the shorthand into the canonical flags (one code path); one-line errors for missing or contradictory
+    flags."""
+    if args.prior_mask is not None:
+        if args.prior not in (None, "masks") or (args.prior_masks is not None and args.prior_masks != args.prior_mask):
+            raise InputError("--prior-mask is shorthand for --prior masks --prior-masks PATH: do not combine it with another prior")
+        args.prior, args.prior_masks = "masks", args.prior_mask
+    if args.prior is None:
+        args.prior = "masks" if args.prior_masks is not None else "none"
+    if args.prior == "masks" and args.prior_masks is None:
+        raise InputError("--prior masks needs --prior-masks PATH")
+    if args.prior in ("sam", "fastsam") and args.prior_checkpoint is None:
+        example = "sam_vit_h_4b8939.pth" if args.prior == "sam" else "FastSAM-s.pt"
+        raise InputError(f"--prior {args.prior} needs --prior-checkpoint PATH (e.g. {example}; nothing is downloaded)")
+    if args.prior_checkpoint is not None and args.prior not in ("sam", "fastsam"):
+        raise InputError("--prior-checkpoint is for --prior sam or --prior fastsam")
+    if args.prior_masks is not None and args.prior != "masks":
+        raise InputError(f"--prior-masks is for --prior masks, not --prior {args.prior}")
+    if args.prior == "none" and (args.attention != "none" or args.focus):
+        raise InputError("--attention and --focus weight prior objects: they need a --prior")
+    if args.saliency_weights is not None and args.attention == "none":
+        raise InputError("--saliency-weights is for --attention saliency")
+
+
+def build_prior(args):
+    """The prior provider the flags ask for (loaded once), or None."""
+    from ..priors import make_provider
+
+    options = {}
+    if args.prior == "sam":
+        options = {"points_per_side": args.points_per_side, "device": args.device}
+    elif args.prior == "fastsam":
+        options = {"imgsz": args.imgsz, "device": args.device}
+    try:
+        return make_provider(args.prior, checkpoint=args.prior_checkpoint, sam_model=args.sam_model,
+                             masks=args.prior_masks, **options)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def build_attention(args):
+    """The ``attention`` argument of SPAM.segment for the flags: None, "saliency" or a DINO saliency callable."""
+    if args.attention == "none":
+        return None
+    if args.saliency_weights is None:
+        return "saliency"
+    from ..attention import DinoSaliency
+
+    try:
+        return DinoSaliency(args.saliency_weights)
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise InputError(f"{args.saliency_weights}: {exc}") from None
+
+
+def build_model(args):
+    """SPAM with the model flags and, when the command has prior flags, the prior provider (each loaded once)."""
+    from ..model import SPAM
+
+    prior = build_prior(args) if hasattr(args, "prior") else None
+    return SPAM(encoder=args.encoder, compactness=args.compactness, color_scale=args.color_scale,
+                iterations=args.iterations, device=args.device, prior=prior)
