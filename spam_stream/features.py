@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 import torch
-from skimage.color import rgb2lab
+
+from .color import lab_yx_features
 
 COLOR_SCALE = 0.26
 SPATIAL_SCALE = 7.5
@@ -24,10 +25,8 @@ def scaled_lab_yx(image: np.ndarray, n_superpixels: int, color_scale: float = CO
                   spatial_scale: float = SPATIAL_SCALE) -> torch.Tensor:
     """The 5 hand-made channels ``[L, a, b, y, x]`` scaled: (5, H, W) float32 tensor, from an (H, W, 3) uint8 RGB image."""
     h, w = image.shape[:2]
-    lab = rgb2lab(image).astype(np.float32) * color_scale
     s = position_scale(h, w, n_superpixels, spatial_scale)
-    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32) * s, np.arange(w, dtype=np.float32) * s, indexing="ij")
-    return torch.from_numpy(np.concatenate([lab.transpose(2, 0, 1), yy[None], xx[None]], 0))
+    return torch.from_numpy(lab_yx_features(image, color_scale, s))  # one float32 pass (spam_stream.color)
 
 
 def pixel_features(image: np.ndarray, n_superpixels: int, encoder=None, color_scale: float = COLOR_SCALE,
