@@ -51,6 +51,9 @@ class TrainConfig:
     val_superpixels: int = 400
     checkpoint_every: int = 25
     seed: int = 0
+    min_gr: float = 0.0              # selection: best val ASA among checkpoints with val GR >= min_gr
+    init: str = ""                   # encoder weights to start from (ignored when resuming)
+    threads: int = 0                 # torch/numba threads (0: library default)
 
 
 class CropSampler:
@@ -116,30 +119,49 @@ def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: Tr
     return ce + cfg.compactness_weight * compact, ce, compact
 
 
-def validate(encoder: Encoder, val_samples, cfg: TrainConfig) -> float:
-    """Mean ASA (over annotators, then images) of hard SPAM inference at ``val_superpixels``."""
-    from .metrics import asa
+def validate(encoder: Encoder, val_samples, cfg: TrainConfig) -> tuple[float, float]:
+    """(mean ASA over annotators then images, mean GR) of hard SPAM inference at ``val_superpixels`` with the
+    training scales (λs = ``spatial_scale``, λc = ``color_scale``)."""
+    from .metrics import asa, global_regularity
     from .model import SPAM
 
     encoder.eval()
-    model = SPAM(encoder=encoder)
+    model = SPAM(encoder=encoder, compactness=cfg.spatial_scale, color_scale=cfg.color_scale)
     model.encoder.input_color_scale = cfg.color_scale
-    scores = []
+    scores, grs = [], []
     for sample in val_samples:
         labels = model.segment(sample.image, cfg.val_superpixels)
         scores.append(np.mean([asa(labels, g) for g in sample.gts]))
+        grs.append(global_regularity(labels)["gr"])
     encoder.train()
-    return float(np.mean(scores))
+    return float(np.mean(scores)), float(np.mean(grs))
+
+
+def selection_score(val_asa: float, val_gr: float, min_gr: float) -> float:
+    """Checkpoint ranking: val ASA, any checkpoint with GR >= min_gr ranked above every one below it."""
+    return val_asa if val_gr >= min_gr else val_asa - 1.0
 
 
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) training; returns the path of the best encoder weights."""
     from .datasets import BSDS500
 
+    from .encoder import load_encoder
+
     torch.manual_seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+        import numba
+        numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = Encoder(cfg.out_dim, cfg.width)
+    if cfg.init:
+        start, _ = load_encoder(cfg.init)
+        if (start.out_dim, start.width) != (cfg.out_dim, cfg.width):
+            raise ValueError(f"--init {cfg.init}: D={start.out_dim} width={start.width}, "
+                             f"but training D={cfg.out_dim} width={cfg.width}")
+        encoder.load_state_dict(start.state_dict())
     opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr)
     step, best, history = 0, -1.0, []
     last = out / "last.pt"
@@ -176,12 +198,15 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", best_asa=f"{best:.4f}")
         if step % cfg.val_every == 0 or step == cfg.iterations:
-            score = validate(encoder, val_samples, cfg)
-            history.append({"step": step, "val_asa": score, "loss": loss.item(), "seconds": time.time() - t0})
+            val_asa, val_gr = validate(encoder, val_samples, cfg)
+            score = selection_score(val_asa, val_gr, cfg.min_gr)
+            history.append({"step": step, "val_asa": val_asa, "val_gr": val_gr, "loss": loss.item(),
+                            "seconds": time.time() - t0})
             if score > best:
                 best = score
-                encoder.save(out / "best.pt", **meta, step=step, val_asa=score)
-            tqdm.write(f"step {step}: val ASA {score:.4f} (best {best:.4f})", file=sys.stderr)
+                encoder.save(out / "best.pt", **meta, step=step, val_asa=val_asa, val_gr=val_gr)
+            (out / "history.json").write_text(json.dumps(history, indent=2))
+            tqdm.write(f"step {step}: val ASA {val_asa:.4f} GR {val_gr:.3f} (best score {best:.4f})", file=sys.stderr)
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             log.flush()
             torch.save({"encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
@@ -198,12 +223,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="BSDS500 folder (default: ../shared/datasets/bsds500 or $SPAM_BSDS_ROOT)")
     p.add_argument("--out", default=d.out, help=f"run folder: log.csv, last.pt (resume), best.pt (default {d.out})")
     for name in ("iterations", "batch", "crop", "crop_superpixels", "soft_iterations", "width", "out_dim",
-                 "val_every", "val_images", "val_superpixels", "checkpoint_every", "seed"):
+                 "val_every", "val_images", "val_superpixels", "checkpoint_every", "seed", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
                        help=f"(default {getattr(d, name)})")
-    for name in ("lr", "color_scale", "spatial_scale", "compactness_weight"):
+    for name in ("lr", "color_scale", "spatial_scale", "compactness_weight", "min_gr"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
                        help=f"(default {getattr(d, name)})")
+    p.add_argument("--init", default=d.init, help="encoder weights to start from (fine-tuning); ignored on resume")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
 
 
