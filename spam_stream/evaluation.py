@@ -1,4 +1,8 @@
-"""``spam-stream eval``: SPAM (and a scikit-image SLIC baseline) on BSDS500, with the metrics of ``metrics.py``.
+"""``spam-stream eval``: SPAM and the classical baselines on BSDS500, with the metrics of ``metrics.py``.
+
+Baselines, measured in the same run: scikit-image SLIC; OpenCV SLICO, LSC and SEEDS (``cv2.ximgproc``, from
+``opencv-contrib-python-headless``; skipped with a note in ``summary.md`` when it is not installed); SPAM with D=5
+when SPAM runs with an encoder.
 
 Outputs in ``--out``:
 
@@ -26,15 +30,22 @@ from .commands.common import positive_int
 from .datasets import BSDS500, default_bsds_root, oracle_partition
 from .metrics import asa, evaluate
 
-__all__ = ["add_eval_arguments", "run_eval", "ORACLE_LABEL", "SLIC_LABEL", "NO_CNN_LABEL", "METRIC_KEYS"]
+__all__ = ["add_eval_arguments", "run_eval", "ORACLE_LABEL", "SLIC_LABEL", "SLICO_LABEL", "LSC_LABEL", "SEEDS_LABEL",
+           "NO_CNN_LABEL", "METRIC_KEYS", "opencv_available"]
 
 ORACLE_LABEL = "oracle (upper bound for a perfect SAM)"
 SLIC_LABEL = "SLIC (scikit-image)"
+SLICO_LABEL = "SLICO (OpenCV)"
+LSC_LABEL = "LSC (OpenCV)"
+SEEDS_LABEL = "SEEDS (OpenCV)"
 NO_CNN_LABEL = "SPAM D=5 (no CNN, no prior)"
 METRIC_KEYS = ("k_produced", "asa", "asa_first", "ue", "br", "bp", "ev", "src", "smf", "gr", "delta_k")
 CSV_FIELDS = ("method", "k", "image") + METRIC_KEYS + ("seconds",)
-SLICO_NOTE = ("OpenCV SLICO (the usual second baseline) is not run: it needs opencv-contrib "
-              "(cv2.ximgproc), which is not installed here.")
+OPENCV_MISSING_NOTE = ("OpenCV SLICO, LSC and SEEDS are not run: they need cv2.ximgproc "
+                       "(pip install opencv-contrib-python-headless), which is not installed here.")
+OPENCV_SETTINGS = ("OpenCV on CIELAB (cv2.COLOR_RGB2LAB): SLICO and LSC with region size √(HW/K), 10 iterations, "
+                   "label connectivity enforced (min element 25%); LSC ratio 0.075; SEEDS with K superpixels, "
+                   "4 levels, prior 2, 5 histogram bins, 10 iterations (the OpenCV defaults otherwise).")
 
 # labels = method(image (H, W, 3) uint8, k, prior (H, W) int32 | None) -> (H, W) integer labels
 Method = Callable[[np.ndarray, int, "np.ndarray | None"], np.ndarray]
@@ -92,6 +103,53 @@ def _slic(image, k, prior):
     return slic(image, n_segments=k, compactness=10, start_label=0)
 
 
+def opencv_available() -> bool:
+    """True when OpenCV's contrib module ``cv2.ximgproc`` (SLICO, LSC, SEEDS) can be imported."""
+    try:
+        import cv2
+    except ImportError:
+        return False
+    return hasattr(cv2, "ximgproc")
+
+
+def _opencv_lab(image):
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
+
+
+def _region_size(image, k) -> int:
+    return max(2, int(round(np.sqrt(image.shape[0] * image.shape[1] / k))))
+
+
+def _slico(image, k, prior):
+    import cv2
+
+    sp = cv2.ximgproc.createSuperpixelSLIC(_opencv_lab(image), algorithm=cv2.ximgproc.SLICO,
+                                           region_size=_region_size(image, k))
+    sp.iterate(10)
+    sp.enforceLabelConnectivity(25)
+    return sp.getLabels().astype(np.int32)
+
+
+def _lsc(image, k, prior):
+    import cv2
+
+    sp = cv2.ximgproc.createSuperpixelLSC(_opencv_lab(image), region_size=_region_size(image, k), ratio=0.075)
+    sp.iterate(10)
+    sp.enforceLabelConnectivity(25)
+    return sp.getLabels().astype(np.int32)
+
+
+def _seeds(image, k, prior):
+    import cv2
+
+    h, w = image.shape[:2]
+    sp = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, int(k), 4, 2, 5, False)
+    sp.iterate(_opencv_lab(image), 10)
+    return sp.getLabels().astype(np.int32)
+
+
 def _build_methods(args) -> list[tuple[str, Method, bool]]:
     """[(name, method, uses_prior)]."""
     encoder = None if str(args.encoder).lower() == "none" else args.encoder
@@ -104,6 +162,8 @@ def _build_methods(args) -> list[tuple[str, Method, bool]]:
         if uses_cnn:  # what the CNN adds, measured in the same run
             methods.append((NO_CNN_LABEL, _spam_method(args.compactness, args.iterations, None), False))
         methods.append((SLIC_LABEL, _slic, False))
+        if opencv_available():
+            methods += [(SLICO_LABEL, _slico, False), (LSC_LABEL, _lsc, False), (SEEDS_LABEL, _seeds, False)]
     return methods
 
 
@@ -279,7 +339,7 @@ def run_eval(args) -> int:
                  else "none") + ".",
               "Baselines, same run: " + ("none (--no-baselines)." if args.no_baselines
                                          else ", ".join(m[0] for m in methods[1:]) + " (SLIC compactness 10). "
-                                         + SLICO_NOTE),
+                                         + (OPENCV_SETTINGS if opencv_available() else OPENCV_MISSING_NOTE)),
               "Seconds: segmentation only (metrics excluded), after one warm-up call per method."]
     write_summary(out / "summary.md", summary, failures, header)
     if summary:
