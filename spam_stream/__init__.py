@@ -4,10 +4,13 @@
     >>> labels = spam_stream.segment(image, n_superpixels=400)            # (H, W) int32, 0..K'-1
     >>> labels = spam_stream.segment(image, 400, prior=partition)         # superpixels inside prior objects
     >>> labels = spam_stream.segment(image, 400, prior="fastsam", prior_checkpoint="FastSAM-s.pt")
+    >>> for index, frame, labels in spam_stream.segment_video("clip.mp4", 400): ...   # pipelined, coherent ids
+    >>> for item in spam_stream.segment_batch(["a.jpg", "b.png"], 400): ...          # item.labels, item.error
 """
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 from .model import SPAM
 from .priors import Prior, Provider, make_provider
@@ -64,4 +67,76 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
                          attention_ratio=attention_ratio, focus=focus)
 
 
-__all__ = ["SPAM", "Prior", "Provider", "make_provider", "segment", "__version__"]
+def _resolve(prior, encoder, compactness, color_scale, iterations, min_size_factor, device, seed, prior_checkpoint,
+             sam_model, prior_masks, prior_options):
+    """A SPAM model (prior loaded once) for the iterators below."""
+    if isinstance(prior, str):
+        prior = _provider(prior, prior_checkpoint, sam_model, prior_masks, dict(prior_options or {}))
+    return SPAM(encoder, compactness, color_scale, iterations, min_size_factor, device=device, seed=seed,
+                prior=prior if isinstance(prior, Provider) else None), prior
+
+
+def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = 7.5,
+                  color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5,
+                  device: str = "cpu", seed: int = 0, prior_checkpoint=None, sam_model: str = "vit_h",
+                  prior_masks=None, prior_options: dict | None = None, prior_every: int = 1,
+                  independent: bool = False, warm_iterations: int = 3, start: int = 0, max_frames: int | None = None,
+                  attention=None, attention_ratio: float = 2.5, focus=None, pipelined: bool = True):
+    """Superpixels of every frame of a video file, pipelined: yields ``(index, frame, labels)`` in frame order.
+
+    ``frame`` is (H, W, 3) uint8 RGB, ``labels`` (H, W) int32. Frames are temporally coherent (warm starts; an id
+    names the same superpixel from frame to frame while its content stays in view) unless ``independent=True``
+    (labels 0..K'-1 per frame). ``prior`` and the model options are those of :func:`segment` (a provider name, a
+    Provider, or a fixed (H, W) partition for every frame); ``prior_every=N`` runs the prior every N frames.
+    A damaged or cut file raises :class:`spam_stream.io.InputError` after the frames decoded before the damage;
+    a frame that fails alone raises the same after the frames before it.
+    """
+    from .io import InputError
+    from .pipelines.video import video_frames
+
+    model, prior = _resolve(prior, encoder, compactness, color_scale, iterations, min_size_factor, device, seed,
+                            prior_checkpoint, sam_model, prior_masks, prior_options)
+    fixed = None if isinstance(prior, Provider) else prior
+    frames = video_frames(model, path, n_superpixels, prior_every=prior_every, coherent=not independent,
+                          warm_iterations=warm_iterations, attention=attention, attention_ratio=attention_ratio,
+                          focus=focus, start=start, max_frames=max_frames, pipelined=pipelined, fixed_prior=fixed)
+    for frame in frames:
+        if frame.error is not None:
+            frames.close()
+            raise InputError(frame.error)
+        yield frame.index, frame.image, frame.labels
+
+
+def segment_batch(images_or_paths, n_superpixels: int = 400, prior=None, *, encoder="default",
+                  compactness: float = 7.5, color_scale: float = 0.26, iterations: int = 10,
+                  min_size_factor: float = 0.5, device: str = "cpu", seed: int = 0, prior_checkpoint=None,
+                  sam_model: str = "vit_h", prior_masks=None, prior_options: dict | None = None, attention=None,
+                  attention_ratio: float = 2.5, focus=None, pipelined: bool = True):
+    """Superpixels of many images, pipelined: yields one :class:`BatchResult` per input, in input order.
+
+    ``images_or_paths``: an iterable of (H, W, 3) arrays and/or image paths (decoded in the pipeline's source
+    thread). A bad item does not stop the others: its result has ``labels=None`` and a one-line ``error``.
+    Options as in :func:`segment`.
+    """
+    from .pipelines.batch import array_frames
+
+    model, prior = _resolve(prior, encoder, compactness, color_scale, iterations, min_size_factor, device, seed,
+                            prior_checkpoint, sam_model, prior_masks, prior_options)
+    fixed = None if isinstance(prior, Provider) else prior
+    for frame in array_frames(model, images_or_paths, n_superpixels, attention=attention,
+                              attention_ratio=attention_ratio, focus=focus, pipelined=pipelined, fixed_prior=fixed):
+        yield BatchResult(frame.index, frame.key, frame.image, frame.labels, frame.error)
+
+
+class BatchResult(NamedTuple):
+    """One result of :func:`segment_batch`: ``labels`` (H, W) int32 or None when ``error`` says why."""
+
+    index: int
+    key: object
+    image: object
+    labels: object
+    error: str | None
+
+
+__all__ = ["SPAM", "Prior", "Provider", "make_provider", "segment", "segment_video", "segment_batch", "BatchResult",
+           "__version__"]

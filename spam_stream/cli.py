@@ -1,44 +1,14 @@
-"""The ``spam-stream`` command line: ``spam-stream image|eval|train ... --help``."""
+"""The ``spam-stream`` command line: ``spam-stream image|video|batch|eval|train ... --help``.
+
+Each command lives in its own module under :mod:`spam_stream.commands`; this file only assembles the parser.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from tqdm import tqdm
-
-from .commands.common import (add_model_arguments, add_prior_arguments, build_attention, build_model,
-                              resolve_prior_arguments)
-from .io import InputError, read_image, write_labels, write_overlay
-
-
-def run_image(args) -> int:
-    resolve_prior_arguments(args)
-    model = build_model(args)
-    attention = build_attention(args)
-    args.output.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for path in tqdm(args.inputs, desc="images", unit="img", disable=len(args.inputs) < 2 and not args.progress):
-        try:
-            image = read_image(path)
-            try:
-                labels = model.segment(image, args.superpixels, key=path.stem, attention=attention,
-                                       attention_ratio=args.attention_ratio, focus=args.focus)
-            except (ValueError, InputError) as exc:
-                raise InputError(f"{path}: {exc}") from None
-            write_labels(args.output / f"{path.stem}_labels.png", labels)
-            write_overlay(args.output / f"{path.stem}_overlay.png", image, labels)
-        except InputError as exc:
-            failures.append(str(exc))
-            tqdm.write(f"error: {exc}", file=sys.stderr)
-    done = len(args.inputs) - len(failures)
-    print(f"wrote {done} of {len(args.inputs)} image(s) to {args.output}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for line in failures:
-            print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
+from .commands import batch, image, video
+from .io import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,15 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "prior objects. Run 'spam-stream COMMAND --help' for each command.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("image", help="superpixels of one or more images",
-                       description="Segment images into superpixels. Writes OUTDIR/<stem>_labels.png (uint16 labels) "
-                                   "and OUTDIR/<stem>_overlay.png (boundaries drawn on the image).")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created)")
-    add_model_arguments(p)
-    add_prior_arguments(p)
-    p.add_argument("--progress", action="store_true", help="show the progress bar even for one input")
-    p.set_defaults(run=run_image)
+    image.add_parser(sub)
+    video.add_parser(sub)
+    batch.add_parser(sub)
 
     from .evaluation import add_eval_arguments, run_eval
 

@@ -32,12 +32,19 @@ def initial_centroids(features: torch.Tensor, init_labels: torch.Tensor, n_super
     return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], fallback)
 
 
-def cluster_hard(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 10):
+def cluster_hard(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 10,
+                 centroids: torch.Tensor | None = None):
     """Inference: (N,) int32 labels (superpixel index, -1 where no candidate is valid) and (K, D) centroids.
 
-    ``features`` (N, D) float32; ``init_labels`` (N,) int32 starting superpixel of each pixel.
+    ``features`` (N, D) float32; ``init_labels`` (N,) int32 starting superpixel of each pixel; ``centroids``
+    optional (K, D) starting centroids (e.g. a video's previous frame), used instead of the seeds' cell means when
+    given with the right shape.
     """
-    centroids = initial_centroids(features, init_labels, cands.n_superpixels)
+    k, d = cands.n_superpixels, features.shape[1]
+    if centroids is not None and tuple(centroids.shape) == (k, d):
+        centroids = centroids.to(device=features.device, dtype=features.dtype).contiguous()
+    else:
+        centroids = initial_centroids(features, init_labels, k)
     return kernels.hard_iterations(features, centroids, cands, iterations)
 
 

@@ -1,6 +1,9 @@
 """Reading images and partitions, writing label maps and overlays (the decode and write ends of the pipeline)."""
 from __future__ import annotations
 
+import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,19 +67,78 @@ def read_partition(path: str | Path) -> np.ndarray:
     return inv.reshape(arr.shape).astype(np.int32)
 
 
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path`` (atomic on one filesystem),
+    on an exception it is deleted. A crash therefore never leaves a half-written file under the final name.
+
+    The temporary name starts with ``.`` and ends with ``.part`` plus the final suffix (writers that pick a format
+    from the suffix still see it)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.part{path.suffix}"
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
-    """Write (H, W) labels as a uint16 PNG (at most 65536 superpixels)."""
+    """Write (H, W) labels as a uint16 PNG (at most 65536 superpixels), atomically."""
     if labels.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"{labels.max() + 1} labels do not fit a uint16 PNG")
-    Image.fromarray(labels.astype(np.uint16)).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG", compress_level=1)
+
+
+COLORS = {"red": (255, 40, 40), "green": (40, 255, 40), "blue": (40, 80, 255), "yellow": (255, 230, 0),
+          "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
+AUTO_COLORS = ((255, 230, 0), (0, 40, 160))  # yellow on dark pixels, dark blue on bright ones
+
+
+def parse_color(text: str):
+    """``auto``, a name (red, green, blue, yellow, magenta, cyan, white, black), ``R,G,B`` or ``#RRGGBB`` →
+    "auto" or an (r, g, b) tuple; ValueError otherwise."""
+    text = text.strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in COLORS:
+        return COLORS[text]
+    try:
+        if text.startswith("#") and len(text) == 7:
+            rgb = tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise ValueError(f"expected auto, a colour name ({', '.join(COLORS)}), R,G,B or #RRGGBB, got {text!r}")
+    return rgb
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, color=(255, 40, 40)) -> np.ndarray:
-    """The image with superpixel boundaries drawn in ``color``: (H, W, 3) uint8."""
+    """The image (H, W, 3) uint8 with superpixel boundaries drawn in ``color``: (H, W, 3) uint8.
+
+    ``color="auto"`` draws yellow over dark pixels and dark blue over bright ones, so boundaries show on any
+    image."""
     out = image.copy()
-    out[find_boundaries(labels, mode="inner")] = color
+    edges = find_boundaries(labels, mode="inner")
+    if isinstance(color, str) and color == "auto":
+        luma = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
+        out[edges & (luma < 128)] = AUTO_COLORS[0]
+        out[edges & (luma >= 128)] = AUTO_COLORS[1]
+    else:
+        out[edges] = color
     return out
 
 
-def write_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray) -> None:
-    Image.fromarray(overlay(image, labels)).save(path)
+def write_overlay(path: str | Path, image: np.ndarray, labels: np.ndarray, color=(255, 40, 40)) -> None:
+    """Write the overlay of ``labels`` on ``image`` as an image file (format from the suffix), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(overlay(image, labels, color)).save(tmp, format=Image.registered_extensions().get(
+            path.suffix.lower(), "PNG"))

@@ -1,6 +1,8 @@
 """The SPAM model: load the encoder once, then segment many images.
 
-decode (caller) → prior → features → seeds → candidates → cluster → connectivity → labels.
+decode (caller) → prior → seeds + candidates → features → cluster → connectivity → labels: one method per stage,
+each filling fields of a :class:`~spam_stream.frame.Frame`; :meth:`SPAM.segment` is their plain composition and the
+pipelines (:mod:`spam_stream.pipelines`) run the same methods in threads.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from .candidates import grid_candidates, object_candidates
 from .clustering import as_pixel_rows, cluster_hard
 from .connectivity import enforce_connectivity
 from .encoder import Encoder, fold_batchnorm, load_encoder
+from .frame import Frame
 from .features import COLOR_SCALE, SPATIAL_SCALE, pixel_features
 from .priors.base import Prior, Provider
 from .seeding import grid_seeds, object_seeds
@@ -138,6 +141,89 @@ class SPAM:
         """D: 5 without a CNN, the encoder's output channels with one."""
         return 5 if self.encoder is None else self.encoder.out_dim
 
+    def frame(self, image, n_superpixels: int = 400, prior=None, density=None, *, key=None, index: int = 0) -> Frame:
+        """A checked :class:`~spam_stream.frame.Frame` for ``image`` (any array :func:`as_rgb` takes).
+
+        Raises ValueError for K < 1 or K > H·W."""
+        image = as_rgb(image)
+        h, w = image.shape[:2]
+        k = int(n_superpixels)
+        if k < 1:
+            raise ValueError(f"the number of superpixels must be at least 1, got {n_superpixels}")
+        if k > h * w:
+            raise ValueError(f"{k} superpixels requested but the image has only {h * w} pixels")
+        return Frame(index=index, key=key, image=image, n_superpixels=k, prior=prior, density=density)
+
+    # ---- the stages, in pipeline order; each reads and fills fields of a Frame --------------------------------
+
+    def prior_stage(self, frame: Frame, attention=None, attention_ratio: float = 2.5, focus=None) -> Frame:
+        """``frame.prior`` (or the model's provider) → ``frame.partition`` (H, W) int32 or None, and the per-object
+        ``frame.density`` of the attention / user-driven modes."""
+        with frame.timed("prior"):
+            source = self.prior if frame.prior is None else frame.prior
+            if source is None and (attention is not None or focus):
+                raise ValueError("the attention and focus modes weight prior objects: they need a prior")
+            frame.partition = prior_partition(source, frame.image, frame.key)
+            frame.density = adaptive_density(frame.partition, frame.image, frame.density, attention,
+                                             attention_ratio, focus)
+        return frame
+
+    def seed_stage(self, frame: Frame) -> Frame:
+        """Seeds and candidates (grid without a prior, object seeds + candidate table with one). Kept when the frame
+        already has them (a video reusing its previous frame's seeds)."""
+        if frame.seeds is not None and frame.cands is not None:
+            return frame
+        with frame.timed("seeds"):
+            h, w = frame.image.shape[:2]
+            k = frame.n_superpixels
+            if frame.partition is None:
+                frame.seeds = grid_seeds(h, w, k)
+                frame.cands = grid_candidates(h, w, frame.seeds)
+            else:
+                frame.seeds = object_seeds(frame.partition, k, density=frame.density, seed=self.seed)
+                frame.cands = object_candidates(frame.partition, frame.seeds, self.max_candidate_distance)
+        return frame
+
+    def feature_stage(self, frame: Frame) -> Frame:
+        """(D, H, W) float32 pixel features on the model's device."""
+        with frame.timed("features"):
+            frame.features = pixel_features(frame.image, frame.n_superpixels, self.encoder, self.color_scale,
+                                            self.compactness, self.device)
+        return frame
+
+    def cluster_stage(self, frame: Frame) -> Frame:
+        """Hard clustering: ``frame.cluster_labels`` (H, W) int32 and ``frame.centroids`` (K, D).
+
+        Starts from ``frame.init_centroids`` when given (a video's previous frame), else from the seeds' cells;
+        runs ``frame.iterations`` (default: the model's) iterations."""
+        with frame.timed("cluster"):
+            h, w = frame.image.shape[:2]
+            iterations = self.iterations if frame.iterations is None else frame.iterations
+            with torch.inference_mode():
+                labels, centroids = cluster_hard(
+                    as_pixel_rows(frame.features), frame.cands.to(self.device),
+                    torch.from_numpy(frame.seeds.init_labels).to(self.device), iterations,
+                    centroids=frame.init_centroids)
+            frame.cluster_labels = labels.cpu().numpy().reshape(h, w)
+            frame.centroids = centroids
+        return frame
+
+    def connectivity_stage(self, frame: Frame) -> Frame:
+        """Final labels (H, W) int32 0..K'-1: every superpixel 4-connected and inside one prior object."""
+        with frame.timed("connectivity"):
+            h, w = frame.cluster_labels.shape
+            min_size = max(1, int(self.min_size_factor * h * w / frame.n_superpixels))
+            frame.labels = enforce_connectivity(frame.cluster_labels, frame.partition, min_size)
+        return frame
+
+    def run_stages(self, frame: Frame, attention=None, attention_ratio: float = 2.5, focus=None) -> Frame:
+        """Every stage in order on one frame (what the pipelines run apart, in threads)."""
+        self.prior_stage(frame, attention, attention_ratio, focus)
+        self.seed_stage(frame)
+        self.feature_stage(frame)
+        self.cluster_stage(frame)
+        return self.connectivity_stage(frame)
+
     def segment(self, image, n_superpixels: int = 400, prior=None, density=None, *, attention=None,
                 attention_ratio: float = 2.5, focus=None, key=None) -> np.ndarray:
         """Superpixels of one image.
@@ -156,28 +242,5 @@ class SPAM:
         Returns:
             (H, W) int32 labels 0..K'-1; every superpixel is 4-connected and inside one prior object.
         """
-        image = as_rgb(image)
-        h, w = image.shape[:2]
-        k = int(n_superpixels)
-        if k < 1:
-            raise ValueError(f"the number of superpixels must be at least 1, got {n_superpixels}")
-        if k > h * w:
-            raise ValueError(f"{k} superpixels requested but the image has only {h * w} pixels")
-        source = self.prior if prior is None else prior
-        if source is None and (attention is not None or focus):
-            raise ValueError("the attention and focus modes weight prior objects: they need a prior")
-        partition = prior_partition(source, image, key)
-        density = adaptive_density(partition, image, density, attention, attention_ratio, focus)
-        if partition is None:
-            seeds = grid_seeds(h, w, k)
-            cands = grid_candidates(h, w, seeds)
-        else:
-            seeds = object_seeds(partition, k, density=density, seed=self.seed)
-            cands = object_candidates(partition, seeds, self.max_candidate_distance)
-        feats = pixel_features(image, k, self.encoder, self.color_scale, self.compactness, self.device)
-        with torch.inference_mode():
-            labels, _ = cluster_hard(as_pixel_rows(feats), cands.to(self.device),
-                                     torch.from_numpy(seeds.init_labels).to(self.device), self.iterations)
-        labels = labels.cpu().numpy().reshape(h, w)
-        min_size = max(1, int(self.min_size_factor * h * w / k))
-        return enforce_connectivity(labels, partition, min_size)
+        frame = self.frame(image, n_superpixels, prior, density, key=key)
+        return self.run_stages(frame, attention, attention_ratio, focus).labels

@@ -141,3 +141,35 @@ def build_model(args):
     prior = build_prior(args) if hasattr(args, "prior") else None
     return SPAM(encoder=args.encoder, compactness=args.compactness, color_scale=args.color_scale,
                 iterations=args.iterations, device=args.device, prior=prior)
+
+
+def color_argument(text: str):
+    """argparse type for --boundary-color."""
+    from ..io import parse_color
+
+    try:
+        return parse_color(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """-o OUTDIR and the look of the overlays, shared by image, video and batch."""
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created)")
+    p.add_argument("--boundary-color", type=color_argument, default="auto", metavar="COLOR",
+                   help="colour of the superpixel boundaries in overlays: auto (yellow on dark pixels, dark blue on "
+                        "bright ones: shows on any image; the default), a name (red, green, blue, yellow, magenta, "
+                        "cyan, white, black), R,G,B or #RRGGBB")
+
+
+def report_failures(failures: list[str], done: int, total: int, what: str, where) -> int:
+    """Print the summary line and the failures (one line each) to stderr; the exit code: 1 if any failed."""
+    import sys
+
+    print(f"wrote {done} of {total} {what} to {where}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0

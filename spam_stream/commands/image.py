@@ -1,0 +1,46 @@
+"""``spam-stream image``: superpixels of image files, one after the other."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..io import InputError, read_image, write_labels, write_overlay
+from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
+                     report_failures, resolve_prior_arguments)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("image", help="superpixels of one or more images",
+                       description="Segment images into superpixels. Writes OUTDIR/<stem>_labels.png (uint16 labels) "
+                                   "and OUTDIR/<stem>_overlay.png (boundaries drawn on the image). For folders, "
+                                   "globs, resumable and sharded jobs use 'spam-stream batch'.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files")
+    add_output_arguments(p)
+    add_model_arguments(p)
+    add_prior_arguments(p)
+    p.add_argument("--progress", action="store_true", help="show the progress bar even for one input")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    resolve_prior_arguments(args)
+    model = build_model(args)
+    attention = build_attention(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for path in tqdm(args.inputs, desc="images", unit="img", disable=len(args.inputs) < 2 and not args.progress):
+        try:
+            image = read_image(path)
+            try:
+                labels = model.segment(image, args.superpixels, key=path.stem, attention=attention,
+                                       attention_ratio=args.attention_ratio, focus=args.focus)
+            except (ValueError, InputError) as exc:
+                raise InputError(f"{path}: {exc}") from None
+            write_labels(args.output / f"{path.stem}_labels.png", labels)
+            write_overlay(args.output / f"{path.stem}_overlay.png", image, labels, args.boundary_color)
+        except InputError as exc:
+            failures.append(str(exc))
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+    return report_failures(failures, len(args.inputs) - len(failures), len(args.inputs), "image(s)", args.output)

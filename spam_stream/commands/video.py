@@ -1,0 +1,115 @@
+"""``spam-stream video``: superpixels of every frame of video files, pipelined, temporally coherent."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..io import InputError
+from ..pipelines.executor import PipelineError, Stage
+from ..pipelines.video import VideoOutputs, video_frames
+from ..videoio import VideoReader
+from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
+                     positive_int, report_failures, resolve_prior_arguments)
+
+DESCRIPTION = """\
+Segment every frame of one or more videos (any container/codec PyAV's ffmpeg reads). For each IN writes
+OUTDIR/<stem>_overlay.mp4 (H.264, boundaries drawn, same frame count and frame rate as IN; odd sizes are padded
+to even, never cropped), OUTDIR/<stem>_labels/000000.png ... (uint16 superpixel ids, one PNG per frame) and
+OUTDIR/<stem>_frames.csv (frame, K', milliseconds per stage). Audio is not copied.
+
+Decoding, the prior, the encoder, clustering and writing run as a pipeline (threads on a CPU, CUDA streams on a
+GPU). Frames are temporally coherent: each frame starts from the previous one's superpixels (fewer iterations) and
+a superpixel keeps its id while its content stays in view (new superpixels get new ids); --independent segments
+every frame from scratch with ids 0..K'-1. A damaged or cut file keeps the frames decoded before the damage and
+is reported; the other inputs are still processed (exit code 1 when any input failed)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("video", help="superpixels of every frame of videos (pipelined, temporally coherent)",
+                       description=DESCRIPTION, formatter_class=_formatter())
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="video files")
+    add_output_arguments(p)
+    add_model_arguments(p)
+    add_prior_arguments(p)
+    g = p.add_argument_group("video")
+    g.add_argument("--prior-every", type=positive_int, default=1, metavar="N",
+                   help="run the prior model every N frames and reuse its partition in between (default 1)")
+    g.add_argument("--independent", action="store_true",
+                   help="no temporal coherence: every frame from scratch, labels 0..K'-1 per frame")
+    g.add_argument("--warm-iterations", type=positive_int, default=3, metavar="N",
+                   help="clustering iterations of a frame that starts from the previous frame (default 3)")
+    g.add_argument("--start", type=int, default=0, metavar="FRAME", help="first frame to process (default 0)")
+    g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
+    g.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
+    g.add_argument("--no-labels", action="store_true", help="do not write the per-frame label PNGs")
+    g.add_argument("--sequential", action="store_true",
+                   help="run the stages one frame at a time instead of pipelined (same results; for comparison)")
+    p.set_defaults(run=run)
+
+
+def _formatter():
+    import argparse
+
+    return argparse.RawDescriptionHelpFormatter
+
+
+def run(args) -> int:
+    resolve_prior_arguments(args)
+    if args.start < 0:
+        raise InputError("--start must be >= 0")
+    model = build_model(args)
+    attention = build_attention(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    failures, done = [], 0
+    for path in args.inputs:
+        try:
+            ok = _one_video(model, attention, path, args)
+        except InputError as exc:
+            ok = str(exc)
+        if ok is True:
+            done += 1
+        else:
+            failures.append(ok)
+            tqdm.write(f"error: {ok}", file=sys.stderr)
+    return report_failures(failures, done, len(args.inputs), "video(s)", args.output)
+
+
+def _one_video(model, attention, path: Path, args):
+    """Process one video; True when complete, else the one-line error (the frames before it are written)."""
+    reader = VideoReader(path, start=args.start, max_frames=args.max_frames)
+    outputs = VideoOutputs(args.output, path.stem, reader.rate, reader.width, reader.height,
+                           overlay_video=not args.no_overlay, labels=not args.no_labels, color=args.boundary_color)
+    total = reader.n_frames or (round(reader.duration * float(reader.rate)) if reader.duration else None)
+    if total is not None:
+        total = max(0, total - args.start)
+        if args.max_frames is not None:
+            total = min(total, args.max_frames)
+    errors = []
+    bar = tqdm(total=total, desc=path.name, unit="frame", dynamic_ncols=True)
+    try:
+        frames = video_frames(model, path, args.superpixels, prior_every=args.prior_every,
+                              coherent=not args.independent, warm_iterations=args.warm_iterations,
+                              attention=attention, attention_ratio=args.attention_ratio, focus=args.focus,
+                              pipelined=not args.sequential, reader=reader,
+                              extra_stages=[Stage("write", outputs, fatal=True, run_on_error=True)])
+        for frame in frames:
+            bar.update(0 if frame.meta.get("fatal") else 1)
+            if frame.error is not None:
+                errors.append(frame.error)
+                if not frame.meta.get("fatal"):
+                    tqdm.write(f"error: {frame.error}", file=sys.stderr)
+    except PipelineError as exc:
+        outputs.abort()
+        return f"{path}: {exc}"
+    except BaseException:
+        outputs.abort()  # Ctrl-C: drop the unfinished overlay video; the label PNGs written are complete
+        raise
+    finally:
+        bar.close()
+    outputs.close()
+    if errors:
+        more = f" (and {len(errors) - 1} more frame error(s), see {path.stem}_frames.csv)" if len(errors) > 1 else ""
+        return errors[-1] + more
+    return True

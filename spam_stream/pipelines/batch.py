@@ -1,0 +1,277 @@
+"""Batches of images: input discovery, sharding, resumable outputs and the manifest.
+
+* **Inputs** (:func:`collect_inputs`): files, folders (searched recursively for images), glob patterns (``**``
+  allowed) and text files listing one path per line (``.txt`` / ``.lst``; relative paths are taken from the list's
+  folder; ``#`` starts a comment). Each item keeps a relative path, mirrored under the output folder.
+* **Sharding** (:func:`shard`): ``--shard I/N`` keeps the items whose relative path hashes to I modulo N: N machines
+  with the same inputs cover every item exactly once without talking to each other.
+* **Resume**: outputs are written under temporary names and renamed, so an output that exists is complete;
+  ``resume=True`` skips items whose outputs all exist.
+* **Manifest**: ``manifest.jsonl``, one JSON line per item (input, outputs, K', ms per stage, status, error); lines
+  are appended as items finish (a killed run keeps what it did) and the file is rewritten once at the end,
+  atomically, with one line per item of this run's shard (lines of items skipped by ``resume`` are carried over).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..frame import Frame
+from ..io import IMAGE_SUFFIXES, InputError, atomic_path, read_image, write_labels, write_overlay
+from .executor import Pipeline, Stage, run_sequential
+from .stages import spam_stages
+from .video import thread_budget
+
+LIST_SUFFIXES = {".txt", ".lst"}
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One input: its path and the relative path its outputs are mirrored under."""
+
+    path: Path
+    rel: Path
+
+    def outputs(self, outdir: Path) -> dict[str, Path]:
+        base = Path(outdir) / self.rel.parent
+        return {"labels": base / f"{self.rel.stem}_labels.png", "overlay": base / f"{self.rel.stem}_overlay.png"}
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _glob_base(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    base = []
+    for part in parts:
+        if _is_glob(part):
+            break
+        base.append(part)
+    return Path(*base) if base else Path(".")
+
+
+def collect_inputs(specs, suffixes=IMAGE_SUFFIXES) -> list[BatchItem]:
+    """Expand input specs (files, folders, globs, list files) into items, in a stable sorted order, without
+    duplicates. A path that does not exist stays an item (it fails later, in the manifest), except a glob that
+    matches nothing or an empty folder, which raise :class:`InputError`."""
+    items: dict[Path, BatchItem] = {}
+
+    def add(path: Path, rel: Path):
+        key = path.resolve() if path.exists() else path.absolute()
+        items.setdefault(key, BatchItem(path, rel))
+
+    for spec in specs:
+        text = str(spec)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                raise InputError(f"{path}: no image files in this folder")
+            for p in found:
+                add(p, p.relative_to(path))
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            for line in path.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                p = Path(line)
+                full = p if p.is_absolute() else path.parent / p
+                add(full, Path(p.name) if p.is_absolute() else p)
+        elif _is_glob(text) and not path.exists():
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise InputError(f"{text}: the pattern matches no file")
+            base = _glob_base(text)
+            for p in found:
+                add(p, p.relative_to(base))
+        else:
+            add(path, Path(path.name))
+    return sorted(items.values(), key=lambda it: str(it.rel))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` → (I, N) with 0 ≤ I < N; ValueError otherwise."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"expected I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def shard(items: list[BatchItem], index: int, count: int) -> list[BatchItem]:
+    """The items of shard ``index`` of ``count``: by a hash of the relative path (stable across machines)."""
+    if count == 1:
+        return list(items)
+    return [it for it in items
+            if int.from_bytes(hashlib.sha1(str(it.rel).encode()).digest()[:8], "big") % count == index]
+
+
+def is_complete(item: BatchItem, outdir: Path) -> bool:
+    return all(p.is_file() for p in item.outputs(outdir).values())
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """Entries of an existing manifest by input path; a broken line (a killed run's last one) is ignored."""
+    entries = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                entries[entry["input"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return entries
+
+
+class BatchWriter:
+    """Writer stage of a batch: the two image outputs of each good item, a manifest line for every item."""
+
+    def __init__(self, outdir: Path, color="auto", manifest_name: str = "manifest.jsonl"):
+        self.outdir = Path(outdir)
+        self.color = color
+        self.manifest = self.outdir / manifest_name
+        self.entries: list[dict] = []
+        self._log = open(self.manifest, "a")
+
+    def __call__(self, frame: Frame) -> Frame:
+        item: BatchItem = frame.meta["item"]
+        t = time.perf_counter()
+        outputs = item.outputs(self.outdir)
+        entry = {"input": str(item.path), "outputs": {k: str(v) for k, v in outputs.items()}}
+        if frame.error is None:
+            outputs["labels"].parent.mkdir(parents=True, exist_ok=True)
+            try:
+                write_labels(outputs["labels"], frame.labels)
+                write_overlay(outputs["overlay"], frame.image, frame.labels, self.color)
+            except ValueError as exc:  # e.g. more labels than a uint16 PNG holds
+                frame.error = f"{item.path}: {exc}"
+        frame.timings["write"] = time.perf_counter() - t
+        entry.update({"superpixels": None if frame.error else int(frame.labels.max()) + 1,
+                      "ms": {k: round(1e3 * v, 2) for k, v in frame.timings.items()},
+                      "status": "failed" if frame.error else "ok", "error": frame.error})
+        if frame.error:
+            entry["outputs"] = {}
+        self.entries.append(entry)
+        self._log.write(json.dumps(entry) + "\n")
+        self._log.flush()
+        frame.image = frame.labels if frame.error is None else None  # keep labels, drop the image
+        return frame
+
+    def close(self, carried: list[dict]) -> None:
+        """Rewrite the manifest atomically: ``carried`` entries (skipped items) then this run's, one line each."""
+        self._log.close()
+        with atomic_path(self.manifest) as tmp:
+            with open(tmp, "w") as fh:
+                for entry in carried + self.entries:
+                    fh.write(json.dumps(entry) + "\n")
+
+
+def batch_frames(model, items: list[BatchItem], n_superpixels: int = 400, *, attention=None,
+                 attention_ratio: float = 2.5, focus=None, pipelined: bool = True, queue_size: int = 2,
+                 extra_stages=()):
+    """Segment each item (decoded in the source thread): yields finished frames in input order, ``meta["item"]``
+    naming the item; failures (missing, unreadable, wrong size) carry ``frame.error``."""
+
+    def source():
+        for index, item in enumerate(items):
+            frame = Frame(index=index, key=item.path.stem, n_superpixels=n_superpixels)
+            frame.meta["item"] = item
+            t = time.perf_counter()
+            try:
+                image = read_image(item.path)
+                checked = model.frame(image, n_superpixels, key=item.path.stem, index=index)
+                frame.image = checked.image
+            except (InputError, ValueError) as exc:
+                message = str(exc)
+                frame.error = message if message.startswith(str(item.path)) else f"{item.path}: {message}"
+            frame.timings["decode"] = time.perf_counter() - t
+            yield frame
+
+    with thread_budget(model, pipelined) as threads:
+        stages = spam_stages(model, attention=attention, attention_ratio=attention_ratio, focus=focus,
+                             threads=threads)
+        for stage in stages:
+            stage.fn = _naming_errors(stage.fn)
+        stages += list(extra_stages)
+        if pipelined:
+            yield from Pipeline(stages, queue_size=queue_size, device=model.device).run(source())
+        else:
+            yield from run_sequential(stages, source())
+
+
+def array_frames(model, images_or_paths, n_superpixels: int = 400, *, attention=None, attention_ratio: float = 2.5,
+                 focus=None, pipelined: bool = True, queue_size: int = 2, fixed_prior=None):
+    """Segment arrays and/or image paths: yields finished frames in input order (``frame.error`` for failures)."""
+
+    def source():
+        for index, obj in enumerate(images_or_paths):
+            is_path = isinstance(obj, (str, Path))
+            key = Path(obj).stem if is_path else index
+            frame = Frame(index=index, key=key, n_superpixels=n_superpixels, prior=fixed_prior)
+            t = time.perf_counter()
+            try:
+                image = read_image(obj) if is_path else obj
+                frame.image = model.frame(image, n_superpixels, key=key, index=index).image
+            except (InputError, ValueError) as exc:
+                frame.error = str(exc) if is_path and str(exc).startswith(str(obj)) else f"{key}: {exc}"
+            frame.timings["decode"] = time.perf_counter() - t
+            yield frame
+
+    with thread_budget(model, pipelined) as threads:
+        stages = spam_stages(model, attention=attention, attention_ratio=attention_ratio, focus=focus,
+                             threads=threads)
+        if pipelined:
+            yield from Pipeline(stages, queue_size=queue_size, device=model.device).run(source())
+        else:
+            yield from run_sequential(stages, source())
+
+
+def _naming_errors(fn):
+    """Stage errors name the input file (not just its stem)."""
+
+    def wrapped(frame):
+        try:
+            return fn(frame)
+        except (InputError, ValueError) as exc:
+            path = frame.meta["item"].path
+            message = str(exc)
+            raise InputError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+    return wrapped
+
+
+def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
+              shard_spec: tuple[int, int] = (0, 1), color="auto", pipelined: bool = True, progress=None, **options):
+    """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries).
+
+    ``progress``: optional callable invoked with each finished frame (a progress bar)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    items = shard(collect_inputs(inputs), *shard_spec)
+    manifest_name = "manifest.jsonl" if shard_spec[1] == 1 else f"manifest-{shard_spec[0]}-of-{shard_spec[1]}.jsonl"
+    old = read_manifest(outdir / manifest_name)
+    carried, todo = [], []
+    for item in items:
+        if resume and is_complete(item, outdir):
+            carried.append(old.get(str(item.path)) or {"input": str(item.path), "status": "ok", "error": None,
+                                                        "outputs": {k: str(v) for k, v in
+                                                                    item.outputs(outdir).items()}})
+        else:
+            todo.append(item)
+    writer = BatchWriter(outdir, color, manifest_name)
+    stage = Stage("write", writer, fatal=True, run_on_error=True)
+    try:
+        for frame in batch_frames(model, todo, n_superpixels, pipelined=pipelined, extra_stages=[stage], **options):
+            if progress is not None:
+                progress(frame)
+    finally:
+        writer.close(carried)
+    return writer.entries, carried, len(items)

@@ -1,0 +1,188 @@
+"""Reading and writing video files with PyAV (the decode and write ends of the video pipeline).
+
+:class:`VideoReader` decodes any container/codec the bundled ffmpeg reads into (H, W, 3) uint8 RGB frames and
+reports damage as a one-line :class:`~spam_stream.io.InputError` after the frames that could be decoded;
+:class:`VideoWriter` encodes H.264 MP4 at a given frame rate, padding odd frame sizes to even ones (H.264's 4:2:0
+needs even sizes) and writing under a temporary name that is renamed when the file is complete.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .io import InputError
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".m4v", ".flv",
+                  ".wmv", ".ogv", ".3gp", ".y4m", ".gif"}
+
+
+def _av():
+    import av
+
+    return av
+
+
+class VideoReader:
+    """Frames of a video file, decoded in order.
+
+    ``for index, rgb in VideoReader(path)``: index counts decoded frames from 0 (``start`` frames are skipped but
+    still counted), rgb is (H, W, 3) uint8. Opening a file that is missing, not a video or has no video stream
+    raises :class:`InputError` naming it. A decoding error, or a file that ends before its declared duration (cut
+    or truncated), raises :class:`InputError` after the last good frame.
+
+    Attributes (after opening): ``rate`` (Fraction, frames per second), ``width``, ``height``, ``n_frames`` (the
+    container's count, 0 when unknown), ``duration`` (seconds, or None).
+    """
+
+    def __init__(self, path, start: int = 0, max_frames: int | None = None, threads: bool = True):
+        av = _av()
+        self.path = Path(path)
+        self.start, self.max_frames = max(0, int(start)), max_frames
+        if not self.path.exists():
+            raise InputError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise InputError(f"{self.path}: is a directory, not a video")
+        try:
+            self.container = av.open(str(self.path))
+        except Exception as exc:
+            raise InputError(f"{self.path}: not a readable video ({_short(exc)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise InputError(f"{self.path}: no video stream")
+        self.stream = self.container.streams.video[0]
+        if threads:
+            self.stream.thread_type = "AUTO"
+        ctx = self.stream.codec_context
+        self.width, self.height = int(ctx.width), int(ctx.height)
+        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
+        self.rate = Fraction(rate) if rate else Fraction(25)
+        self.n_frames = int(self.stream.frames or 0)
+        self.duration = None
+        if self.stream.duration is not None and self.stream.time_base is not None:
+            self.duration = float(self.stream.duration * self.stream.time_base)
+        elif self.container.duration is not None:
+            self.duration = self.container.duration / 1_000_000
+        self.decoded = 0
+        self._last_time = None
+
+    def __iter__(self):
+        av = _av()
+        index = 0
+        try:
+            for frame in self.container.decode(self.stream):
+                if frame.pts is not None and frame.time_base is not None:
+                    self._last_time = float(frame.pts * frame.time_base)
+                if index >= self.start:
+                    if self.max_frames is not None and index - self.start >= self.max_frames:
+                        return
+                    yield index, frame.to_ndarray(format="rgb24")
+                    self.decoded += 1
+                index += 1
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{self.path}: damaged video after frame {index - 1} ({_short(exc)})") from None
+        finally:
+            self.close()
+        self._check_complete(index)
+
+    def _check_complete(self, n: int) -> None:
+        """Raise when the file ends clearly before what its header promises (a cut download, a truncated copy).
+
+        Containers with an index or a duration in their header (MP4, MKV, …) are checked against it; an MPEG
+        transport stream carries no duration, but it is a whole number of 188-byte packets (192 for M2TS) unless it
+        was cut."""
+        fmt = self.container.format.name if self.container.format is not None else ""
+        if fmt == "mpegts":
+            size = self.path.stat().st_size
+            if size % 188 and size % 192:
+                raise InputError(f"{self.path}: video ends early (truncated transport stream: ends inside a "
+                                 f"packet) after {n} frames")
+            return
+        expected = self.n_frames
+        if not expected and self.duration:
+            expected = int(round(self.duration * float(self.rate)))
+        start_time = 0.0
+        if self.stream.start_time is not None and self.stream.time_base is not None:
+            start_time = float(self.stream.start_time * self.stream.time_base)
+        if self.duration and self._last_time is not None:
+            missing = self.duration - (self._last_time - start_time) - 1.0 / float(self.rate)
+            if missing > 2.0 / float(self.rate) and n < expected:
+                raise InputError(f"{self.path}: video ends early (truncated or damaged): decoded {n} of about "
+                                 f"{expected} frames")
+        elif expected and n < expected - 1:
+            raise InputError(f"{self.path}: video ends early (truncated or damaged): decoded {n} of {expected} frames")
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        except Exception:
+            pass
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
+class VideoWriter:
+    """H.264 MP4 writer: ``write(rgb)`` frames of one size, then ``close()`` (renames the finished file into place)
+    or ``abort()`` (deletes it).
+
+    Frames get consecutive presentation times at ``rate`` frames per second, so the frame count and rate survive.
+    Odd sizes are padded by repeating the last row / column (the picture is never cropped); ``preset`` trades
+    encoding speed for size (libx264's "veryfast" by default: the writer must not be the slowest stage).
+    """
+
+    def __init__(self, path, rate, width: int, height: int, preset: str = "veryfast", crf: int = 20):
+        av = _av()
+        self.path = Path(path)
+        self.tmp = self.path.parent / f".{self.path.stem}.{uuid.uuid4().hex[:12]}.part{self.path.suffix}"
+        self.width, self.height = int(width), int(height)
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        self.stream = self.container.add_stream("libx264", rate=Fraction(rate))
+        self.stream.width, self.stream.height = self.width + self.width % 2, self.height + self.height % 2
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"preset": preset, "crf": str(crf)}
+        self.count = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        av = _av()
+        if rgb.shape[:2] != (self.height, self.width):
+            raise ValueError(f"frame of size {rgb.shape[1]}x{rgb.shape[0]} in a {self.width}x{self.height} video")
+        if self.width % 2 or self.height % 2:
+            rgb = np.pad(rgb, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.count
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.count += 1
+
+    def close(self) -> None:
+        """Flush the encoder and move the finished file to its final name."""
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Stop without keeping anything."""
+        try:
+            self.container.close()
+        except Exception:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+def video_info(path) -> dict:
+    """Frame count (by decoding), frame rate and size of a video file: {"frames", "rate", "width", "height"}."""
+    reader = VideoReader(path)
+    rate, width, height = reader.rate, reader.width, reader.height
+    count = sum(1 for _ in reader)
+    return {"frames": count, "rate": rate, "width": width, "height": height}

@@ -1,0 +1,67 @@
+"""Test videos whose frames carry their own index in a visible pattern, and reading the pattern back."""
+from fractions import Fraction
+
+import numpy as np
+
+from helpers import synthetic_image
+
+BITS, BLOCK = 9, 10  # 9 bits (up to 511 frames) as 10x10 blocks along the top of the frame
+
+
+def index_frame(i, h=67, w=99, static=False):
+    """(H, W, 3) uint8: a textured scene (drifting unless ``static``) with frame index ``i`` drawn as black/white
+    blocks in the top rows."""
+    base = synthetic_image(h + 40, w + 40, seed=3)
+    dy, dx = (0, 0) if static else (i % 40, (i // 2) % 40)
+    img = base[dy:dy + h, dx:dx + w].copy()
+    img[:BLOCK, :BITS * BLOCK] = 0
+    for b in range(BITS):
+        if (i >> b) & 1:
+            img[:BLOCK, b * BLOCK:(b + 1) * BLOCK] = 255
+    return img
+
+
+def read_index(frame):
+    """The index drawn by :func:`index_frame` (block medians: robust to compression and drawn boundaries)."""
+    value = 0
+    for b in range(BITS):
+        block = frame[1:BLOCK - 1, b * BLOCK + 1:(b + 1) * BLOCK - 1].astype(np.float64).mean(-1)
+        if np.median(block) > 128:
+            value |= 1 << b
+    return value
+
+
+def write_index_video(path, n, rate=Fraction(30000, 1001), h=67, w=99, codec="libx264", fmt=None, static=False):
+    """Write ``n`` index frames (``codec="ffv1"`` in ``.mkv``: lossless and odd sizes kept; libx264 pads odd sizes
+    to even)."""
+    import av
+
+    container = av.open(str(path), "w", format=fmt)
+    stream = container.add_stream(codec, rate=rate)
+    even = codec == "libx264"  # H.264 4:2:0 needs even sizes; ffv1 (lossless, 4:4:4) keeps odd ones
+    stream.width, stream.height = (w + w % 2, h + h % 2) if even else (w, h)
+    stream.pix_fmt = "yuv420p" if even else "yuv444p"
+    if codec == "libx264":
+        stream.options = {"crf": "12", "preset": "veryfast"}
+    for i in range(n):
+        img = index_frame(i, h, w, static)
+        if even:
+            img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def decode_all(path):
+    """(frames list of (H, W, 3) uint8, average rate) of a video file."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return frames, stream.average_rate
