@@ -3,10 +3,18 @@
 Each superpixel keeps its largest 4-connected component. Other components become superpixels of their own when they
 hold at least ``min_size`` pixels; smaller ones merge into an adjacent region of the same prior object (the one they
 share the longest border with), and a fragment made only of uncertain pixels (-1) may merge into any neighbour. A
-fragment with no compatible neighbour stays a superpixel of its own, so the prior is never crossed.
+fragment with no compatible neighbour stays a superpixel of its own, so the prior is never crossed. Fragments merge
+from the smallest up (ties: first in raster order); each picks, among its compatible neighbours in increasing
+component order, the first with the longest shared border; output labels are numbered in the raster order of the
+component that names them.
+
+:func:`enforce_connectivity` does this in numba: one union-find labelling pass over the pixels, the border lengths of
+the small fragments only, and the merges as a union-find over fragment adjacency.
+:func:`enforce_connectivity_reference` is the plain numpy/scikit-image twin it is tested against (equal labels).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from skimage.measure import label as connected_components
 
@@ -30,8 +38,9 @@ def _adjacency(comp: np.ndarray):
     return uniq, counts
 
 
-def enforce_connectivity(labels: np.ndarray, partition: np.ndarray | None = None, min_size: int = 1) -> np.ndarray:
-    """Make every superpixel 4-connected without crossing the prior.
+def enforce_connectivity_reference(labels: np.ndarray, partition: np.ndarray | None = None,
+                                   min_size: int = 1) -> np.ndarray:
+    """Reference twin of :func:`enforce_connectivity` (scikit-image labelling, a Python loop over fragments).
 
     Args:
         labels: (H, W) integer superpixel labels (any ids; -1 is treated as a label of its own).
@@ -90,3 +99,201 @@ def enforce_connectivity(labels: np.ndarray, partition: np.ndarray | None = None
     final = name[roots]
     _, out = np.unique(final[comp], return_inverse=True)
     return out.reshape(labels.shape).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numba implementation
+
+
+@numba.njit(inline="always")
+def _find(parent, a):
+    root = a
+    while parent[root] != root:
+        root = parent[root]
+    while parent[a] != root:  # path compression
+        nxt = parent[a]
+        parent[a] = root
+        a = nxt
+    return root
+
+
+@numba.njit(cache=True)
+def _components(labels, partition, has_partition):
+    """4-connected components of equal labels, numbered 0..C-1 in the raster order of their first pixel (as
+    ``skimage.measure.label`` numbers them).
+
+    Returns comp (H*W,) int32, and per component: size (C,) int64, its label (C,) int64, its prior object (C,) int64
+    (the last known object id in raster order, -1 when all its pixels are uncertain; 0 for all without a prior).
+    """
+    h, w = labels.shape
+    parent = np.empty(h * w, np.int32)
+    n = 0  # number of sets
+    # union-find whose root is the smallest pixel index of the set, so parent[p] < p for every non-root p
+    for i in range(h):
+        for j in range(w):
+            p = i * w + j
+            v = labels[i, j]
+            left = j > 0 and labels[i, j - 1] == v
+            up = i > 0 and labels[i - 1, j] == v
+            if left and up:
+                if labels[i - 1, j - 1] == v:  # left and up are already joined through the corner
+                    parent[p] = parent[p - 1]
+                else:
+                    ra = _find(parent, p - 1)
+                    rb = _find(parent, p - w)
+                    if ra != rb:
+                        n -= 1
+                    if ra < rb:
+                        parent[rb] = ra
+                        parent[p] = ra
+                    else:
+                        parent[ra] = rb
+                        parent[p] = rb
+            elif left:
+                parent[p] = parent[p - 1]
+            elif up:
+                parent[p] = parent[p - w]
+            else:
+                parent[p] = p
+                n += 1
+    # in place: a root gets the next id; any other pixel copies the (already rewritten) id of its parent, whose
+    # index is smaller and whose id is by induction that of the root
+    size = np.zeros(n, np.int64)
+    sp = np.empty(n, np.int64)
+    obj = np.full(n, -1 if has_partition else 0, np.int64)
+    nxt = 0
+    for i in range(h):
+        for j in range(w):
+            p = i * w + j
+            q = parent[p]
+            if q == p:
+                c = nxt
+                nxt += 1
+                sp[c] = labels[i, j]
+            else:
+                c = parent[q]
+            parent[p] = c
+            size[c] += 1
+            if has_partition and partition[i, j] >= 0:
+                obj[c] = partition[i, j]
+    return parent, size, sp, obj
+
+
+@numba.njit(cache=True)
+def _merge_small(comp, h, w, size, obj, small, order):
+    """Union-find merges of the small fragments, in ``order``; returns each component's root (C,) int64.
+
+    Only the pixels of small fragments are visited after one pass that lists them, grouped by fragment."""
+    n = size.shape[0]
+    start = np.zeros(n + 1, np.int64)
+    for c in range(n):
+        start[c + 1] = start[c] + (size[c] if small[c] else 0)
+    pix = np.empty(start[n], np.int64)
+    fill = start[:n].copy()
+    for p in range(h * w):
+        c = comp[p]
+        if small[c]:
+            pix[fill[c]] = p
+            fill[c] += 1
+    parent = np.arange(n)
+    group_obj = obj.copy()
+    nb = np.empty(4 * (start[n] + 1), np.int64)
+    for c in order:
+        # neighbouring components across each border pixel pair (one entry per pair), sorted: a run per neighbour
+        m = 0
+        for k in range(start[c], start[c + 1]):
+            p = pix[k]
+            i, j = p // w, p % w
+            if j > 0 and comp[p - 1] != c:
+                nb[m] = comp[p - 1]
+                m += 1
+            if j + 1 < w and comp[p + 1] != c:
+                nb[m] = comp[p + 1]
+                m += 1
+            if i > 0 and comp[p - w] != c:
+                nb[m] = comp[p - w]
+                m += 1
+            if i + 1 < h and comp[p + w] != c:
+                nb[m] = comp[p + w]
+                m += 1
+        nbs = np.sort(nb[:m])
+        root_c = _find(parent, c)
+        best, best_len = -1, 0
+        k = 0
+        while k < m:
+            b = nbs[k]
+            run = 1
+            while k + run < m and nbs[k + run] == b:
+                run += 1
+            k += run
+            rb = _find(parent, b)
+            if rb == root_c:
+                continue
+            oc, ob = group_obj[root_c], group_obj[rb]
+            if oc >= 0 and ob >= 0 and oc != ob:
+                continue
+            if run > best_len:
+                best, best_len = rb, run
+        if best >= 0:
+            parent[root_c] = best
+            group_obj[best] = max(group_obj[best], group_obj[root_c])
+    for c in range(n):
+        parent[c] = _find(parent, c)
+    return parent
+
+
+@numba.njit(parallel=True, cache=True)
+def _relabel(comp, out_of_comp, out):
+    for p in numba.prange(comp.shape[0]):
+        out[p] = out_of_comp[comp[p]]
+
+
+def enforce_connectivity(labels: np.ndarray, partition: np.ndarray | None = None, min_size: int = 1,
+                         return_source: bool = False):
+    """Make every superpixel 4-connected without crossing the prior.
+
+    Args:
+        labels: (H, W) integer superpixel labels (any ids; -1 is treated as a label of its own).
+        partition: (H, W) integer prior object ids (-1 = uncertain), or None for no prior.
+        min_size: fragments smaller than this merge into a neighbour.
+        return_source: also return, per output superpixel, the input label it keeps.
+    Returns:
+        (H, W) int32 labels 0..K'-1, each one 4-connected region — equal to
+        :func:`enforce_connectivity_reference`. With ``return_source``: ``(labels, source)``, source (K',) int64 the
+        input label whose largest component the superpixel holds, or -1 for a fragment that became a superpixel of
+        its own (video keeps ids through it).
+    """
+    labels = np.asarray(labels)
+    if labels.dtype not in (np.int32, np.int64):
+        labels = labels.astype(np.int64)
+    labels = np.ascontiguousarray(labels)
+    h, w = labels.shape
+    has_partition = partition is not None
+    part = np.ascontiguousarray(partition) if has_partition else np.zeros((1, 1), np.int32)
+    if part.dtype not in (np.int32, np.int64):
+        part = part.astype(np.int64)
+    comp, size, sp, obj = _components(labels, part, has_partition)
+    n = size.shape[0]
+    # the largest component of each label keeps it (ties: the first in raster order)
+    order = np.lexsort((-size, sp))
+    first = np.ones(n, bool)
+    first[1:] = sp[order[1:]] != sp[order[:-1]]
+    kept = np.zeros(n, bool)
+    kept[order[first]] = True
+    small = ~kept & (size < min_size)
+    if small.any():
+        small_ids = np.flatnonzero(small)
+        merge_order = small_ids[np.argsort(size[small_ids], kind="stable")]
+        root = _merge_small(comp, h, w, size, obj, small, merge_order)
+    else:
+        root = np.arange(n)
+    is_root = root == np.arange(n)
+    rank = np.cumsum(is_root) - 1  # output ids in the order of the naming (root) component
+    out_of_comp = rank[root].astype(np.int32)
+    out = np.empty(h * w, np.int32)
+    _relabel(comp, out_of_comp, out)
+    out = out.reshape(h, w)
+    if not return_source:
+        return out
+    roots = np.flatnonzero(is_root)
+    return out, np.where(kept[roots], sp[roots], -1).astype(np.int64)

@@ -44,3 +44,115 @@ def test_fragments_never_merge_across_prior_objects():
     for k in range(out.max() + 1):
         objs = np.unique(prior[out == k])
         assert len(objs[objs >= 0]) <= 1
+
+
+# ---- the numba implementation equals the reference twin -----------------------------------------------------
+
+import pytest  # noqa: E402
+
+import spam_stream.model as model_module  # noqa: E402
+from helpers import assert_connected, assert_superpixels_respect_prior, synthetic_image, voronoi_partition  # noqa: E402
+from spam_stream.connectivity import enforce_connectivity_reference  # noqa: E402
+
+
+def random_case(rng, blocky):
+    h, w = (int(v) for v in rng.integers(1, 45, 2))
+    k = int(rng.integers(1, 9))
+    if blocky:  # superpixel-like blocks with speckle: fragments of many sizes
+        b = int(rng.integers(2, 6))
+        labels = np.kron(rng.integers(0, k, size=(h // b + 1, w // b + 1)), np.ones((b, b), int))[:h, :w]
+        noise = rng.random((h, w)) < rng.uniform(0, 0.3)
+        labels[noise] = rng.integers(-1, k, size=noise.sum())
+    else:
+        labels = rng.integers(-1, k, size=(h, w))
+    return labels
+
+
+def random_prior(rng, h, w):
+    b = int(rng.integers(1, 8))
+    return np.kron(rng.integers(-1, 4, size=(h // b + 1, w // b + 1)), np.ones((b, b), int))[:h, :w].astype(np.int32)
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+@pytest.mark.parametrize("blocky", [False, True])
+def test_equals_reference_on_random_label_maps(with_prior, blocky):
+    rng = np.random.default_rng(10 * with_prior + blocky)
+    for _ in range(30):
+        labels = random_case(rng, blocky)
+        prior = random_prior(rng, *labels.shape) if with_prior else None
+        for min_size in (1, int(rng.integers(2, 12)), int(rng.integers(12, 60))):
+            ref = enforce_connectivity_reference(labels, prior, min_size)
+            out = enforce_connectivity(labels, prior, min_size)
+            assert out.dtype == np.int32
+            np.testing.assert_array_equal(out, ref)
+            assert_connected(out)
+
+
+def test_equals_reference_for_other_label_dtypes():
+    rng = np.random.default_rng(3)
+    labels = random_case(rng, True)
+    ref = enforce_connectivity_reference(labels, None, 8)
+    for dtype in (np.int16, np.uint16, np.int64):
+        np.testing.assert_array_equal(enforce_connectivity(np.abs(labels).astype(dtype), None, 8),
+                                      enforce_connectivity_reference(np.abs(labels).astype(dtype), None, 8))
+    np.testing.assert_array_equal(enforce_connectivity(labels.astype(np.int32), None, 8), ref)
+
+
+def clustering_labels(monkeypatch, image, k, prior):
+    """The labels ``SPAM.segment`` hands to connectivity (before it), with its partition and min_size."""
+    seen = []
+
+    def capture(labels, partition, min_size, **kw):
+        seen.append((labels.copy(), partition, min_size))
+        return enforce_connectivity(labels, partition, min_size, **kw)
+
+    monkeypatch.setattr(model_module, "enforce_connectivity", capture)
+    model_module.SPAM(encoder=None).segment(image, k, prior)
+    assert len(seen) == 1, "SPAM.segment no longer calls model.enforce_connectivity once"
+    return seen[0]
+
+
+@pytest.mark.parametrize("h, w, k, n_objects", [(95, 127, 60, 0), (80, 101, 40, 5), (33, 47, 12, 3)])
+def test_equals_reference_on_segment_internals(monkeypatch, h, w, k, n_objects):
+    image = synthetic_image(h, w, seed=k)
+    prior = voronoi_partition(h, w, n_objects, seed=1) if n_objects else None
+    labels, partition, min_size = clustering_labels(monkeypatch, image, k, prior)
+    for ms in (min_size, 1, 4 * min_size):
+        out = enforce_connectivity(labels, partition, ms)
+        np.testing.assert_array_equal(out, enforce_connectivity_reference(labels, partition, ms))
+        assert_connected(out)
+        if partition is not None:
+            assert_superpixels_respect_prior(out, partition)
+
+
+def largest_component_owner(labels, out):
+    """For each input label: the output superpixel holding its largest 4-connected component (ties: first in
+    raster order), computed with scipy."""
+    owner = {}
+    for value in np.unique(labels):
+        comp, n = ndimage.label(labels == value)
+        sizes = np.bincount(comp.ravel())[1:]
+        first = ndimage.minimum(np.arange(labels.size).reshape(labels.shape), comp, np.arange(1, n + 1))
+        best = min(range(n), key=lambda i: (-sizes[i], first[i]))
+        members = np.unique(out[comp == best + 1])
+        assert len(members) == 1
+        owner[int(value)] = int(members[0])
+    return owner
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_source_names_the_label_whose_largest_component_each_superpixel_keeps(with_prior):
+    rng = np.random.default_rng(5)
+    for _ in range(25):
+        labels = random_case(rng, True)
+        prior = random_prior(rng, *labels.shape) if with_prior else None
+        min_size = int(rng.integers(1, 20))
+        out, source = enforce_connectivity(labels, prior, min_size, return_source=True)
+        np.testing.assert_array_equal(out, enforce_connectivity_reference(labels, prior, min_size))
+        assert source.dtype == np.int64 and source.shape == (out.max() + 1,)
+        owner = largest_component_owner(labels, out)
+        expected = np.full(out.max() + 1, -1, np.int64)
+        for value, k in owner.items():
+            expected[k] = value
+        assert len(set(owner.values())) == len(owner), "two labels keep the same superpixel"
+        np.testing.assert_array_equal(source, expected)
