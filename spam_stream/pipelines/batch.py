@@ -132,14 +132,17 @@ def read_manifest(path: Path) -> dict[str, dict]:
 
 
 class BatchWriter:
-    """Writer stage of a batch: the two image outputs of each good item, a manifest line for every item."""
+    """Writer stage of a batch: the two image outputs of each good item, a manifest entry for every item.
 
-    def __init__(self, outdir: Path, color="auto", manifest_name: str = "manifest.jsonl"):
+    ``manifest_name=None``: keep the entries in ``self.entries`` only, write no manifest (a Ray worker: the driver
+    writes the manifest from the entries it gets back)."""
+
+    def __init__(self, outdir: Path, color="auto", manifest_name: str | None = "manifest.jsonl"):
         self.outdir = Path(outdir)
         self.color = color
-        self.manifest = self.outdir / manifest_name
+        self.manifest = None if manifest_name is None else self.outdir / manifest_name
         self.entries: list[dict] = []
-        self._log = open(self.manifest, "a")
+        self._log = None if manifest_name is None else open(self.manifest, "a")
 
     def __call__(self, frame: Frame) -> Frame:
         item: BatchItem = frame.meta["item"]
@@ -160,13 +163,16 @@ class BatchWriter:
         if frame.error:
             entry["outputs"] = {}
         self.entries.append(entry)
-        self._log.write(json.dumps(entry) + "\n")
-        self._log.flush()
+        if self._log is not None:
+            self._log.write(json.dumps(entry) + "\n")
+            self._log.flush()
         frame.image = frame.labels if frame.error is None else None  # keep labels, drop the image
         return frame
 
     def close(self, carried: list[dict]) -> None:
         """Rewrite the manifest atomically: ``carried`` entries (skipped items) then this run's, one line each."""
+        if self._log is None:
+            return
         self._log.close()
         with atomic_path(self.manifest) as tmp:
             with open(tmp, "w") as fh:
@@ -248,11 +254,10 @@ def _naming_errors(fn):
     return wrapped
 
 
-def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
-              shard_spec: tuple[int, int] = (0, 1), color="auto", pipelined: bool = True, progress=None, **options):
-    """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries).
-
-    ``progress``: optional callable invoked with each finished frame (a progress bar)."""
+def plan_batch(inputs, outdir, *, resume: bool = False, shard_spec: tuple[int, int] = (0, 1)):
+    """What a batch job (any engine) does: ``(items, todo, carried, manifest_name)``: this shard's items, those to
+    process, the manifest entries carried over for the items ``resume`` skips (complete outputs), and the manifest's
+    file name. Creates ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     items = shard(collect_inputs(inputs), *shard_spec)
@@ -266,6 +271,16 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
                                                                     item.outputs(outdir).items()}})
         else:
             todo.append(item)
+    return items, todo, carried, manifest_name
+
+
+def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
+              shard_spec: tuple[int, int] = (0, 1), color="auto", pipelined: bool = True, progress=None, **options):
+    """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries).
+
+    ``progress``: optional callable invoked with each finished frame (a progress bar)."""
+    outdir = Path(outdir)
+    items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec)
     writer = BatchWriter(outdir, color, manifest_name)
     stage = Stage("write", writer, fatal=True, run_on_error=True)
     try:
