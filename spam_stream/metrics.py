@@ -151,6 +151,18 @@ def explained_variation(labels: np.ndarray, image: np.ndarray) -> float:
     return between / total
 
 
+def id_change_fraction(previous: np.ndarray, current: np.ndarray) -> float:
+    """Temporal stability of superpixel ids between two consecutive frames of a video: the fraction of pixels whose
+    superpixel id differs, (1/N) Σ_p [S_t(p) ≠ S_{t+1}(p)], in [0, 1]; 0 when every pixel keeps its id.
+
+    Ids are compared as they are (no matching): it measures what a user of the label maps sees. Frames segmented
+    independently renumber their superpixels, so even small changes move many ids; coherent frames keep an id on the
+    same content. On moving content it also counts the pixels that the motion carries into another superpixel.
+    """
+    _check_same_shape(previous, current, "previous and current labels")
+    return float(np.mean(previous != current))
+
+
 def n_superpixels(labels: np.ndarray) -> int:
     """K' = number of distinct ids in an (H, W) label map."""
     return int(np.unique(np.asarray(labels)).size)

@@ -141,13 +141,14 @@ class IdTracker:
             area_old = np.bincount(prev.ravel())
             ok = (2 * both > area_new[a]) & (2 * both > area_old[b])
             ids[a[ok]] = b[ok]
-        for j in np.flatnonzero(ids < 0):
+        present = np.bincount(labels.ravel(), minlength=n) > 0
+        for j in np.flatnonzero((ids < 0) & present):
             ids[j] = self._fresh()
         self._cluster_id = {c: int(ids[j]) for c, j in claims.items()}
-        alive = set(ids.tolist())
+        alive = set(ids[present].tolist())
         self._retired.extend(sorted(self._alive - alive))
         self._alive = alive
         frame.labels = ids[labels].astype(np.int32)
-        frame.meta["n_superpixels"] = n
+        frame.meta["n_superpixels"] = int(present.sum())
         self._prev_ids = frame.labels
         return frame
