@@ -162,12 +162,16 @@ class BatchWriter:
                       "status": "failed" if frame.error else "ok", "error": frame.error})
         if frame.error:
             entry["outputs"] = {}
+        self.record(entry)
+        frame.image = frame.labels if frame.error is None else None  # keep labels, drop the image
+        return frame
+
+    def record(self, entry: dict) -> None:
+        """Keep one item's manifest entry (and append its line to the manifest at once, when there is one)."""
         self.entries.append(entry)
         if self._log is not None:
             self._log.write(json.dumps(entry) + "\n")
             self._log.flush()
-        frame.image = frame.labels if frame.error is None else None  # keep labels, drop the image
-        return frame
 
     def close(self, carried: list[dict]) -> None:
         """Rewrite the manifest atomically: ``carried`` entries (skipped items) then this run's, one line each."""

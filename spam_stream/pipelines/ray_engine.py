@@ -1,0 +1,247 @@
+"""``spam-stream batch --engine ray``: the batch job on Ray Data, from a laptop to a cluster.
+
+The driver plans the job exactly like the local engine (:func:`~spam_stream.pipelines.batch.plan_batch`: inputs,
+shard, ``--resume`` filter), makes a Ray Data dataset of the items to do (``ray.data.from_items``, one block per
+item) and maps it with :class:`SpamWorker`, a callable class run by a fixed pool of actors: each actor builds SPAM and
+the prior provider **once** (from a picklable spec) and runs the local engine's per-item work on each item
+(:func:`~spam_stream.pipelines.batch.batch_frames` + :class:`~spam_stream.pipelines.batch.BatchWriter`: decode,
+stages, atomic writes), so outputs are bit-identical to the local engine's. Each actor returns one manifest entry per
+item (plus ``node``, the Ray node id, and ``node_ip``); the driver appends it to ``manifest.jsonl`` as it arrives and
+rewrites the manifest atomically at the end, in input order, like the local engine.
+
+Resources. Each actor takes ``num_cpus`` CPUs (its torch and numba threads) and ``num_gpus`` GPUs; the pool is sized
+so that actors never hold all the cluster's CPUs: ``workers × num_cpus ≤ CPUs − 1``. (Measured with ray 2.60 on a
+2-CPU machine: a pool whose actors take both CPUs leaves none for Ray Data's own tasks and the job stalls.) The
+Dataset's CPU limit is set to the cluster's CPUs.
+
+Failures. An input that cannot be read or segmented is one failed manifest line (the actor catches it). An actor
+that dies (a killed process, a lost node) is restarted by Ray and its in-flight item retried (Ray Data's defaults
+for actor pools: ``max_restarts=-1``, ``max_task_retries=-1``; passing them again is deprecated in ray 2.60, and
+``tests/test_ray.py`` kills a worker mid-job to check that no item is lost); outputs are written under temporary names and renamed, so a retried
+item leaves each output complete, once.
+
+OUTDIR must be a path every worker can reach (one machine, or a shared filesystem on a cluster).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..io import InputError
+from .batch import BatchItem, BatchWriter, batch_frames, plan_batch
+from .executor import Stage, describe
+
+
+
+def require_ray():
+    """Import ray (and ray.data), or raise :class:`InputError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise InputError("--engine ray needs Ray Data: pip install 'spam-stream[ray]' (or pip install 'ray[data]')") \
+            from None
+    return ray
+
+
+def make_spec(*, encoder="default", compactness: float = 7.5, color_scale: float = 0.26, iterations: int = 10,
+              device: str = "cpu", prior: str | None = None, prior_options: dict | None = None,
+              attention=None, attention_ratio: float = 2.5, focus=None) -> dict:
+    """The picklable description of the per-worker model: SPAM's arguments, the prior provider's
+    (:func:`spam_stream.priors.make_provider` keyword arguments, ``name`` included) and the density options.
+
+    ``attention``: None, ``"saliency"`` (spectral residual) or ``{"dino_weights": PATH}`` (DINO saliency)."""
+    return {"model": {"encoder": str(encoder) if isinstance(encoder, Path) else encoder, "compactness": compactness,
+                      "color_scale": color_scale, "iterations": iterations, "device": device},
+            "prior": {"name": prior or "none", **(prior_options or {})},
+            "attention": attention, "attention_ratio": attention_ratio, "focus": focus}
+
+
+def build_worker(spec: dict):
+    """``(model, options)`` from a :func:`make_spec` dict: SPAM with its prior provider (loaded once) and the keyword
+    options of :func:`~spam_stream.pipelines.batch.batch_frames`."""
+    from ..model import SPAM
+    from ..priors import make_provider
+
+    prior_args = dict(spec["prior"])
+    provider = make_provider(prior_args.pop("name"), **prior_args)
+    model = SPAM(**spec["model"], prior=provider)
+    attention = spec["attention"]
+    if isinstance(attention, dict):
+        from ..attention import DinoSaliency
+
+        attention = DinoSaliency(attention["dino_weights"])
+    return model, {"attention": attention, "attention_ratio": spec["attention_ratio"], "focus": spec["focus"]}
+
+
+def failed_entry(item: BatchItem, message: str) -> dict:
+    """A manifest entry for an item that failed outside the per-item stages (same fields as BatchWriter's)."""
+    message = " ".join(message.split())
+    if not message.startswith(str(item.path)):
+        message = f"{item.path}: {message}"
+    return {"input": str(item.path), "outputs": {}, "superpixels": None, "ms": {}, "status": "failed",
+            "error": message}
+
+
+class SpamWorker:
+    """Ray Data callable class: builds the model once; maps a batch of items ``{"index", "path", "rel"}`` to
+    ``{"index", "entry"}`` (the manifest entry as a JSON string) after writing the item's outputs."""
+
+    def __init__(self, spec: dict, outdir: str, n_superpixels: int, color="auto", threads: int = 1):
+        import ray
+
+        self.outdir, self.n_superpixels, self.color, self.threads = Path(outdir), n_superpixels, color, threads
+        self._set_threads()
+        context = ray.get_runtime_context()
+        self.node = {"node": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+        try:
+            self.model, self.options = build_worker(spec)
+            self.init_error = None
+        except Exception as exc:  # a bad checkpoint: every item fails with the reason, the job does not hang
+            self.model, self.init_error = None, describe(exc)
+
+    def _set_threads(self):
+        import torch
+
+        torch.set_num_threads(self.threads)
+        try:
+            import numba
+
+            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+        except Exception:  # pragma: no cover - numba missing
+            pass
+
+    def process(self, item: BatchItem) -> dict:
+        """The local engine's per-item work (decode, SPAM stages, atomic writes): one manifest entry."""
+        if self.init_error is not None:
+            return failed_entry(item, f"model: {self.init_error}")
+        writer = BatchWriter(self.outdir, self.color, manifest_name=None)
+        stage = Stage("write", writer, fatal=True, run_on_error=True)
+        for _ in batch_frames(self.model, [item], self.n_superpixels, pipelined=False, extra_stages=[stage],
+                              **self.options):
+            pass
+        return writer.entries[0]
+
+    def __call__(self, batch: dict) -> dict:
+        self._set_threads()  # numba's thread count is per calling thread
+        entries = []
+        for path, rel in zip(batch["path"], batch["rel"]):
+            item = BatchItem(Path(path), Path(rel))
+            try:
+                entry = self.process(item)
+            except Exception as exc:  # never fail the job for one input
+                entry = failed_entry(item, describe(exc))
+            entry.update(self.node, pid=os.getpid())
+            entries.append(json.dumps(entry))
+        return {"index": np.asarray(batch["index"]), "entry": np.asarray(entries, dtype=object)}
+
+
+def size_pool(cluster_cpus: float, workers: int | None = None, num_gpus_per_worker: float = 0,
+              cluster_gpus: float = 0) -> tuple[int, float]:
+    """``(workers, num_cpus per worker)`` such that the actors leave at least one CPU of the cluster free for Ray
+    Data's own tasks: ``workers × num_cpus ≤ cluster_cpus − 1``.
+
+    Default ``workers``: one per GPU group when ``num_gpus_per_worker`` > 0, else one 1-CPU actor per spare CPU. A
+    given ``workers`` shares the spare CPUs (fractions of a CPU when there are more workers than spare CPUs; each
+    actor still runs at least one thread)."""
+    spare = float(cluster_cpus) - 1
+    if spare <= 0:
+        raise InputError(f"the Ray cluster has {cluster_cpus:g} CPU(s): --engine ray needs at least 2 (one is kept "
+                         "for Ray Data's own tasks, or the job stalls)")
+    if workers is None:
+        if num_gpus_per_worker > 0:
+            workers = int(cluster_gpus // num_gpus_per_worker)
+            if workers < 1:
+                raise InputError(f"--num-gpus-per-worker {num_gpus_per_worker:g}: the Ray cluster has "
+                                 f"{cluster_gpus:g} GPU(s)")
+        else:
+            workers = int(spare)
+    workers = max(1, int(workers))
+    num_cpus = spare / workers
+    num_cpus = float(int(num_cpus)) if num_cpus >= 1 else np.floor(num_cpus * 1e4) / 1e4
+    return workers, num_cpus
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to Ray: ``address`` ("auto", "ray://HOST:PORT", "HOST:PORT"), an already initialised Ray (a Python
+    user's), or a new local Ray with this machine's CPUs. Quiet logs. Returns True when this call started or
+    connected it (then :func:`run_batch_ray` shuts it down at the end)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": False, "include_dashboard": False}
+    if address is not None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise InputError(f"--address {address}: cannot connect to Ray: {describe(exc)}") from None
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return True
+
+
+def run_batch_ray(spec: dict, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
+                  shard_spec: tuple[int, int] = (0, 1), color="auto", workers: int | None = None,
+                  num_gpus_per_worker: float = 0, address: str | None = None, progress=None):
+    """The batch job on Ray Data: returns (entries of this run, skipped items' carried entries, number of items),
+    like :func:`~spam_stream.pipelines.batch.run_batch`.
+
+    Args:
+        spec: the per-worker model, from :func:`make_spec`.
+        inputs: input specs (files, folders, globs, list files), as for the local engine.
+        outdir: output folder, reachable by every worker.
+        workers, num_gpus_per_worker: the actor pool (see :func:`size_pool`); GPU actors get ``device="cuda"``
+            when the spec says "cpu".
+        address: Ray cluster address; None: an initialised Ray, else a new local one.
+        progress: optional callable invoked with each finished entry (a dict).
+    """
+    outdir = Path(outdir)
+    items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec)
+    writer = BatchWriter(outdir, color, manifest_name)
+    try:
+        if todo:
+            _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress)
+    finally:
+        writer.close(carried)
+    return writer.entries, carried, len(items)
+
+
+def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress):
+    ray = require_ray()
+    started = init_ray(address)
+    try:
+        from ray.data import ActorPoolStrategy, DataContext, ExecutionResources
+
+        resources = ray.cluster_resources()
+        cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+        workers, num_cpus = size_pool(cpus, workers, num_gpus_per_worker, gpus)
+        if num_gpus_per_worker > 0 and spec["model"]["device"] == "cpu":
+            spec = {**spec, "model": {**spec["model"], "device": "cuda"}}
+        context = DataContext.get_current()
+        context.execution_options.resource_limits = ExecutionResources(cpu=cpus, gpu=gpus)
+        rows = [{"index": i, "path": str(it.path), "rel": str(it.rel)} for i, it in enumerate(todo)]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map_batches(SpamWorker, batch_size=1, compute=ActorPoolStrategy(size=workers),
+                            num_cpus=num_cpus, num_gpus=num_gpus_per_worker or None,
+                            fn_constructor_kwargs={"spec": spec, "outdir": str(outdir),
+                                                   "n_superpixels": n_superpixels, "color": color,
+                                                   "threads": max(1, int(num_cpus))})
+        done: dict[int, dict] = {}
+        for row in ds.iter_rows():
+            index, entry = int(row["index"]), json.loads(row["entry"])
+            if index in done:  # a retried item that had already come back: keep one line
+                continue
+            done[index] = entry
+            writer.record(entry)
+            if progress is not None:
+                progress(entry)
+    finally:
+        if started:
+            ray.shutdown()
+    # the manifest's final order is the input order, as with the local engine; an item Ray never returned is a
+    # failed line (it cannot happen with the retries above, but a missing line would hide it)
+    writer.entries[:] = [done.get(i) or failed_entry(it, "lost by the Ray job") for i, it in enumerate(todo)]
