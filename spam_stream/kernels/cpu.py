@@ -95,7 +95,7 @@ def _pixel_distances(p, f, c, pix_obj, sp_obj, width, height, nh, nw, table, use
         dist[s] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _distances(f, c, pix_obj, sp_obj, width, height, nh, nw, table, use_table, out):
     n = f.shape[0]
     for p in prange(n):
@@ -279,7 +279,7 @@ def _add_lane_sums(typingctx, acc, a_at, feat, f_at, stride, n_dims, lanes):
     return types.void(acc, a_at, feat, f_at, stride, n_dims, lanes), codegen
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _prepare(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chunks):
     """Once per call: fT (D, N padded to 16) and, per block of 16 pixels, its valid candidates (layout above).
 
@@ -397,7 +397,7 @@ def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio
     return n_touched
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks):
     """``n_iter`` rounds of (assign + centroid sums, new centroids; c updated in place), then a final assignment,
     all in one call: one parallel region per pass, no Python in between.
@@ -554,7 +554,7 @@ def _soft(features, centroids, cands):
         torch.from_numpy(counts.sum(0).astype(np.float32))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _sums_hard(f, labels, sums, counts):
     n, d_count = f.shape
     n_chunks = sums.shape[0]
