@@ -77,7 +77,7 @@ def random_prior(rng, h, w):
 @pytest.mark.parametrize("blocky", [False, True])
 def test_equals_reference_on_random_label_maps(with_prior, blocky):
     rng = np.random.default_rng(10 * with_prior + blocky)
-    for _ in range(30):
+    for _ in range(20):
         labels = random_case(rng, blocky)
         prior = random_prior(rng, *labels.shape) if with_prior else None
         for min_size in (1, int(rng.integers(2, 12)), int(rng.integers(12, 60))):
@@ -156,3 +156,19 @@ def test_source_names_the_label_whose_largest_component_each_superpixel_keeps(wi
             expected[k] = value
         assert len(set(owner.values())) == len(owner), "two labels keep the same superpixel"
         np.testing.assert_array_equal(source, expected)
+
+
+def test_equals_reference_on_bsds_segment_internals(monkeypatch):
+    from spam_stream.datasets import BSDS500, default_bsds_root, oracle_partition
+
+    root = default_bsds_root()
+    if root is None or not (root / "data" / "images" / "test").is_dir():
+        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
+    s = BSDS500(root, "test")[57]
+    for prior in (None, oracle_partition(s.gts[0], band=1)):
+        labels, partition, min_size = clustering_labels(monkeypatch, s.image, 400, prior)
+        out = enforce_connectivity(labels, partition, min_size)
+        np.testing.assert_array_equal(out, enforce_connectivity_reference(labels, partition, min_size))
+        assert_connected(out)
+        if partition is not None:
+            assert_superpixels_respect_prior(out, partition)
