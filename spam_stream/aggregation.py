@@ -344,3 +344,223 @@ def aggregate(masks, min_area: int | None = None, background_min_area: int | Non
     _, h, w = masks.shape
     min_area, background_min_area, opening_radius = _resolve(h, w, min_area, background_min_area, opening_radius)
     return partition_from_painted(paint(masks, min_area), min_area, background_min_area, opening_radius)
+
+
+# --- torch (any device; CUDA: nothing leaves the GPU) ----------------------------------------------------------------
+
+def _ranks_torch(areas: torch.Tensor, min_area: int) -> torch.Tensor:
+    """(M,) int64 areas → (M,) int32 painting rank of each mask (largest first, stable), -1 below min_area."""
+    order = torch.argsort(-areas, stable=True)
+    order = order[areas[order] >= max(min_area, 1)]
+    rank = torch.full(areas.shape, -1, dtype=torch.int32, device=areas.device)
+    rank[order] = torch.arange(len(order), dtype=torch.int32, device=areas.device)
+    return rank
+
+
+def paint_torch(masks: torch.Tensor, rank: torch.Tensor, chunk_elements: int = 1 << 26) -> torch.Tensor:
+    """(M, h, w) bool masks and their (M,) int32 ranks (-1: not painted) → (h, w) int32 highest rank covering each
+    pixel, -1 where none: the paint in rank order, as a max over the stack (chunks of masks bound the memory)."""
+    m, h, w = masks.shape
+    painted = torch.full((h, w), -1, dtype=torch.int32, device=masks.device)
+    step = max(1, chunk_elements // max(1, h * w))
+    minus_one = torch.tensor(-1, dtype=torch.int32, device=masks.device)
+    for start in range(0, m, step):
+        layer = torch.where(masks[start:start + step], rank[start:start + step, None, None], minus_one)
+        painted = torch.maximum(painted, layer.amax(0))
+    return painted
+
+
+def _row_distances_torch(hits: torch.Tensor, cap: int) -> torch.Tensor:
+    """(H, W) bool → (H, W) int32 distance from each pixel to the nearest hit in its row, capped at ``cap``."""
+    h, w = hits.shape
+    idx = torch.arange(w, device=hits.device).expand(h, w)
+    far = 2 * w + 2 * cap
+    left = torch.where(hits, idx, -far).cummax(1).values
+    right = torch.where(hits, idx, far).flip(1).cummin(1).values.flip(1)
+    return torch.minimum(idx - left, right - idx).clamp_(max=cap).to(torch.int32)
+
+
+def open_unlabelled_torch(unlabelled: torch.Tensor, radius: int) -> torch.Tensor:
+    """:func:`open_unlabelled` in torch: (H, W) bool → (H, W) bool, on the tensor's device, the same pixels."""
+    h, w = unlabelled.shape
+    r, cap = int(radius), int(radius) + 1
+    half = [int(v) for v in disk_half_widths(r)]
+    rows = torch.arange(h, device=unlabelled.device)
+    hd = _row_distances_torch(~unlabelled, cap)  # distance to the nearest pixel outside the set
+    eroded = hd > half[r]
+    for k in range(2 * r + 1):  # row y + k - r of the disk, the edge rows replicated outwards
+        if k != r:
+            eroded &= hd[(rows + k - r).clamp(0, h - 1)] > half[k]
+    he = _row_distances_torch(eroded, cap)  # distance to the nearest eroded pixel
+    he = torch.cat([he.new_full((r, w), cap), he, he.new_full((r, w), cap)])  # nothing eroded outside the frame
+    opened = torch.zeros_like(unlabelled)
+    for k in range(2 * r + 1):
+        opened |= he[k:k + h] <= half[k]
+    return opened & unlabelled
+
+
+def partition_from_painted_torch(painted: torch.Tensor, min_area: int, background_min_area: int,
+                                 opening_radius: int) -> torch.Tensor:
+    """:func:`partition_from_painted` in torch: (H, W) int32 rank map → (H, W) int32 partition on its device."""
+    device = painted.device
+    components = label_components(painted, background=-1)
+    flat = components.reshape(-1)
+    n = int(flat.max()) if flat.numel() else 0
+    sizes = torch.bincount(flat, minlength=n + 1)
+    ranks = torch.full((n + 1,), -1, dtype=torch.int64, device=device)
+    ranks.scatter_(0, flat, painted.reshape(-1).long())  # every pixel of a component holds the same rank
+    valid = sizes >= min_area
+    valid[0] = False
+    ids = torch.arange(n + 1, device=device)
+    key = torch.where(valid, ranks * (n + 1) + ids, torch.iinfo(torch.int64).max)  # by rank, then raster order
+    count = int(valid.sum())
+    objects = torch.argsort(key)[:count]
+    lookup = torch.full((n + 1,), -1, dtype=torch.int32, device=device)
+    lookup[objects] = torch.arange(count, dtype=torch.int32, device=device)
+    partition = lookup[components]
+    unlabelled = partition < 0
+    if opening_radius > 0:
+        unlabelled = open_unlabelled_torch(unlabelled, opening_radius)
+    background = label_components(unlabelled.to(torch.uint8), background=0)
+    bg_flat = background.reshape(-1)
+    bg_sizes = torch.bincount(bg_flat, minlength=1)
+    kept = bg_sizes >= background_min_area
+    kept[0] = False
+    bg_lookup = torch.where(kept, count + torch.cumsum(kept, 0) - 1, -1).to(torch.int32)
+    return torch.where(background > 0, bg_lookup[background], partition)
+
+
+def aggregate_torch(masks: torch.Tensor, min_area: int | None = None, background_min_area: int | None = None,
+                    opening_radius: int | None = None) -> torch.Tensor:
+    """:func:`aggregate` on a torch (M, H, W) bool stack: (H, W) int32 tensor on the masks' device (CUDA: the masks
+    never leave the GPU), the same partition as the CPU function."""
+    if masks.ndim != 3:
+        raise ValueError(f"expected a stack of masks (M, H, W), got shape {tuple(masks.shape)}")
+    masks = masks.bool()
+    _, h, w = masks.shape
+    min_area, background_min_area, opening_radius = _resolve(h, w, min_area, background_min_area, opening_radius)
+    rank = _ranks_torch(masks.sum((1, 2)), min_area)
+    return partition_from_painted_torch(paint_torch(masks, rank), min_area, background_min_area, opening_radius)
+
+
+# --- masks at another resolution (FastSAM) and masks as crops (SAM) --------------------------------------------------
+
+def letterbox_crop(mask_shape: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of an (H, W) frame's content inside masks of ``mask_shape`` made on the frame
+    letterboxed to the network's input (ultralytics' ``scale_masks`` crop, same arithmetic)."""
+    h1, w1 = mask_shape
+    h0, w0 = shape
+    gain = min(h1 / h0, w1 / w0)
+    pad_w, pad_h = (w1 - max(round(w0 * gain), 1)) / 2, (h1 - max(round(h0 * gain), 1)) / 2
+    top, left = round(pad_h - 0.1), round(pad_w - 0.1)
+    return top, left, top + max(round(h0 * gain), 1), left + max(round(w0 * gain), 1)
+
+
+def nearest_indices(start: int, stop: int, size: int) -> np.ndarray:
+    """(size,) int64 source index of each output pixel when [start, stop) is resized to ``size`` pixels by nearest
+    neighbour at pixel centres (``mode="nearest-exact"``): start + floor((i + ½)·(stop - start)/size)."""
+    i = np.arange(size, dtype=np.int64)
+    return start + ((2 * i + 1) * (stop - start)) // (2 * size)
+
+
+def resize_indices(mask_shape, shape, crop=None) -> tuple[np.ndarray, np.ndarray]:
+    """Row (H,) and column (W,) source indices of the nearest resize of masks of ``mask_shape`` (their ``crop`` =
+    (top, left, bottom, right), default the letterbox crop) to the frame ``shape`` (H, W)."""
+    top, left, bottom, right = letterbox_crop(mask_shape, shape) if crop is None else crop
+    return nearest_indices(top, bottom, shape[0]), nearest_indices(left, right, shape[1])
+
+
+def upsample_nearest(masks, shape, crop=None):
+    """The full-resolution stack that :func:`aggregate_resized` stands for: (M, h, w) → (M, H, W), numpy or torch."""
+    iy, ix = resize_indices(masks.shape[1:], shape, crop)
+    if isinstance(masks, torch.Tensor):
+        iy, ix = torch.from_numpy(iy).to(masks.device), torch.from_numpy(ix).to(masks.device)
+    return masks[:, iy][:, :, ix]
+
+
+@njit(cache=True)
+def _weighted_areas(masks, row_weight, col_weight):
+    """(M, h, w) uint8 → (M,) int64 Σ mask·row_weight[y]·col_weight[x] (the pixel counts after a nearest resize)."""
+    m_count, h, w = masks.shape
+    areas = np.zeros(m_count, np.int64)
+    for m in range(m_count):
+        a = 0
+        for y in range(h):
+            if row_weight[y] == 0:
+                continue
+            row = masks[m, y]
+            s = 0
+            for x in range(w):
+                s += row[x] * col_weight[x]
+            a += s * row_weight[y]
+        areas[m] = a
+    return areas
+
+
+@njit(cache=True)
+def _gather(painted, iy, ix):
+    out = np.empty((iy.shape[0], ix.shape[0]), np.int32)
+    for y in range(iy.shape[0]):
+        src = painted[iy[y]]
+        o = out[y]
+        for x in range(ix.shape[0]):
+            o[x] = src[ix[x]]
+    return out
+
+
+def aggregate_resized(masks, shape: tuple[int, int], crop=None, min_area: int | None = None,
+                      background_min_area: int | None = None, opening_radius: int | None = None):
+    """:func:`aggregate` of masks given at another resolution, resized to the frame by nearest neighbour — equal to
+    ``aggregate(upsample_nearest(masks, shape, crop))`` without making that (M, H, W) stack.
+
+    Args:
+        masks: (M, h, w) bool, numpy (CPU) or torch (its device; returns a tensor there), e.g. FastSAM's masks at the
+            network's letterboxed input size.
+        shape: the frame (H, W).
+        crop: (top, left, bottom, right) of the frame's content in the masks; default: the letterbox crop.
+    Returns:
+        (H, W) int32 partition.
+
+    The paint commutes with a nearest resize (each frame pixel copies one mask pixel of every mask), so masks are
+    ranked by their frame-resolution areas (mask pixels weighted by how many frame rows × columns copy them),
+    painted at their own resolution, and only the painted id map is resized.
+    """
+    h, w = shape
+    min_area, background_min_area, opening_radius = _resolve(h, w, min_area, background_min_area, opening_radius)
+    m, mh, mw = masks.shape
+    iy, ix = resize_indices((mh, mw), shape, crop)
+    row_weight, col_weight = np.bincount(iy, minlength=mh), np.bincount(ix, minlength=mw)
+    if isinstance(masks, torch.Tensor):
+        device = masks.device
+        masks = masks.bool()
+        cw = torch.from_numpy(col_weight).to(device, torch.float32)
+        rw = torch.from_numpy(row_weight).to(device)
+        step = max(1, (1 << 24) // max(1, mh * mw))
+        areas = torch.zeros(m, dtype=torch.int64, device=device)
+        for s in range(0, m, step):  # row sums ≤ W: exact in float32; the column sum in int64
+            rows = (masks[s:s + step].to(torch.float32) @ cw).round().long()
+            areas[s:s + step] = (rows * rw).sum(1)
+        painted = paint_torch(masks, _ranks_torch(areas, min_area))
+        painted = painted[torch.from_numpy(iy).to(device)][:, torch.from_numpy(ix).to(device)]
+        return partition_from_painted_torch(painted, min_area, background_min_area, opening_radius)
+    u8 = np.ascontiguousarray(np.asarray(masks, dtype=bool)).view(np.uint8)
+    areas = _weighted_areas(u8, row_weight.astype(np.int64), col_weight.astype(np.int64))
+    _, boxes = _areas_and_boxes(u8)
+    painted = np.full((mh, mw), -1, np.int32)
+    _paint_boxes(u8, painting_order(areas, min_area), boxes, painted)
+    return partition_from_painted(_gather(painted, iy, ix), min_area, background_min_area, opening_radius)
+
+
+def aggregate_crops(crops, offsets, shape: tuple[int, int], min_area: int | None = None,
+                    background_min_area: int | None = None, opening_radius: int | None = None) -> np.ndarray:
+    """:func:`aggregate` of masks given as crops: ``crops[i]`` (h_i, w_i) bool placed at ``offsets[i]`` = (y, x) in an
+    (H, W) frame, zero elsewhere (e.g. SAM's masks cut to their boxes). Equal to aggregate() of the full stack; the
+    paint touches each mask's box only. Returns (H, W) int32."""
+    h, w = shape
+    min_area, background_min_area, opening_radius = _resolve(h, w, min_area, background_min_area, opening_radius)
+    areas = np.array([np.count_nonzero(c) for c in crops], np.int64)
+    painted = np.full((h, w), -1, np.int32)
+    for rank, i in enumerate(painting_order(areas, min_area)):
+        (y, x), crop = offsets[i], np.asarray(crops[i], bool)
+        painted[y:y + crop.shape[0], x:x + crop.shape[1]][crop] = rank
+    return partition_from_painted(painted, min_area, background_min_area, opening_radius)
