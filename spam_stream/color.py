@@ -159,3 +159,26 @@ def rgb_to_lab_torch(image: torch.Tensor, channels_first: bool | None = None) ->
     f = torch.where(t > _EPS, torch.pow(t.clamp_min(_EPS), 1.0 / 3.0), _KAPPA * t + 16.0 / 116.0)
     lab = torch.stack([116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2])])
     return lab if channels_first else lab.permute(1, 2, 0)
+
+
+def lab_yx_features_torch(image: torch.Tensor, color_scale: float, pos_scale: float,
+                          channels_first: bool | None = None) -> torch.Tensor:
+    """Torch twin of :func:`lab_yx_features` for a frame on a device: (5, H, W) float32 on ``image``'s device.
+
+    Args:
+        image: uint8 RGB tensor, (3, H, W) or (H, W, 3) (see :func:`rgb_to_lab_torch`).
+        color_scale: factor on Lab (λc).
+        pos_scale: factor on pixel coordinates (row y, column x); the yx rows equal :func:`lab_yx_features`'s.
+    """
+    if channels_first is None:
+        channels_first = image.shape[-1] != 3
+    lab = rgb_to_lab_torch(image, channels_first)
+    if not channels_first:
+        lab = lab.permute(2, 0, 1)
+    h, w = lab.shape[1:]
+    out = torch.empty((5, h, w), dtype=torch.float32, device=lab.device)
+    torch.mul(lab, float(color_scale), out=out[:3])
+    s = torch.tensor(pos_scale, dtype=torch.float32, device=lab.device)
+    out[3] = (torch.arange(h, dtype=torch.float32, device=lab.device) * s)[:, None]
+    out[4] = (torch.arange(w, dtype=torch.float32, device=lab.device) * s)[None, :]
+    return out

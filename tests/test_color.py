@@ -98,3 +98,18 @@ def test_scaled_features_layout():
     np.testing.assert_array_equal(f[3], yy)
     np.testing.assert_array_equal(f[4], xx)
     np.testing.assert_array_equal(lab_yx_features(img, cs, s), f)
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_torch_feature_twin_equals_numba_features(channels_first):
+    from spam_stream.color import lab_yx_features_torch
+
+    img = random_images()[3]
+    t = torch.from_numpy(img.copy())
+    if channels_first:
+        t = t.permute(2, 0, 1)
+    ref = lab_yx_features(img, 0.26, 0.37)
+    out = lab_yx_features_torch(t, 0.26, 0.37, channels_first=channels_first)
+    assert out.dtype == torch.float32 and tuple(out.shape) == ref.shape
+    assert np.abs(out[:3].numpy() - ref[:3]).max() <= TOL * 0.26
+    np.testing.assert_array_equal(out[3:].numpy(), ref[3:])
