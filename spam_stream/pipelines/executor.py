@@ -242,7 +242,7 @@ def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable |
         for stage in stages:
             if item.error is not None and not stage.run_on_error:
                 continue
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             try:
                 item = stage.fn(item)
             except Exception as exc:
@@ -250,4 +250,6 @@ def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable |
                     raise PipelineError(f"{stage.name} failed on {_name(item)}: {describe(exc)}") from exc
                 item.error = f"{_name(item)}: {describe(exc)}"
             item.timings[stage.name] = item.timings.get(stage.name, 0.0) + time.perf_counter() - t
+            # one stage at a time: the process's CPU time is this stage's (all its threads), for the CPU bound
+            item.meta.setdefault("cpu", {})[stage.name] = time.process_time() - cpu
         yield item

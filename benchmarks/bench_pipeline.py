@@ -1,0 +1,183 @@
+"""Sequential vs pipelined video throughput, per-stage times and the ratio to the bound; memory over a long stream.
+
+    python benchmarks/bench_pipeline.py [--frames 40] [--prior-frames 12] [--no-fastsam] [--memory 10000]
+
+Input: a 481x321 clip panning over a BSDS500 test image (or samples/coffee.jpg), encoded to H.264 first; each run
+decodes it, segments every frame (K=400, bundled encoder, coherent) and writes the overlay MP4 + label PNGs, so
+decode, prior, features, seeds, clustering, connectivity, ids and write all count. Two priors: none, and a
+FastSAM-s architecture with random weights (imgsz 640; nothing downloaded). Sequential and pipelined runs of the
+same clip in the same process, after a warm-up.
+
+Bound (frames/s) = min(1 / slowest stage, cores / total CPU time per frame): the slowest stage's mean wall time is
+taken from the pipelined run, the CPU time per frame from the sequential run (process CPU time of each stage, all
+its threads). `--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
+frame 1,000 and at frame N.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from spam_stream import SPAM  # noqa: E402
+from spam_stream.pipelines.executor import Stage  # noqa: E402
+from spam_stream.pipelines.video import VideoOutputs, video_frames  # noqa: E402
+from spam_stream.videoio import VideoWriter  # noqa: E402
+
+STAGES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "write")
+
+
+def source_image() -> tuple[np.ndarray, str]:
+    root = Path(os.environ.get("SPAM_BSDS_ROOT", HERE.parent.parent / "shared" / "datasets" / "bsds500"))
+    path = root / "data" / "images" / "test" / "100007.jpg"
+    if not path.is_file():
+        path = HERE.parent / "samples" / "coffee.jpg"
+    return np.asarray(Image.open(path).convert("RGB")), path.name
+
+
+def make_clip(path: Path, n: int, h: int = 321, w: int = 481) -> None:
+    img, _ = source_image()
+    big = np.asarray(Image.fromarray(img).resize((int(img.shape[1] * 1.6), int(img.shape[0] * 1.6))))
+    writer = VideoWriter(path, 25, w, h, preset="veryfast")
+    for i in range(n):
+        y = min(big.shape[0] - h, i * 2)
+        x = min(big.shape[1] - w, i * 3)
+        writer.write(np.ascontiguousarray(big[y:y + h, x:x + w]))
+    writer.close()
+
+
+def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int = 1):
+    from spam_stream.videoio import VideoReader
+
+    reader = VideoReader(clip)
+    outputs = VideoOutputs(out, clip.stem, reader.rate, reader.width, reader.height)
+    t = time.perf_counter()
+    frames = list(video_frames(model, clip, k, pipelined=pipelined, reader=reader, prior_every=prior_every,
+                               extra_stages=[Stage("write", outputs, fatal=True)]))
+    wall = time.perf_counter() - t
+    outputs.close()
+    errors = [f.error for f in frames if f.error]
+    if errors:
+        raise RuntimeError(errors[0])
+    return frames, wall
+
+
+def stage_means(frames, key="timings"):
+    rows = {}
+    for name in STAGES:
+        vals = [(f.timings if key == "timings" else f.meta.get("cpu", {})).get(name) for f in frames]
+        vals = [v for v in vals if v is not None]
+        rows[name] = statistics.mean(vals) if vals else 0.0
+    return rows
+
+
+def compare(name, model, clip, n, k, tmp):
+    cores = len(os.sched_getaffinity(0))
+    run(model, clip, tmp / "warm", k, pipelined=False)  # warm-up: numba compile, caches
+    seq, seq_wall = run(model, clip, tmp / "seq", k, pipelined=False)
+    pip, pip_wall = run(model, clip, tmp / "pip", k, pipelined=True)
+    seq_fps, pip_fps = n / seq_wall, n / pip_wall
+    wall_pip = stage_means(pip)
+    cpu_seq = stage_means(seq, "cpu")
+    slowest = max(wall_pip, key=wall_pip.get)
+    bound_stage = 1 / wall_pip[slowest]
+    total_cpu = sum(cpu_seq.values())
+    bound_cpu = cores / total_cpu
+    bound = min(bound_stage, bound_cpu)
+    print(f"\n### {name}: {n} frames 481x321, K={k}\n")
+    print("| stage | sequential wall (ms) | sequential CPU (ms) | pipelined wall (ms) |")
+    print("|---|---|---|---|")
+    wall_seq = stage_means(seq)
+    for s in STAGES:
+        print(f"| {s} | {1e3 * wall_seq[s]:.1f} | {1e3 * cpu_seq[s]:.1f} | {1e3 * wall_pip[s]:.1f} |")
+    print(f"\n| run | frames/s | vs sequential | bound (frames/s) | vs bound |")
+    print("|---|---|---|---|---|")
+    print(f"| sequential | {seq_fps:.2f} | 1.00 | | |")
+    print(f"| pipelined | {pip_fps:.2f} | {pip_fps / seq_fps:.2f} | {bound:.2f} (1/slowest stage '{slowest}' "
+          f"{bound_stage:.2f}; {cores} cores / CPU time {1e3 * total_cpu:.0f} ms = {bound_cpu:.2f}) | "
+          f"{pip_fps / bound:.2f} |")
+    same = all(np.array_equal(a.labels, b.labels) for a, b in zip(seq, pip))
+    print(f"\nlabels of the pipelined run equal the sequential run's: {same}")
+    return pip_fps / seq_fps, pip_fps / bound
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(n: int):
+    from spam_stream.frame import Frame
+    from spam_stream.pipelines.executor import Pipeline
+    from spam_stream.pipelines.stages import spam_stages
+
+    model = SPAM(encoder=None)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (48 + 64, 64 + 64, 3), dtype=np.uint8)
+    marks = {}
+
+    def source():
+        for i in range(n):
+            y, x = (i * 3) % 64, (i * 5) % 64
+            yield Frame(index=i, image=np.ascontiguousarray(base[y:y + 48, x:x + 64]), n_superpixels=24)
+
+    t = time.perf_counter()
+    for frame in Pipeline(spam_stages(model, video=True), queue_size=2).run(source()):
+        if frame.error:
+            raise RuntimeError(frame.error)
+        if frame.index + 1 in (1000, n):
+            marks[frame.index + 1] = rss_mb()
+    print(f"\n### memory: {n} frames 64x48 through the executor (video stages, coherent ids), "
+          f"{time.perf_counter() - t:.0f} s\n")
+    print("| frame | RSS (MB) |\n|---|---|")
+    for i, v in marks.items():
+        print(f"| {i} | {v:.1f} |")
+    print(f"\ngrowth from frame 1,000 to {n}: {marks[n] - marks[1000]:+.1f} MB (target < 50 MB)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--prior-frames", type=int, default=12)
+    ap.add_argument("--no-fastsam", action="store_true")
+    ap.add_argument("--memory", type=int, default=0, metavar="N")
+    ap.add_argument("--only-memory", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    print(f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if not args.only_memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            clip = tmp / "clip.mp4"
+            make_clip(clip, max(args.frames, args.prior_frames))
+            compare("no prior, bundled encoder", SPAM(), clip, args.frames, 400, tmp)
+            if not args.no_fastsam:
+                sys.path.insert(0, str(HERE))
+                from bench_priors import random_fastsam
+                from spam_stream.priors import make_provider
+
+                clip2 = tmp / "clip12.mp4"
+                make_clip(clip2, args.prior_frames)
+                provider = make_provider("fastsam", random_fastsam(tmp), imgsz=640)
+                compare("FastSAM-s prior (random weights, imgsz 640), bundled encoder", SPAM(prior=provider), clip2,
+                        args.prior_frames, 400, tmp)
+    if args.memory:
+        memory(args.memory)
+
+
+if __name__ == "__main__":
+    main()
