@@ -1,8 +1,6 @@
 """What every prior provider returns: a :class:`Prior` (a partition plus the raw proposals it came from)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from ..io import InputError
@@ -28,22 +26,35 @@ def empty_proposals(height: int, width: int) -> np.ndarray:
     return np.zeros((0, height, width), bool)
 
 
-@dataclass
 class Prior:
     """A prior object partition.
 
     Attributes:
         partition: (H, W) int32 object ids 0..n-1, -1 = uncertain pixel (belongs to no object).
-        proposals: (M, H, W) bool raw object masks the partition was aggregated from (SAM / FastSAM output), kept for
-            inspection; (0, H, W) when the provider reads a partition directly.
+        proposals: (M, H, W) bool raw object masks the partition was aggregated from (SAM / FastSAM output), for
+            inspection; (0, H, W) when the provider reads a partition directly. Providers that aggregate without
+            full-resolution masks (FastSAM at network resolution, SAM crops) pass a callable instead: the stack is
+            made on first access only, so nothing on the per-frame path pays for it.
     """
 
-    partition: np.ndarray
-    proposals: np.ndarray = field(repr=False)
+    def __init__(self, partition: np.ndarray, proposals=None):
+        self.partition = partition
+        self._proposals = proposals
+
+    @property
+    def proposals(self) -> np.ndarray:
+        if callable(self._proposals):
+            self._proposals = self._proposals()
+        if self._proposals is None:
+            self._proposals = empty_proposals(*self.partition.shape)
+        return self._proposals
 
     @property
     def n_objects(self) -> int:
         return int(self.partition.max()) + 1 if self.partition.size else 0
+
+    def __repr__(self) -> str:
+        return f"Prior(partition={self.partition!r})"
 
 
 class Provider:

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..aggregation import aggregate
+from ..aggregation import aggregate_crops
 from .base import SAM_CHECKPOINTS, Prior, Provider, checkpoint_error, empty_proposals
 
 SAM_MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
@@ -86,14 +86,39 @@ class SamProvider(Provider):
         self.generator = SamAutomaticMaskGenerator(sam, points_per_side=points_per_side, **(generator_options or {}))
         self.aggregation = aggregation or {}
 
+    def records(self, image: np.ndarray) -> list[dict]:
+        """The automatic mask generator's records for ``image`` (H, W, 3) uint8 RGB (segmentation, bbox, area…)."""
+        with torch.inference_mode():
+            return self.generator.generate(np.ascontiguousarray(image))
+
+    @staticmethod
+    def stack(records: list[dict], shape) -> np.ndarray:
+        """The records' masks as one (M, H, W) bool stack."""
+        return np.stack([r["segmentation"] for r in records]).astype(bool) if records else empty_proposals(*shape)
+
+    @staticmethod
+    def crops(records: list[dict]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+        """Each record's mask cut to its box (SAM's XYWH bbox, inclusive corners) and the box's (y, x); a box that
+        does not hold the record's whole area (never seen; checked) falls back to the full mask."""
+        crops, offsets = [], []
+        for r in records:
+            seg = np.asarray(r["segmentation"], bool)
+            x, y, w, h = (int(round(v)) for v in r["bbox"])
+            crop = seg[y:y + h + 1, x:x + w + 1]
+            if np.count_nonzero(crop) != int(r["area"]):
+                crop, y, x = seg, 0, 0
+            crops.append(crop)
+            offsets.append((y, x))
+        return crops, offsets
+
     def proposals(self, image: np.ndarray) -> np.ndarray:
         """Raw SAM masks of ``image`` (H, W, 3) uint8 RGB: (M, H, W) bool."""
-        h, w = image.shape[:2]
-        with torch.inference_mode():
-            records = self.generator.generate(np.ascontiguousarray(image))
-        return np.stack([r["segmentation"] for r in records]).astype(bool) if records else empty_proposals(h, w)
+        return self.stack(self.records(image), image.shape[:2])
 
     def __call__(self, image: np.ndarray, key=None) -> Prior:
-        """Prior of ``image`` (H, W, 3) uint8 RGB: proposals (M, H, W) bool and their aggregated partition."""
-        masks = self.proposals(image)
-        return Prior(aggregate(masks, **self.aggregation), masks)
+        """Prior of ``image`` (H, W, 3) uint8 RGB: the partition aggregated from the masks cut to their boxes (no
+        M × H × W stack); ``proposals`` (M, H, W) bool made on access only."""
+        shape = image.shape[:2]
+        records = self.records(image)
+        crops, offsets = self.crops(records)
+        return Prior(aggregate_crops(crops, offsets, shape, **self.aggregation), lambda: self.stack(records, shape))
