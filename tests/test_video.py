@@ -120,3 +120,32 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "missing.mp4: no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["video", "x.mp4", "-o", str(tmp_path), "--boundary-color", "purple-ish"])
+
+
+def test_ctrl_c_stops_within_a_second_and_leaves_only_complete_files(odd_video, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", str(odd_video), "-o", str(out), "-k",
+                             "24", "--encoder", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("clip_labels/*.png"))) < 20:
+        time.sleep(0.02)
+    t = time.time()
+    proc.send_signal(signal.SIGINT)
+    stopped, err = None, b""
+    for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # "interrupted" is printed once every stage stopped
+        err += chunk
+        if stopped is None and b"interrupted" in err:
+            stopped = time.time() - t
+    proc.wait(timeout=60)
+    assert stopped is not None and stopped < 1.5, (stopped, err[-500:])
+    assert proc.returncode == 130
+    pngs = sorted((out / "clip_labels").glob("*.png"))
+    assert 0 < len(pngs) < N
+    for p in pngs:  # every label file present is complete and readable
+        assert np.asarray(Image.open(p)).shape == (67, 99)
+    assert not (out / "clip_overlay.mp4").exists() and not _leftovers(out)
