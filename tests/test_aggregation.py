@@ -102,3 +102,145 @@ def test_random_overlapping_masks_give_a_valid_partition():
     from scipy import ndimage
     for obj in range(p.max() + 1):
         assert ndimage.label(p == obj)[1] == 1  # every object is 4-connected
+
+
+# --- fast implementations against the reference twin (exact equality) -------------------------------------------------
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import spam_stream.aggregation as aggregation  # noqa: E402
+from spam_stream.aggregation import (aggregate_crops, aggregate_reference, aggregate_resized,  # noqa: E402
+                                     letterbox_crop, open_unlabelled, open_unlabelled_torch, upsample_nearest)
+from spam_stream.kernels.labeling import label_components_torch  # noqa: E402
+
+
+def random_stack(rng, m, h, w):
+    """Boxes, ellipses and noise masks, many touching or crossing the image border."""
+    masks = np.zeros((m, h, w), bool)
+    yy, xx = np.ogrid[:h, :w]
+    for mask in masks:
+        kind = rng.integers(4)
+        y, x = rng.integers(-3, h + 1), rng.integers(-3, w + 1)
+        if kind == 0:
+            mask[max(y, 0):y + rng.integers(1, h + 2), max(x, 0):x + rng.integers(1, w + 2)] = True
+        elif kind == 1:
+            mask[((yy - y) / rng.integers(1, h + 1)) ** 2 + ((xx - x) / rng.integers(1, w + 1)) ** 2 < 1] = True
+        elif kind == 2:
+            mask[:] = rng.random((h, w)) < 0.4
+        # kind 3: empty
+    return masks
+
+
+def random_cases(seed, n):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        h, w = rng.integers(1, 60, 2)
+        yield rng, random_stack(rng, int(rng.integers(0, 12)), h, w)
+
+
+def test_opening_equals_scipy_binary_opening_with_disk():
+    rng = np.random.default_rng(5)
+    for h, w in [(1, 1), (3, 40), (37, 23), (64, 65)]:
+        for density in (0.5, 0.8, 0.97):
+            x = rng.random((h, w)) < density
+            for r in (1, 2, 3, 5, 8):
+                from scipy import ndimage
+                from skimage.morphology import disk
+
+                ref = ndimage.binary_opening(np.pad(x, r, mode="edge"), structure=disk(r))[r:-r, r:-r] & x
+                assert np.array_equal(open_unlabelled(x, r), ref)
+                assert np.array_equal(open_unlabelled_torch(torch.from_numpy(x), r).numpy(), ref)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3, 6])
+def test_numpy_path_equals_the_reference(radius):
+    for rng, masks in random_cases(radius, 25):
+        options = dict(min_area=int(rng.integers(1, 12)), background_min_area=int(rng.integers(1, 40)),
+                       opening_radius=radius)
+        assert np.array_equal(aggregate(masks, **options), aggregate_reference(masks, **options))
+    for rng, masks in random_cases(10 + radius, 5):  # the size-relative defaults
+        assert np.array_equal(aggregate(masks), aggregate_reference(masks))
+
+
+def test_empty_stacks_and_full_masks():
+    for shape in [(0, 1, 1), (0, 9, 14), (2, 9, 14)]:
+        masks = np.zeros(shape, bool)
+        assert np.array_equal(aggregate(masks), aggregate_reference(masks))
+    masks = np.ones((3, 12, 10), bool)  # three identical full masks: the last one painted keeps everything
+    assert np.array_equal(aggregate(masks), aggregate_reference(masks))
+
+
+@pytest.mark.parametrize("torch_labelling", [False, True])
+def test_torch_path_equals_the_reference(monkeypatch, torch_labelling):
+    """The GPU path on CPU tensors; with ``torch_labelling`` its components come from the torch hooking kernel (what
+    CUDA runs) instead of the numba one."""
+    if torch_labelling:
+        monkeypatch.setattr(aggregation, "label_components", label_components_torch)
+    for rng, masks in random_cases(20 + torch_labelling, 12):
+        options = dict(min_area=int(rng.integers(1, 12)), background_min_area=int(rng.integers(1, 40)),
+                       opening_radius=int(rng.integers(0, 4)))
+        got = aggregate(torch.from_numpy(masks), **options)
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.int32
+        assert np.array_equal(got.numpy(), aggregate_reference(masks, **options))
+
+
+def test_resized_masks_equal_the_reference_on_the_upsampled_stack():
+    rng = np.random.default_rng(7)
+    for _ in range(15):
+        h, w = rng.integers(2, 40, 2)
+        masks = random_stack(rng, int(rng.integers(0, 10)), h, w)
+        shape = tuple(int(v) for v in rng.integers(1, 130, 2))
+        crop = None if rng.random() < 0.5 else (int(rng.integers(0, h)), int(rng.integers(0, w)), h, w)
+        ref = aggregate_reference(upsample_nearest(masks, shape, crop))
+        assert np.array_equal(aggregate_resized(masks, shape, crop), ref)
+        assert np.array_equal(aggregate_resized(torch.from_numpy(masks), shape, crop).numpy(), ref)
+
+
+def test_nearest_resize_is_ultralytics_scale_masks_nearest_exact():
+    """letterbox_crop + nearest_indices reproduce ultralytics' own resize of letterboxed masks (mode nearest-exact)."""
+    from ultralytics.utils.ops import scale_masks
+
+    g = torch.Generator().manual_seed(0)
+    for mask_shape, shape in [((384, 640), (1080, 1920)), ((320, 224), (481, 321)), ((64, 96), (30, 100)),
+                              ((640, 480), (1000, 777))]:
+        masks = torch.rand((3, *mask_shape), generator=g) < 0.5
+        ours = upsample_nearest(masks, shape)
+        theirs = scale_masks(masks[None].float(), shape, mode="nearest-exact")[0].bool()
+        assert torch.equal(ours, theirs)
+    assert letterbox_crop((384, 640), (1080, 1920)) == (12, 0, 372, 640)
+
+
+def test_crops_equal_the_reference():
+    for rng, masks in random_cases(30, 15):
+        crops, offsets = [], []
+        for mask in masks:
+            ys, xs = np.nonzero(mask)
+            if len(ys) == 0:
+                crops.append(np.zeros((0, 0), bool))
+                offsets.append((0, 0))
+                continue
+            crops.append(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+            offsets.append((int(ys.min()), int(xs.min())))
+        assert np.array_equal(aggregate_crops(crops, offsets, masks.shape[1:]), aggregate_reference(masks))
+
+
+@pytest.mark.parametrize("imgsz", [160, 320])
+def test_random_fastsam_masks(fastsam_checkpoint, imgsz):
+    """Masks of the random-weight FastSAM model: stack, network-resolution and torch paths equal the reference."""
+    from helpers import synthetic_image
+
+    from spam_stream.priors.fastsam import FastSamProvider
+
+    provider = FastSamProvider(fastsam_checkpoint, imgsz=imgsz)
+    for seed in (0, 1):
+        image = synthetic_image(seed=seed)
+        masks = provider.masks(image)
+        assert len(masks) > 0 and masks.shape[1:] != image.shape[:2]  # network resolution
+        full = provider.full_resolution(masks, image.shape[:2])
+        ref = aggregate_reference(full)
+        assert np.array_equal(aggregate(full), ref)
+        assert np.array_equal(aggregate(torch.from_numpy(full)).numpy(), ref)
+        assert np.array_equal(aggregate_resized(masks.numpy(), image.shape[:2]), ref)
+        assert np.array_equal(aggregate_resized(masks, image.shape[:2]).numpy(), ref)
+        assert np.array_equal(provider(image).partition, ref)
