@@ -85,6 +85,30 @@ def test_tiny_sam_prior_invariants_and_segment(tiny_sam):
     assert_connected(labels)
 
 
+def test_sam_partition_from_mask_crops_equals_the_full_stack(tiny_sam):
+    from spam_stream.aggregation import aggregate_crops, aggregate_reference
+
+    img = synthetic_image(seed=4)
+    records = tiny_sam.records(img)
+    assert records
+    crops, offsets = tiny_sam.crops(records)
+    stack = tiny_sam.stack(records, img.shape[:2])
+    assert [np.count_nonzero(c) for c in crops] == [int(m.sum()) for m in stack]
+    assert np.array_equal(aggregate_crops(crops, offsets, img.shape[:2]), aggregate_reference(stack))
+
+
+def test_full_resolution_proposals_are_made_on_access_only(fastsam, monkeypatch):
+    made = []
+    full_resolution = FastSamProvider.full_resolution
+    monkeypatch.setattr(FastSamProvider, "full_resolution",
+                        staticmethod(lambda masks, shape: made.append(shape) or full_resolution(masks, shape)))
+    img = synthetic_image(seed=5)
+    prior = fastsam(img)
+    assert made == []  # the partition came from network-resolution masks
+    assert_prior(prior, img.shape[:2])
+    assert made == [img.shape[:2]] and len(prior.proposals) > 0
+
+
 # --- checkpoint errors ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,file", [("sam", "sam_vit_b_01ec64.pth"), ("fastsam", "FastSAM-s.pt")])
