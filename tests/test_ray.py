@@ -1,0 +1,200 @@
+"""spam-stream batch --engine ray: same outputs as the local engine, failures in the manifest, resume, two nodes and
+a worker killed mid-job. Skipped when Ray Data is not installed (pip install 'spam-stream[ray]')."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'spam-stream[ray]')")
+pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'spam-stream[ray]')")
+
+from spam_stream.cli import main  # noqa: E402
+from spam_stream.pipelines.ray_engine import size_pool  # noqa: E402
+
+from helpers import synthetic_image  # noqa: E402
+
+RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+def make_images(folder: Path, n: int, size=(48, 64)):
+    for i in range(n):
+        sub = folder / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthetic_image(*size, seed=i)).save(sub / f"img{i:03d}.png")
+
+
+def manifest(out: Path):
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def outputs(folder: Path):
+    return sorted(p.relative_to(folder) for p in folder.rglob("*.png"))
+
+
+@pytest.fixture
+def local_ray():
+    """A local Ray with 2 CPUs in this process (the CLI uses an initialised Ray and leaves it running)."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_pool_sizing_always_leaves_a_cpu_for_ray_data():
+    for cpus in (2, 3, 4, 16, 64):
+        for workers in (None, 1, 2, 3, 8, 100):
+            n, per = size_pool(cpus, workers)
+            assert n >= 1 and 0 < per and n * per <= cpus - 1 + 1e-9, (cpus, workers, n, per)
+            if workers is not None:
+                assert n == workers
+    assert size_pool(2) == (1, 1.0) and size_pool(17) == (16, 1.0) and size_pool(16, 3) == (3, 5.0)
+    assert size_pool(9, None, num_gpus_per_worker=1, cluster_gpus=4)[0] == 4
+    with pytest.raises(Exception, match="at least 2"):
+        size_pool(1)
+
+
+def test_ray_engine_equals_local_engine_and_resumes(tmp_path, local_ray, capsys):
+    src = tmp_path / "src"
+    make_images(src, 19)
+    (src / "b" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 30)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    args = [str(src), "-k", "20"]
+    assert main(["batch", *args, "-o", str(local)]) == 1
+    assert main(["batch", *args, "-o", str(remote), "--engine", "ray", "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "processed 20 image(s)" in err and "corrupt.png" in err
+
+    assert outputs(remote) == outputs(local) and len(outputs(local)) == 2 * 19
+    for rel in outputs(local):  # labels and overlays, bit for bit
+        np.testing.assert_array_equal(np.asarray(Image.open(remote / rel)), np.asarray(Image.open(local / rel)))
+    ours, theirs = manifest(remote), manifest(local)
+    assert [e["input"] for e in ours] == [e["input"] for e in theirs]  # same lines, same (input) order
+    for a, b in zip(ours, theirs):
+        assert (a["status"], a["outputs"], a["superpixels"], a["error"]) == \
+               (b["status"], {k: v.replace(str(local), str(remote)) for k, v in b["outputs"].items()},
+                b["superpixels"], b["error"])
+        assert a["node"] == ray.get_runtime_context().get_node_id()  # one node here
+    failed = [e for e in ours if e["status"] == "failed"]
+    assert len(failed) == 1 and Path(failed[0]["input"]).name == "corrupt.png"
+
+    # --resume: the failed input is retried, complete items are not; once the bad file is gone, nothing is left to
+    # do: no work, no Ray job, exit 0 (the retry of failures is the local engine's plan_batch, tested there)
+    stamps = {p: p.stat().st_mtime_ns for p in remote.rglob("*.png")}
+    time.sleep(0.05)
+    (src / "b" / "corrupt.png").unlink()
+    assert main(["batch", *args, "-o", str(remote), "--engine", "ray", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "processed 0 image(s)" in err and "resumed: 19 image(s)" in err
+    assert {p: p.stat().st_mtime_ns for p in remote.rglob("*.png")} == stamps
+    assert [e["status"] for e in manifest(remote)] == ["ok"] * 19
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster_env():
+    """Environment of the test cluster's processes: no inherited address; token authentication off (ray 2.60's
+    ``ray start`` turns it on, and a driver given an explicit address does not send the token)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    return env
+
+
+def _ray_node(args, tmp_path, name):
+    """``ray start ... --block`` in the foreground: terminating this process stops the node it started."""
+    log = open(tmp_path / f"{name}.log", "w")
+    env = _cluster_env()
+    return subprocess.Popen([str(RAY_BIN), "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_for_nodes(address, n, timeout=90):
+    probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+             "print(sum(1 for x in ray.nodes() if x['Alive']))")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        res = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True,
+                             env=_cluster_env())
+        if res.returncode == 0 and res.stdout.strip().isdigit() and int(res.stdout.strip()) >= n:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the Ray cluster at {address} did not reach {n} nodes")
+
+
+@pytest.mark.skipif(os.environ.get("SPAM_STREAM_SLOW_TESTS") != "1",
+                    reason="two Ray nodes take 1-3 minutes on 2 cores: set SPAM_STREAM_SLOW_TESTS=1 to run it")
+def test_two_nodes_and_a_worker_killed_mid_job(tmp_path):
+    """A head and a second node (``ray start --address``) on this machine, 1 CPU each; the job runs 2 half-CPU
+    actors, one per node (Ray Data spreads actors); one actor process is SIGKILLed once it has finished an item: Ray
+    restarts it and retries its items, and every output ends up complete, once."""
+    if ray.is_initialized():
+        ray.shutdown()
+    src = tmp_path / "src"
+    n_images = 40
+    make_images(src, n_images, size=(120, 160))
+    out = tmp_path / "out"
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    head = _ray_node(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard",
+                      "false"], tmp_path, "head")
+    worker = None
+    try:
+        _wait_for_nodes(address, 1)
+        worker = _ray_node(["--address", address, "--node-ip-address", "127.0.0.1"], tmp_path, "worker")
+        _wait_for_nodes(address, 2)
+        cmd = [sys.executable, "-m", "spam_stream.cli", "batch", str(src), "-o", str(out), "-k", "60",
+               "--engine", "ray", "--address", address, "--workers", "2"]
+        job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.log", "w"),
+                               env=_cluster_env())
+        killed, lines_at_kill = None, None
+        deadline = time.time() + 240
+        while time.time() < deadline and job.poll() is None:  # kill one actor once it has finished an item
+            log = out / "manifest.jsonl"
+            entries = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+            if entries:
+                killed, lines_at_kill = entries[0]["pid"], len(entries)
+                os.kill(killed, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        assert killed is not None, (tmp_path / "job.log").read_text()[-2000:]
+        assert job.wait(300) == 0, (tmp_path / "job.log").read_text()[-2000:]
+    finally:
+        for proc in (worker, head):
+            if proc is not None:
+                _stop(proc)
+    assert lines_at_kill < n_images, "the kill should land mid-job"
+    entries = manifest(out)
+    assert sorted(Path(e["input"]).name for e in entries) == sorted(f"img{i:03d}.png" for i in range(n_images))
+    assert all(e["status"] == "ok" for e in entries)
+    assert len({e["node"] for e in entries}) == 2, "both nodes ran items"
+    assert any(e["pid"] != killed for e in entries)
+    labels = sorted(p.relative_to(out) for p in out.rglob("*_labels.png"))
+    assert len(labels) == n_images and len(list(out.rglob("*_overlay.png"))) == n_images  # each output once
+    finals = [p for p in out.rglob("*") if p.is_file() and ".part" not in p.name]  # a killed write may leave a .part
+    assert len(finals) == 2 * n_images + 1  # outputs + manifest, nothing else
+    for e in entries:  # complete, readable
+        assert np.asarray(Image.open(e["outputs"]["labels"])).max() + 1 == e["superpixels"]
