@@ -4,9 +4,14 @@ Image sizes are not multiples of the pixel block, so every kernel has a masked t
 objects that leave some pixels with no valid candidate. Distances, q and labels come from identical arithmetic and are
 compared exactly (labels) or to 1e-5; centroid sums use float32 atomics (order-nondeterministic on a GPU) against the
 float64 reference, so they are compared to 1e-5 of Σ|terms|, the scale float32 summation error is proportional to.
+
+Every kernel test takes a ``device``: "cpu" runs the kernels under the interpreter (TRITON_INTERPRET=1, this suite's
+default), "cuda" compiles them for a GPU when one is present (run with TRITON_INTERPRET=0 to test the compiled code;
+the interpreter also takes CUDA tensors). The reference always runs on the CPU.
 """
 import functools
 import inspect
+import os
 
 import pytest
 import torch
@@ -45,9 +50,26 @@ def random_case(h, w, d, grid, layout, seed=0, n_objects=3):
     return f, c, Candidates(h, w, po, so, table=table)
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICES = (["cpu"] if INTERPRETED else []) + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES or [pytest.param("none", marks=pytest.mark.skip(
+    reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1"))])
+def device(request):
+    """Where the Triton kernels run: CPU tensors under the interpreter, CUDA tensors on a GPU."""
+    return torch.device(request.param)
+
+
 def case(params, layout):
     f, c, cands = random_case(*params, layout)
     return f.clone(), c.clone(), cands
+
+
+def run(device, fn, *args, **kwargs):
+    """``fn`` (a Triton wrapper) on copies of the tensor / Candidates arguments on ``device``; results back on the CPU."""
+    out = fn(*[a.to(device) if hasattr(a, "to") else a for a in args], **kwargs)
+    return out.cpu() if isinstance(out, torch.Tensor) else tuple(o.cpu() for o in out)
 
 
 def assert_sums_close(got, ref, scale, rtol=1e-5):
@@ -63,9 +85,9 @@ cases = pytest.mark.parametrize("params", CASES, ids=IDS)
 
 @layouts
 @cases
-def test_triton_masked_distances_match_reference(params, layout):
+def test_triton_masked_distances_match_reference(params, layout, device):
     f, c, cands = case(params, layout)
-    got, ref = tk.masked_distances(f, c, cands), reference.masked_distances(f, c, cands)
+    got, ref = run(device, tk.masked_distances, f, c, cands), reference.masked_distances(f, c, cands)
     assert got.shape == ref.shape and got.dtype == torch.float32
     assert torch.equal(torch.isinf(got), torch.isinf(ref))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
@@ -73,9 +95,9 @@ def test_triton_masked_distances_match_reference(params, layout):
 
 @layouts
 @cases
-def test_triton_assign_labels_equal_reference(params, layout):
+def test_triton_assign_labels_equal_reference(params, layout, device):
     f, c, cands = case(params, layout)
-    got, ref = tk.assign(f, c, cands), reference.assign(f, c, cands)
+    got, ref = run(device, tk.assign, f, c, cands), reference.assign(f, c, cands)
     assert got.dtype == torch.int32
     assert (ref == -1).any(), "the case should contain pixels without a valid candidate"
     assert torch.equal(got, ref)
@@ -83,9 +105,9 @@ def test_triton_assign_labels_equal_reference(params, layout):
 
 @layouts
 @cases
-def test_triton_associate_matches_reference(params, layout):
+def test_triton_associate_matches_reference(params, layout, device):
     f, c, cands = case(params, layout)
-    got, ref = tk.associate(f, c, cands), reference.associate(f, c, cands)
+    got, ref = run(device, tk.associate, f, c, cands), reference.associate(f, c, cands)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     empty_rows = torch.isinf(reference.masked_distances(f, c, cands)).all(1)
     assert empty_rows.any() and (got[empty_rows] == 0).all()  # no valid slot: all-zero row, as the reference
@@ -93,10 +115,10 @@ def test_triton_associate_matches_reference(params, layout):
 
 @layouts
 @cases
-def test_triton_centroid_sums_soft_match_reference(params, layout):
+def test_triton_centroid_sums_soft_match_reference(params, layout, device):
     f, c, cands = case(params, layout)
     q = reference.associate(f, c, cands)
-    sums, counts = tk.centroid_sums_soft(f, q, cands)
+    sums, counts = run(device, tk.centroid_sums_soft, f, q, cands)
     ref_sums, ref_counts = reference.centroid_sums_soft(f, q, cands)
     assert_sums_close(sums, ref_sums, reference.centroid_sums_soft(f.abs(), q, cands)[0])
     assert_sums_close(counts, ref_counts, ref_counts)
@@ -104,11 +126,11 @@ def test_triton_centroid_sums_soft_match_reference(params, layout):
 
 @layouts
 @cases
-def test_triton_centroid_sums_hard_match_reference(params, layout):
+def test_triton_centroid_sums_hard_match_reference(params, layout, device):
     f, c, cands = case(params, layout)
     k = cands.n_superpixels
     labels = reference.assign(f, c, cands)
-    sums, counts = tk.centroid_sums_hard(f, labels, k)
+    sums, counts = run(device, tk.centroid_sums_hard, f, labels, k)
     ref_sums, ref_counts = reference.centroid_sums_hard(f, labels, k)
     assert torch.equal(counts, ref_counts)  # float32 adds of 1.0 are exact below 2**24
     assert_sums_close(sums, ref_sums, reference.centroid_sums_hard(f.abs(), labels, k)[0])
@@ -116,30 +138,30 @@ def test_triton_centroid_sums_hard_match_reference(params, layout):
 
 @pytest.mark.parametrize("layout", ["grid", "table"])
 @pytest.mark.parametrize("params", CASES[:3], ids=IDS[:3])
-def test_triton_hard_iterations_match_reference(params, layout):
+def test_triton_hard_iterations_match_reference(params, layout, device):
     """Iteration 0 labels are exact. Later iterations use centroids from float32-atomic sums, which differ from the
     float64 reference in the last bits; that could flip a label only at a near-exact distance tie, so final labels are
     compared by agreement fraction (observed: identical), and centroids tightly when all labels agree."""
     f, c, cands = case(params, layout)
-    labels0, c0 = tk.hard_iterations(f, c, cands, 0)
+    labels0, c0 = run(device, tk.hard_iterations, f, c, cands, 0)
     assert torch.equal(labels0, reference.assign(f, c, cands)) and torch.equal(c0, c)
-    got_labels, got_c = tk.hard_iterations(f, c, cands, 3)
+    got_labels, got_c = run(device, tk.hard_iterations, f, c, cands, 3)
     ref_labels, ref_c = reference.hard_iterations(f, c, cands, 3)
     assert (got_labels == ref_labels).double().mean() >= 0.999
     if torch.equal(got_labels, ref_labels):
         torch.testing.assert_close(got_c, ref_c, rtol=1e-5, atol=1e-5)
 
 
-def test_triton_hard_iterations_large_k_grid():
+def test_triton_hard_iterations_large_k_grid(device):
     f, c, cands = case(CASES[3], "grid")
-    got_labels, got_c = tk.hard_iterations(f, c, cands, 1)
+    got_labels, got_c = run(device, tk.hard_iterations, f, c, cands, 1)
     ref_labels, ref_c = reference.hard_iterations(f, c, cands, 1)
     assert (got_labels == ref_labels).double().mean() >= 0.999
     torch.testing.assert_close(got_c, ref_c, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["grid", "table"])
-def test_triton_ties_pick_the_lowest_slot(layout):
+def test_triton_ties_pick_the_lowest_slot(layout, device):
     """Small-integer features and centroids make exact distance ties common: the lowest valid slot must win."""
     g = torch.Generator().manual_seed(3)
     h, w, grid = 19, 23, (4, 5)
@@ -153,16 +175,16 @@ def test_triton_ties_pick_the_lowest_slot(layout):
     dist = reference.masked_distances(f, c, cands)
     n_ties = ((dist == dist.min(1, keepdim=True).values).sum(1) > 1).sum()
     assert n_ties > n // 4  # the case really exercises the tie rule
-    assert torch.equal(tk.assign(f, c, cands), reference.assign(f, c, cands))
+    assert torch.equal(run(device, tk.assign, f, c, cands), reference.assign(f, c, cands))
 
 
-def test_triton_empty_superpixel_keeps_its_centroid():
+def test_triton_empty_superpixel_keeps_its_centroid(device):
     f, c, cands = case(CASES[1], "table")
     cands = Candidates(cands.height, cands.width, cands.pixel_object, cands.superpixel_object,
                        table=torch.where(cands.table == 3, 0, cands.table))  # superpixel 3 has no member
-    sums, counts = tk.centroid_sums_hard(f, tk.assign(f, c, cands), cands.n_superpixels)
+    sums, counts = run(device, tk.centroid_sums_hard, f, reference.assign(f, c, cands), cands.n_superpixels)
     assert counts[3] == 0 and (sums[3] == 0).all()
-    labels, cents = tk.hard_iterations(f, c, cands, 2)
+    labels, cents = run(device, tk.hard_iterations, f, c, cands, 2)
     assert not (labels == 3).any()
     assert torch.equal(cents[3], c[3])
     assert not torch.equal(cents[0], c[0])  # a superpixel with members did move
@@ -181,6 +203,10 @@ def test_triton_module_mirrors_the_cpu_fast_path_api():
     assert tk.soft_iteration_backward is reference.soft_iteration_backward
 
 
+needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="runs Triton on CPU tensors: needs TRITON_INTERPRET=1")
+
+
+@needs_interpreter
 def test_triton_dispatch_with_spam_kernels_override(monkeypatch):
     import spam_stream.kernels as K
 
@@ -195,9 +221,96 @@ def test_triton_dispatch_with_spam_kernels_override(monkeypatch):
     assert K.backend_name("cuda") == "triton"
 
 
+@needs_interpreter
 @pytest.mark.parametrize("layout", ["grid", "table"])
 def test_triton_soft_iteration_gradient_matches_autograd_of_reference(layout, monkeypatch):
     f, c, cands = random_case(23, 29, 20, (4, 5), layout, seed=7)
     grads = {name: two_soft_iterations_with_grads(name, f, c, cands, monkeypatch) for name in ("reference", "triton")}
     for got, ref in zip(grads["triton"], grads["reference"]):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+# --- the block-reduced centroid update ("reduce") against the per-pixel atomics ("atomic") and the reference ---------
+
+def coherent_case(h, w, d, grid, layout, seed=0):
+    """Smooth features (position + a little noise) and centroids near the grid cells: labels form compact regions,
+    so a block's pixels fall into few superpixels (the case the reduction is for), with many pixels per superpixel."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    f = torch.randn(h * w, d, generator=g) * 0.1
+    f[:, 0], f[:, 1] = yy.reshape(-1) / h * grid[0], xx.reshape(-1) / w * grid[1]
+    cy, cx = torch.meshgrid(torch.arange(grid[0]) + 0.5, torch.arange(grid[1]) + 0.5, indexing="ij")
+    c = torch.zeros(grid[0] * grid[1], d)
+    c[:, 0], c[:, 1] = cy.reshape(-1), cx.reshape(-1)
+    po = torch.zeros(h * w, dtype=torch.int32)
+    so = torch.zeros(len(c), dtype=torch.int32)
+    if layout == "grid":
+        return f, c, Candidates(h, w, po, so, grid=grid)
+    from spam_stream.kernels.candidates import grid_table
+
+    return f, c, Candidates(h, w, po, so, table=grid_table(h, w, *grid))
+
+
+updates = pytest.mark.parametrize("update", ["reduce", "atomic"])
+
+
+@updates
+@pytest.mark.parametrize("layout", ["grid", "table"])
+@pytest.mark.parametrize("shape", [(67, 93, 20, (1, 1)), (67, 93, 5, (2, 3))], ids=["K1", "K6"])
+def test_triton_fused_pass_sums_with_many_pixels_per_superpixel(shape, layout, update, device):
+    """K=1 and K=6 on 6231 pixels (~1000 pixels per superpixel, whole blocks in one superpixel): labels equal the
+    reference's assignment, counts exact, sums within float32 summation error, for both centroid updates."""
+    f, c, cands = coherent_case(*shape, layout)
+    labels, sums, counts = run(device, tk.fused_hard_pass, f, c, cands, update=update)
+    ref_labels = reference.assign(f, c, cands)
+    assert torch.equal(labels, ref_labels)
+    k = cands.n_superpixels
+    ref_sums, ref_counts = reference.centroid_sums_hard(f, ref_labels, k)
+    assert torch.equal(counts, ref_counts) and counts.min() > 500
+    assert_sums_close(sums, ref_sums, reference.centroid_sums_hard(f.abs(), ref_labels, k)[0])
+
+
+@pytest.mark.parametrize("shape", [(67, 93, 20, (1, 1)), (67, 93, 5, (2, 3))], ids=["K1", "K6"])
+def test_triton_reduced_soft_sums_with_many_pixels_per_superpixel(shape, device, monkeypatch):
+    f, c, cands = coherent_case(*shape, "grid")
+    q = reference.associate(f, c, cands)
+    ref_sums, ref_counts = reference.centroid_sums_soft(f, q, cands)
+    for update in ("reduce", "atomic"):
+        monkeypatch.setattr(tk, "CENTROID_UPDATE", update)
+        sums, counts = run(device, tk.centroid_sums_soft, f, q, cands)
+        assert_sums_close(sums, ref_sums, reference.centroid_sums_soft(f.abs(), q, cands)[0])
+        assert_sums_close(counts, ref_counts, ref_counts)
+
+
+def test_triton_reduce_falls_back_beyond_its_rounds(device, monkeypatch):
+    """Random labels (every pixel of a block in a different superpixel, far more than ROUNDS): the per-entry
+    fallback completes the sums; with a single round almost everything goes through it."""
+    g = torch.Generator().manual_seed(5)
+    n, d, k = 3000, 7, 900
+    f = torch.randn(n, d, generator=g)
+    labels = torch.randint(-1, k, (n,), generator=g, dtype=torch.int32)
+    ref_sums, ref_counts = reference.centroid_sums_hard(f, labels, k)
+    for rounds in (1, 4):
+        monkeypatch.setattr(tk, "ROUNDS", {"cuda": rounds, "cpu": rounds})
+        sums, counts = run(device, tk.centroid_sums_hard, f, labels, k)
+        assert torch.equal(counts, ref_counts)
+        assert_sums_close(sums, ref_sums, reference.centroid_sums_hard(f.abs(), labels, k)[0])
+
+
+def test_triton_reduce_and_atomic_updates_give_the_same_iterations(device, monkeypatch):
+    """Ten hard iterations with either update: the same labels (sums differ only in float32 rounding)."""
+    f, c, cands = coherent_case(61, 79, 5, (4, 5), "grid", seed=2)
+    got = {}
+    for update in ("reduce", "atomic"):
+        monkeypatch.setattr(tk, "CENTROID_UPDATE", update)
+        got[update] = run(device, tk.hard_iterations, f, c, cands, 10)
+    assert torch.equal(got["reduce"][0], got["atomic"][0])
+    torch.testing.assert_close(got["reduce"][1], got["atomic"][1], rtol=1e-5, atol=1e-5)
+    ref_labels, ref_c = reference.hard_iterations(f, c, cands, 10)
+    assert (got["reduce"][0] == ref_labels).double().mean() >= 0.999
+
+
+def test_triton_unknown_centroid_update_is_rejected():
+    f, c, cands = coherent_case(8, 8, 5, (1, 1), "grid")
+    with pytest.raises(ValueError, match="centroid update"):
+        tk.fused_hard_pass(f, c, cands, update="sorted")
