@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def local_ray():
     """A local Ray with 2 CPUs in this process (the CLI uses an initialised Ray and leaves it running)."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         yield
     finally:
@@ -186,6 +187,9 @@ def test_two_nodes_and_a_worker_killed_mid_job(tmp_path):
         for proc in (worker, head):
             if proc is not None:
                 _stop(proc)
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # ray start --head wrote it
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
     assert lines_at_kill < n_images, "the kill should land mid-job"
     entries = manifest(out)
     assert sorted(Path(e["input"]).name for e in entries) == sorted(f"img{i:03d}.png" for i in range(n_images))

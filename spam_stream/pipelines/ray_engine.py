@@ -168,7 +168,8 @@ def size_pool(cluster_cpus: float, workers: int | None = None, num_gpus_per_work
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Connect to Ray: ``address`` ("auto", "ray://HOST:PORT", "HOST:PORT"), an already initialised Ray (a Python
-    user's), or a new local Ray with this machine's CPUs. Quiet logs. Returns True when this call started or
+    user's), or a new local Ray with this machine's CPUs (even when ``ray start`` runs here: use ``address="auto"``
+    to join it). Quiet logs. Returns True when this call started or
     connected it (then :func:`run_batch_ray` shuts it down at the end)."""
     ray = require_ray()
     if ray.is_initialized():
@@ -180,7 +181,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise InputError(f"--address {address}: cannot connect to Ray: {describe(exc)}") from None
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": always a new Ray, never a cluster a stale /tmp/ray/ray_current_cluster points to
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return True
 
 
