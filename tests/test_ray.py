@@ -61,6 +61,10 @@ def test_pool_sizing_always_leaves_a_cpu_for_ray_data():
                 assert n == workers
     assert size_pool(2) == (1, 1.0) and size_pool(17) == (16, 1.0) and size_pool(16, 3) == (3, 5.0)
     assert size_pool(9, None, num_gpus_per_worker=1, cluster_gpus=4)[0] == 4
+    # GPU actors fit beside their GPUs: a CPU-only head of 32 CPUs + an 8-GPU node of 16 CPUs
+    assert size_pool(48, None, 1, 8, gpu_node_cpus=15 / 8) == (8, 1.0)
+    assert size_pool(48, 4, 2, 8, gpu_node_cpus=15 / 8) == (4, 3.0)
+    assert size_pool(3, 2, 0.5, 1, gpu_node_cpus=2.0) == (2, 1.0)
     with pytest.raises(Exception, match="at least 2"):
         size_pool(1)
 

@@ -141,13 +141,15 @@ class SpamWorker:
 
 
 def size_pool(cluster_cpus: float, workers: int | None = None, num_gpus_per_worker: float = 0,
-              cluster_gpus: float = 0) -> tuple[int, float]:
+              cluster_gpus: float = 0, gpu_node_cpus: float | None = None) -> tuple[int, float]:
     """``(workers, num_cpus per worker)`` such that the actors leave at least one CPU of the cluster free for Ray
     Data's own tasks: ``workers × num_cpus ≤ cluster_cpus − 1``.
 
     Default ``workers``: one per GPU group when ``num_gpus_per_worker`` > 0, else one 1-CPU actor per spare CPU. A
-    given ``workers`` shares the spare CPUs (fractions of a CPU when there are more workers than spare CPUs; each
-    actor still runs at least one thread)."""
+    given ``workers`` shares the spare CPUs (whole CPUs; fractions of a CPU when there are more workers than spare
+    CPUs; each actor still runs at least one thread). GPU actors must also fit beside their GPUs:
+    ``gpu_node_cpus`` (the fewest CPUs per GPU on a GPU node, one CPU kept) caps their CPUs at
+    ``gpu_node_cpus × num_gpus_per_worker``."""
     spare = float(cluster_cpus) - 1
     if spare <= 0:
         raise InputError(f"the Ray cluster has {cluster_cpus:g} CPU(s): --engine ray needs at least 2 (one is kept "
@@ -162,8 +164,17 @@ def size_pool(cluster_cpus: float, workers: int | None = None, num_gpus_per_work
             workers = int(spare)
     workers = max(1, int(workers))
     num_cpus = spare / workers
+    if num_gpus_per_worker > 0 and gpu_node_cpus is not None:
+        num_cpus = min(num_cpus, max(gpu_node_cpus * num_gpus_per_worker, 1e-4))
     num_cpus = float(int(num_cpus)) if num_cpus >= 1 else np.floor(num_cpus * 1e4) / 1e4
     return workers, num_cpus
+
+
+def _gpu_node_cpus(ray) -> float | None:
+    """The fewest CPUs per GPU over the alive GPU nodes, one CPU of each node kept (None: no GPU node)."""
+    shares = [(n["Resources"].get("CPU", 0.0) - 1) / n["Resources"]["GPU"] for n in ray.nodes()
+              if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    return min(shares) if shares else None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -220,7 +231,8 @@ def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per
 
         resources = ray.cluster_resources()
         cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-        workers, num_cpus = size_pool(cpus, workers, num_gpus_per_worker, gpus)
+        workers, num_cpus = size_pool(cpus, workers, num_gpus_per_worker, gpus,
+                                      _gpu_node_cpus(ray) if num_gpus_per_worker > 0 else None)
         if num_gpus_per_worker > 0 and spec["model"]["device"] == "cpu":
             spec = {**spec, "model": {**spec["model"], "device": "cuda"}}
         context = DataContext.get_current()
