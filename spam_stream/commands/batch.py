@@ -41,15 +41,16 @@ def add_parser(sub) -> None:
                    help="run the stages one image at a time instead of pipelined (same results)")
     g = p.add_argument_group(
         "engine",
-        "--engine ray runs the same per-image work on Ray Data (pip install 'spam-stream[ray]'): a pool of actors, "
-        "each loading the model once; same outputs and manifest (plus the Ray node of each image). OUTDIR must be "
-        "reachable by every worker (a shared filesystem on a cluster). The actors never take all the CPUs: one is "
-        "kept for Ray Data's own tasks.")
+        "--engine ray runs the same per-image work on Ray Data (pip install 'spam-stream[ray]'): a pool of\n"
+        "actors, each loading the model once; same outputs and manifest (plus the Ray node of each image).\n"
+        "OUTDIR must be reachable by every worker (a shared filesystem on a cluster). The actors never take\n"
+        "all the CPUs: one is kept for Ray Data's own tasks (a pool holding every CPU stalls).")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local = this process (default); ray = Ray Data, on a local Ray or a cluster")
     g.add_argument("--address", metavar="auto|ray://HOST:PORT",
-                   help="ray: the cluster to join (auto = the one 'ray start --head' runs here); default: start a "
-                        "local Ray with this machine's CPUs")
+                   help="ray: the cluster to join (auto = the one 'ray start' runs on this machine; an explicit "
+                        "address needs the cluster's auth token, ~/.ray/auth_token or RAY_AUTH_TOKEN); default: start "
+                        "a new local Ray with this machine's CPUs")
     g.add_argument("--workers", type=positive_int, metavar="N",
                    help="ray: number of actors (default: one per spare CPU, or one per GPU group with "
                         "--num-gpus-per-worker)")
