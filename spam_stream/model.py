@@ -177,8 +177,13 @@ class SPAM:
             h, w = frame.image.shape[:2]
             k = frame.n_superpixels
             if frame.partition is None:
+                from . import kernels  # device dispatch lives there
+
                 frame.seeds = grid_seeds(h, w, k)
-                frame.cands = grid_candidates(h, w, frame.seeds)
+                if kernels.resident_frame(self.device):  # the candidate layout's tensors made on the device
+                    frame.cands = kernels.resident_grid_candidates(h, w, frame.seeds.grid, self.device)
+                else:
+                    frame.cands = grid_candidates(h, w, frame.seeds)
             else:
                 frame.seeds = object_seeds(frame.partition, k, density=frame.density, seed=self.seed)
                 frame.cands = object_candidates(frame.partition, frame.seeds, self.max_candidate_distance)
@@ -186,9 +191,15 @@ class SPAM:
 
     def feature_stage(self, frame: Frame) -> Frame:
         """(D, H, W) float32 pixel features on the model's device."""
+        from . import kernels  # device dispatch lives there
+
         with frame.timed("features"):
-            frame.features = pixel_features(frame.image, frame.n_superpixels, self.encoder, self.color_scale,
-                                            self.compactness, self.device)
+            if kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
+                frame.features = kernels.resident_features(frame.image, frame.n_superpixels, self.encoder,
+                                                           self.color_scale, self.compactness, self.device)
+            else:
+                frame.features = pixel_features(frame.image, frame.n_superpixels, self.encoder, self.color_scale,
+                                                self.compactness, self.device)
         return frame
 
     def cluster_stage(self, frame: Frame) -> Frame:
@@ -213,7 +224,15 @@ class SPAM:
         with frame.timed("connectivity"):
             h, w = frame.cluster_labels.shape
             min_size = max(1, int(self.min_size_factor * h * w / frame.n_superpixels))
-            frame.labels = enforce_connectivity(frame.cluster_labels, frame.partition, min_size)
+            from . import kernels  # device dispatch lives there
+
+            if kernels.resident_frame(self.device):  # components on the device, labels come back once
+                device_labels = frame.meta.pop("cluster_labels_device", None)  # set by cluster_stage when it keeps them
+                frame.labels = kernels.resident_connectivity(
+                    frame.cluster_labels if device_labels is None else device_labels, frame.partition, min_size,
+                    self.device)
+            else:
+                frame.labels = enforce_connectivity(frame.cluster_labels, frame.partition, min_size)
         return frame
 
     def run_stages(self, frame: Frame, attention=None, attention_ratio: float = 2.5, focus=None) -> Frame:

@@ -11,6 +11,11 @@ Implementations (same functions, same results):
 
 Public functions (shapes in :mod:`.reference`): :func:`masked_distances`, :func:`assign`, :func:`associate`,
 :func:`centroid_sums_hard`, :func:`centroid_sums_soft`, :func:`hard_iterations`, :func:`soft_iteration`.
+
+GPU-resident frames: :func:`resident_frame` says whether a model's per-frame stages keep the frame on its device
+(a CUDA device; ``SPAM_DEVICE_FRAME=1`` forces that path on CPU tensors, to test it without a GPU), and
+:func:`resident_features`, :func:`resident_grid_candidates`, :func:`resident_connectivity` are those stages'
+device implementations (:mod:`.features`, :mod:`.seeding`, :mod:`.connectivity`).
 """
 from __future__ import annotations
 
@@ -100,7 +105,50 @@ def soft_iteration(features, centroids, cands: Candidates):
     return _FusedSoftIteration.apply(features, centroids, cands, name)
 
 
+# --- GPU-resident frame: the stages' device implementations, chosen here ---------------------------------------------
+
+def resident_frame(device: torch.device | str) -> bool:
+    """True when the per-frame stages keep the frame on ``device`` (uint8 upload, Lab in torch, grid candidates and
+    connectivity on the device): a CUDA device, or any device with ``SPAM_DEVICE_FRAME=1``; ``SPAM_DEVICE_FRAME=0``
+    turns it off (the CPU stages then feed the device as before)."""
+    forced = os.environ.get("SPAM_DEVICE_FRAME", "").strip()
+    if forced:
+        return forced not in ("0", "false", "no")
+    return torch.device(device).type == "cuda"
+
+
+def resident_features(image, n_superpixels: int, encoder, color_scale: float, spatial_scale: float, device):
+    """(D, H, W) float32 features on ``device`` from an (H, W, 3) uint8 image uploaded once (Lab in torch)."""
+    from .features import pixel_features_torch
+
+    return pixel_features_torch(image, n_superpixels, encoder, color_scale, spatial_scale, device)
+
+
+def resident_grid_candidates(height: int, width: int, grid: tuple[int, int], device) -> Candidates:
+    """The grid candidate layout (no prior) built on ``device``."""
+    from .seeding import grid_candidates_torch
+
+    return grid_candidates_torch(height, width, grid, device)
+
+
+def resident_connectivity(cluster_labels, partition, min_size: int, device, return_source: bool = False):
+    """Connectivity of a frame on ``device``: (H, W) int32 numpy labels, the one transfer back (with
+    ``return_source`` also the (K',) source labels) — equal to :func:`spam_stream.connectivity.enforce_connectivity`.
+
+    ``cluster_labels`` (H, W) integer array or tensor (used in place when already on ``device``); ``partition``
+    (H, W) integer array / tensor or None."""
+    from .connectivity import enforce_connectivity_torch
+
+    labels = torch.as_tensor(cluster_labels).to(device)
+    out = enforce_connectivity_torch(labels, None if partition is None else torch.as_tensor(partition).to(device),
+                                     min_size, return_source=return_source)
+    if return_source:
+        return out[0].cpu().numpy(), out[1]
+    return out.cpu().numpy()
+
+
 __all__ = [
+    "resident_frame", "resident_features", "resident_grid_candidates", "resident_connectivity",
     "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
     "soft_iteration",

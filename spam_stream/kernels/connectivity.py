@@ -1,0 +1,178 @@
+"""Step 5 on the device: the torch twin of :func:`spam_stream.connectivity.enforce_connectivity` (same rule, same
+labels).
+
+The frame-sized work runs as whole-image torch ops on the labels' device (a GPU for a GPU-resident frame):
+
+1. 4-connected components of equal labels, numbered in the raster order of their first pixel
+   (:func:`spam_stream.kernels.labeling.label_components`: union-find in numba for CPU tensors, hooking + pointer
+   jumping for CUDA tensors);
+2. per component: size (``bincount``), label (at its first pixel, ``scatter_reduce`` amin of the pixel index), prior
+   object (at its last known pixel in raster order, ``scatter_reduce`` amax — the object the numba pass keeps);
+3. the component each label keeps (its largest, ties: first in raster order: two stable sorts) and the small
+   fragments (the others below ``min_size``);
+4. the border lengths between each small fragment and its neighbours: the 4-adjacent pixel pairs across component
+   borders that start in a small fragment, counted by ``torch.unique`` on (fragment, neighbour) keys — sorted by
+   fragment, then by neighbour id, the order in which the rule scans them.
+
+Only those per-fragment lists (a few thousand entries) go to the host, where the merges run as the same sequential
+union-find as the CPU implementation (smallest fragment first, ties in raster order; each picks, among compatible
+neighbours in increasing component order, the first with the longest shared border; a fragment of uncertain pixels
+may join any neighbour, and a group takes the object of the fragment it absorbs). The merge order matters (a merged
+group's object constrains later merges), so it stays sequential — on a few thousand fragments it is microseconds of
+numba. The resulting component → output id table (C,) goes back to the device and one gather writes the labels: the
+output equals :func:`~spam_stream.connectivity.enforce_connectivity` label for label.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from .labeling import label_components
+
+
+@numba.njit(inline="always")
+def _find(parent, a):
+    root = a
+    while parent[root] != root:
+        root = parent[root]
+    while parent[a] != root:  # path compression
+        nxt = parent[a]
+        parent[a] = root
+        a = nxt
+    return root
+
+
+@numba.njit(cache=True)
+def _merge_fragments(order, start, neighbour, length, obj, n):
+    """Union-find merges of the small fragments in ``order`` from their adjacency lists; each component's root (n,).
+
+    ``neighbour[start[i]:start[i + 1]]`` (increasing ids) and ``length[...]`` (shared border in pixel pairs) list the
+    neighbours of ``order``'s i-th fragment — the same scan as :func:`spam_stream.connectivity._merge_small`."""
+    parent = np.arange(n)
+    group_obj = obj.copy()
+    for i in range(order.shape[0]):
+        c = order[i]
+        root_c = _find(parent, c)
+        best, best_len = -1, 0
+        for j in range(start[i], start[i + 1]):
+            rb = _find(parent, neighbour[j])
+            if rb == root_c:
+                continue
+            oc, ob = group_obj[root_c], group_obj[rb]
+            if oc >= 0 and ob >= 0 and oc != ob:
+                continue
+            if length[j] > best_len:
+                best, best_len = rb, length[j]
+        if best >= 0:
+            parent[root_c] = best
+            group_obj[best] = max(group_obj[best], group_obj[root_c])
+    for c in range(n):
+        parent[c] = _find(parent, c)
+    return parent
+
+
+def _components(labels: torch.Tensor, partition: torch.Tensor | None, labeler):
+    """comp (H*W,) int64 0..C-1 in raster order, and per component: size, label, prior object (C,) int64."""
+    h, w = labels.shape
+    dev = labels.device
+    comp = (labeler(labels, None, 4).reshape(-1) - 1).to(torch.int64)
+    n = int(comp.max()) + 1
+    size = torch.bincount(comp, minlength=n)
+    pix = torch.arange(h * w, device=dev)
+    first = torch.full((n,), h * w, dtype=torch.int64, device=dev).scatter_reduce(0, comp, pix, "amin")
+    sp = labels.reshape(-1)[first].to(torch.int64)
+    if partition is None:
+        obj = torch.zeros(n, dtype=torch.int64, device=dev)
+    else:
+        part = partition.reshape(-1).to(dev, torch.int64)
+        known = part >= 0
+        last = torch.full((n,), -1, dtype=torch.int64, device=dev).scatter_reduce(0, comp[known], pix[known], "amax")
+        obj = torch.where(last >= 0, part[last.clamp(min=0)], -1)
+    return comp, size, sp, obj
+
+
+def _kept(size: torch.Tensor, sp: torch.Tensor) -> torch.Tensor:
+    """(C,) bool: the largest component of each label (ties: the lowest component id = first in raster order)."""
+    by_size = torch.sort(-size, stable=True).indices
+    order = by_size[torch.sort(sp[by_size], stable=True).indices]  # = np.lexsort((-size, sp))
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = sp[order[1:]] != sp[order[:-1]]
+    kept = torch.zeros_like(first)
+    kept[order[first]] = True
+    return kept
+
+
+def _fragment_borders(comp: torch.Tensor, shape, small: torch.Tensor, n: int):
+    """(keys, counts): key = fragment * n + neighbour for every small fragment and adjacent component, sorted; count =
+    the 4-adjacent pixel pairs (one in each) they share."""
+    h, w = shape
+    c2 = comp.view(h, w)
+    a = torch.cat([c2[:, :-1].reshape(-1), c2[:-1, :].reshape(-1)])
+    b = torch.cat([c2[:, 1:].reshape(-1), c2[1:, :].reshape(-1)])
+    cross = a != b
+    a, b = a[cross], b[cross]
+    src, dst = torch.cat([a, b]), torch.cat([b, a])
+    mine = small[src]
+    return torch.unique(src[mine] * n + dst[mine], sorted=True, return_counts=True)
+
+
+def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | None = None, min_size: int = 1,
+                               return_source: bool = False, labeler=label_components):
+    """:func:`spam_stream.connectivity.enforce_connectivity` on tensors, frame-sized work on their device.
+
+    Args:
+        labels: (H, W) integer tensor of superpixel labels (any ids; -1 is a label of its own), any device.
+        partition: (H, W) integer tensor (or array) of prior object ids (-1 = uncertain), or None for no prior.
+        min_size: fragments smaller than this merge into a neighbour.
+        return_source: also return, per output superpixel, the input label it keeps (-1: a fragment on its own).
+        labeler: the connected-components function (``label_components``'s signature); the default picks numba for
+            CPU tensors and torch ops for CUDA tensors.
+    Returns:
+        (H, W) int32 tensor on ``labels``' device, 0..K'-1, equal to ``enforce_connectivity``'s labels; with
+        ``return_source`` also (K',) int64 numpy ``source``.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"expected (H, W) labels, got shape {tuple(labels.shape)}")
+    dev = labels.device
+    h, w = labels.shape
+    if partition is not None:
+        partition = torch.as_tensor(partition, device=dev)
+        if partition.shape != labels.shape:
+            raise ValueError(f"partition has shape {tuple(partition.shape)} but the labels are {(h, w)}")
+    comp, size, sp, obj = _components(labels.to(torch.int64), partition, labeler)
+    n = size.shape[0]
+    kept = _kept(size, sp)
+    small = ~kept & (size < min_size)
+    n_small = int(small.sum())
+    if n_small == 0:
+        out = comp.to(torch.int32).view(h, w)  # components are the superpixels, already numbered in raster order
+        if not return_source:
+            return out
+        return out, torch.where(kept, sp, -1).cpu().numpy()
+    keys, border = _fragment_borders(comp, (h, w), small, n)
+    keys, border = keys.cpu().numpy(), border.cpu().numpy()
+    size_h, small_h, obj_h = size.cpu().numpy(), small.cpu().numpy(), obj.cpu().numpy()
+    small_ids = np.flatnonzero(small_h)
+    order = small_ids[np.argsort(size_h[small_ids], kind="stable")]
+    frag, neighbour = np.divmod(keys, n)
+    # adjacency rows grouped in merge order (keys are sorted by fragment, then neighbour: a stable sort keeps that)
+    pos = np.empty(n, np.int64)
+    pos[order] = np.arange(len(order))
+    rows = np.argsort(pos[frag], kind="stable")
+    start = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(np.bincount(pos[frag], minlength=len(order)), out=start[1:])
+    root = _merge_fragments(order.astype(np.int64), start, neighbour[rows].astype(np.int64),
+                            border[rows].astype(np.int64), obj_h.astype(np.int64), n)
+    is_root = root == np.arange(n)
+    rank = np.cumsum(is_root) - 1  # output ids in the order of the naming (root) component
+    out_of_comp = torch.from_numpy(rank[root].astype(np.int32)).to(dev)
+    out = out_of_comp[comp].view(h, w)
+    if not return_source:
+        return out
+    roots = np.flatnonzero(is_root)
+    kept_h, sp_h = kept.cpu().numpy(), sp.cpu().numpy()
+    return out, np.where(kept_h[roots], sp_h[roots], -1).astype(np.int64)
+
+
+__all__ = ["enforce_connectivity_torch"]

@@ -1,0 +1,71 @@
+"""Step 1 on the device: the scaled ``[L, a, b, y, x]`` channels of a frame uploaded once as uint8, in torch.
+
+The torch twin of :func:`spam_stream.color.lab_yx_features` / :func:`spam_stream.features.pixel_features`: the frame
+goes to the device as (H, W, 3) uint8 (3 bytes per pixel instead of 20 for the float32 channels), Lab comes from
+:func:`spam_stream.color.rgb_to_lab_torch` (the same 256-entry sRGB table and white-scaled matrix), positions are
+float32 ``row · pos_scale`` and ``column · pos_scale`` as on the CPU, and the encoder (if any) adds its learned
+channels through :func:`spam_stream.encoder.encode_learned`, tile by tile, as ``pixel_features`` runs it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..color import rgb_to_lab_torch
+
+
+def upload_image(image, device) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB (array or tensor) → the same uint8 tensor on ``device`` (one copy of 3·H·W bytes)."""
+    t = torch.as_tensor(np.ascontiguousarray(image)) if not isinstance(image, torch.Tensor) else image
+    if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {t.dtype} of shape {tuple(t.shape)}")
+    if t.device.type == "cpu" and torch.device(device).type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def lab_yx_torch(image: torch.Tensor, color_scale: float, pos_scale: float) -> torch.Tensor:
+    """Torch twin of :func:`spam_stream.color.lab_yx_features`.
+
+    Args:
+        image: (H, W, 3) uint8 RGB tensor on any device.
+        color_scale: factor on Lab (λc).
+        pos_scale: factor on pixel coordinates (row y, column x).
+    Returns:
+        (5, H, W) float32 on ``image``'s device: ``[L, a, b]·color_scale``, ``[y, x]·pos_scale``.
+    """
+    h, w = image.shape[:2]
+    out = torch.empty((5, h, w), dtype=torch.float32, device=image.device)
+    out[:3] = rgb_to_lab_torch(image.permute(2, 0, 1), channels_first=True)
+    out[:3] *= float(color_scale)
+    ps = torch.tensor(pos_scale, dtype=torch.float32)  # float32 product as on the CPU: float32(i) * float32(s)
+    out[3] = (torch.arange(h, dtype=torch.float32) * ps).to(image.device)[:, None]
+    out[4] = (torch.arange(w, dtype=torch.float32) * ps).to(image.device)[None, :]
+    return out
+
+
+def pixel_features_torch(image, n_superpixels: int, encoder=None, color_scale: float | None = None,
+                         spatial_scale: float | None = None, device="cuda", memory_budget: int | None = None,
+                         tile=None) -> torch.Tensor:
+    """:func:`spam_stream.features.pixel_features` for a GPU-resident frame: (D, H, W) float32 on ``device``.
+
+    ``image`` (H, W, 3) uint8, an array (uploaded once) or a tensor already on ``device``."""
+    from ..encoder import encode_learned
+    from ..features import COLOR_SCALE, SPATIAL_SCALE, position_scale
+
+    color_scale = COLOR_SCALE if color_scale is None else color_scale
+    spatial_scale = SPATIAL_SCALE if spatial_scale is None else spatial_scale
+    img = upload_image(image, device)
+    h, w = img.shape[:2]
+    x = lab_yx_torch(img, color_scale, position_scale(h, w, n_superpixels, spatial_scale))
+    if encoder is None:
+        return x
+    out = torch.empty((encoder.out_dim, h, w), dtype=torch.float32, device=img.device)
+    out[:5] = x
+    del x
+    factor = getattr(encoder, "input_color_scale", COLOR_SCALE) / color_scale
+    encode_learned(encoder, out[:3], out[5:], tile, memory_budget, factor)
+    return out
+
+
+__all__ = ["upload_image", "lab_yx_torch", "pixel_features_torch"]
