@@ -138,9 +138,10 @@ def main():
             base += b["times_ms"]
             cur += c["times_ms"]
         tc, tb = statistics.median(cur), statistics.median(base)
+        mc, mb = min(cur), min(base)
         print(f"| `segment()` {w}x{h} K={args.k}, encoder=None | {tc:.0f} | {tb:.0f} | {tc / tb:.2f}× "
               f"({tb / tc:.2f}× faster) | baseline {args.baseline}; K' {c['k_out']} vs {b['k_out']}; "
-              f"{len(cur)} calls each |")
+              f"{len(cur)} calls each; fastest call {mc:.0f} vs {mb:.0f} ms ({mb / mc:.2f}× faster) |")
     else:
         print(f"(no baseline checkout at {args.baseline}: segment() comparison skipped)")
 
