@@ -41,7 +41,7 @@ from scipy import ndimage
 from skimage.measure import label
 from skimage.morphology import disk
 
-from .kernels.labeling import label_components, label_with_sizes
+from .kernels.labeling import fill_runs, label_components, label_runs
 
 MIN_AREA_FRACTION = 0.0005
 BACKGROUND_MIN_AREA_FRACTION = 0.002
@@ -185,20 +185,21 @@ def paint(masks: np.ndarray, min_area: int) -> np.ndarray:
 
 
 @njit(cache=True)
-def _row_distances(hits, rows, cap, out):
-    """For the rows y with ``rows[y]``: the distance from each pixel to the nearest hit pixel (``hits`` (H, W) uint8)
-    in its row, capped at ``cap`` (no hit in the row: cap), into ``out`` (H, W) int16."""
-    h, w = hits.shape
+def _row_distances(pixels, miss, rows, cap, out):
+    """For the rows y with ``rows[y]``: the distance from each pixel to the nearest hit in its row, capped at ``cap``
+    (no hit in the row: cap), into ``out`` (H, W) int16; hits are the pixels of ``pixels`` (H, W) uint8 that equal
+    ``1 - miss`` (``miss=1``: the pixels outside the set)."""
+    h, w = pixels.shape
     for y in range(h):
         if not rows[y]:
             continue
         d = cap
         for x in range(w):
-            d = 0 if hits[y, x] else min(d + 1, cap)
+            d = 0 if pixels[y, x] != miss else min(d + 1, cap)
             out[y, x] = d
         d = cap
         for x in range(w - 1, -1, -1):
-            d = 0 if hits[y, x] else min(d + 1, cap)
+            d = 0 if pixels[y, x] != miss else min(d + 1, cap)
             if d < out[y, x]:
                 out[y, x] = d
 
@@ -223,15 +224,9 @@ def _open_rows(x, half):
             s += x[y, i]
         present[y] = s > 0
         full[y] = s == w
-    misses = np.empty((h, w), np.uint8)
-    partial = np.zeros(h, np.uint8)
-    for y in range(h):
-        if present[y] and not full[y]:
-            partial[y] = 1
-            for i in range(w):
-                misses[y, i] = 1 - x[y, i]
+    partial = present & (1 - full)
     hd = np.empty((h, w), np.int16)
-    _row_distances(misses, partial, cap, hd)  # distance to the nearest pixel outside x
+    _row_distances(x, 1, partial, cap, hd)  # distance to the nearest pixel outside x
     for y in range(h):
         if full[y]:
             hd[y, :] = cap
@@ -263,7 +258,7 @@ def _open_rows(x, half):
             s += e[i]
         eroded_rows[y] = s > 0
     he = np.empty((h, w), np.int16)
-    _row_distances(eroded, eroded_rows, cap, he)  # distance to the nearest eroded pixel
+    _row_distances(eroded, 0, eroded_rows, cap, he)  # distance to the nearest eroded pixel
     out = np.zeros((h, w), np.uint8)
     for y in range(h):
         if not present[y]:
@@ -291,39 +286,31 @@ def open_unlabelled(unlabelled: np.ndarray, radius: int) -> np.ndarray:
     return _open_rows(np.ascontiguousarray(unlabelled, dtype=bool).view(np.uint8), half).view(bool)
 
 
-@njit(cache=True)
-def _compose(components, lookup, background, background_lookup):
-    h, w = components.shape
-    out = np.empty((h, w), np.int32)
-    for y in range(h):
-        for x in range(w):
-            b = background[y, x]
-            out[y, x] = background_lookup[b] if b > 0 else lookup[components[y, x]]
-    return out
-
-
 def partition_from_painted(painted: np.ndarray, min_area: int, background_min_area: int,
                            opening_radius: int) -> np.ndarray:
     """Steps 3-5 of the module docstring on a painted (H, W) int32 rank map (-1 = no mask): the (H, W) int32
-    partition."""
-    components, sizes, ranks = label_with_sizes(np.ascontiguousarray(painted, np.int32), background=-1)
+    partition. The components are written straight from their runs (no intermediate label image)."""
+    h, w = painted.shape
+    starts, row_ptr, final, sizes, ranks = label_runs(np.ascontiguousarray(painted, np.int32), background=-1)
     # objects: ordered by rank, then by their first pixel (raster order); components below min_area drop out
     ranks = ranks.astype(np.int64)
-    ranks[0] = -1
     candidates = np.flatnonzero(sizes >= min_area)
     candidates = candidates[candidates > 0]
     objects = candidates[np.argsort(ranks[candidates], kind="stable")]
     lookup = np.full(len(sizes), -1, np.int32)
     lookup[objects] = np.arange(len(objects), dtype=np.int32)
-    partition = lookup[components]
-    unlabelled = partition < 0
+    partition = np.full((h, w), -1, np.int32)
+    fill_runs(starts, row_ptr, final, lookup, np.int32(-1), partition)
+    unlabelled = np.zeros((h, w), np.uint8)
+    fill_runs(starts, row_ptr, final, (lookup < 0).astype(np.uint8), np.uint8(0), unlabelled)
     if opening_radius > 0:
-        unlabelled = open_unlabelled(unlabelled, opening_radius)
-    background, bg_sizes, _ = label_with_sizes(unlabelled, background=0)
-    kept = np.flatnonzero(bg_sizes[1:] >= background_min_area) + 1
-    bg_lookup = np.full(len(bg_sizes), -1, np.int32)
+        unlabelled = _open_rows(unlabelled, disk_half_widths(opening_radius).astype(np.int16))
+    starts, row_ptr, final, sizes, _ = label_runs(unlabelled, background=0)
+    kept = np.flatnonzero(sizes[1:] >= background_min_area) + 1
+    bg_lookup = np.full(len(sizes), -1, np.int32)
     bg_lookup[kept] = len(objects) + np.arange(len(kept), dtype=np.int32)
-    return _compose(components, lookup, background, bg_lookup)
+    fill_runs(starts, row_ptr, final, bg_lookup, np.int32(-1), partition)
+    return partition
 
 
 def aggregate(masks, min_area: int | None = None, background_min_area: int | None = None,

@@ -89,8 +89,9 @@ def _union(parent, a, b):
 
 @njit(cache=True)
 def _label_runs(values, has_background, background, eight):
-    """Run-based two-pass labelling: runs of equal value per row, unions between overlapping equal runs of
-    consecutive rows, then one fill per run."""
+    """Run-based labelling: runs of equal value per row, unions between overlapping equal runs of consecutive rows.
+    Returns the runs (starts (n+1,) int32 with starts[n] = W, row_ptr (H+1,): row y's runs are row_ptr[y]..
+    row_ptr[y+1]-1), each run's component id (n,) int32 (0: background), and per id the size and value."""
     h, w = values.shape
     n = 0
     for y in range(h):  # count the runs first: exact allocations (large untouched buffers cost more than a pass)
@@ -145,17 +146,27 @@ def _label_runs(values, has_background, background, eight):
             final[r] = count
         else:
             final[r] = final[root]
-    out = np.empty((h, w), np.int32)
     sizes = np.zeros(count + 1, np.int64)
     comp_values = np.zeros(count + 1, values.dtype)
     for y in range(h):
         for r in range(row_ptr[y], row_ptr[y + 1]):
             e = starts[r + 1] if r + 1 < row_ptr[y + 1] else w
-            lab = final[r]
-            out[y, starts[r]:e] = lab
-            sizes[lab] += e - starts[r]
-            comp_values[lab] = vals[r]
-    return out, sizes, comp_values
+            sizes[final[r]] += e - starts[r]
+            comp_values[final[r]] = vals[r]
+    return starts, row_ptr, final, sizes, comp_values
+
+
+@njit(cache=True)
+def fill_runs(starts, row_ptr, final, table, skip, out):
+    """Write ``table[id]`` over every run of component ``id`` into ``out`` (H, W), except where it equals ``skip``
+    (runs from :func:`label_runs`): one memset per run."""
+    w = out.shape[1]
+    for y in range(row_ptr.shape[0] - 1):
+        for r in range(row_ptr[y], row_ptr[y + 1]):
+            v = table[final[r]]
+            if v != skip:
+                e = starts[r + 1] if r + 1 < row_ptr[y + 1] else w
+                out[y, starts[r]:e] = v
 
 
 def label_array(values: np.ndarray, background=None, connectivity: int = 4) -> np.ndarray:
@@ -166,6 +177,15 @@ def label_array(values: np.ndarray, background=None, connectivity: int = 4) -> n
 def label_with_sizes(values: np.ndarray, background=None, connectivity: int = 4):
     """:func:`label_array` plus, per id 0..n, the component's pixel count (n+1,) int64 and its value (n+1,)
     (entry 0: the background's count / an arbitrary value), all from the same two passes."""
+    starts, row_ptr, final, sizes, comp_values = label_runs(values, background, connectivity)
+    out = np.empty(np.shape(values), np.int32)
+    fill_runs(starts, row_ptr, final, np.arange(len(sizes), dtype=np.int32), np.int32(-1), out)
+    return out, sizes, comp_values
+
+
+def label_runs(values: np.ndarray, background=None, connectivity: int = 4):
+    """The runs behind :func:`label_array`, for callers that write something else than ids per component:
+    (starts, row_ptr, final, sizes, comp_values) — see :func:`fill_runs`."""
     values = np.asarray(values)
     _check(values.shape, connectivity)
     if values.dtype == bool:
