@@ -71,3 +71,20 @@ def test_dispatch_uses_the_cpu_path_by_default_and_honours_the_override(monkeypa
     monkeypatch.setenv("SPAM_KERNELS", "bogus")
     with pytest.raises(ValueError, match="SPAM_KERNELS"):
         K.backend_name("cpu")
+
+
+@pytest.mark.parametrize("layout", ["grid", "table"])
+def test_soft_pass_reuses_its_candidate_plan_across_features_and_fuses_the_sums(layout):
+    """Training calls the soft pass on many feature maps with one candidate set (the block plan is cached on it),
+    and asks for the centroid sums of the q it just computed (returned from the same pass): both equal the
+    reference, and sums for another q are recomputed."""
+    f, c, cands = random_case(37, 41, 20, 5, 6, layout, seed=11)
+    for scale in (1.0, 0.5):
+        g = f * scale
+        q = cpu.associate(g, c, cands)
+        torch.testing.assert_close(q, reference.associate(g, c, cands), rtol=1e-5, atol=1e-7)
+        for a, b in zip(cpu.centroid_sums_soft(g, q, cands), reference.centroid_sums_soft(g, q, cands)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        q2 = torch.rand_like(q)
+        for a, b in zip(cpu.centroid_sums_soft(g, q2, cands), reference.centroid_sums_soft(g, q2, cands)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

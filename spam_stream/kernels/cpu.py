@@ -39,6 +39,13 @@ Hard assignment (``assign``, ``hard_iterations``) is vectorised ACROSS PIXELS, n
 * **One call** (``_hard_loop``): all passes and the centroid updates run inside one numba function, one parallel
   region per pass, no Python or numpy work in between.
 
+The soft pass (training: ``associate``, ``centroid_sums_soft``, ``soft_iteration_backward``) uses the same blocks:
+per block the distances to its members are one vector sub/mul/add per (member, channel) (bit-identical to the
+reference's), the softmax runs per lane over the pixel's 9 slots, and the centroid sums Σq·f (float64) and the
+backward's ∂f (float32, kept transposed) and ∂c (float64) are one vector op per (member, channel). The block plan is
+built once per candidate set and cached on it (training reuses one grid for every sample and iteration), and the sums
+of the q that ``associate`` just returned come from the same pass.
+
 The vector bodies are small numba ``@intrinsic`` functions emitting LLVM vector IR. Written as numba loops over 16
 lanes, LLVM fully unrolls them and then cannot vectorise them because it cannot prove that the scratch arrays do
 not alias the features: it emits scalar ``vsubss/vmulss`` (what the earlier "16-lane" attempt hit), and runs of
@@ -454,71 +461,6 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks):
                     total_counts[k] = 0
 
 
-@njit(parallel=True, cache=True)
-def _soft_pass(f, c, pix_obj, sp_obj, width, height, nh, nw, table, use_table, q, sums, counts):
-    """Soft association q (N, 9) and Σq·f, Σq per (chunk, superpixel)."""
-    n, d_count = f.shape
-    n_chunks = sums.shape[0]
-    for t in prange(n_chunks):
-        idx = np.empty(N_SLOTS, np.int64)
-        dist = np.empty(N_SLOTS, np.float32)
-        for p in range(t * n // n_chunks, (t + 1) * n // n_chunks):
-            _pixel_distances(p, f, c, pix_obj, sp_obj, width, height, nh, nw, table, use_table, idx, dist)
-            m = INF
-            for s in range(N_SLOTS):
-                if dist[s] < m:
-                    m = dist[s]
-            total = np.float32(0.0)
-            for s in range(N_SLOTS):
-                e = np.float32(0.0) if dist[s] == INF else np.exp(m - dist[s])
-                q[p, s] = e
-                total += e
-            for s in range(N_SLOTS):
-                if total > 0:
-                    q[p, s] = q[p, s] / total
-                w = q[p, s]
-                k = idx[s]
-                if k >= 0 and w != 0:
-                    counts[t, k] += w
-                    for d in range(d_count):
-                        sums[t, k, d] += w * f[p, d]
-
-
-@njit(parallel=True, cache=True)
-def _soft_backward_pass(f, c, q, pix_obj, sp_obj, width, height, nh, nw, table, use_table, g_q, g_s, g_z,
-                        g_f, g_c):
-    """Fused gradient of one soft iteration (formulas in reference.soft_iteration_backward); g_c per chunk."""
-    n, d_count = f.shape
-    n_chunks = g_c.shape[0]
-    for t in prange(n_chunks):
-        gq = np.empty(N_SLOTS, np.float64)
-        idx = np.empty(N_SLOTS, np.int64)
-        for p in range(t * n // n_chunks, (t + 1) * n // n_chunks):
-            dot = 0.0
-            for s in range(N_SLOTS):
-                k = _slot(p, s, width, height, nh, nw, table, use_table)
-                idx[s] = k
-                g = g_q[p, s]
-                if k >= 0:
-                    acc = g_z[k]
-                    for d in range(d_count):
-                        acc += g_s[k, d] * f[p, d]
-                    g += acc
-                    for d in range(d_count):
-                        g_f[p, d] += q[p, s] * g_s[k, d]
-                gq[s] = g
-                dot += q[p, s] * g
-            for s in range(N_SLOTS):
-                k = idx[s]
-                if k < 0 or q[p, s] == 0:
-                    continue
-                gd = -q[p, s] * (gq[s] - dot)
-                for d in range(d_count):
-                    v = gd * 2.0 * (f[p, d] - c[k, d])
-                    g_f[p, d] += v
-                    g_c[t, k, d] -= v
-
-
 def _args(features, cands: Candidates):
     f = features.detach().contiguous().numpy()
     use_table = cands.table is not None
@@ -539,21 +481,6 @@ def assign(features, centroids, cands: Candidates):
     return hard_iterations(features, centroids, cands, 0)[0]
 
 
-def associate(features, centroids, cands: Candidates):
-    return _soft(features, centroids, cands)[0]
-
-
-def _soft(features, centroids, cands):
-    f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
-    chunks = _n_chunks(cands.height)
-    q = np.empty((f.shape[0], N_SLOTS), np.float32)
-    sums = np.zeros((chunks, cands.n_superpixels, f.shape[1]), np.float64)
-    counts = np.zeros((chunks, cands.n_superpixels), np.float64)
-    _soft_pass(f, centroids.detach().contiguous().numpy(), po, so, w, h, nh, nw, table, use_table, q, sums, counts)
-    return torch.from_numpy(q), torch.from_numpy(sums.sum(0).astype(np.float32)), \
-        torch.from_numpy(counts.sum(0).astype(np.float32))
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def _sums_hard(f, labels, sums, counts):
     n, d_count = f.shape
@@ -567,36 +494,12 @@ def _sums_hard(f, labels, sums, counts):
                     sums[t, k, d] += f[p, d]
 
 
-@njit(parallel=True, cache=True)
-def _sums_soft(f, q, pix_obj, width, height, nh, nw, table, use_table, sums, counts):
-    n, d_count = f.shape
-    n_chunks = sums.shape[0]
-    for t in prange(n_chunks):
-        for p in range(t * n // n_chunks, (t + 1) * n // n_chunks):
-            for s in range(N_SLOTS):
-                k = _slot(p, s, width, height, nh, nw, table, use_table)
-                w = q[p, s]
-                if k >= 0 and w != 0:
-                    counts[t, k] += w
-                    for d in range(d_count):
-                        sums[t, k, d] += w * f[p, d]
-
-
 def centroid_sums_hard(features, labels, n_superpixels: int):
     f = features.detach().contiguous().numpy()
     chunks = _n_chunks(max(1, f.shape[0] // 256))
     sums = np.zeros((chunks, n_superpixels, f.shape[1]), np.float64)
     counts = np.zeros((chunks, n_superpixels), np.float64)
     _sums_hard(f, labels.contiguous().numpy().astype(np.int64), sums, counts)
-    return torch.from_numpy(sums.sum(0).astype(np.float32)), torch.from_numpy(counts.sum(0).astype(np.float32))
-
-
-def centroid_sums_soft(features, q, cands: Candidates):
-    f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
-    chunks = _n_chunks(cands.height)
-    sums = np.zeros((chunks, cands.n_superpixels, f.shape[1]), np.float64)
-    counts = np.zeros((chunks, cands.n_superpixels), np.float64)
-    _sums_soft(f, q.detach().contiguous().numpy(), po, w, h, nh, nw, table, use_table, sums, counts)
     return torch.from_numpy(sums.sum(0).astype(np.float32)), torch.from_numpy(counts.sum(0).astype(np.float32))
 
 
@@ -611,20 +514,336 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     return torch.from_numpy(labels[:f.shape[0]]), torch.from_numpy(c)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Soft pass (training): association, centroid sums and the analytic backward, vectorised across pixels like the
+# hard pass — blocks of 16 pixels, one per lane, the distinct valid candidates of a block listed once (members),
+# one vector sub/mul/add per (member, channel). ``slot_j[p, s]`` maps a pixel's slot to its block member (-1 =
+# invalid slot), so duplicate slots (a superpixel in two slots of a pixel) count twice, as in the reference.
+# ---------------------------------------------------------------------------------------------------------------
+def _halves_f64(builder, v):
+    """(16 x f32) → two (8 x f64): lanes 0..7 and 8..15."""
+    return [builder.fpext(builder.shuffle_vector(v, v, ir.Constant(_vec(_I32, 8), list(range(h, h + 8)))),
+                          _vec(_F64, 8)) for h in (0, 8)]
+
+
+@intrinsic
+def _dot_lanes(typingctx, out, o_at, feat, f_at, stride, vec, v_at, n_dims):
+    """out[o_at : +16] = Σ_{d < n_dims, in order} vec[v_at + d] · feat[f_at + d·stride : +16] (float32)."""
+    def codegen(context, builder, sig, args):
+        out, o_at, feat, f_at, stride, vec, v_at, n_dims = args
+        fdata = context.make_array(sig.args[2])(context, builder, feat).data
+        vdata = context.make_array(sig.args[5])(context, builder, vec).data
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_vec(_F32), [0.0] * LANES))
+        with cgutils.for_range(builder, n_dims) as loop:
+            fv = builder.load(builder.bitcast(builder.gep(fdata, [builder.add(f_at, builder.mul(loop.index, stride))]),
+                                              _vec(_F32).as_pointer()), align=4)
+            g = _splat(builder, builder.load(builder.gep(vdata, [builder.add(v_at, loop.index)])), _F32)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(g, fv)), acc)
+        builder.store(builder.load(acc), _vec_ptr(context, builder, sig.args[0], out, o_at, _F32), align=4)
+        return context.get_dummy_value()
+    return types.void(out, o_at, feat, f_at, stride, vec, v_at, n_dims), codegen
+
+
+@intrinsic
+def _add_weighted_sums(typingctx, acc, a_at, feat, f_at, stride, n_dims, w, w_at):
+    """acc[a_at + 8d : +8] (float64) += w[w_at : +16] · feat[f_at + d·stride : +16], products and sums in float64
+    (lanes i and i + 8 added pairwise), for d < n_dims."""
+    def codegen(context, builder, sig, args):
+        acc, a_at, feat, f_at, stride, n_dims, w, w_at = args
+        fdata = context.make_array(sig.args[2])(context, builder, feat).data
+        adata = context.make_array(sig.args[0])(context, builder, acc).data
+        w_lo, w_hi = _halves_f64(builder, builder.load(_vec_ptr(context, builder, sig.args[6], w, w_at, _F32),
+                                                       align=4))
+        with cgutils.for_range(builder, n_dims) as loop:
+            fv = builder.load(builder.bitcast(builder.gep(fdata, [builder.add(f_at, builder.mul(loop.index, stride))]),
+                                              _vec(_F32).as_pointer()), align=4)
+            f_lo, f_hi = _halves_f64(builder, fv)
+            pa = builder.bitcast(builder.gep(adata, [builder.add(a_at, builder.mul(loop.index, ir.Constant(_I64, 8)))]),
+                                 _vec(_F64, 8).as_pointer())
+            add = builder.fadd(builder.fmul(w_lo, f_lo), builder.fmul(w_hi, f_hi))
+            builder.store(builder.fadd(builder.load(pa, align=8), add), pa, align=8)
+        return context.get_dummy_value()
+    return types.void(acc, a_at, feat, f_at, stride, n_dims, w, w_at), codegen
+
+
+@intrinsic
+def _soft_grad_member(typingctx, gf, feat, f_at, stride, cent, c_at, gs, a, w, aw_at, gc, gc_at, n_dims):
+    """Backward of one block member k (centroid cent[c_at:], grad of its sums gs[c_at:]) for the 16 lanes:
+    per channel d, diff = feat - c_kd, v = 2·a·diff;  gf[f_at + d·stride : +16] += w·gS_kd + v  (float32) and
+    gc[gc_at + 8d : +8] (float64) -= v (lanes i and i + 8 added pairwise). a = Σ gd and w = Σ q over the lane's
+    slots holding k (a[aw_at : +16], w[aw_at : +16])."""
+    def codegen(context, builder, sig, args):
+        gf, feat, f_at, stride, cent, c_at, gs, a, w, aw_at, gc, gc_at, n_dims = args
+        gfdata = context.make_array(sig.args[0])(context, builder, gf).data
+        fdata = context.make_array(sig.args[1])(context, builder, feat).data
+        cdata = context.make_array(sig.args[4])(context, builder, cent).data
+        gsdata = context.make_array(sig.args[6])(context, builder, gs).data
+        gcdata = context.make_array(sig.args[10])(context, builder, gc).data
+        av = builder.load(_vec_ptr(context, builder, sig.args[7], a, aw_at, _F32), align=4)
+        a2 = builder.fadd(av, av)
+        wv = builder.load(_vec_ptr(context, builder, sig.args[8], w, aw_at, _F32), align=4)
+        with cgutils.for_range(builder, n_dims) as loop:
+            at = builder.add(f_at, builder.mul(loop.index, stride))
+            fv = builder.load(builder.bitcast(builder.gep(fdata, [at]), _vec(_F32).as_pointer()), align=4)
+            cv = _splat(builder, builder.load(builder.gep(cdata, [builder.add(c_at, loop.index)])), _F32)
+            gsv = _splat(builder, builder.load(builder.gep(gsdata, [builder.add(c_at, loop.index)])), _F32)
+            v = builder.fmul(a2, builder.fsub(fv, cv))
+            pg = builder.bitcast(builder.gep(gfdata, [at]), _vec(_F32).as_pointer())
+            builder.store(builder.fadd(builder.load(pg, align=4), builder.fadd(builder.fmul(wv, gsv), v)), pg, align=4)
+            lo, hi = _halves_f64(builder, v)
+            pc = builder.bitcast(builder.gep(gcdata, [builder.add(gc_at, builder.mul(loop.index, ir.Constant(_I64, 8)))]),
+                                 _vec(_F64, 8).as_pointer())
+            builder.store(builder.fsub(builder.load(pc, align=8), builder.fadd(lo, hi)), pc, align=8)
+        return context.get_dummy_value()
+    return types.void(gf, feat, f_at, stride, cent, c_at, gs, a, w, aw_at, gc, gc_at, n_dims), codegen
+
+
+@njit(parallel=True, cache=True)
+def _prepare_soft(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chunks):
+    """Once per candidate set: per block of 16 pixels its distinct candidates (``start`` (n_blocks + 1) CSR
+    offsets, ``members`` int32) and ``slot_j`` (N, 9) int16: the block member j in each slot, -1 = empty slot,
+    -2 - j = a member of another prior object (not a valid candidate, but the reference's centroid sums of an
+    arbitrary q count it, like any non-empty slot)."""
+    n = f.shape[0]
+    n_blocks = (n + LANES - 1) // LANES
+    n_sp = sp_obj.shape[0]
+    size = np.zeros(n_blocks + 1, np.int64)
+    slot_j = np.full((n, N_SLOTS), -1, np.int16)
+    for t in prange(n_chunks):
+        mark = np.full(n_sp, -1, np.int64)
+        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+            u = 0
+            for p in range(b * LANES, min(n, (b + 1) * LANES)):
+                po = pix_obj[p]
+                for s in range(N_SLOTS):
+                    k = _slot(p, s, width, height, nh, nw, table, use_table)
+                    if k >= 0 and mark[k] != b:
+                        mark[k] = b
+                        u += 1
+            size[b + 1] = u
+    start = np.cumsum(size)
+    members = np.empty(start[-1], np.int32)
+    for t in prange(n_chunks):
+        mark = np.full(n_sp, -1, np.int64)
+        pos = np.empty(n_sp, np.int64)
+        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+            u = start[b]
+            for p in range(b * LANES, min(n, (b + 1) * LANES)):
+                po = pix_obj[p]
+                for s in range(N_SLOTS):
+                    k = _slot(p, s, width, height, nh, nw, table, use_table)
+                    if k < 0:
+                        continue
+                    if mark[k] != b:
+                        mark[k] = b
+                        pos[k] = u
+                        members[u] = k
+                        u += 1
+                    j = pos[k] - start[b]
+                    slot_j[p, s] = j if po < 0 or sp_obj[k] == po else -2 - j
+    return start, members, slot_j
+
+
+@njit(parallel=True, cache=True)
+def _transpose_blocks(f, n_cols):
+    """(N, D) → (D, n_cols) float32, zero padded (n_cols a multiple of 16)."""
+    n, d_count = f.shape
+    fT = np.zeros((d_count, n_cols), np.float32)
+    n_blocks = n_cols // LANES
+    for b in prange(n_blocks):
+        for p in range(b * LANES, min(n, (b + 1) * LANES)):
+            for d in range(d_count):
+                fT[d, p] = f[p, d]
+    return fT
+
+
+@njit(inline="always")
+def _fold_lane_pairs(part, sums, k_count, d_count):
+    for k in range(k_count):
+        for d in range(d_count):
+            at = (k * d_count + d) * 8
+            acc = 0.0
+            for lane in range(8):
+                acc += part[at + lane]
+            sums[k, d] = acc
+
+
+@njit(parallel=True, cache=True)
+def _soft_forward(fT, n_cols, n, c, start, members, slot_j, q, with_q, sums, counts):
+    """With ``with_q``: q (N, 9) = softmax(-distance) over the valid slots (the reference's float32 distances,
+    max-subtracted exp); else q is read. Adds Σ q·f (float64) into sums (n_chunks, K, D) and Σ q into counts
+    (n_chunks, K) per chunk."""
+    k_count, d_count = c.shape
+    c_flat = c.ravel()
+    n_chunks = sums.shape[0]
+    n_blocks = start.shape[0] - 1
+    for t in prange(n_chunks):
+        dist = np.empty(N_SLOTS * LANES * LANES, np.float32)
+        w = np.empty(N_SLOTS * LANES * LANES, np.float32)
+        part = np.zeros(k_count * d_count * 8, np.float64)
+        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+            j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
+            if with_q:
+                for j in range(0, n_u - 1, 2):
+                    _sq_dist2(dist, j * LANES, fT, p0, n_cols, c_flat, members[j0 + j] * d_count,
+                              members[j0 + j + 1] * d_count, d_count)
+                if n_u % 2:
+                    _sq_dist(dist, (n_u - 1) * LANES, fT, p0, n_cols, c_flat, members[j0 + n_u - 1] * d_count,
+                             d_count)
+            w[:n_u * LANES] = 0.0
+            for i in range(min(LANES, n - p0)):
+                p = p0 + i
+                if with_q:
+                    m = INF
+                    for s in range(N_SLOTS):
+                        j = slot_j[p, s]
+                        if j >= 0 and dist[j * LANES + i] < m:
+                            m = dist[j * LANES + i]
+                    total = np.float32(0.0)
+                    for s in range(N_SLOTS):
+                        j = slot_j[p, s]
+                        e = np.float32(0.0)
+                        if j >= 0 and m < INF:
+                            e = np.exp(m - dist[j * LANES + i])
+                        q[p, s] = e
+                        total += e
+                    if total > 0:
+                        for s in range(N_SLOTS):
+                            q[p, s] = q[p, s] / total
+                for s in range(N_SLOTS):
+                    j = slot_j[p, s]
+                    if j <= -2:
+                        j = -2 - j
+                    if j >= 0:
+                        w[j * LANES + i] += q[p, s]
+            for j in range(n_u):
+                k = members[j0 + j]
+                cnt = 0.0
+                for i in range(LANES):
+                    cnt += w[j * LANES + i]
+                if cnt != 0.0:
+                    counts[t, k] += cnt
+                    _add_weighted_sums(part, k * d_count * 8, fT, p0, n_cols, d_count, w, j * LANES)
+        _fold_lane_pairs(part, sums[t], k_count, d_count)
+
+
+@njit(parallel=True, cache=True)
+def _soft_backward(fT, n_cols, n, c, start, members, slot_j, q, g_q, g_s, g_z, gfT, g_c):
+    """Fused gradient of one soft iteration (formulas in reference.soft_iteration_backward), vectorised across the
+    16 pixels of a block: gfT (D, n_cols) float32, g_c (n_chunks, K, D) float64 per chunk."""
+    k_count, d_count = c.shape
+    c_flat = c.ravel()
+    gs_flat = g_s.ravel()
+    n_chunks = g_c.shape[0]
+    n_blocks = start.shape[0] - 1
+    for t in prange(n_chunks):
+        dots = np.empty(N_SLOTS * LANES * LANES, np.float32)
+        a = np.empty(N_SLOTS * LANES * LANES, np.float32)
+        w = np.empty(N_SLOTS * LANES * LANES, np.float32)
+        gq = np.empty(N_SLOTS, np.float32)
+        part = np.zeros(k_count * d_count * 8, np.float64)
+        for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
+            j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
+            for j in range(n_u):  # gS_k · f_p for the 16 lanes
+                _dot_lanes(dots, j * LANES, fT, p0, n_cols, gs_flat, members[j0 + j] * d_count, d_count)
+            a[:n_u * LANES] = 0.0
+            w[:n_u * LANES] = 0.0
+            for i in range(min(LANES, n - p0)):
+                p = p0 + i
+                dot = np.float32(0.0)
+                for s in range(N_SLOTS):
+                    j = slot_j[p, s]
+                    g = g_q[p, s]
+                    if j >= 0:
+                        g += dots[j * LANES + i] + g_z[members[j0 + j]]
+                    gq[s] = g
+                    dot += q[p, s] * g
+                for s in range(N_SLOTS):
+                    j = slot_j[p, s]
+                    if j >= 0:
+                        a[j * LANES + i] += -q[p, s] * (gq[s] - dot)
+                        w[j * LANES + i] += q[p, s]
+            for j in range(n_u):
+                k = members[j0 + j]
+                _soft_grad_member(gfT, fT, p0, n_cols, c_flat, k * d_count, gs_flat, a, w, j * LANES, part,
+                                  k * d_count * 8, d_count)
+        _fold_lane_pairs(part, g_c[t], k_count, d_count)
+
+
+class _SoftPlan:
+    """What a soft pass needs from a candidate set, built once per (candidates, N) and cached on the Candidates."""
+
+    def __init__(self, f, cands):
+        _, po, so, w, h, nh, nw, table, use_table = _args(f, cands)
+        self.n = f.shape[0]
+        self.n_cols = (self.n + LANES - 1) // LANES * LANES
+        self.chunks = _n_chunks(max(1, self.n_cols // LANES // 8))
+        self.start, self.members, self.slot_j = _prepare_soft(f.detach().numpy()[:, :1], po, so, w, h, nh, nw,
+                                                              table, use_table, self.chunks)
+
+
+def _plan(features, cands: Candidates) -> _SoftPlan:
+    plan = cands.__dict__.get("_cpu_soft_plan")
+    if plan is None or plan.n != features.shape[0]:
+        plan = _SoftPlan(features, cands)
+        cands.__dict__["_cpu_soft_plan"] = plan  # the table is not changed after construction
+    return plan
+
+
+_last_soft = {}  # associate() → centroid_sums_soft() of the same q: the sums are computed in the same pass
+
+
+def _soft(features, centroids, cands, q=None):
+    """(q (N, 9), sums (K, D), counts (K,)) float32; q computed (None) or given."""
+    plan = _plan(features, cands)
+    f = features.detach().contiguous().numpy()
+    fT = _transpose_blocks(f, plan.n_cols)
+    k_count = cands.n_superpixels
+    with_q = q is None
+    if with_q:
+        c = np.ascontiguousarray(centroids.detach().numpy(), np.float32)
+        q_np = np.zeros((plan.n, N_SLOTS), np.float32)
+    else:
+        c = np.zeros((k_count, f.shape[1]), np.float32)  # not read
+        q_np = np.ascontiguousarray(q.detach().numpy(), np.float32)
+    sums = np.zeros((plan.chunks, k_count, f.shape[1]), np.float64)
+    counts = np.zeros((plan.chunks, k_count), np.float64)
+    _soft_forward(fT, plan.n_cols, plan.n, c, plan.start, plan.members, plan.slot_j, q_np, with_q, sums, counts)
+    return torch.from_numpy(q_np), torch.from_numpy(sums.sum(0).astype(np.float32)), \
+        torch.from_numpy(counts.sum(0).astype(np.float32))
+
+
+def associate(features, centroids, cands: Candidates):
+    q, sums, counts = _soft(features, centroids, cands)
+    _last_soft.clear()
+    _last_soft.update(q=q, features=features, cands=cands, sums=sums, counts=counts)
+    return q
+
+
+def centroid_sums_soft(features, q, cands: Candidates):
+    last = dict(_last_soft)
+    _last_soft.clear()
+    if last.get("q") is q and last.get("features") is features and last.get("cands") is cands:
+        return last["sums"], last["counts"]
+    return _soft(features, None, cands, q)[1:]
+
+
 def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, new_c, grad_q, grad_new_c):
     """Fused analytic backward of a soft iteration; same formulas as reference.soft_iteration_backward."""
-    f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
+    plan = _plan(features, cands)
+    f = features.detach().contiguous().numpy()
+    fT = _transpose_blocks(f, plan.n_cols)
     cnt = counts.detach().numpy().astype(np.float64)
     gc_new = grad_new_c.detach().numpy().astype(np.float64)
     has = cnt > 0
     z = np.maximum(cnt, 1e-12)
-    g_s = np.where(has[:, None], gc_new / z[:, None], 0.0)
-    g_z = np.where(has, -(gc_new * new_c.detach().numpy()).sum(1) / z, 0.0)
-    g_q = np.zeros((f.shape[0], N_SLOTS), np.float64) if grad_q is None else grad_q.detach().numpy().astype(np.float64)
-    chunks = _n_chunks(cands.height)
-    g_f = np.zeros(f.shape, np.float64)
-    g_c = np.zeros((chunks,) + tuple(centroids.shape), np.float64)
-    _soft_backward_pass(f, centroids.detach().contiguous().numpy(), q.detach().contiguous().numpy(), po, so, w, h,
-                        nh, nw, table, use_table, g_q, g_s, g_z, g_f, g_c)
+    g_s = np.ascontiguousarray(np.where(has[:, None], gc_new / z[:, None], 0.0), np.float32)
+    g_z = np.where(has, -(gc_new * new_c.detach().numpy()).sum(1) / z, 0.0).astype(np.float32)
+    g_q = np.zeros((plan.n, N_SLOTS), np.float32) if grad_q is None else \
+        np.ascontiguousarray(grad_q.detach().numpy(), np.float32)
+    gfT = np.zeros((f.shape[1], plan.n_cols), np.float32)
+    g_c = np.zeros((plan.chunks,) + tuple(centroids.shape), np.float64)
+    _soft_backward(fT, plan.n_cols, plan.n, np.ascontiguousarray(centroids.detach().numpy(), np.float32),
+                   plan.start, plan.members, plan.slot_j, q.detach().contiguous().numpy(), g_q, g_s, g_z, gfT, g_c)
     g_c = g_c.sum(0) + np.where(has[:, None], 0.0, gc_new)
-    return torch.from_numpy(g_f.astype(np.float32)), torch.from_numpy(g_c.astype(np.float32))
+    return torch.from_numpy(np.ascontiguousarray(gfT[:, :plan.n].T)), torch.from_numpy(g_c.astype(np.float32))
