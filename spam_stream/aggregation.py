@@ -520,12 +520,12 @@ def aggregate_resized(masks, shape: tuple[int, int], crop=None, min_area: int | 
     if isinstance(masks, torch.Tensor):
         device = masks.device
         masks = masks.bool()
-        cw = torch.from_numpy(col_weight).to(device, torch.float32)
+        cw = torch.from_numpy(col_weight).to(device, torch.int32)
         rw = torch.from_numpy(row_weight).to(device)
         step = max(1, (1 << 24) // max(1, mh * mw))
         areas = torch.zeros(m, dtype=torch.int64, device=device)
-        for s in range(0, m, step):  # row sums ≤ W: exact in float32; the column sum in int64
-            rows = (masks[s:s + step].to(torch.float32) @ cw).round().long()
+        for s in range(0, m, step):  # integer sums (a float matmul could run in TF32 on a GPU)
+            rows = (masks[s:s + step].to(torch.int32) * cw).sum(2)
             areas[s:s + step] = (rows * rw).sum(1)
         painted = paint_torch(masks, _ranks_torch(areas, min_area))
         painted = painted[torch.from_numpy(iy).to(device)][:, torch.from_numpy(ix).to(device)]
