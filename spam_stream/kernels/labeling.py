@@ -170,7 +170,8 @@ def fill_runs(starts, row_ptr, final, table, skip, out):
 
 
 def label_array(values: np.ndarray, background=None, connectivity: int = 4) -> np.ndarray:
-    """:func:`label_components` on a numpy (H, W) integer or bool array (numba): (H, W) int32, ids 1..n, 0 = background."""
+    """:func:`label_components` on a numpy (H, W) integer or bool array (numba): (H, W) int32, ids 1..n,
+    0 = background."""
     return label_with_sizes(values, background, connectivity)[0]
 
 
