@@ -36,12 +36,15 @@ class Encoder(nn.Module):
         if out_dim <= IN_CHANNELS:
             raise ValueError(f"an encoder needs out_dim > {IN_CHANNELS}; use encoder=None for D=5")
         self.out_dim, self.width = out_dim, width
+        self.resolution = 1.0  # < 1: inference runs at this fraction of the input size (fast_encoder)
         self.scale1 = nn.Sequential(_conv_bn_relu(COLOR_CHANNELS, width), _conv_bn_relu(width, width))
         self.scale2 = nn.Sequential(nn.MaxPool2d(3, 2, padding=1), _conv_bn_relu(width, width), _conv_bn_relu(width, width))
         self.scale3 = nn.Sequential(nn.MaxPool2d(3, 2, padding=1), _conv_bn_relu(width, width), _conv_bn_relu(width, width))
         self.output = nn.Sequential(nn.Conv2d(COLOR_CHANNELS + 3 * width, out_dim - IN_CHANNELS, 3, padding=1), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole-frame forward: (B, 5, H, W) → (B, out_dim, H, W). Activations grow with H·W (≈ 4·(5·width + 3)
+        bytes per pixel at once); :func:`encode_tiled` computes the same learned channels tile by tile."""
         colour = x[:, :COLOR_CHANNELS]
         s1 = self.scale1(colour)
         s2 = self.scale2(s1)
@@ -66,6 +69,185 @@ def fold_batchnorm(encoder: Encoder) -> Encoder:
             module[0] = torch.nn.utils.fusion.fuse_conv_bn_eval(module[0], module[1])
             module[1] = nn.Identity()
     return enc.to(memory_format=torch.channels_last)
+
+
+# --- tiled inference -------------------------------------------------------------------------------------------------
+# Receptive field of one output pixel, in full-resolution rows (columns alike). The output conv at row r reads rows
+# r±1 of [colour, s1, up(s2), up(s3)]. up(s3) at row r interpolates s3 rows m ≤ floor((r+1.5)/4 - 0.5)+1 ≈ r/4 + 1
+# (and ≥ r/4 − 1); s3 row m reads pool2 rows m±2 (two 3×3 convs), pool2 row m reads s2 rows 2m±1, s2 row j reads
+# pool1 rows j±2, pool1 row j reads s1 rows 2j±1, s1 row i reads input rows i±2: s3 row m is exact when the input
+# holds rows 4m−17 … 4m+17, so a core row range [c0, c1) needs input rows [c0 − 21, c1 + 21). HALO rounds that
+# up to the pooling alignment so that tile origins stay multiples of ALIGN (two stride-2 pools) and every pooled
+# row of a tile is a pooled row of the whole frame.
+ALIGN = 4
+HALO = 24
+DEFAULT_MEMORY_BUDGET = 384 * 2**20  # bytes of encoder activations at once (tiles); see tile_for_budget
+
+
+def _source_rows(dst: torch.Tensor, in_size: int, out_size: int):
+    """PyTorch's bilinear (``align_corners=False``, output ``size`` given) source rows of output rows ``dst``:
+    (i0, i1, w0, w1) with value = w0·src[i0] + w1·src[i1]; int64, int64, float32, float32 tensors like ``dst``."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = ((dst.to(torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
+    i0 = src.to(torch.int64)  # floor (src ≥ 0)
+    w1 = src - i0.to(torch.float32)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, 1.0 - w1, w1
+
+
+def resize_window(src: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, full_in: tuple[int, int],
+                  full_out: tuple[int, int], offset: tuple[int, int] = (0, 0), out: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Rows × cols of ``F.interpolate(full, size=full_out, mode="bilinear", align_corners=False)`` where ``full`` is a
+    (B, C, *full_in) map of which ``src`` (B, C, h, w) is the window starting at ``offset``; the window must hold every
+    source row/column those outputs read. Returns (B, C, len(rows), len(cols)) float32, channels-last, written into
+    ``out`` when given (any strides, e.g. a channel slice of a channels-last buffer)."""
+    r0, r1, a0, a1 = _source_rows(rows, full_in[0], full_out[0])
+    c0, c1, b0, b1 = _source_rows(cols, full_in[1], full_out[1])
+    r0, r1, c0, c1 = r0 - offset[0], r1 - offset[0], c0 - offset[1], c1 - offset[1]
+    if min(r0.min(), c0.min()) < 0 or r1.max() >= src.shape[2] or c1.max() >= src.shape[3]:
+        raise ValueError("resize_window: the window does not hold the source rows/columns these outputs read")
+    dev = src.device
+    src = src.permute(0, 2, 3, 1)  # (B, h, w, C): contiguous for a channels-last map, so a row gather copies blocks
+    t = src.index_select(1, r0.to(dev)) * a0.to(dev).view(1, -1, 1, 1)
+    t.addcmul_(src.index_select(1, r1.to(dev)), a1.to(dev).view(1, -1, 1, 1))
+    if out is None:
+        out = torch.empty((src.shape[0], src.shape[3], len(rows), len(cols)), dtype=src.dtype, device=dev,
+                          memory_format=torch.channels_last)
+    dst = out.permute(0, 2, 3, 1)
+    torch.mul(t.index_select(2, c0.to(dev)), b0.to(dev).view(1, 1, -1, 1), out=dst)
+    dst.addcmul_(t.index_select(2, c1.to(dev)), b1.to(dev).view(1, 1, -1, 1))
+    return out
+
+
+def tile_bytes_per_pixel(encoder: Encoder) -> tuple[int, int]:
+    """Bytes of activations per pixel of a tile, (per input pixel incl. halo, per core pixel): scale 1 keeps the conv
+    input and output (2·width float32 channels); the output stage holds s1, the concatenation (3 + 3·width), the two
+    upsampled maps (2·width) and the result."""
+    w = encoder.width
+    return 4 * (2 * w + COLOR_CHANNELS), 4 * (6 * w + COLOR_CHANNELS + encoder.out_dim)
+
+
+def tile_for_budget(height: int, width: int, encoder: Encoder, memory_budget: int | None = None) -> tuple[int, int]:
+    """Core tile (rows, cols) whose activations fit ``memory_budget`` bytes (default DEFAULT_MEMORY_BUDGET): the
+    whole frame when it fits, else near-square tiles of a multiple of ALIGN, balanced over the frame."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    per_in, per_core = tile_bytes_per_pixel(encoder)
+    if height * width * (per_in + per_core) <= budget:
+        return height, width
+    # largest side t with (t + 2·HALO)²·per_in + t²·per_core ≤ budget
+    t = ALIGN
+    while (t + ALIGN + 2 * HALO) ** 2 * per_in + (t + ALIGN) ** 2 * per_core <= budget:
+        t += ALIGN
+    t_rows, t_cols = min(t, height), min(t, width)
+    if t_rows == height and t_cols < width:  # a short frame: wider strips use the same budget
+        t_cols = t
+        while (height + 2 * HALO) * (t_cols + ALIGN + 2 * HALO) * per_in + height * (t_cols + ALIGN) * per_core <= budget:
+            t_cols += ALIGN
+    if t_cols == width and t_rows < height:
+        while (t_rows + ALIGN + 2 * HALO) * (width + 2 * HALO) * per_in + (t_rows + ALIGN) * width * per_core <= budget:
+            t_rows += ALIGN
+
+    def balance(n, t):
+        if t >= n:
+            return n
+        count = -(-n // t)
+        return -(-(-(-n // count)) // ALIGN) * ALIGN
+
+    return balance(height, t_rows), balance(width, t_cols)
+
+
+def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | None = None, tile=None,
+                 memory_budget: int | None = None, colour_factor: float = 1.0) -> torch.Tensor:
+    """The encoder's learned channels computed tile by tile, equal to the whole-frame forward (float32 rounding).
+
+    Args:
+        encoder: an :class:`Encoder` in eval mode (BatchNorm folded or not) on ``colour``'s device.
+        colour: (3, H, W) or (1, 3, H, W) float32 colour channels; the encoder sees ``colour · colour_factor`` (each
+            tile is scaled as it is cut out, so no frame-sized copy is made).
+        out: optional (out_dim − 5, H, W) float32 tensor written in place (e.g. a slice of a feature tensor).
+        tile: core tile (rows, cols) or an int; rounded up to a multiple of ALIGN. Default: :func:`tile_for_budget`.
+        memory_budget: bytes of activations at once, used when ``tile`` is None.
+    Returns:
+        (out_dim − 5, H, W) float32: ``out`` when given. Each tile runs on its core plus HALO rows/columns (clipped at
+        the image border, where the layers pad exactly as in the whole-frame forward), and only the core is kept.
+    """
+    if colour.dim() == 3:
+        colour = colour[None]
+    h, w = colour.shape[-2:]
+    if tile is None:
+        tile = tile_for_budget(h, w, encoder, memory_budget)
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    th, tw = -(-max(1, th) // ALIGN) * ALIGN, -(-max(1, tw) // ALIGN) * ALIGN
+    if out is None:
+        out = torch.empty((encoder.out_dim - IN_CHANNELS, h, w), dtype=torch.float32, device=colour.device)
+    h2, w2 = (h + 1) // 2, (w + 1) // 2  # MaxPool2d(3, 2, padding=1): floor((n + 2 − 3) / 2) + 1
+    h4, w4 = (h2 + 1) // 2, (w2 + 1) // 2
+    with torch.inference_mode():
+        for c0 in range(0, h, th):
+            c1 = min(h, c0 + th)
+            a, b = max(0, c0 - HALO), min(h, c1 + HALO)  # tile input rows (a is a multiple of ALIGN)
+            ra, rb = max(0, c0 - 1), min(h, c1 + 1)  # rows the output conv reads
+            rows = torch.arange(ra, rb)
+            for d0 in range(0, w, tw):
+                d1 = min(w, d0 + tw)
+                e, f = max(0, d0 - HALO), min(w, d1 + HALO)
+                ca, cb = max(0, d0 - 1), min(w, d1 + 1)
+                cols = torch.arange(ca, cb)
+                x = colour[:, :, a:b, e:f].contiguous(memory_format=torch.channels_last)
+                if colour_factor != 1.0:
+                    x = x * colour_factor
+                s1 = encoder.scale1(x)
+                s2 = encoder.scale2(s1)
+                s3 = encoder.scale3(s2)
+                # the output conv's input [colour, s1, up(s2), up(s3)] on its rows/cols, one channels-last buffer
+                nc = s1.shape[1]
+                cat = torch.empty((1, COLOR_CHANNELS + 3 * nc, rb - ra, cb - ca), dtype=x.dtype, device=x.device,
+                                  memory_format=torch.channels_last)
+                cat[:, :COLOR_CHANNELS] = x[:, :, ra - a:rb - a, ca - e:cb - e]
+                cat[:, COLOR_CHANNELS:COLOR_CHANNELS + nc] = s1[:, :, ra - a:rb - a, ca - e:cb - e]
+                del s1
+                resize_window(s2, rows, cols, (h2, w2), (h, w), (a // 2, e // 2), cat[:, COLOR_CHANNELS + nc:-nc])
+                resize_window(s3, rows, cols, (h4, w4), (h, w), (a // 4, e // 4), cat[:, -nc:])
+                del s2, s3
+                y = encoder.output(cat)
+                del cat
+                out[:, c0:c1, d0:d1] = y[0, :, c0 - ra:c1 - ra, d0 - ca:d1 - ca]
+    return out
+
+
+def encode_learned(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | None = None, tile=None,
+                   memory_budget: int | None = None, colour_factor: float = 1.0) -> torch.Tensor:
+    """The learned channels (out_dim − 5, H, W) float32 of a (3, H, W) colour map, at the encoder's ``resolution``.
+
+    ``encoder.resolution`` (1.0 unless set, e.g. by :func:`fast_encoder`) < 1 runs the encoder on the colour resized to
+    round(r·H) × round(r·W) (bilinear; at r = 0.5 a 2×2 mean) and upsamples its channels bilinearly back, row block
+    by row block into ``out``: r² of the encoder's work. Arguments as :func:`encode_tiled`.
+    """
+    r = float(getattr(encoder, "resolution", 1.0))
+    h, w = colour.shape[-2:]
+    hr, wr = max(1, round(r * h)), max(1, round(r * w))
+    if (hr, wr) == (h, w):
+        return encode_tiled(encoder, colour, out, tile, memory_budget, colour_factor)
+    if out is None:
+        out = torch.empty((encoder.out_dim - IN_CHANNELS, h, w), dtype=torch.float32, device=colour.device)
+    with torch.inference_mode():
+        small = F.interpolate(colour.reshape(1, 3, h, w), size=(hr, wr), mode="bilinear", align_corners=False)
+        small = encode_tiled(encoder, small, None, tile, memory_budget, colour_factor)[None]
+        cols = torch.arange(w)
+        block = max(1, (1 << 22) // (small.shape[1] * w))  # ≈ 16 MB per block
+        for r0 in range(0, h, block):
+            r1 = min(h, r0 + block)
+            out[:, r0:r1] = resize_window(small, torch.arange(r0, r1), cols, (hr, wr), (h, w))[0]
+    return out
+
+
+def fast_encoder(encoder: Encoder, resolution: float = 0.5) -> Encoder:
+    """``encoder`` set to run at ``resolution`` × the input size (see :func:`encode_learned`): the ``fast`` option."""
+    if not 0.0 < resolution <= 1.0:
+        raise ValueError(f"resolution must be in (0, 1], got {resolution}")
+    encoder.resolution = float(resolution)
+    return encoder
 
 
 class EncoderLoadError(RuntimeError):

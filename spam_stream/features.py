@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .color import lab_yx_features
+from .encoder import encode_learned
 
 COLOR_SCALE = 0.26
 SPATIAL_SCALE = 7.5
@@ -30,18 +31,23 @@ def scaled_lab_yx(image: np.ndarray, n_superpixels: int, color_scale: float = CO
 
 
 def pixel_features(image: np.ndarray, n_superpixels: int, encoder=None, color_scale: float = COLOR_SCALE,
-                   spatial_scale: float = SPATIAL_SCALE, device="cpu") -> torch.Tensor:
+                   spatial_scale: float = SPATIAL_SCALE, device="cpu", memory_budget: int | None = None,
+                   tile=None) -> torch.Tensor:
     """Features of every pixel: (D, H, W) float32 tensor; D = 5 without an encoder, ``encoder.out_dim`` with one.
 
     ``encoder`` is an inference-ready :class:`~spam_stream.encoder.Encoder` (see ``fold_batchnorm``) or None. The
     encoder sees colour at the scale it was trained with (``encoder.input_color_scale``, default λc); the user's
     ``color_scale`` and ``spatial_scale`` apply to the 5 hand-made output channels, so both stay test-time knobs.
+    The encoder runs tile by tile (:func:`~spam_stream.encoder.encode_tiled`; ``tile`` or ``memory_budget`` bytes of
+    activations, default ``encoder.DEFAULT_MEMORY_BUDGET``) and writes into the one (D, H, W) result: no
+    frame-sized activations, no concatenation copy.
     """
-    x = scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale).to(device)
+    x = scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale)
     if encoder is None:
-        return x
-    enc_color_scale = getattr(encoder, "input_color_scale", COLOR_SCALE)
-    x_in = x if enc_color_scale == color_scale else torch.cat([x[:3] * (enc_color_scale / color_scale), x[3:]])
-    with torch.inference_mode():
-        learned = encoder(x_in[None].contiguous(memory_format=torch.channels_last))[0, 5:]
-    return torch.cat([x, learned], 0).contiguous()
+        return x.to(device)
+    out = torch.empty((encoder.out_dim,) + tuple(x.shape[1:]), dtype=torch.float32, device=device)
+    out[:5] = x
+    del x
+    factor = getattr(encoder, "input_color_scale", COLOR_SCALE) / color_scale
+    encode_learned(encoder, out[:3], out[5:], tile, memory_budget, factor)
+    return out
