@@ -81,6 +81,8 @@ def main():
         runs[f"ray, {n} worker(s) x {per:g} CPU"] = (
             lambda out, progress, w=workers: run_batch_ray(spec, [str(tmp / "src")], out, args.k, workers=w,
                                                           progress=progress)[0])
+    run_batch(model, [str(p) for p in sorted((tmp / "src").iterdir())[:2]], tmp / "warm-up", args.k)  # this process'
+    # numba / torch warm-up, once (each Ray job starts its actors afresh: their warm-up is part of every Ray run)
     results = {name: [] for name in runs}
     for r in range(args.repeats):  # interleaved, so that load from other jobs falls on every engine alike
         for name, run in runs.items():
