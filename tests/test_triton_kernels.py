@@ -256,9 +256,9 @@ updates = pytest.mark.parametrize("update", ["reduce", "atomic"])
 
 @updates
 @pytest.mark.parametrize("layout", ["grid", "table"])
-@pytest.mark.parametrize("shape", [(67, 93, 20, (1, 1)), (67, 93, 5, (2, 3))], ids=["K1", "K6"])
+@pytest.mark.parametrize("shape", [(47, 69, 20, (1, 1)), (47, 69, 5, (2, 3))], ids=["K1", "K6"])
 def test_triton_fused_pass_sums_with_many_pixels_per_superpixel(shape, layout, update, device):
-    """K=1 and K=6 on 6231 pixels (~1000 pixels per superpixel, whole blocks in one superpixel): labels equal the
+    """K=1 and K=6 on 3243 pixels (≥ 400 pixels per superpixel, whole blocks in one superpixel): labels equal the
     reference's assignment, counts exact, sums within float32 summation error, for both centroid updates."""
     f, c, cands = coherent_case(*shape, layout)
     labels, sums, counts = run(device, tk.fused_hard_pass, f, c, cands, update=update)
@@ -266,7 +266,7 @@ def test_triton_fused_pass_sums_with_many_pixels_per_superpixel(shape, layout, u
     assert torch.equal(labels, ref_labels)
     k = cands.n_superpixels
     ref_sums, ref_counts = reference.centroid_sums_hard(f, ref_labels, k)
-    assert torch.equal(counts, ref_counts) and counts.min() > 500
+    assert torch.equal(counts, ref_counts) and counts.min() >= 400
     assert_sums_close(sums, ref_sums, reference.centroid_sums_hard(f.abs(), ref_labels, k)[0])
 
 
@@ -298,15 +298,15 @@ def test_triton_reduce_falls_back_beyond_its_rounds(device, monkeypatch):
 
 
 def test_triton_reduce_and_atomic_updates_give_the_same_iterations(device, monkeypatch):
-    """Ten hard iterations with either update: the same labels (sums differ only in float32 rounding)."""
-    f, c, cands = coherent_case(61, 79, 5, (4, 5), "grid", seed=2)
+    """Hard iterations with either update: the same labels (sums differ only in float32 rounding)."""
+    f, c, cands = coherent_case(41, 53, 5, (3, 4), "grid", seed=2)
     got = {}
     for update in ("reduce", "atomic"):
         monkeypatch.setattr(tk, "CENTROID_UPDATE", update)
-        got[update] = run(device, tk.hard_iterations, f, c, cands, 10)
+        got[update] = run(device, tk.hard_iterations, f, c, cands, 4)
     assert torch.equal(got["reduce"][0], got["atomic"][0])
     torch.testing.assert_close(got["reduce"][1], got["atomic"][1], rtol=1e-5, atol=1e-5)
-    ref_labels, ref_c = reference.hard_iterations(f, c, cands, 10)
+    ref_labels, ref_c = reference.hard_iterations(f, c, cands, 4)
     assert (got["reduce"][0] == ref_labels).double().mean() >= 0.999
 
 

@@ -8,6 +8,8 @@ channels through :func:`spam_stream.encoder.encode_learned`, tile by tile, as ``
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -16,7 +18,13 @@ from ..color import rgb_to_lab_torch
 
 def upload_image(image, device) -> torch.Tensor:
     """(H, W, 3) uint8 RGB (array or tensor) → the same uint8 tensor on ``device`` (one copy of 3·H·W bytes)."""
-    t = torch.as_tensor(np.ascontiguousarray(image)) if not isinstance(image, torch.Tensor) else image
+    if isinstance(image, torch.Tensor):
+        t = image
+    else:
+        arr = np.ascontiguousarray(image)
+        with warnings.catch_warnings():  # read-only arrays (decoded frames) are only read here, never written
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(arr)
     if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {t.dtype} of shape {tuple(t.shape)}")
     if t.device.type == "cpu" and torch.device(device).type == "cuda":

@@ -97,23 +97,22 @@ def _reduce_add(f_ptr, offs_p, keys, weights, sums_ptr, counts_ptr, n_pixels, D,
     pixel a different key) the remaining entries fall back to per-entry atomics. Exact within float32 summation
     error (the block sums are float32 sums in another order).
     """
-    BIG: tl.constexpr = 2147483647
     cols = tl.arange(0, D_PAD)
     in_range = offs_p < n_pixels
     tile = tl.load(f_ptr + offs_p[:, None] * D + cols[None, :], mask=in_range[:, None] & (cols[None, :] < D),
                    other=0.0)
-    pending = tl.where(keys >= 0, keys, BIG)
+    pending = tl.where(keys >= 0, keys, 2147483647)  # int32 max: done / nothing
     cur = tl.min(pending)
     r = 0
-    while (cur < BIG) & (r < ROUNDS):
+    while (cur < 2147483647) & (r < ROUNDS):
         sel = pending == cur
         w = tl.sum(tl.where(sel, weights, 0.0), axis=1)  # (BLOCK,) weight of key `cur` at each pixel
         tl.atomic_add(counts_ptr + cur, tl.sum(w, axis=0), sem="relaxed")
         tl.atomic_add(sums_ptr + cur * D + cols, tl.sum(w[:, None] * tile, axis=0), mask=cols < D, sem="relaxed")
-        pending = tl.where(sel, BIG, pending)
+        pending = tl.where(sel, 2147483647, pending)
         cur = tl.min(pending)
         r += 1
-    rest = pending < BIG
+    rest = pending < 2147483647
     row = tl.where(rest, pending, 0)
     tl.atomic_add(counts_ptr + row, weights, mask=rest, sem="relaxed")
     for d in range(D):
