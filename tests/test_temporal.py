@@ -1,6 +1,7 @@
 """Temporal coherence: persistent ids, retirement, warm starts, and the id-change metric."""
 import numpy as np
 import pytest
+import torch
 
 from spam_stream import SPAM
 from spam_stream.frame import Frame
@@ -82,3 +83,24 @@ def test_warm_started_frames_of_an_unchanged_image_keep_their_ids():
     for a, b in zip(out, out[1:]):
         assert id_change_fraction(a.labels, b.labels) < 0.05
         assert set(np.unique(a.labels)) == set(np.unique(b.labels))
+
+
+def test_features_recomputed_only_where_the_picture_changed_equal_a_full_computation():
+    from spam_stream.pipelines.temporal import WarmFeatures
+
+    model = SPAM()  # the bundled encoder
+    if model.encoder is None:
+        pytest.skip("no bundled encoder")
+    img = synthetic_image(150, 270, seed=4)
+    warm = WarmFeatures(model, tile=64)
+    first = warm(model.frame(img, 60))
+    assert first.meta["tiles_recomputed"] == 1.0
+    moved = img.copy()
+    moved[100:120, 200:230] = 255 - moved[100:120, 200:230]  # a local change: a few tiles' windows see it
+    second = warm(model.frame(moved, 60, index=1))
+    assert 0 < second.meta["tiles_recomputed"] < 0.5
+    full = model.feature_stage(model.frame(moved, 60)).features
+    assert torch.allclose(second.features, full, atol=1e-4)
+    # a frame equal to its predecessor reuses everything
+    third = warm(model.frame(moved, 60, index=2))
+    assert third.meta["tiles_recomputed"] == 0 and torch.allclose(third.features, full, atol=1e-4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .executor import Stage, cpu_thread_budget
-from .temporal import IdTracker, PriorSchedule, WarmCluster, WarmSeeds
+from .temporal import IdTracker, PriorSchedule, WarmCluster, WarmFeatures, WarmSeeds
 
 
 def spam_stages(model, *, attention=None, attention_ratio: float = 2.5, focus=None, video: bool = False,
@@ -24,17 +24,18 @@ def spam_stages(model, *, attention=None, attention_ratio: float = 2.5, focus=No
         prior = PriorSchedule(model, prior_every, attention, attention_ratio, focus)
         seeds = WarmSeeds(model, coherent)
         cluster = WarmCluster(model, coherent, warm_iterations)
+        features = WarmFeatures(model, coherent)
     else:
         def prior(frame):
             return model.prior_stage(frame, attention, attention_ratio, focus)
-        seeds, cluster = model.seed_stage, model.cluster_stage
+        seeds, cluster, features = model.seed_stage, model.cluster_stage, model.feature_stage
     def connectivity(frame):
         model.connectivity_stage(frame)
         frame.release()  # features and candidates are not needed downstream: keep the frames in flight small
         return frame
 
     stages = [Stage("prior", prior, threads=threads), Stage("seeds", seeds, threads=threads),
-              Stage("features", model.feature_stage, threads=threads), Stage("cluster", cluster, threads=threads),
+              Stage("features", features, threads=threads), Stage("cluster", cluster, threads=threads),
               Stage("connectivity", connectivity, threads=threads)]
     if video and coherent:
         stages.append(Stage("ids", IdTracker(), threads=threads))

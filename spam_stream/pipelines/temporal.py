@@ -4,6 +4,8 @@
   refreshes), frame t+1 reuses frame t's seeds and candidates and starts clustering from frame t's final centroids,
   so it needs fewer iterations (``warm_iterations``) — the superpixels follow the content instead of restarting
   from a grid.
+* **Features where the picture changed.** The encoder runs only on the tiles whose input changed beyond
+  compression noise since their features were computed (:class:`WarmFeatures`); static regions keep theirs.
 * **Persistent ids.** Superpixel k of frame t+1 is the same cluster as superpixel k of frame t, so it keeps its id.
   When the seeds are made anew (a new prior), ids carry over by overlap: a new superpixel takes the id of the old
   one it shares more than half of its pixels with, when that old superpixel also gives it more than half of its
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import torch
 
 from ..frame import Frame
 
@@ -65,6 +68,87 @@ class WarmSeeds:
             frame.meta["reseeded"] = True
         self._prev = (sig, frame.seeds, frame.cands)
         return frame
+
+
+class WarmFeatures:
+    """Feature stage that recomputes the encoder only where the picture changed (CPU, full-resolution encoder).
+
+    The encoder's output at a pixel depends only on the input within :data:`spam_stream.encoder.HALO` pixels, so
+    the frame is cut into ``tile``-pixel tiles, and a tile whose input window (tile + halo) still matches the window
+    its features were computed from — mean absolute difference ≤ ``mean_threshold`` and maximum ≤
+    ``max_threshold`` (uint8 levels, worst channel; compression noise stays below them, motion does not) — keeps
+    its learned channels; the others are recomputed exactly as :func:`spam_stream.encoder.encode_tiled` computes
+    them. The 5 colour/position channels are always the current frame's. When more than ``max_changed`` of the
+    tiles changed, the whole frame is recomputed the normal way. ``coherent=False``, a fast (reduced-resolution)
+    encoder, no encoder, or a CUDA model: the plain feature stage.
+    """
+
+    def __init__(self, model, coherent: bool = True, tile: int = 128, mean_threshold: float = 2.0,
+                 max_threshold: int = 48, max_changed: float = 0.4):
+        from ..encoder import ALIGN
+
+        self.model, self.coherent = model, coherent
+        self.tile = -(-int(tile) // ALIGN) * ALIGN
+        self.mean_threshold, self.max_threshold, self.max_changed = mean_threshold, max_threshold, max_changed
+        self._features = None
+        self._refs: dict[tuple, np.ndarray] = {}  # tile core origin → the input window its features came from
+        self._sig = None
+
+    def _usable(self) -> bool:
+        enc = self.model.encoder
+        return (self.coherent and enc is not None and self.model.device.type == "cpu"
+                and float(getattr(enc, "resolution", 1.0)) == 1.0)
+
+    def _windows(self, h: int, w: int):
+        from ..encoder import HALO
+
+        for c0 in range(0, h, self.tile):
+            for d0 in range(0, w, self.tile):
+                c1, d1 = min(h, c0 + self.tile), min(w, d0 + self.tile)
+                yield (c0, c1, d0, d1), (slice(max(0, c0 - HALO), min(h, c1 + HALO)),
+                                         slice(max(0, d0 - HALO), min(w, d1 + HALO)))
+
+    def __call__(self, frame: Frame) -> Frame:
+        if not self._usable():
+            return self.model.feature_stage(frame)
+        image = frame.image
+        h, w = image.shape[:2]
+        sig = (image.shape, frame.n_superpixels)
+        changed = set()
+        if self._features is not None and sig == self._sig:
+            for core, win in self._windows(h, w):
+                diff = np.abs(image[win].astype(np.int16) - self._refs[core]).max(-1)
+                if diff.mean() > self.mean_threshold or diff.max() > self.max_threshold:
+                    changed.add(core)
+            n_tiles = len(self._refs)
+        if self._features is None or sig != self._sig or len(changed) > self.max_changed * n_tiles:
+            self.model.feature_stage(frame)
+            frame.meta["tiles_recomputed"] = 1.0
+            self._refs = {core: image[win].astype(np.int16) for core, win in self._windows(h, w)}
+        else:
+            self._incremental(frame, changed)
+            frame.meta["tiles_recomputed"] = len(changed) / max(1, n_tiles)
+            for core, win in self._windows(h, w):
+                if core in changed:
+                    self._refs[core] = image[win].astype(np.int16)
+        self._features, self._sig = frame.features, sig
+        return frame
+
+    def _incremental(self, frame: Frame, changed: set) -> None:
+        from ..encoder import encode_tiled
+        from ..features import COLOR_SCALE, scaled_lab_yx
+
+        model, enc = self.model, self.model.encoder
+        with frame.timed("features"):
+            x = scaled_lab_yx(frame.image, frame.n_superpixels, model.color_scale, model.compactness)
+            out = torch.empty_like(self._features)
+            out[:5] = x
+            out[5:] = self._features[5:]
+            if changed:
+                factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
+                encode_tiled(enc, out[:3], out[5:], tile=self.tile, colour_factor=factor,
+                             skip=lambda c0, c1, d0, d1: (c0, c1, d0, d1) not in changed)
+            frame.features = out
 
 
 class WarmCluster:
