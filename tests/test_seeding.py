@@ -48,3 +48,58 @@ def test_object_seeds_lie_inside_their_objects_and_cover_them():
     # seeds of a large object are spread: each covers a reasonable share of it
     sizes = np.bincount(s.init_labels[s.init_labels >= 0], minlength=len(s))
     assert sizes.min() > 0
+
+
+def _split_objects():
+    """Object 0: a big block cut into 3 components by a column and a row of uncertain pixels (like the oracle
+    prior's band); object 1: a block plus two 1-px islands of it, isolated by uncertain pixels."""
+    part = np.full((40, 60), -1, np.int32)
+    part[:, :40] = 0
+    part[:, 20] = -1
+    part[20, :20] = -1
+    part[5:35, 42:58] = 1
+    part[0, 59] = part[39, 41] = 1
+    return part
+
+
+def test_object_components_split_objects_at_uncertain_pixels():
+    from spam_stream.seeding import object_components
+
+    part = _split_objects()
+    comp, comp_obj, comp_size = object_components(part)
+    assert sorted(comp_obj.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert comp_size.sum() == (part >= 0).sum()
+    assert (comp.reshape(part.shape)[part < 0] == -1).all()
+    assert (comp_obj[comp[part.ravel() >= 0]] == part.ravel()[part.ravel() >= 0]).all()
+
+
+@pytest.mark.parametrize("k", [6, 20, 50])
+def test_every_component_gets_a_seed_inside_it_and_the_total_is_k(k):
+    from spam_stream.seeding import object_components
+
+    part = _split_objects()
+    comp, _, comp_size = object_components(part)
+    s = object_seeds(part, k)
+    assert len(s) == k
+    seed_comp = comp[(np.round(s.yx[:, 0]).astype(int) * part.shape[1] + np.round(s.yx[:, 1]).astype(int))]
+    init_comp = np.array([np.unique(comp[s.init_labels == i]) for i in range(k)], dtype=object)
+    # every seed starts with pixels of exactly one component, and every component has a seed
+    assert all(len(c) == 1 for c in init_comp)
+    assert set(np.concatenate(init_comp).tolist()) == set(range(len(comp_size)))
+    assert (s.obj[s.init_labels[part.ravel() >= 0]] == part.ravel()[part.ravel() >= 0]).all()
+    # seeds sit in (or next to, after k-means) their component
+    assert (seed_comp[seed_comp >= 0] == np.concatenate(init_comp)[seed_comp >= 0]).all()
+
+
+def test_more_components_than_k_keeps_the_object_budgets():
+    from spam_stream.seeding import allocate_component_seeds
+
+    comp_obj = np.array([0, 0, 0, 0, 1, 1, 1])
+    comp_size = np.array([1000, 5, 3, 1, 600, 2, 1])
+    counts = allocate_component_seeds(comp_obj, comp_size, 4)
+    budgets = allocate_seeds(np.array([1009, 603]), 4)     # the object-level rule
+    assert counts.sum() == 4
+    assert counts[:4].sum() == budgets[0] and counts[4:].sum() == budgets[1]
+    for o, comps in ((0, [0, 1, 2, 3]), (1, [4, 5, 6])):     # spent on the largest components, one each first
+        seeded = [c for c in comps if counts[c] > 0]
+        assert seeded == comps[:len(seeded)]
