@@ -4,6 +4,7 @@ the CNN (D=5) vs a baseline checkout of the code measured in the same run. Media
 
     git worktree add /tmp/spam-baseline 92630cf      # the code before this work
     python benchmarks/bench_stages.py [--baseline /tmp/spam-baseline] [--repeats 5] [--image PATH] [--profile]
+    python benchmarks/bench_stages.py --repeats 1 --rounds 1 --profile    # where segment() spends its time
 
 The image (default samples/coffee.jpg) is resized to --size (1920x1080) with bicubic resampling. Each ``segment()``
 timing runs in a fresh subprocess (``--segment-only``) with PYTHONPATH set to the checkout it measures; baseline and
@@ -51,16 +52,27 @@ def segment_only(args):
     model = SPAM(encoder=None)
     t = times_ms(lambda: model.segment(image, args.k), args.repeats)
     labels = model.segment(image, args.k)
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        model.segment(image, args.k)
+        prof.disable()
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(12)
     print(json.dumps({"times_ms": t, "module": spam_stream.__file__, "k_out": int(labels.max()) + 1}))
 
 
-def run_child(checkout: str, args) -> dict:
+def run_child(checkout: str, args, profile: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=checkout)
     cmd = [sys.executable, os.path.abspath(__file__), "--segment-only", "--image", args.image, "--size",
            f"{args.size[0]}x{args.size[1]}", "--k", str(args.k), "--repeats", str(args.repeats)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd="/")
+    res = subprocess.run(cmd + (["--profile"] if profile else []), env=env, capture_output=True, text=True, cwd="/")
     if res.returncode != 0:
         raise RuntimeError(f"segment child for {checkout} failed:\n{res.stderr[-3000:]}")
+    if profile:
+        print(f"\ncProfile of one segment() call, {checkout} (tottime):\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -92,7 +104,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--baseline", default="/tmp/spam-baseline", help="checkout of the code to compare against")
-    ap.add_argument("--profile", action="store_true", help="cProfile one segment() call of the current code")
+    ap.add_argument("--profile", action="store_true", help="cProfile one segment() call of each side (tottime)")
     ap.add_argument("--segment-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.image = os.path.abspath(args.image)
@@ -145,19 +157,10 @@ def main():
     else:
         print(f"(no baseline checkout at {args.baseline}: segment() comparison skipped)")
 
-    if args.profile:
-        import cProfile
-        import pstats
-
-        from spam_stream import SPAM
-
-        model = SPAM(encoder=None)
-        model.segment(image, args.k)
-        prof = cProfile.Profile()
-        prof.enable()
-        model.segment(image, args.k)
-        prof.disable()
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    if args.profile:  # after the table: one profiled call per side, each in its own process
+        if os.path.isdir(os.path.join(args.baseline, "spam_stream")):
+            run_child(args.baseline, args, profile=True)
+        run_child(ROOT, args, profile=True)
 
 
 if __name__ == "__main__":
