@@ -108,7 +108,8 @@ def rgb_to_lab(image: np.ndarray) -> np.ndarray:
     Args:
         image: (H, W, 3) uint8 RGB.
     Returns:
-        (H, W, 3) float32 Lab (L in [0, 100]).
+        (H, W, 3) float32 Lab (L in [0, 100]): a view of a channel-first (3, H, W) buffer (``.transpose(2, 0, 1)``
+        gives it back contiguous; ``np.ascontiguousarray`` for a pixel-interleaved copy).
     """
     image = _check_image(image)
     h, w = image.shape[:2]
