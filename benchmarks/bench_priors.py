@@ -15,7 +15,7 @@ otherwise), the old prior path against the new one in the same run, FastSAM-s ar
   (numpy on the CPU, the tensor on CUDA);
 * SPAM: ``SPAM(device, prior=...)`` per frame (K 400 / 2000), the old prior path vs the new provider.
 
-    python benchmarks/bench_priors.py [--repeats 3] [--image PATH] [--threads N] [--part models|stages|all]
+    python benchmarks/bench_priors.py [--repeats 3] [--image PATH] [--threads N] [--part models|stages|aggregation|all]
         [--encoder default|none]
 """
 from __future__ import annotations
@@ -106,6 +106,31 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def synthetic_rows(h: int, w: int, device: str, repeats: int) -> list[tuple]:
+    """Aggregation of synthetic stacks of 0 and 100 masks at H×W: reference (CPU) vs new (numpy on the CPU, the
+    tensor on CUDA), and the floor of a full-resolution stack on the CPU: one read of it (np.count_nonzero)."""
+    from timing import median_ms
+
+    def ms(fn):
+        def run():
+            fn()
+            sync(device)
+        return median_ms(run, repeats)
+
+    rows = []
+    for m in (0, 100):
+        stack = ellipse_masks(h, w, m)
+        dev_stack = torch.from_numpy(stack).to(device) if device == "cuda" else stack
+        old_ms = ms(lambda: aggregate_reference(stack)) if device == "cpu" else None
+        new_ms = ms(lambda: np.asarray(torch.as_tensor(aggregate(dev_stack)).cpu()))
+        equal = np.array_equal(np.asarray(torch.as_tensor(aggregate(dev_stack)).cpu()), aggregate_reference(stack))
+        note = f"equal to reference: {equal}"
+        if device == "cpu" and m:
+            note += f"; one read of the stack: {ms(lambda: [np.count_nonzero(x) for x in stack]):.1f} ms"
+        rows.append((f"{w}x{h}", device, f"aggregation, synthetic stack of {m} masks", old_ms, new_ms, note))
+    return rows
+
+
 def stage_rows(checkpoint: Path, image: np.ndarray, repeats: int, encoder: str) -> list[tuple]:
     """(size, device, stage, old ms, new ms, note) rows of the per-stage table."""
     from spam_stream import SPAM
@@ -145,16 +170,7 @@ def stage_rows(checkpoint: Path, image: np.ndarray, repeats: int, encoder: str) 
             same = np.array_equal(np.asarray(torch.as_tensor(aggregate_resized(small, (h, w))).cpu()),
                                   aggregate_reference(upsampled))
             rows.append((label, device, "  check: new == reference of the resized stack", None, None, str(same)))
-            for m in (0, 100):
-                stack = ellipse_masks(h, w, m)
-                dev_stack = torch.from_numpy(stack).to(device) if device == "cuda" else stack
-                old_ms = ms(lambda: aggregate_reference(stack)) if device == "cpu" else None
-                new_ms = ms(lambda: np.asarray(torch.as_tensor(aggregate(dev_stack)).cpu()))
-                equal = np.array_equal(np.asarray(torch.as_tensor(aggregate(dev_stack)).cpu()),
-                                       aggregate_reference(stack))
-                rows.append((label, device, f"aggregation, synthetic stack of {m} masks", old_ms, new_ms,
-                             f"equal to reference: {equal}"))
-                del dev_stack
+            rows.extend(synthetic_rows(h, w, device, repeats))
             spam_new = SPAM(encoder=None if encoder == "none" else encoder, device=device, prior=new)
             spam_old = SPAM(encoder=None if encoder == "none" else encoder, device=device, prior=OldFastSam(retina))
             rows.append((label, device, f"SPAM(prior=FastSAM-s arch), K={k}, encoder {encoder}",
@@ -188,8 +204,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--image", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--part", choices=("models", "stages", "all"), default="all",
-                    help="models: the prior-model table (SAM is minutes on a CPU); stages: the per-stage table")
+    ap.add_argument("--part", choices=("models", "stages", "aggregation", "all"), default="all",
+                    help="models: the prior-model table (SAM is minutes on a CPU); stages: the per-stage table; "
+                         "aggregation: only its synthetic-stack rows")
     ap.add_argument("--encoder", default="default", help="SPAM encoder of the SPAM rows: default | none | PATH")
     args = ap.parse_args()
     if args.threads:
@@ -200,10 +217,16 @@ def main():
           + (f", CUDA: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = random_fastsam(Path(tmp))
-        if args.part in ("stages", "all"):
+        if args.part in ("stages", "aggregation", "all"):
+            if args.part == "aggregation":
+                rows = [row for h, w in ((321, 481), (1080, 1920)) for device in ("cpu", "cuda")
+                        if device == "cpu" or torch.cuda.is_available()
+                        for row in synthetic_rows(h, w, device, args.repeats)]
+            else:
+                rows = stage_rows(checkpoint, image, args.repeats, args.encoder)
             print("| frame | device | stage | old (ms) | new (ms) | old/new | note |")
             print("|---|---|---|---|---|---|---|")
-            for size, device, stage, old, new, note in stage_rows(checkpoint, image, args.repeats, args.encoder):
+            for size, device, stage, old, new, note in rows:
                 ratio = f"{old / new:.1f}x" if old and new else ""
                 fmt = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
                 print(f"| {size} | {device} | {stage} | {fmt(old)} | {fmt(new)} | {ratio} | {note} |", flush=True)
