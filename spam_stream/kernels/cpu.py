@@ -690,7 +690,8 @@ def _soft_forward(fT, n_cols, n, c, start, members, slot_j, q, with_q, sums, cou
                 if n_u % 2:
                     _sq_dist(dist, (n_u - 1) * LANES, fT, p0, n_cols, c_flat, members[j0 + n_u - 1] * d_count,
                              d_count)
-            w[:n_u * LANES] = 0.0
+            for x in range(n_u * LANES):  # (a loop: a slice assignment here becomes a nested parfor, 3 µs a block)
+                w[x] = 0.0
             for i in range(min(LANES, n - p0)):
                 p = p0 + i
                 if with_q:
@@ -746,8 +747,9 @@ def _soft_backward(fT, n_cols, n, c, start, members, slot_j, q, g_q, g_s, g_z, g
             j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
             for j in range(n_u):  # gS_k · f_p for the 16 lanes
                 _dot_lanes(dots, j * LANES, fT, p0, n_cols, gs_flat, members[j0 + j] * d_count, d_count)
-            a[:n_u * LANES] = 0.0
-            w[:n_u * LANES] = 0.0
+            for x in range(n_u * LANES):
+                a[x] = 0.0
+                w[x] = 0.0
             for i in range(min(LANES, n - p0)):
                 p = p0 + i
                 dot = np.float32(0.0)
