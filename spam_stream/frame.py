@@ -32,6 +32,8 @@ class Frame:
         iterations: clustering iterations for this frame, or None for the model's default.
         cluster_labels: (H, W) int32 raw cluster index of each pixel (before connectivity); centroids (K, D).
         labels: (H, W) int32 final superpixel labels.
+        label_source: (K',) int64 the cluster (index into centroids) each superpixel keeps after connectivity, -1 for
+            a fragment that became a superpixel of its own.
         timings: seconds per stage name.
         error: one-line message when a stage failed (later stages skip the frame), else None.
         meta: anything else a pipeline carries along (source path, presentation time, outputs written…).
@@ -52,6 +54,7 @@ class Frame:
     cluster_labels: np.ndarray | None = None
     centroids: Any = None
     labels: np.ndarray | None = None
+    label_source: np.ndarray | None = None
     timings: dict = field(default_factory=dict)
     error: str | None = None
     meta: dict = field(default_factory=dict)

@@ -220,7 +220,8 @@ class SPAM:
         return frame
 
     def connectivity_stage(self, frame: Frame) -> Frame:
-        """Final labels (H, W) int32 0..K'-1: every superpixel 4-connected and inside one prior object."""
+        """Final labels (H, W) int32 0..K'-1: every superpixel 4-connected and inside one prior object; and
+        ``frame.label_source`` (K',) int64, the cluster each superpixel keeps (-1: a fragment kept on its own)."""
         with frame.timed("connectivity"):
             h, w = frame.cluster_labels.shape
             min_size = max(1, int(self.min_size_factor * h * w / frame.n_superpixels))
@@ -228,11 +229,12 @@ class SPAM:
 
             if kernels.resident_frame(self.device):  # components on the device, labels come back once
                 device_labels = frame.meta.pop("cluster_labels_device", None)  # set by cluster_stage when it keeps them
-                frame.labels = kernels.resident_connectivity(
+                frame.labels, frame.label_source = kernels.resident_connectivity(
                     frame.cluster_labels if device_labels is None else device_labels, frame.partition, min_size,
-                    self.device)
+                    self.device, return_source=True)
             else:
-                frame.labels = enforce_connectivity(frame.cluster_labels, frame.partition, min_size)
+                frame.labels, frame.label_source = enforce_connectivity(frame.cluster_labels, frame.partition,
+                                                                        min_size, return_source=True)
         return frame
 
     def run_stages(self, frame: Frame, attention=None, attention_ratio: float = 2.5, focus=None) -> Frame:

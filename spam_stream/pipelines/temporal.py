@@ -200,18 +200,21 @@ class IdTracker:
         labels, clusters = frame.labels, frame.cluster_labels
         n = int(labels.max()) + 1
         ids = np.full(n, -1, np.int64)
-        # the cluster each superpixel mostly comes from; a cluster feeding several superpixels (a fragment kept on
-        # its own) is claimed by the largest of them only
-        sp, cl, cnt = _pair_counts(labels, clusters + 1, int(clusters.max()) + 2)
-        cl = cl - 1
-        order = np.lexsort((-cnt, sp))
-        first = np.r_[True, sp[order][1:] != sp[order][:-1]]
-        maj_sp, maj_cl, maj_cnt = sp[order][first], cl[order][first], cnt[order][first]
+        # the cluster each superpixel keeps (connectivity's source; a fragment kept on its own has none)
+        source = frame.label_source
+        if source is None:  # labels made elsewhere: the cluster most of each superpixel's pixels come from
+            sp, cl, cnt = _pair_counts(labels, clusters + 1, int(clusters.max()) + 2)
+            order = np.lexsort((-cnt, sp))
+            first = np.r_[True, sp[order][1:] != sp[order][:-1]]
+            maj_sp, maj_cl, maj_cnt = sp[order][first], cl[order][first] - 1, cnt[order][first]
+            keep = np.lexsort((-maj_cnt, maj_cl))  # a cluster feeding several superpixels: the largest keeps it
+            keep = keep[np.r_[True, maj_cl[keep][1:] != maj_cl[keep][:-1]]]
+            source = np.full(n, -1, np.int64)
+            source[maj_sp[keep]] = maj_cl[keep]
         claims: dict[int, int] = {}
-        for j in np.argsort(-maj_cnt, kind="stable"):
-            c = int(maj_cl[j])
+        for j, c in enumerate(np.asarray(source)[:n].tolist()):
             if c >= 0 and c not in claims:
-                claims[c] = int(maj_sp[j])
+                claims[c] = j
         same_shape = self._prev_ids is not None and self._prev_ids.shape == labels.shape
         if same_shape and not frame.meta.get("reseeded", True):
             for c, j in claims.items():
