@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels.resize import bilinear_gather
+
 IN_CHANNELS = 5  # [L, a, b, y, x]
 COLOR_CHANNELS = 3
 
@@ -107,25 +109,21 @@ def resize_window(src: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ful
     r0, r1, c0, c1 = r0 - offset[0], r1 - offset[0], c0 - offset[1], c1 - offset[1]
     if min(r0.min(), c0.min()) < 0 or r1.max() >= src.shape[2] or c1.max() >= src.shape[3]:
         raise ValueError("resize_window: the window does not hold the source rows/columns these outputs read")
-    dev = src.device
-    src = src.permute(0, 2, 3, 1)  # (B, h, w, C): contiguous for a channels-last map, so a row gather copies blocks
-    t = src.index_select(1, r0.to(dev)) * a0.to(dev).view(1, -1, 1, 1)
-    t.addcmul_(src.index_select(1, r1.to(dev)), a1.to(dev).view(1, -1, 1, 1))
     if out is None:
-        out = torch.empty((src.shape[0], src.shape[3], len(rows), len(cols)), dtype=src.dtype, device=dev,
+        out = torch.empty((src.shape[0], src.shape[1], len(rows), len(cols)), dtype=src.dtype, device=src.device,
                           memory_format=torch.channels_last)
-    dst = out.permute(0, 2, 3, 1)
-    torch.mul(t.index_select(2, c0.to(dev)), b0.to(dev).view(1, 1, -1, 1), out=dst)
-    dst.addcmul_(t.index_select(2, c1.to(dev)), b1.to(dev).view(1, 1, -1, 1))
+    src_nhwc, out_nhwc = src.permute(0, 2, 3, 1), out.permute(0, 2, 3, 1)  # contiguous channels for channels-last
+    for b in range(src.shape[0]):
+        bilinear_gather(src_nhwc[b], r0, r1, a0, a1, c0, c1, b0, b1, out_nhwc[b])
     return out
 
 
 def tile_bytes_per_pixel(encoder: Encoder) -> tuple[int, int]:
-    """Bytes of activations per pixel of a tile, (per input pixel incl. halo, per core pixel): scale 1 keeps the conv
-    input and output (2·width float32 channels); the output stage holds s1, the concatenation (3 + 3·width), the two
-    upsampled maps (2·width) and the result."""
+    """Bytes of activations per pixel of a tile, (per input pixel incl. the halo, per core pixel): scale 1 holds its
+    input and two conv outputs (3 + 2·width float32 channels; later s1 and the coarser scales, ≈ 1.6·width); the
+    output stage holds its input buffer (3 + 3·width channels) and result (out_dim − 5) on the core."""
     w = encoder.width
-    return 4 * (2 * w + COLOR_CHANNELS), 4 * (6 * w + COLOR_CHANNELS + encoder.out_dim)
+    return 4 * (2 * w + COLOR_CHANNELS), 4 * (3 * w + COLOR_CHANNELS + encoder.out_dim - IN_CHANNELS)
 
 
 def tile_for_budget(height: int, width: int, encoder: Encoder, memory_budget: int | None = None) -> tuple[int, int]:
@@ -158,7 +156,7 @@ def tile_for_budget(height: int, width: int, encoder: Encoder, memory_budget: in
 
 
 def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | None = None, tile=None,
-                 memory_budget: int | None = None, colour_factor: float = 1.0) -> torch.Tensor:
+                 memory_budget: int | None = None, colour_factor: float = 1.0, skip=None) -> torch.Tensor:
     """The encoder's learned channels computed tile by tile, equal to the whole-frame forward (float32 rounding).
 
     Args:
@@ -168,6 +166,9 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
         out: optional (out_dim − 5, H, W) float32 tensor written in place (e.g. a slice of a feature tensor).
         tile: core tile (rows, cols) or an int; rounded up to a multiple of ALIGN. Default: :func:`tile_for_budget`.
         memory_budget: bytes of activations at once, used when ``tile`` is None.
+        skip: optional ``skip(c0, c1, d0, d1) -> bool`` for the core rows c0:c1, columns d0:d1 of each tile: True
+            leaves that core of ``out`` as it is (a video reusing the previous frame's features where nothing
+            changed).
     Returns:
         (out_dim − 5, H, W) float32: ``out`` when given. Each tile runs on its core plus HALO rows/columns (clipped at
         the image border, where the layers pad exactly as in the whole-frame forward), and only the core is kept.
@@ -191,6 +192,8 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
             rows = torch.arange(ra, rb)
             for d0 in range(0, w, tw):
                 d1 = min(w, d0 + tw)
+                if skip is not None and skip(c0, c1, d0, d1):
+                    continue
                 e, f = max(0, d0 - HALO), min(w, d1 + HALO)
                 ca, cb = max(0, d0 - 1), min(w, d1 + 1)
                 cols = torch.arange(ca, cb)
@@ -238,7 +241,7 @@ def encode_learned(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | N
         block = max(1, (1 << 22) // (small.shape[1] * w))  # ≈ 16 MB per block
         for r0 in range(0, h, block):
             r1 = min(h, r0 + block)
-            out[:, r0:r1] = resize_window(small, torch.arange(r0, r1), cols, (hr, wr), (h, w))[0]
+            resize_window(small, torch.arange(r0, r1), cols, (hr, wr), (h, w), out=out[None, :, r0:r1])
     return out
 
 

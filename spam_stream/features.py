@@ -40,12 +40,13 @@ def pixel_features(image: np.ndarray, n_superpixels: int, encoder=None, color_sc
     ``color_scale`` and ``spatial_scale`` apply to the 5 hand-made output channels, so both stay test-time knobs.
     The encoder runs tile by tile (:func:`~spam_stream.encoder.encode_tiled`; ``tile`` or ``memory_budget`` bytes of
     activations, default ``encoder.DEFAULT_MEMORY_BUDGET``) and writes into the one (D, H, W) result: no
-    frame-sized activations, no concatenation copy.
+    frame-sized activations, no concatenation copy. With an encoder the result is a (D, H, W) view of an (H, W, D)
+    buffer, so that ``as_pixel_rows`` (the kernels' (N, D) layout) needs no copy.
     """
     x = scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale)
     if encoder is None:
         return x.to(device)
-    out = torch.empty((encoder.out_dim,) + tuple(x.shape[1:]), dtype=torch.float32, device=device)
+    out = torch.empty(tuple(x.shape[1:]) + (encoder.out_dim,), dtype=torch.float32, device=device).permute(2, 0, 1)
     out[:5] = x
     del x
     factor = getattr(encoder, "input_color_scale", COLOR_SCALE) / color_scale
