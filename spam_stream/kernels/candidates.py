@@ -65,6 +65,10 @@ class Candidates:
         return self.pixel_object.device
 
     def to(self, device) -> "Candidates":
+        """These candidates on ``device``: ``self`` when they are there already (so plans cached on the object by a
+        kernel survive, e.g. across the frames of a video that share their candidates)."""
+        if torch.device(device) == self.pixel_object.device:
+            return self
         return Candidates(
             self.height, self.width, self.pixel_object.to(device), self.superpixel_object.to(device),
             self.grid, None if self.table is None else self.table.to(device),

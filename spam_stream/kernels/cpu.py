@@ -66,8 +66,13 @@ from .candidates import N_SLOTS, Candidates
 INF = np.float32(np.inf)
 
 
+MAX_CHUNKS = 32
+
+
 def _n_chunks(n_rows: int) -> int:
-    return max(1, min(n_rows, 4 * numba.get_num_threads()))
+    """Work split of the parallel loops. Fixed (not the thread count), so that partial sums — and so the results —
+    are the same whatever the numba thread budget (the pipeline gives each stage fewer threads than a plain call)."""
+    return max(1, min(n_rows, MAX_CHUNKS))
 
 
 @njit(inline="always")
@@ -335,6 +340,18 @@ def _prepare(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chun
     return fT, start, members, prio
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _transpose(f, n_cols, n_chunks):
+    """fT (D, n_cols) float32: the features (N, D) transposed, zero-padded to n_cols (the first half of _prepare)."""
+    n, d_count = f.shape
+    fT = np.zeros((d_count, n_cols), np.float32)
+    for t in prange(n_chunks):
+        for p in range(t * n // n_chunks, (t + 1) * n // n_chunks):
+            for d in range(d_count):
+                fT[d, p] = f[p, d]
+    return fT
+
+
 @njit(inline="always")
 def _member_index(k, members, j0, n_u):
     """Index j of superpixel k among the block's members members[j0 : j0 + n_u], -1 if absent."""
@@ -508,7 +525,13 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
     c = np.array(centroids.detach().numpy(), np.float32, order="C")  # a fresh copy, updated in place
     chunks = _n_chunks(cands.height)
-    fT, start, members, prio = _prepare(f, po, so, w, h, nh, nw, table, use_table, chunks)
+    plan = cands.__dict__.get("_cpu_hard_plan")
+    if plan is not None and plan[0] == (f.shape[0], chunks):  # same candidates (a video's next frame): reuse
+        start, members, prio = plan[1:]
+        fT = _transpose(f, (f.shape[0] + LANES - 1) // LANES * LANES, chunks)
+    else:
+        fT, start, members, prio = _prepare(f, po, so, w, h, nh, nw, table, use_table, chunks)
+        cands.__dict__["_cpu_hard_plan"] = ((f.shape[0], chunks), start, members, prio)
     labels = np.full(fT.shape[1], -1, np.int32)  # no warm start in the first pass
     _hard_loop(fT.ravel(), fT.shape[1], c, start, members, prio, labels, n_iter, chunks)
     return torch.from_numpy(labels[:f.shape[0]]), torch.from_numpy(c)
