@@ -93,15 +93,21 @@ def adaptive_density(partition: np.ndarray, image: np.ndarray, density=None, att
 
 
 def resolve_encoder(encoder) -> tuple[Encoder | None, dict]:
-    """``"default"`` → the bundled weights if the package ships them, else None (D=5); a path → loaded;
-    an Encoder → used as is; None → no CNN (D=5)."""
+    """``"default"`` → the bundled weights if the package ships them, else None (D=5); ``"fast"`` → the bundled
+    weights run at half resolution (:func:`~spam_stream.encoder.fast_encoder`); a path → loaded; an Encoder → used
+    as is; None → no CNN (D=5)."""
     if encoder is None or encoder == "none":
         return None, {}
     if isinstance(encoder, Encoder):
         return encoder, {}
-    if encoder == "default":
+    if encoder in ("default", "fast"):
         if not DEFAULT_WEIGHTS.is_file():
             return None, {}
+        if encoder == "fast":
+            from .encoder import fast_encoder
+
+            enc, meta = load_encoder(DEFAULT_WEIGHTS)
+            return fast_encoder(enc), meta
         encoder = DEFAULT_WEIGHTS
     return load_encoder(encoder)
 
