@@ -7,6 +7,8 @@ images when present), with both connected-components implementations (numba for 
 and ``SPAM.segment`` through the device path (``SPAM_DEVICE_FRAME=1`` on a CPU) keeps every invariant and matches
 the CPU path.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,23 @@ def test_segment_through_the_device_path_on_bsds(bsds_samples, device, monkeypat
     assert_connected(got)
     assert_superpixels_respect_prior(got, prior)
     assert abs(asa(got, s.gts[0]) - asa(ref, s.gts[0])) <= 0.001
+
+
+def test_segment_through_the_whole_gpu_code_path(device, monkeypatch):
+    """Device-resident stages with the Triton clustering kernels (the GPU's code path; the interpreter on a CPU):
+    the invariants hold and the superpixels match the CPU path's (float32 atomics may flip a near-tie)."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    image = synthetic_image(32, 44, seed=6)
+    prior = voronoi_partition(32, 44, 3, seed=6)
+    for part in (None, prior):
+        monkeypatch.delenv("SPAM_KERNELS", raising=False)
+        monkeypatch.setenv("SPAM_DEVICE_FRAME", "0")
+        ref = SPAM(encoder=None).segment(image, 16, part)
+        monkeypatch.setenv("SPAM_KERNELS", "triton")
+        monkeypatch.setenv("SPAM_DEVICE_FRAME", "1")
+        got = SPAM(encoder=None, device=device).segment(image, 16, part)
+        assert_connected(got)
+        if part is not None:
+            assert_superpixels_respect_prior(got, prior)
+        assert asa(got, ref) >= 0.99 and abs(int(got.max()) - int(ref.max())) <= 2
