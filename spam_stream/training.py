@@ -98,6 +98,22 @@ def reconstruct(q: torch.Tensor, table: torch.Tensor, values: torch.Tensor, n_su
     return (w[:, :, None] * sp[idx]).sum(1)
 
 
+def reconstruct_true_label(q: torch.Tensor, table: torch.Tensor, labels: torch.Tensor, n_labels: int,
+                           n_superpixels: int) -> torch.Tensor:
+    """``reconstruct(q, table, one_hot(labels), K)[p, labels[p]]`` without the (N, 9, n_labels) intermediate: (N,).
+
+    The superpixel label histograms are one index_add into (K·n_labels) bins; each pixel then gathers the share of
+    its own label from its ≤9 superpixels. labels: (N,) int64 in [0, n_labels).
+    """
+    idx = table.clamp(min=0).long()
+    w = q * (table >= 0)
+    hist = torch.zeros(n_superpixels * n_labels, dtype=q.dtype).index_add(
+        0, (idx * n_labels + labels[:, None]).reshape(-1), w.reshape(-1))
+    mass = torch.zeros(n_superpixels, dtype=q.dtype).index_add(0, idx.reshape(-1), w.reshape(-1))
+    share = hist.reshape(n_superpixels, n_labels) / mass.clamp(min=1e-8)[:, None]
+    return (w * share[idx, labels[:, None]]).sum(1)
+
+
 def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: TrainConfig):
     """Mean (total, cross-entropy, compactness) over the batch."""
     c = cfg.crop
@@ -110,9 +126,9 @@ def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: Tr
     for b in range(feats.shape[0]):
         f = as_pixel_rows(out[b])
         q, _ = cluster_soft(f, cands, init, cfg.soft_iterations)
-        onehot = F.one_hot(gts[b].reshape(-1), int(gts[b].max()) + 1).float()
-        recon = reconstruct(q, table, onehot, len(seeds))
-        ce_sum = ce_sum - (onehot * torch.log(recon.clamp(min=1e-8))).sum(1).mean()
+        labels = gts[b].reshape(-1)
+        recon = reconstruct_true_label(q, table, labels, int(labels.max()) + 1, len(seeds))
+        ce_sum = ce_sum - torch.log(recon.clamp(min=1e-8)).mean()
         pos = f[:, 3:5].detach()
         compact_sum = compact_sum + F.mse_loss(reconstruct(q, table, f[:, 3:5], len(seeds)), pos, reduction="sum") / f.shape[0]
     ce, compact = ce_sum / feats.shape[0], compact_sum / feats.shape[0]
