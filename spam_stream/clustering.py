@@ -23,11 +23,13 @@ def initial_centroids(features: torch.Tensor, init_labels: torch.Tensor, n_super
     A seed with no starting pixel gets the mean of all features.
     """
     keep = init_labels >= 0
-    idx = init_labels[keep].long()
+    if bool(keep.all()):  # no uncertain pixel (every grid seeding): no masked copies of the features
+        idx, kept = init_labels.long(), features
+    else:
+        idx, kept = init_labels[keep].long(), features[keep]
     sums = torch.zeros(n_superpixels, features.shape[1], dtype=features.dtype, device=features.device)
-    sums = sums.index_add(0, idx, features[keep])
-    counts = torch.zeros(n_superpixels, dtype=features.dtype, device=features.device)
-    counts = counts.index_add(0, idx, torch.ones_like(idx, dtype=features.dtype))
+    sums = sums.index_add(0, idx, kept)
+    counts = torch.bincount(idx, minlength=n_superpixels).to(features.dtype)
     fallback = features.mean(0, keepdim=True).expand_as(sums)
     return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], fallback)
 
