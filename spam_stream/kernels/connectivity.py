@@ -108,10 +108,13 @@ def _fragment_borders(comp: torch.Tensor, shape, small: torch.Tensor, n: int):
     the 4-adjacent pixel pairs (one in each) they share."""
     h, w = shape
     c2 = comp.view(h, w)
-    a = torch.cat([c2[:, :-1].reshape(-1), c2[:-1, :].reshape(-1)])
-    b = torch.cat([c2[:, 1:].reshape(-1), c2[1:, :].reshape(-1)])
-    cross = a != b
-    a, b = a[cross], b[cross]
+    s2 = small[comp].view(h, w)
+    ends_a, ends_b = [], []
+    for a, b, sa, sb in ((c2[:, :-1], c2[:, 1:], s2[:, :-1], s2[:, 1:]), (c2[:-1, :], c2[1:, :], s2[:-1, :], s2[1:, :])):
+        pair = (sa | sb) & (a != b)  # a border pixel pair with a small fragment on one side (few of them)
+        ends_a.append(a[pair])
+        ends_b.append(b[pair])
+    a, b = torch.cat(ends_a), torch.cat(ends_b)
     src, dst = torch.cat([a, b]), torch.cat([b, a])
     mine = small[src]
     return torch.unique(src[mine] * n + dst[mine], sorted=True, return_counts=True)
