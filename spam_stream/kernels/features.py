@@ -32,18 +32,21 @@ def upload_image(image, device) -> torch.Tensor:
     return t.to(device)
 
 
-def lab_yx_torch(image: torch.Tensor, color_scale: float, pos_scale: float) -> torch.Tensor:
+def lab_yx_torch(image: torch.Tensor, color_scale: float, pos_scale: float, out: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """Torch twin of :func:`spam_stream.color.lab_yx_features`.
 
     Args:
         image: (H, W, 3) uint8 RGB tensor on any device.
         color_scale: factor on Lab (λc).
         pos_scale: factor on pixel coordinates (row y, column x).
+        out: optional (5, H, W) float32 tensor (any strides, e.g. a view of an (H, W, D) buffer) to write into.
     Returns:
         (5, H, W) float32 on ``image``'s device: ``[L, a, b]·color_scale``, ``[y, x]·pos_scale``.
     """
     h, w = image.shape[:2]
-    out = torch.empty((5, h, w), dtype=torch.float32, device=image.device)
+    if out is None:
+        out = torch.empty((5, h, w), dtype=torch.float32, device=image.device)
     out[:3] = rgb_to_lab_torch(image.permute(2, 0, 1), channels_first=True)
     out[:3] *= float(color_scale)
     ps = torch.tensor(pos_scale, dtype=torch.float32)  # float32 product as on the CPU: float32(i) * float32(s)
@@ -65,12 +68,12 @@ def pixel_features_torch(image, n_superpixels: int, encoder=None, color_scale: f
     spatial_scale = SPATIAL_SCALE if spatial_scale is None else spatial_scale
     img = upload_image(image, device)
     h, w = img.shape[:2]
-    x = lab_yx_torch(img, color_scale, position_scale(h, w, n_superpixels, spatial_scale))
+    # a (D, H, W) view of an (H, W, D) buffer, as pixel_features: the kernels' (N, D) rows need no copy
+    d = 5 if encoder is None else encoder.out_dim
+    out = torch.empty((h, w, d), dtype=torch.float32, device=img.device).permute(2, 0, 1)
+    lab_yx_torch(img, color_scale, position_scale(h, w, n_superpixels, spatial_scale), out=out[:5])
     if encoder is None:
-        return x
-    out = torch.empty((encoder.out_dim, h, w), dtype=torch.float32, device=img.device)
-    out[:5] = x
-    del x
+        return out
     factor = getattr(encoder, "input_color_scale", COLOR_SCALE) / color_scale
     encode_learned(encoder, out[:3], out[5:], tile, memory_budget, factor)
     return out
