@@ -20,7 +20,7 @@ reuse.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import njit, prange
@@ -36,15 +36,29 @@ class Seeds:
         init_labels: (H*W,) int32 the seed each pixel starts in (-1 for uncertain pixels), used for the initial
             centroids.
         grid: (nh, nw) when the seeds form a regular grid, else None.
+        component: (K,) int32 the object component each seed was placed in (object seeds), else None.
+        component_map: (H, W) int32 component of each pixel (-1 uncertain), pixels of a component without a seed
+            mapped to the largest seeded component of their object (object seeds), else None.
     """
 
     yx: np.ndarray
     obj: np.ndarray
     init_labels: np.ndarray
     grid: tuple[int, int] | None = None
+    component: np.ndarray | None = None
+    component_map: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.obj)
+
+    def candidate_groups(self, partition: np.ndarray) -> tuple[np.ndarray, "Seeds"]:
+        """(partition, seeds) for the candidate search: the component map and these seeds labelled by component
+        when seeding made components, so that a pixel only joins seeds of its own piece of an object (a seed of
+        another piece can only give it a fragment that connectivity cannot merge without crossing the prior);
+        else ``(partition, self)``. Use: ``object_candidates(*seeds.candidate_groups(partition), max_distance)``."""
+        if self.component_map is None or self.component is None:
+            return partition, self
+        return self.component_map, replace(self, obj=self.component.astype(np.int32))
 
 
 def grid_shape(height: int, width: int, n_superpixels: int) -> tuple[int, int]:
@@ -361,4 +375,14 @@ def object_seeds(partition: np.ndarray, n_superpixels: int, density: np.ndarray 
                            point_comp[has_seed], step)
     init = np.full(flat.size, -1, np.int32)
     init[pix[has_seed]] = assign
-    return Seeds(yx, comp_obj[seed_comp].astype(np.int32), init)
+    # candidate groups: a component without a seed searches the largest seeded component of its object
+    target = np.arange(n_comp)
+    by_size = np.lexsort((np.arange(n_comp), -comp_size, comp_obj))
+    seeded_sorted = by_size[counts[by_size] > 0]
+    largest = np.full(n_obj, -1, np.int64)
+    largest[comp_obj[seeded_sorted[::-1]]] = seeded_sorted[::-1]  # the first (largest) seeded one per object wins
+    unseeded = counts == 0
+    target[unseeded] = largest[comp_obj[unseeded]]
+    comp_map = np.where(comp >= 0, target[np.maximum(comp, 0)], -1).astype(np.int32).reshape(partition.shape)
+    return Seeds(yx, comp_obj[seed_comp].astype(np.int32), init, component=seed_comp.astype(np.int32),
+                 component_map=comp_map)

@@ -103,3 +103,23 @@ def test_more_components_than_k_keeps_the_object_budgets():
     for o, comps in ((0, [0, 1, 2, 3]), (1, [4, 5, 6])):     # spent on the largest components, one each first
         seeded = [c for c in comps if counts[c] > 0]
         assert seeded == comps[:len(seeded)]
+
+
+def test_candidate_groups_keep_every_pixel_to_seeds_of_its_own_component():
+    from spam_stream.candidates import object_candidates
+    from spam_stream.seeding import object_components
+
+    part = _split_objects()
+    comp, comp_obj, _ = object_components(part)
+    s = object_seeds(part, 12)
+    groups, by_comp = s.candidate_groups(part)
+    assert (by_comp.obj == s.component).all() and (comp_obj[by_comp.obj] == s.obj).all()
+    assert (groups.ravel() == comp).all()                       # every component is seeded at K=12
+    table = object_candidates(groups, by_comp).table.numpy()
+    inside = part.ravel() >= 0
+    rows, slots = np.nonzero(table >= 0)
+    keep = inside[rows]
+    assert (s.component[table[rows[keep], slots[keep]]] == comp[rows[keep]]).all()
+    # without components (grid seeds) nothing changes
+    g = grid_seeds(10, 10, 4)
+    assert g.candidate_groups(part)[1] is g
