@@ -179,12 +179,12 @@ class SPAM:
         already has them (a video reusing its previous frame's seeds)."""
         if frame.seeds is not None and frame.cands is not None:
             return frame
+        from . import kernels  # device dispatch lives there
+
         with frame.timed("seeds"):
             h, w = frame.image.shape[:2]
             k = frame.n_superpixels
             if frame.partition is None:
-                from . import kernels  # device dispatch lives there
-
                 frame.seeds = grid_seeds(h, w, k)
                 if kernels.resident_frame(self.device):  # the candidate layout's tensors made on the device
                     frame.cands = kernels.resident_grid_candidates(h, w, frame.seeds.grid, self.device)
@@ -193,6 +193,8 @@ class SPAM:
             else:
                 frame.seeds = object_seeds(frame.partition, k, density=frame.density, seed=self.seed)
                 frame.cands = object_candidates(frame.partition, frame.seeds, self.max_candidate_distance)
+                if kernels.resident_frame(self.device):  # the table goes up once, here (a video's frames share it)
+                    frame.cands = frame.cands.to(self.device)
         return frame
 
     def feature_stage(self, frame: Frame) -> Frame:
