@@ -17,6 +17,17 @@ class InputError(Exception):
     """A user input that cannot be used; the message is one line that names the input."""
 
 
+def _pil_open(path):
+    """Pillow's own ``Image.open``. ultralytics (the FastSAM prior) replaces ``PIL.Image.open`` by a wrapper that, on
+    an unidentifiable file, tries to install a HEIF plugin from the network; an unreadable input must stay a one-line
+    error here."""
+    import sys
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None) if patches is not None else None
+    return (original or Image.open)(path)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB (grayscale, palette, RGBA and 16-bit images are converted)."""
     path = Path(path)
@@ -25,7 +36,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image")
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64)
@@ -56,7 +67,7 @@ def read_partition(path: str | Path) -> np.ndarray:
             raise InputError(f"{path}: a partition must be a 2-D integer array, got {arr.dtype} {arr.shape}")
         return np.where(arr < 0, -1, arr).astype(np.int32)
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"{path}: unreadable label image ({exc})") from None

@@ -82,3 +82,13 @@ def test_help_explains_every_command(capsys):
     out = capsys.readouterr().out
     for flag in ("--superpixels", "--prior-mask", "--compactness", "--iterations", "-o"):
         assert flag in out
+
+
+def test_unreadable_image_stays_a_one_line_error_after_ultralytics_is_imported(tmp_path, capsys):
+    """ultralytics patches PIL.Image.open to fetch a HEIF plugin on unidentifiable files; inputs must not trigger it."""
+    import ultralytics  # noqa: F401  (applies the patch)
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff garbage")
+    assert main(["image", str(corrupt), "-o", str(tmp_path / "o"), "--encoder", "none"]) == 1
+    assert "corrupt.jpg: not an image file" in capsys.readouterr().err
