@@ -221,10 +221,12 @@ class SPAM:
             with torch.inference_mode():
                 labels, centroids = cluster_hard(
                     as_pixel_rows(frame.features), frame.cands.to(self.device),
-                    torch.from_numpy(frame.seeds.init_labels).to(self.device), iterations,
+                    torch.as_tensor(frame.seeds.init_labels, device=self.device), iterations,
                     centroids=frame.init_centroids)
             frame.cluster_labels = labels.cpu().numpy().reshape(h, w)
             frame.centroids = centroids
+            if self.device.type == "cuda":  # connectivity_stage uses them in place (no upload back)
+                frame.meta["cluster_labels_device"] = labels.view(h, w)
         return frame
 
     def connectivity_stage(self, frame: Frame) -> Frame:
