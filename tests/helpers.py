@@ -56,6 +56,6 @@ def two_soft_iterations_with_grads(backend, f, c, cands, monkeypatch):
     f1, c1 = f.clone().requires_grad_(), c.clone().requires_grad_()
     _, c_new = kernels.soft_iteration(f1, c1, cands)
     q2, c_new2 = kernels.soft_iteration(f1, c_new, cands)
-    wq = torch.linspace(-1, 1, q2.numel()).reshape(q2.shape)
+    wq = torch.linspace(-1, 1, q2.numel(), device=q2.device).reshape(q2.shape)
     ((q2 * wq).sum() + (c_new2 ** 2).sum()).backward()
     return q2.detach(), c_new2.detach(), f1.grad, c1.grad
