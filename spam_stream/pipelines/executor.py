@@ -148,7 +148,7 @@ class Pipeline:
                 self._put(outq, _END)
                 return
             if item.error is None or stage.run_on_error:
-                t = time.perf_counter()
+                t, before = time.perf_counter(), item.timings.get(stage.name)
                 try:
                     if stream is not None:
                         item = self._run_on_stream(stage, item, stream)
@@ -162,7 +162,7 @@ class Pipeline:
                         return
                     item.error = f"{_name(item)}: {describe(exc)}"
                     item.meta["traceback"] = traceback.format_exc()
-                item.timings[stage.name] = item.timings.get(stage.name, 0.0) + time.perf_counter() - t
+                _record(item, stage.name, before, time.perf_counter() - t)
             if not self._put(outq, item):
                 return
 
@@ -215,6 +215,13 @@ class Pipeline:
         self._stop.set()
 
 
+def _record(item, name: str, before, elapsed: float) -> None:
+    """The stage's wall time into ``item.timings[name]``, unless the stage timed itself (SPAM's stage methods do,
+    with ``Frame.timed``): then its own, finer figure stays (a skipped warm-start step may record 0)."""
+    if item.timings.get(name) == before:
+        item.timings[name] = (before or 0.0) + elapsed
+
+
 def _name(item) -> str:
     key = getattr(item, "key", None)
     return str(key) if key is not None else f"item {getattr(item, 'index', '?')}"
@@ -242,14 +249,14 @@ def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable |
         for stage in stages:
             if item.error is not None and not stage.run_on_error:
                 continue
-            t, cpu = time.perf_counter(), time.process_time()
+            t, cpu, before = time.perf_counter(), time.process_time(), item.timings.get(stage.name)
             try:
                 item = stage.fn(item)
             except Exception as exc:
                 if stage.fatal:
                     raise PipelineError(f"{stage.name} failed on {_name(item)}: {describe(exc)}") from exc
                 item.error = f"{_name(item)}: {describe(exc)}"
-            item.timings[stage.name] = item.timings.get(stage.name, 0.0) + time.perf_counter() - t
+            _record(item, stage.name, before, time.perf_counter() - t)
             # one stage at a time: the process's CPU time is this stage's (all its threads), for the CPU bound
             item.meta.setdefault("cpu", {})[stage.name] = time.process_time() - cpu
         yield item
