@@ -52,3 +52,23 @@ def configure_threads(model, pipelined: bool) -> int | None:
     n = cpu_thread_budget(busy)
     torch.set_num_threads(n)
     return n
+
+
+IN_FLIGHT_BUDGET = 2 * 2**30  # bytes the frames waiting in a pipeline's queues may hold together
+
+
+def frame_bytes(model, height: int, width: int, prior: bool = True) -> int:
+    """Upper bound of what one frame in flight holds between stages (bytes): the image (3 B/px), features
+    (4·D B/px, between the features and cluster stages), a candidate table with a prior (36 B/px), partition,
+    cluster labels and labels (4 B/px each). The encoder's activations are not in flight: they live inside the
+    features stage, bounded by its tile budget (see spam_stream.encoder.tile_for_budget)."""
+    per_pixel = 3 + 4 * model.n_features + (36 + 4 if prior else 0) + 8
+    return height * width * per_pixel
+
+
+def queue_size_for(model, height: int, width: int, n_stages: int, budget: int = IN_FLIGHT_BUDGET,
+                   largest: int = 4) -> int:
+    """Capacity of each queue so that the frames in flight (about ``n_stages`` queues of ``q + 1`` frames) fit
+    ``budget`` bytes: 1 for 4K frames, up to ``largest`` for small ones."""
+    per_frame = frame_bytes(model, height, width, prior=model.prior is not None)
+    return int(max(1, min(largest, budget // max(1, n_stages * per_frame) - 1)))

@@ -16,7 +16,7 @@ from ..frame import Frame
 from ..io import InputError, atomic_path, overlay, write_labels
 from ..videoio import VideoReader, VideoWriter
 from .executor import Pipeline, Stage, run_sequential
-from .stages import configure_threads, spam_stages
+from .stages import configure_threads, queue_size_for, spam_stages
 
 STAGE_NAMES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "write")
 
@@ -48,13 +48,15 @@ def decoded_frames(reader: VideoReader, n_superpixels: int, key_prefix: str | No
 
 def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1, coherent: bool = True,
                  warm_iterations: int = 3, attention=None, attention_ratio: float = 2.5, focus=None,
-                 start: int = 0, max_frames: int | None = None, pipelined: bool = True, queue_size: int = 2,
+                 start: int = 0, max_frames: int | None = None, pipelined: bool = True, queue_size: int | None = None,
                  extra_stages: list[Stage] | tuple = (), reader: VideoReader | None = None, fixed_prior=None):
     """Segment every frame of the video at ``path``: yields finished frames in order.
 
     A frame that fails carries ``frame.error`` (one line) and no labels; a decoding failure (damaged or cut file)
     ends the stream with one last error frame after the frames decoded before it. ``extra_stages`` run after the
     SPAM stages (e.g. a writer). ``pipelined=False`` runs the same stages one frame at a time (the baseline).
+    ``queue_size``: capacity of each queue between stages; default from the frame size
+    (:func:`~spam_stream.pipelines.stages.queue_size_for`: the frames in flight stay within about 2 GB).
     ``fixed_prior``: one (H, W) partition for every frame (else the model's provider, if any).
     """
     reader = reader or VideoReader(path, start=start, max_frames=max_frames)
@@ -75,6 +77,8 @@ def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1,
                              threads=threads)
         stages += list(extra_stages)
         source = decoded_frames(reader, n_superpixels, prior=fixed_prior)
+        if queue_size is None:  # sized from the frame's memory (4K frames: one waiting per queue)
+            queue_size = queue_size_for(model, reader.height, reader.width, len(stages) + 1)
         if pipelined:
             yield from Pipeline(stages, queue_size=queue_size, device=model.device).run(source, make_error)
         else:
