@@ -83,7 +83,7 @@ def fold_batchnorm(encoder: Encoder) -> Encoder:
 # row of a tile is a pooled row of the whole frame.
 ALIGN = 4
 HALO = 24
-DEFAULT_MEMORY_BUDGET = 384 * 2**20  # bytes of encoder activations at once (tiles); see tile_for_budget
+DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of encoder activations at once (tiles); see tile_for_budget
 
 
 def _source_rows(dst: torch.Tensor, in_size: int, out_size: int):
@@ -128,31 +128,29 @@ def tile_bytes_per_pixel(encoder: Encoder) -> tuple[int, int]:
 
 def tile_for_budget(height: int, width: int, encoder: Encoder, memory_budget: int | None = None) -> tuple[int, int]:
     """Core tile (rows, cols) whose activations fit ``memory_budget`` bytes (default DEFAULT_MEMORY_BUDGET): the
-    whole frame when it fits, else near-square tiles of a multiple of ALIGN, balanced over the frame."""
+    whole frame when it fits, else tiles of a multiple of ALIGN, near-square, balanced over the frame (rows first,
+    then the widest columns the budget leaves)."""
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     per_in, per_core = tile_bytes_per_pixel(encoder)
-    if height * width * (per_in + per_core) <= budget:
-        return height, width
-    # largest side t with (t + 2·HALO)²·per_in + t²·per_core ≤ budget
-    t = ALIGN
-    while (t + ALIGN + 2 * HALO) ** 2 * per_in + (t + ALIGN) ** 2 * per_core <= budget:
-        t += ALIGN
-    t_rows, t_cols = min(t, height), min(t, width)
-    if t_rows == height and t_cols < width:  # a short frame: wider strips use the same budget
-        t_cols = t
-        while (height + 2 * HALO) * (t_cols + ALIGN + 2 * HALO) * per_in + height * (t_cols + ALIGN) * per_core <= budget:
-            t_cols += ALIGN
-    if t_cols == width and t_rows < height:
-        while (t_rows + ALIGN + 2 * HALO) * (width + 2 * HALO) * per_in + (t_rows + ALIGN) * width * per_core <= budget:
-            t_rows += ALIGN
 
-    def balance(n, t):
+    def cost(th, tw):
+        return min(height, th + 2 * HALO) * min(width, tw + 2 * HALO) * per_in + th * tw * per_core
+
+    def balance(n, t):  # the same number of tiles as t gives, of equal size (a multiple of ALIGN)
         if t >= n:
             return n
-        count = -(-n // t)
-        return -(-(-(-n // count)) // ALIGN) * ALIGN
+        return -(-(-(-n // -(-n // t))) // ALIGN) * ALIGN
 
-    return balance(height, t_rows), balance(width, t_cols)
+    if cost(height, width) <= budget:
+        return height, width
+    t = ALIGN
+    while cost(t + ALIGN, t + ALIGN) <= budget:
+        t += ALIGN
+    th = balance(height, t)
+    tw = ALIGN
+    while tw < width and cost(th, tw + ALIGN) <= budget:
+        tw += ALIGN
+    return th, balance(width, tw)
 
 
 def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | None = None, tile=None,
