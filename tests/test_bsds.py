@@ -41,3 +41,63 @@ def test_no_prior_on_bsds_is_connected_and_near_k(samples, k):
         labels = spam_stream.segment(s.image, k, encoder=None)
         assert_connected(labels)
         assert abs(labels.max() + 1 - k) / k <= 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# K control with the ground-truth-derived prior over the whole test split (issue 11): 200 images x K = 200, 400,
+# 800 with encoder=None (D=5): ≈ 600 segmentations, ≈ 30-60 s on 2 idle cores.
+# ---------------------------------------------------------------------------------------------------------------
+SWEEP_K = (200, 400, 800)
+
+
+@pytest.fixture(scope="module")
+def oracle_sweep():
+    """[(image, K, K', prior respected, 4-connected)] for every test image and K in SWEEP_K."""
+    root = default_bsds_root()
+    if root is None or not (root / "data" / "images" / "test").is_dir():
+        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
+    ds = BSDS500(root, "test")
+    out = []
+    for i in range(len(ds)):
+        s = ds[i]
+        prior = oracle_partition(s.gts[0], band=1)
+        for k in SWEEP_K:
+            labels = spam_stream.segment(s.image, k, prior=prior, encoder=None)
+            checks = []
+            for check, args in ((assert_superpixels_respect_prior, (labels, prior)), (assert_connected, (labels,))):
+                try:
+                    check(*args)
+                    checks.append(True)
+                except AssertionError:
+                    checks.append(False)
+            out.append((s.name, k, int(labels.max()) + 1, *checks))
+    return out
+
+
+def _misses(sweep, ks=SWEEP_K, tol=0.05):
+    return [(name, k, kp, round(abs(kp - k) / k, 3)) for name, k, kp, _, _ in sweep
+            if k in ks and abs(kp - k) / k > tol]
+
+
+def test_oracle_prior_on_the_test_split_every_superpixel_is_inside_one_object_and_connected(oracle_sweep):
+    assert len(oracle_sweep) == 200 * len(SWEEP_K)
+    assert [r[:3] for r in oracle_sweep if not r[3]] == [], "superpixels crossing a prior object"
+    assert [r[:3] for r in oracle_sweep if not r[4]] == [], "superpixels that are not 4-connected"
+
+
+def test_oracle_prior_on_the_test_split_k_is_held_at_k800_and_nearly_everywhere(oracle_sweep):
+    """What component seeding achieves (measured 2026-11-26, 14 misses of 600, max ΔK 0.265): ΔK ≤ 0.05 on every
+    image at K=800, on all but a few at K=400 and K=200, and never beyond 0.3."""
+    assert _misses(oracle_sweep, ks=(800,)) == []
+    assert len(_misses(oracle_sweep, ks=(400,))) <= 3, _misses(oracle_sweep, ks=(400,))
+    assert len(_misses(oracle_sweep)) <= 20, _misses(oracle_sweep)
+    assert _misses(oracle_sweep, tol=0.3) == []
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 target not met: (1) segment() still searches candidates per object, "
+                   "not per object piece (Seeds.candidate_groups, to be wired in model.py): 12 images at K=200 and 2 at "
+                   "K=400 keep 5-11% extra superpixels; (2) 388018 and 393035 have more object pieces than K=200 "
+                   "(240, 232), each a superpixel unless connectivity merges pieces through uncertain pixels. "
+                   "Measured in BENCHMARKS.md (issue 11); remove the marker once it passes.")
+def test_oracle_prior_on_the_test_split_delta_k_at_most_005_everywhere(oracle_sweep):
+    assert _misses(oracle_sweep) == []
