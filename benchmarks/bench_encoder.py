@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spam_stream.encoder import Encoder, encode_learned, fold_batchnorm
+from spam_stream.encoder import Encoder, encode_learned, fast_encoder, fold_batchnorm
 from timing import median_ms
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "samples", "coffee.jpg")
@@ -51,6 +51,10 @@ def part_fast(args):
     w, h = map(int, args.size.split("x"))
     image = np.asarray(Image.open(SAMPLE).convert("RGB").resize((w, h)))
     default, fast = SPAM().encoder, SPAM(encoder="fast").encoder
+    others = []
+    for r in map(float, args.resolutions.split(",")):
+        if r != fast.resolution:
+            others.append((f"resolution {r:g}, tiled", fast_encoder(SPAM().encoder, r)))
     x = scaled_lab_yx(image, 1000)
     colour = x[:3].clone()
 
@@ -60,7 +64,8 @@ def part_fast(args):
 
     runs = [("whole-frame forward (before tiling)", whole),
             ("tiled forward, default budget", lambda: encode_learned(default, colour)),
-            ("fast: half resolution, tiled", lambda: encode_learned(fast, colour))]
+            (f"--encoder fast: resolution {fast.resolution:g}, tiled", lambda: encode_learned(fast, colour))]
+    runs += [(name, lambda enc=enc: encode_learned(enc, colour)) for name, enc in others]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {w}x{h}, bundled encoder (D=20, width "
           f"{default.width}); median of {args.repeats}")
     print("| encoder forward | wall (ms) | CPU (ms) | CPU vs whole-frame |")
@@ -79,7 +84,6 @@ def part_fast(args):
 
 def part_asa(args):
     from spam_stream.datasets import BSDS500
-    from spam_stream.encoder import fast_encoder
     from spam_stream.metrics import evaluate
     from spam_stream.model import SPAM
 
@@ -113,7 +117,7 @@ def main():
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--k", type=int, default=400)
-    ap.add_argument("--resolutions", default="0.5", help="fast-encoder resolutions compared in --part asa")
+    ap.add_argument("--resolutions", default="0.5", help="fast-encoder resolutions compared in --part fast/asa")
     args = ap.parse_args()
     if args.part == "fast":
         return part_fast(args)

@@ -83,6 +83,7 @@ def fold_batchnorm(encoder: Encoder) -> Encoder:
 # row of a tile is a pooled row of the whole frame.
 ALIGN = 4
 HALO = 24
+STRIP = 128  # core rows of the output conv's input buffer at once
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of encoder activations at once (tiles); see tile_for_budget
 
 
@@ -119,11 +120,20 @@ def resize_window(src: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ful
 
 
 def tile_bytes_per_pixel(encoder: Encoder) -> tuple[int, int]:
-    """Bytes of activations per pixel of a tile, (per input pixel incl. the halo, per core pixel): scale 1 holds its
-    input and two conv outputs (3 + 2·width float32 channels; later s1 and the coarser scales, ≈ 1.6·width); the
-    output stage holds its input buffer (3 + 3·width channels) and result (out_dim − 5) on the core."""
+    """Bytes of activations per pixel of a tile, (per input pixel incl. the halo, per pixel of an output strip of
+    STRIP core rows): scale 1 holds its input and two conv outputs (3 + 2·width float32 channels; later s1 and the
+    coarser scales, ≈ 1.4·width); the output conv's input buffer (3 + 3·width channels) and result (out_dim − 5)
+    exist for one strip at a time."""
     w = encoder.width
     return 4 * (2 * w + COLOR_CHANNELS), 4 * (3 * w + COLOR_CHANNELS + encoder.out_dim - IN_CHANNELS)
+
+
+def tile_bytes(height: int, width: int, tile: tuple[int, int], per_pixel: tuple[int, int]) -> int:
+    """Activations of one (rows, cols) core tile of an H×W frame: its input with HALO (clipped at the frame) and one
+    output strip (STRIP + 2 rows, cols + 2)."""
+    th, tw = min(tile[0], height), min(tile[1], width)
+    return (min(height, th + 2 * HALO) * min(width, tw + 2 * HALO) * per_pixel[0]
+            + min(th + 2, STRIP + 2) * min(width, tw + 2) * per_pixel[1])
 
 
 def tile_for_budget(height: int, width: int, encoder: Encoder, memory_budget: int | None = None) -> tuple[int, int]:
@@ -134,7 +144,7 @@ def tile_for_budget(height: int, width: int, encoder: Encoder, memory_budget: in
     per_in, per_core = tile_bytes_per_pixel(encoder)
 
     def cost(th, tw):
-        return min(height, th + 2 * HALO) * min(width, tw + 2 * HALO) * per_in + th * tw * per_core
+        return tile_bytes(height, width, (th, tw), (per_in, per_core))
 
     def balance(n, t):  # the same number of tiles as t gives, of equal size (a multiple of ALIGN)
         if t >= n:
@@ -186,14 +196,12 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
         for c0 in range(0, h, th):
             c1 = min(h, c0 + th)
             a, b = max(0, c0 - HALO), min(h, c1 + HALO)  # tile input rows (a is a multiple of ALIGN)
-            ra, rb = max(0, c0 - 1), min(h, c1 + 1)  # rows the output conv reads
-            rows = torch.arange(ra, rb)
             for d0 in range(0, w, tw):
                 d1 = min(w, d0 + tw)
                 if skip is not None and skip(c0, c1, d0, d1):
                     continue
                 e, f = max(0, d0 - HALO), min(w, d1 + HALO)
-                ca, cb = max(0, d0 - 1), min(w, d1 + 1)
+                ca, cb = max(0, d0 - 1), min(w, d1 + 1)  # columns the output conv reads
                 cols = torch.arange(ca, cb)
                 x = colour[:, :, a:b, e:f].contiguous(memory_format=torch.channels_last)
                 if colour_factor != 1.0:
@@ -201,20 +209,55 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
                 s1 = encoder.scale1(x)
                 s2 = encoder.scale2(s1)
                 s3 = encoder.scale3(s2)
-                # the output conv's input [colour, s1, up(s2), up(s3)] on its rows/cols, one channels-last buffer
                 nc = s1.shape[1]
-                cat = torch.empty((1, COLOR_CHANNELS + 3 * nc, rb - ra, cb - ca), dtype=x.dtype, device=x.device,
-                                  memory_format=torch.channels_last)
-                cat[:, :COLOR_CHANNELS] = x[:, :, ra - a:rb - a, ca - e:cb - e]
-                cat[:, COLOR_CHANNELS:COLOR_CHANNELS + nc] = s1[:, :, ra - a:rb - a, ca - e:cb - e]
-                del s1
-                resize_window(s2, rows, cols, (h2, w2), (h, w), (a // 2, e // 2), cat[:, COLOR_CHANNELS + nc:-nc])
-                resize_window(s3, rows, cols, (h4, w4), (h, w), (a // 4, e // 4), cat[:, -nc:])
-                del s2, s3
-                y = encoder.output(cat)
-                del cat
-                out[:, c0:c1, d0:d1] = y[0, :, c0 - ra:c1 - ra, d0 - ca:d1 - ca]
+                # the output conv, strip by strip of the core's rows: its input [colour, s1, up(s2), up(s3)] exists
+                # for one strip at a time, in one channels-last buffer
+                for g0 in range(c0, c1, STRIP):
+                    g1 = min(c1, g0 + STRIP)
+                    ra, rb = max(0, g0 - 1), min(h, g1 + 1)  # rows the output conv reads
+                    rows = torch.arange(ra, rb)
+                    cat = torch.empty((1, COLOR_CHANNELS + 3 * nc, rb - ra, cb - ca), dtype=x.dtype,
+                                      device=x.device, memory_format=torch.channels_last)
+                    cat[:, :COLOR_CHANNELS] = x[:, :, ra - a:rb - a, ca - e:cb - e]
+                    cat[:, COLOR_CHANNELS:COLOR_CHANNELS + nc] = s1[:, :, ra - a:rb - a, ca - e:cb - e]
+                    resize_window(s2, rows, cols, (h2, w2), (h, w), (a // 2, e // 2),
+                                  cat[:, COLOR_CHANNELS + nc:-nc])
+                    resize_window(s3, rows, cols, (h4, w4), (h, w), (a // 4, e // 4), cat[:, -nc:])
+                    y = encoder.output(cat)
+                    del cat
+                    out[:, g0:g1, d0:d1] = y[0, :, g0 - ra:g1 - ra, d0 - ca:d1 - ca]
+                del x, s1, s2, s3
     return out
+
+
+# Memory model of one frame (bytes above the process's resident baseline), fitted to benchmarks/bench_memory.py's
+# per-stage peaks on this project's CPU path (BENCHMARKS.md): seeds and candidates ≈ 8 B/pixel; the feature stage holds
+# the (D, H, W) float32 features, the 5 hand-made channels before they are copied in (20 B/pixel) and one tile's
+# activations; the cluster stage holds the features, the CPU kernel's transposed copy of them (4·D B/pixel) and its
+# tables and labels (≈ 50 B/pixel); allocator slack ≈ 20 B/pixel.
+SEED_BYTES_PER_PIXEL = 8
+CLUSTER_BYTES_PER_PIXEL = 50
+SLACK_BYTES_PER_PIXEL = 20
+
+
+def estimate_frame_bytes(height: int, width: int, n_superpixels: int = 0, n_features: int = 20,
+                         tile: tuple[int, int] | None = None, encoder_width: int = 32) -> int:
+    """Peak memory of one ``segment()`` of an H×W frame, in bytes above the process's baseline (libraries, weights).
+
+    peak ≈ N·(8 + 20) + max(N·(4·D + 20) + T, N·(8·D + 50)) + 64·K·D, with N = H·W pixels, D = ``n_features``, K =
+    ``n_superpixels`` and T the activations of one encoder tile (:func:`tile_bytes_per_pixel` of a ``tile`` = (rows,
+    cols) core plus its HALO; ``tile=None``: no encoder, T = 0). Use :func:`tile_for_budget` for the tile a memory
+    budget gives. Fitted on 720p, 1080p and 4K frames (D = 20): within ≈ 10 % of the measured peaks.
+    """
+    n, d = int(height) * int(width), int(n_features)
+    t = 0
+    if tile is not None:
+        per_pixel = (4 * (2 * encoder_width + COLOR_CHANNELS), 4 * (3 * encoder_width + COLOR_CHANNELS + d - IN_CHANNELS))
+        t = tile_bytes(height, width, tile, per_pixel)
+    feature_stage = n * (4 * d + 20) + t
+    cluster_stage = n * (8 * d + CLUSTER_BYTES_PER_PIXEL)
+    return int(n * (SEED_BYTES_PER_PIXEL + SLACK_BYTES_PER_PIXEL) + max(feature_stage, cluster_stage)
+               + 64 * int(n_superpixels) * d)
 
 
 def encode_learned(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | None = None, tile=None,

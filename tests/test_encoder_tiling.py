@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spam_stream.encoder import (ALIGN, HALO, Encoder, encode_tiled, fold_batchnorm, resize_window,
-                                 tile_bytes_per_pixel, tile_for_budget)
+from spam_stream.encoder import (ALIGN, HALO, STRIP, Encoder, encode_tiled, fold_batchnorm, resize_window,
+                                 tile_bytes, tile_bytes_per_pixel, tile_for_budget)
 from spam_stream.features import pixel_features
 from spam_stream.kernels.resize import bilinear_gather_cpu, bilinear_gather_torch
 
@@ -35,11 +35,12 @@ def whole_frame(enc, colour):
 # (size, tiles): tiles smaller than HALO in one or both directions, tiles not dividing the size, one tile
 CASES = [((37, 53), [(8, 56), (12, 20), (40, 4)]),
          ((101, 67), [(16, 36), (48, 12)]),
-         ((250, 333), [(64, 100), (124, 336)])]
+         ((250, 333), [(64, 100), (124, 336), (248, 200)])]  # 248 core rows: output strips of STRIP rows
 
 
 @pytest.mark.parametrize("size,tiles", CASES)
 def test_tiled_equals_whole_frame_on_odd_sizes(size, tiles):
+    assert STRIP < 248
     enc = random_encoder()
     colour = torch.randn((3,) + size, generator=torch.Generator().manual_seed(size[0]))
     ref = whole_frame(enc, colour)
@@ -112,9 +113,8 @@ def test_tile_for_budget():
         th, tw = tile_for_budget(h, w, enc, budget)
         assert th % ALIGN == 0 or th == h
         assert tw % ALIGN == 0 or tw == w
-        used = min(h, th + 2 * HALO) * min(w, tw + 2 * HALO) * per_in + th * tw * per_core
-        assert used <= budget
-        assert th * tw * 4 >= (budget / (per_in + per_core)) / 4  # not needlessly small
+        assert tile_bytes(h, w, (th, tw), (per_in, per_core)) <= budget
+        assert tile_bytes(h, w, (2 * th, 2 * tw), (per_in, per_core)) > budget  # not needlessly small
     # the default budget bounds a 4K frame's tiles
     th, tw = tile_for_budget(2160, 3840, enc)
     assert th < 2160 and tw < 3840
