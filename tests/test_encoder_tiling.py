@@ -140,3 +140,28 @@ def test_pixel_features_tiled_equals_untiled():
     rows = one.reshape(12, -1).t()
     assert rows.is_contiguous()
     np.testing.assert_array_equal(rows[:, 0].numpy(), base[0].ravel().numpy())
+
+
+@pytest.mark.skipif(not __import__("spam_stream.model", fromlist=["x"]).DEFAULT_WEIGHTS.is_file(),
+                    reason="no bundled encoder weights in this checkout")
+def test_segment_labels_unchanged_by_tiling_on_bsds(monkeypatch):
+    """The bundled encoder on BSDS500 test images, one tile vs 16 MB tiles: equal labels, or ASA within 0.0005."""
+    import spam_stream.encoder as E
+    from spam_stream import SPAM
+    from spam_stream.datasets import BSDS500, default_bsds_root
+    from spam_stream.metrics import asa
+
+    root = default_bsds_root()
+    if root is None or not (root / "data" / "images" / "test").is_dir():
+        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
+    ds = BSDS500(root, "test")
+    model = SPAM()
+    assert tile_for_budget(321, 481, model.encoder, 16 * 2**20)[0] < 321  # several tiles
+    for i in (0, 57, 123):
+        s = ds[i]
+        monkeypatch.setattr(E, "DEFAULT_MEMORY_BUDGET", 2**40)
+        whole = model.segment(s.image, 400)
+        monkeypatch.setattr(E, "DEFAULT_MEMORY_BUDGET", 16 * 2**20)
+        tiled = model.segment(s.image, 400)
+        if not np.array_equal(whole, tiled):
+            assert abs(asa(whole, s.gts[0]) - asa(tiled, s.gts[0])) <= 5e-4
