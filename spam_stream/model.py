@@ -127,11 +127,13 @@ class SPAM:
         seed: random seed for seeding (results are deterministic for a given seed).
         prior: a ready prior :class:`~spam_stream.priors.Provider` (e.g. ``make_provider("fastsam", checkpoint=…)``)
             used for every image that :meth:`segment` gets without its own prior: the prior model loads once.
+        memory_budget: bytes of encoder activations at once (the encoder runs tile by tile within it; default
+            :data:`spam_stream.encoder.DEFAULT_MEMORY_BUDGET`, 256 MiB); the results do not depend on it.
     """
 
     def __init__(self, encoder="default", compactness: float = SPATIAL_SCALE, color_scale: float = COLOR_SCALE,
                  iterations: int = 10, min_size_factor: float = 0.5, max_candidate_distance: float = 3.0,
-                 device="cpu", seed: int = 0, prior: Provider | None = None):
+                 device="cpu", seed: int = 0, prior: Provider | None = None, memory_budget: int | None = None):
         enc, meta = resolve_encoder(encoder)
         self.device = torch.device(device)
         self.encoder = None
@@ -141,6 +143,7 @@ class SPAM:
         self.compactness, self.color_scale, self.iterations = compactness, color_scale, iterations
         self.min_size_factor, self.max_candidate_distance, self.seed = min_size_factor, max_candidate_distance, seed
         self.prior = prior
+        self.memory_budget = memory_budget
 
     @property
     def n_features(self) -> int:
@@ -192,7 +195,9 @@ class SPAM:
                     frame.cands = grid_candidates(h, w, frame.seeds)
             else:
                 frame.seeds = object_seeds(frame.partition, k, density=frame.density, seed=self.seed)
-                frame.cands = object_candidates(frame.partition, frame.seeds, self.max_candidate_distance)
+                # candidates inside each pixel's own piece of its object (the uncertain band may cut an object)
+                frame.cands = object_candidates(*frame.seeds.candidate_groups(frame.partition),
+                                                self.max_candidate_distance)
                 if kernels.resident_frame(self.device):  # the table goes up once, here (a video's frames share it)
                     frame.cands = frame.cands.to(self.device)
         return frame
@@ -207,7 +212,7 @@ class SPAM:
                                                            self.color_scale, self.compactness, self.device)
             else:
                 frame.features = pixel_features(frame.image, frame.n_superpixels, self.encoder, self.color_scale,
-                                                self.compactness, self.device)
+                                                self.compactness, self.device, memory_budget=self.memory_budget)
         return frame
 
     def cluster_stage(self, frame: Frame) -> Frame:

@@ -25,8 +25,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="λs, the regularity knob: higher = more regular, lower = closer to colour edges (default 7.5)")
     p.add_argument("--color-scale", type=float, default=0.26, metavar="LAMBDA_C", help="λc, colour weight (default 0.26)")
     p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="clustering iterations (default 10)")
-    p.add_argument("--encoder", default="default", metavar="PATH|default|none",
-                   help="encoder weights: 'default' = the bundled encoder, 'none' = no CNN (D=5), or a weights file")
+    p.add_argument("--encoder", default="default", metavar="PATH|default|fast|none",
+                   help="encoder weights: 'default' = the bundled encoder, 'fast' = the bundled encoder at half "
+                        "resolution (about 3x faster on a CPU, ASA -0.003), 'none' = no CNN (D=5), or a weights file")
+    p.add_argument("--max-memory", type=positive_int, default=None, metavar="MB",
+                   help="memory for the encoder's activations in MB (default 256): it runs tile by tile within it, "
+                        "with the same results; see the README's memory model")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
 
 
@@ -139,8 +143,9 @@ def build_model(args):
     from ..model import SPAM
 
     prior = build_prior(args) if hasattr(args, "prior") else None
+    budget = None if getattr(args, "max_memory", None) is None else args.max_memory * 2**20
     return SPAM(encoder=args.encoder, compactness=args.compactness, color_scale=args.color_scale,
-                iterations=args.iterations, device=args.device, prior=prior)
+                iterations=args.iterations, device=args.device, prior=prior, memory_budget=budget)
 
 
 def color_argument(text: str):
