@@ -28,19 +28,8 @@ import numba
 import numpy as np
 import torch
 
+from ..connectivity import _find  # the same union-find as the CPU function's
 from .labeling import label_components
-
-
-@numba.njit(inline="always")
-def _find(parent, a):
-    root = a
-    while parent[root] != root:
-        root = parent[root]
-    while parent[a] != root:  # path compression
-        nxt = parent[a]
-        parent[a] = root
-        a = nxt
-    return root
 
 
 @numba.njit(cache=True)
