@@ -56,5 +56,21 @@ def main(argv=None) -> int:
         return 130
 
 
+def console_main() -> None:
+    """The ``spam-stream`` executable: :func:`main`, then exit with its code.
+
+    After Ctrl-C the pipeline has already stopped and only complete files remain; the process then leaves at once
+    (``os._exit``), because an interpreter shutdown can still meet torch / numba / ffmpeg worker threads of the
+    interrupted run and crash in native code on the way out."""
+    import os
+
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -121,8 +121,9 @@ class Pipeline:
 
     def _feed(self, source: Iterable, out: queue.Queue, make_error: Callable | None) -> None:
         index = 0
+        it = iter(source)
         try:
-            for item in source:
+            for item in it:
                 if not self._put(out, item):
                     return
                 index += 1
@@ -133,6 +134,14 @@ class Pipeline:
                 self._fatal.append(exc)
                 self._stop.set()
         finally:
+            # a generator source (a video decoder) is closed here, in its own thread, so that its files and codec
+            # threads are released now rather than by the garbage collector during interpreter shutdown
+            close = getattr(it, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
             self._put(out, _END)
 
     def _work(self, stage: Stage, inq: queue.Queue, outq: queue.Queue) -> None:
