@@ -97,9 +97,11 @@ def _one_video(model, attention, path: Path, args):
         for frame in frames:
             bar.update(0 if frame.meta.get("fatal") else 1)
             if frame.error is not None:
-                errors.append(frame.error)
+                # a frame's own error names its index ("4: ..."); the input's name goes in front
+                message = frame.error if frame.meta.get("fatal") else f"{path}: frame {frame.error}"
+                errors.append(message)
                 if not frame.meta.get("fatal"):
-                    tqdm.write(f"error: {frame.error}", file=sys.stderr)
+                    tqdm.write(f"error: {message}", file=sys.stderr)
     except PipelineError as exc:
         outputs.abort()
         return f"{path}: {exc}"
