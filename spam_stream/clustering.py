@@ -13,8 +13,10 @@ from .kernels.candidates import Candidates
 
 
 def as_pixel_rows(features: torch.Tensor) -> torch.Tensor:
-    """(D, H, W) → (N, D) contiguous, the layout the kernels take."""
-    return features.reshape(features.shape[0], -1).t().contiguous()
+    """(D, H, W) → (N, D), a view (no copy): contiguous rows for features stored pixel-major, an (N, D) view with
+    strides (1, n_cols) for the CPU kernels' channel-major buffers (``kernels.empty_features``); each backend
+    copies only a layout it cannot read."""
+    return features.reshape(features.shape[0], -1).t()
 
 
 def initial_centroids(features: torch.Tensor, init_labels: torch.Tensor, n_superpixels: int) -> torch.Tensor:

@@ -118,19 +118,24 @@ def rgb_to_lab(image: np.ndarray) -> np.ndarray:
     return out.transpose(1, 2, 0)
 
 
-def lab_yx_features(image: np.ndarray, color_scale: float, pos_scale: float) -> np.ndarray:
+def lab_yx_features(image: np.ndarray, color_scale: float, pos_scale: float, out: np.ndarray | None = None
+                    ) -> np.ndarray:
     """The scaled hand-made feature channels in one pass: ``[L, a, b]·color_scale`` and ``[y, x]·pos_scale``.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         color_scale: factor on Lab (λc).
         pos_scale: factor on pixel coordinates (row y, column x).
+        out: optional (5, H, W) float32 array (any strides, e.g. the first planes of a feature buffer) to write into.
     Returns:
-        (5, H, W) float32, C-contiguous.
+        (5, H, W) float32 (``out`` when given, else a new C-contiguous array).
     """
     image = _check_image(image)
     h, w = image.shape[:2]
-    out = np.empty((5, h, w), np.float32)
+    if out is None:
+        out = np.empty((5, h, w), np.float32)
+    elif out.shape != (5, h, w) or out.dtype != np.float32:
+        raise ValueError(f"out must be (5, {h}, {w}) float32, got {out.dtype} {out.shape}")
     _lab_kernel(image, _TABLE, _MATRIX, out, float(color_scale), float(pos_scale), True)
     return out
 

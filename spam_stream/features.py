@@ -23,11 +23,16 @@ def position_scale(height: int, width: int, n_superpixels: int, spatial_scale: f
 
 
 def scaled_lab_yx(image: np.ndarray, n_superpixels: int, color_scale: float = COLOR_SCALE,
-                  spatial_scale: float = SPATIAL_SCALE) -> torch.Tensor:
-    """The 5 hand-made channels ``[L, a, b, y, x]`` scaled: (5, H, W) float32 tensor, from an (H, W, 3) uint8 RGB image."""
+                  spatial_scale: float = SPATIAL_SCALE, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The 5 hand-made channels ``[L, a, b, y, x]`` scaled: (5, H, W) float32 tensor, from an (H, W, 3) uint8 RGB image.
+
+    ``out``: an optional (5, H, W) float32 CPU tensor (any strides) written in place and returned."""
     h, w = image.shape[:2]
     s = position_scale(h, w, n_superpixels, spatial_scale)
-    return torch.from_numpy(lab_yx_features(image, color_scale, s))  # one float32 pass (spam_stream.color)
+    if out is None:
+        return torch.from_numpy(lab_yx_features(image, color_scale, s))  # one float32 pass (spam_stream.color)
+    lab_yx_features(image, color_scale, s, out=out.numpy())
+    return out
 
 
 def pixel_features(image: np.ndarray, n_superpixels: int, encoder=None, color_scale: float = COLOR_SCALE,
@@ -40,15 +45,20 @@ def pixel_features(image: np.ndarray, n_superpixels: int, encoder=None, color_sc
     ``color_scale`` and ``spatial_scale`` apply to the 5 hand-made output channels, so both stay test-time knobs.
     The encoder runs tile by tile (:func:`~spam_stream.encoder.encode_tiled`; ``tile`` or ``memory_budget`` bytes of
     activations, default ``encoder.DEFAULT_MEMORY_BUDGET``) and writes into the one (D, H, W) result: no
-    frame-sized activations, no concatenation copy. With an encoder the result is a (D, H, W) view of an (H, W, D)
-    buffer, so that ``as_pixel_rows`` (the kernels' (N, D) layout) needs no copy.
+    frame-sized activations, no concatenation copy. The result is allocated by ``kernels.empty_features`` in the
+    layout the device's kernels read in place (channel planes on the CPU, pixel rows on a GPU), so that neither
+    ``as_pixel_rows`` nor the clustering copies it.
     """
-    x = scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale)
+    from . import kernels  # the layout is the device's kernels' choice (dispatch lives there)
+
+    h, w = image.shape[:2]
+    out = kernels.empty_features(h, w, 5 if encoder is None else encoder.out_dim, device)
+    if out.device.type == "cpu":  # Lab + yx written straight into the buffer's first planes
+        scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale, out=out[:5])
+    else:
+        out[:5] = scaled_lab_yx(image, n_superpixels, color_scale, spatial_scale)
     if encoder is None:
-        return x.to(device)
-    out = torch.empty(tuple(x.shape[1:]) + (encoder.out_dim,), dtype=torch.float32, device=device).permute(2, 0, 1)
-    out[:5] = x
-    del x
+        return out
     factor = getattr(encoder, "input_color_scale", COLOR_SCALE) / color_scale
     encode_learned(encoder, out[:3], out[5:], tile, memory_budget, factor)
     return out

@@ -124,7 +124,7 @@ def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: Tr
     out = encoder(feats)
     ce_sum = compact_sum = 0.0
     for b in range(feats.shape[0]):
-        f = as_pixel_rows(out[b])
+        f = as_pixel_rows(out[b]).contiguous()  # one (N, D) copy for the soft iterations, not one per iteration
         q, _ = cluster_soft(f, cands, init, cfg.soft_iterations)
         labels = gts[b].reshape(-1)
         recon = reconstruct_true_label(q, table, labels, int(labels.max()) + 1, len(seeds))

@@ -136,9 +136,13 @@ def test_pixel_features_tiled_equals_untiled():
     with torch.inference_mode():
         ref = enc(x[None].contiguous(memory_format=torch.channels_last))[0, 5:]
     assert (one[5:] - ref).abs().max().item() <= TOL
-    # the (N, D) rows the kernels take are a view, no copy
-    rows = one.reshape(12, -1).t()
-    assert rows.is_contiguous()
+    # the (N, D) rows the kernels take are a view, no copy: on the CPU the kernels' channel-major lanes
+    from spam_stream.clustering import as_pixel_rows
+    from spam_stream.kernels import cpu
+
+    rows = as_pixel_rows(one)
+    lanes = cpu._channel_rows(rows)
+    assert lanes is not None and np.shares_memory(lanes[0], one.numpy())
     np.testing.assert_array_equal(rows[:, 0].numpy(), base[0].ravel().numpy())
 
 

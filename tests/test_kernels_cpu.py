@@ -88,3 +88,22 @@ def test_soft_pass_reuses_its_candidate_plan_across_features_and_fuses_the_sums(
         q2 = torch.rand_like(q)
         for a, b in zip(cpu.centroid_sums_soft(g, q2, cands), reference.centroid_sums_soft(g, q2, cands)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["grid", "table"])
+@pytest.mark.parametrize("h,w,d,nh,nw", CASES)
+def test_hard_pass_reads_channel_major_features_in_place(layout, h, w, d, nh, nw):
+    """Features in ``empty_features``' layout (channel planes padded to 16 pixels; N = h·w is not a multiple of 16
+    in most cases) give the same labels and centroids as pixel rows, and are read without a transposed copy."""
+    f, c, cands = random_case(h, w, d, nh, nw, layout, seed=h * w + d + 1)
+    planes = cpu.empty_features(h, w, d)
+    planes.copy_(f.t().reshape(d, h, w))
+    rows = planes.reshape(d, -1).t()  # as_pixel_rows: a view with strides (1, n_cols)
+    assert rows.stride(0) == 1 and rows.stride(1) % 16 == 0 and not rows.is_contiguous()
+    flat, n_cols = cpu._channel_rows(rows)
+    assert n_cols >= h * w and flat.size == d * n_cols and (flat.reshape(d, n_cols)[:, h * w:] == 0).all()
+    assert cpu._channel_rows(f) is None  # pixel rows: transposed once inside
+    la, ca = cpu.hard_iterations(rows, c, cands, 4)
+    lb, cb = cpu.hard_iterations(f, c, cands, 4)
+    assert torch.equal(la, lb) and torch.equal(ca, cb)
+    torch.testing.assert_close(rows, f)

@@ -46,6 +46,16 @@ def backend(device: torch.device | str):
     return importlib.import_module(_MODULES[backend_name(device)], __name__)
 
 
+def empty_features(height: int, width: int, channels: int, device) -> torch.Tensor:
+    """An uninitialised (D, H, W) float32 feature tensor on ``device`` in the layout its backend reads in place:
+    one zero-padded plane per channel for the CPU kernels (:func:`.cpu.empty_features`), pixel rows ((H, W, D)
+    storage, so that ``as_pixel_rows`` is a contiguous view) for the Triton and reference kernels."""
+    impl = backend(device)
+    if hasattr(impl, "empty_features"):
+        return impl.empty_features(height, width, channels, device)
+    return torch.empty((height, width, channels), dtype=torch.float32, device=device).permute(2, 0, 1)
+
+
 def masked_distances(features, centroids, cands: Candidates):
     return backend(features.device).masked_distances(features, centroids, cands)
 
@@ -155,7 +165,7 @@ def resident_connectivity(cluster_labels, partition, min_size: int, device, retu
 
 __all__ = [
     "resident_frame", "resident_features", "resident_grid_candidates", "resident_connectivity",
-    "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
+    "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
     "soft_iteration",
 ]

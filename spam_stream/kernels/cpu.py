@@ -292,23 +292,19 @@ def _add_lane_sums(typingctx, acc, a_at, feat, f_at, stride, n_dims, lanes):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _prepare(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chunks):
-    """Once per call: fT (D, N padded to 16) and, per block of 16 pixels, its valid candidates (layout above).
+def _prepare(n, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chunks):
+    """Once per candidate set: per block of 16 pixels (of n), its valid candidates (layout above).
 
-    Returns fT, start (n_blocks + 1) CSR offsets, members (int32 superpixels), prio (n_members, 16) int8.
+    Returns start (n_blocks + 1) CSR offsets, members (int32 superpixels), prio (n_members, 16) int8.
     """
-    n, d_count = f.shape
     n_blocks = (n + LANES - 1) // LANES
     n_sp = sp_obj.shape[0]
-    fT = np.zeros((d_count, n_blocks * LANES), np.float32)
     size = np.zeros(n_blocks + 1, np.int64)
-    for t in prange(n_chunks):  # count the distinct valid candidates of each block (and transpose)
+    for t in prange(n_chunks):  # count the distinct valid candidates of each block
         mark = np.full(n_sp, -1, np.int64)
         for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
             u = 0
             for p in range(b * LANES, min(n, (b + 1) * LANES)):
-                for d in range(d_count):
-                    fT[d, p] = f[p, d]
                 po = pix_obj[p]
                 for s in range(N_SLOTS):
                     k = _slot(p, s, width, height, nh, nw, table, use_table)
@@ -337,12 +333,13 @@ def _prepare(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chun
                         u += 1
                     if prio[pos[k], p - b * LANES] == NO_SLOT:
                         prio[pos[k], p - b * LANES] = s
-    return fT, start, members, prio
+    return start, members, prio
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _transpose(f, n_cols, n_chunks):
-    """fT (D, n_cols) float32: the features (N, D) transposed, zero-padded to n_cols (the first half of _prepare)."""
+    """fT (D, n_cols) float32: the features (N, D) transposed, zero-padded to n_cols (for features that are not
+    already stored channel-major, see :func:`empty_features`)."""
     n, d_count = f.shape
     fT = np.zeros((d_count, n_cols), np.float32)
     for t in prange(n_chunks):
@@ -520,21 +517,60 @@ def centroid_sums_hard(features, labels, n_superpixels: int):
     return torch.from_numpy(sums.sum(0).astype(np.float32)), torch.from_numpy(counts.sum(0).astype(np.float32))
 
 
+def empty_features(height: int, width: int, channels: int, device="cpu") -> torch.Tensor:
+    """An uninitialised (D, H, W) float32 feature tensor laid out for these kernels: one plane per channel, each
+    padded with zeros to a multiple of 16 pixels, i.e. a (D, H, W) view of a (D, n_cols) buffer. The hard pass reads
+    it in place as its (D, n_cols) lanes (:func:`_channel_rows`), instead of a transposed copy (D·N·4 bytes: 663 MB
+    for a 4K frame with D=20)."""
+    n = height * width
+    n_cols = -(-n // LANES) * LANES
+    buf = torch.empty((channels, n_cols), dtype=torch.float32, device=device)
+    buf[:, n:] = 0
+    return buf[:, :n].view(channels, height, width)
+
+
+def _channel_rows(features: torch.Tensor):
+    """(flat (D·n_cols,) float32 array, n_cols) of (N, D) ``features`` stored channel-major with each channel's row
+    padded to n_cols (a multiple of 16) — the hard pass's fT, shared with the tensor, no copy — or None when
+    ``features`` is laid out otherwise (pixel rows, an odd stride, too short a buffer)."""
+    n, d = features.shape
+    n_cols = features.stride(1)
+    if (features.dtype != torch.float32 or features.stride(0) != 1 or n_cols < n or n_cols % LANES
+            or features.device.type != "cpu"):
+        return None
+    if features.untyped_storage().nbytes() // 4 - features.storage_offset() < d * n_cols:
+        return None  # the last channel's padding is not there to read
+    flat = torch.as_strided(features.detach(), (d * n_cols,), (1,))
+    return flat.numpy(), n_cols
+
+
 def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
-    """(labels (N,) int32, centroids (K, D)) after ``n_iter`` fused assign+accumulate passes and a final assign."""
-    f, po, so, w, h, nh, nw, table, use_table = _args(features, cands)
+    """(labels (N,) int32, centroids (K, D)) after ``n_iter`` fused assign+accumulate passes and a final assign.
+
+    ``features`` (N, D) float32: read in place when stored channel-major (:func:`empty_features`, the layout
+    ``pixel_features`` gives on the CPU), else transposed once into the (D, N padded to 16) lanes."""
+    n = features.shape[0]
     c = np.array(centroids.detach().numpy(), np.float32, order="C")  # a fresh copy, updated in place
     chunks = _n_chunks(cands.height)
-    plan = cands.__dict__.get("_cpu_hard_plan")
-    if plan is not None and plan[0] == (f.shape[0], chunks):  # same candidates (a video's next frame): reuse
-        start, members, prio = plan[1:]
-        fT = _transpose(f, (f.shape[0] + LANES - 1) // LANES * LANES, chunks)
+    lanes = _channel_rows(features)
+    if lanes is None:
+        n_cols = (n + LANES - 1) // LANES * LANES
+        f_flat = _transpose(features.detach().contiguous().numpy(), n_cols, chunks).ravel()
     else:
-        fT, start, members, prio = _prepare(f, po, so, w, h, nh, nw, table, use_table, chunks)
-        cands.__dict__["_cpu_hard_plan"] = ((f.shape[0], chunks), start, members, prio)
-    labels = np.full(fT.shape[1], -1, np.int32)  # no warm start in the first pass
-    _hard_loop(fT.ravel(), fT.shape[1], c, start, members, prio, labels, n_iter, chunks)
-    return torch.from_numpy(labels[:f.shape[0]]), torch.from_numpy(c)
+        f_flat, n_cols = lanes
+    plan = cands.__dict__.get("_cpu_hard_plan")
+    if plan is not None and plan[0] == (n, chunks):  # same candidates (a video's next frame): reuse
+        start, members, prio = plan[1:]
+    else:
+        use_table = cands.table is not None
+        table = cands.table.numpy() if use_table else np.zeros((1, N_SLOTS), np.int32)
+        nh, nw = (1, 1) if use_table else cands.grid
+        start, members, prio = _prepare(n, cands.pixel_object.numpy(), cands.superpixel_object.numpy(),
+                                        cands.width, cands.height, nh, nw, table, use_table, chunks)
+        cands.__dict__["_cpu_hard_plan"] = ((n, chunks), start, members, prio)
+    labels = np.full(n_cols, -1, np.int32)  # no warm start in the first pass
+    _hard_loop(f_flat, n_cols, c, start, members, prio, labels, n_iter, chunks)
+    return torch.from_numpy(labels[:n]), torch.from_numpy(c)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -135,14 +135,17 @@ class WarmFeatures:
         return frame
 
     def _incremental(self, frame: Frame, changed: set) -> None:
+        from .. import kernels
         from ..encoder import encode_tiled
         from ..features import COLOR_SCALE, scaled_lab_yx
 
         model, enc = self.model, self.model.encoder
         with frame.timed("features"):
-            x = scaled_lab_yx(frame.image, frame.n_superpixels, model.color_scale, model.compactness)
-            out = torch.empty_like(self._features)
-            out[:5] = x
+            out = kernels.empty_features(*self._features.shape[1:], self._features.shape[0], self._features.device)
+            if out.device.type == "cpu":
+                scaled_lab_yx(frame.image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
+            else:
+                out[:5] = scaled_lab_yx(frame.image, frame.n_superpixels, model.color_scale, model.compactness)
             out[5:] = self._features[5:]
             if changed:
                 factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
