@@ -7,8 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..io import InputError
-from ..pipelines.executor import PipelineError, Stage
-from ..pipelines.video import VideoOutputs, video_frames
+from ..pipelines.video import VideoOptions, expected_frames, process_video
 from ..videoio import VideoReader
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
                      positive_int, report_failures, resolve_prior_arguments)
@@ -34,6 +33,14 @@ def add_parser(sub) -> None:
     add_model_arguments(p)
     add_prior_arguments(p)
     g = p.add_argument_group("video")
+    add_video_arguments(g)
+    g.add_argument("--sequential", action="store_true",
+                   help="run the stages one frame at a time instead of pipelined (same results; for comparison)")
+    p.set_defaults(run=run)
+
+
+def add_video_arguments(g) -> None:
+    """The per-video flags (temporal coherence, frame range, outputs), shared by video and batch."""
     g.add_argument("--prior-every", type=positive_int, default=1, metavar="N",
                    help="run the prior model every N frames and reuse its partition in between (default 1)")
     g.add_argument("--independent", action="store_true",
@@ -44,9 +51,6 @@ def add_parser(sub) -> None:
     g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
     g.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
     g.add_argument("--no-labels", action="store_true", help="do not write the per-frame label PNGs")
-    g.add_argument("--sequential", action="store_true",
-                   help="run the stages one frame at a time instead of pipelined (same results; for comparison)")
-    p.set_defaults(run=run)
 
 
 def _formatter():
@@ -76,42 +80,28 @@ def run(args) -> int:
     return report_failures(failures, done, len(args.inputs), "video(s)", args.output)
 
 
+def video_options(args) -> VideoOptions:
+    """The per-video options the flags ask for (shared with ``spam-stream batch``)."""
+    return VideoOptions(prior_every=args.prior_every, coherent=not args.independent,
+                        warm_iterations=args.warm_iterations, start=args.start, max_frames=args.max_frames,
+                        overlay_video=not args.no_overlay, labels=not args.no_labels)
+
+
 def _one_video(model, attention, path: Path, args):
     """Process one video; True when complete, else the one-line error (the frames before it are written)."""
+    options = video_options(args)
     reader = VideoReader(path, start=args.start, max_frames=args.max_frames)
-    outputs = VideoOutputs(args.output, path.stem, reader.rate, reader.width, reader.height,
-                           overlay_video=not args.no_overlay, labels=not args.no_labels, color=args.boundary_color)
-    total = reader.n_frames or (round(reader.duration * float(reader.rate)) if reader.duration else None)
-    if total is not None:
-        total = max(0, total - args.start)
-        if args.max_frames is not None:
-            total = min(total, args.max_frames)
-    errors = []
-    bar = tqdm(total=total, desc=path.name, unit="frame", dynamic_ncols=True)
+    bar = tqdm(total=expected_frames(reader, options), desc=path.name, unit="frame", dynamic_ncols=True)
+
+    def on_frame(frame, message):
+        bar.update(0 if frame.meta.get("fatal") else 1)
+        if message is not None and not frame.meta.get("fatal"):
+            tqdm.write(f"error: {message}", file=sys.stderr)
+
     try:
-        frames = video_frames(model, path, args.superpixels, prior_every=args.prior_every,
-                              coherent=not args.independent, warm_iterations=args.warm_iterations,
-                              attention=attention, attention_ratio=args.attention_ratio, focus=args.focus,
-                              pipelined=not args.sequential, reader=reader,
-                              extra_stages=[Stage("write", outputs, fatal=True, run_on_error=True)])
-        for frame in frames:
-            bar.update(0 if frame.meta.get("fatal") else 1)
-            if frame.error is not None:
-                # a frame's own error names its index ("4: ..."); the input's name goes in front
-                message = frame.error if frame.meta.get("fatal") else f"{path}: frame {frame.error}"
-                errors.append(message)
-                if not frame.meta.get("fatal"):
-                    tqdm.write(f"error: {message}", file=sys.stderr)
-    except PipelineError as exc:
-        outputs.abort()
-        return f"{path}: {exc}"
-    except BaseException:
-        outputs.abort()  # Ctrl-C: drop the unfinished overlay video; the label PNGs written are complete
-        raise
+        result = process_video(model, path, args.output, args.superpixels, options, attention=attention,
+                               attention_ratio=args.attention_ratio, focus=args.focus, pipelined=not args.sequential,
+                               color=args.boundary_color, reader=reader, on_frame=on_frame)
     finally:
         bar.close()
-    outputs.close()
-    if errors:
-        more = f" (and {len(errors) - 1} more frame error(s), see {path.stem}_frames.csv)" if len(errors) > 1 else ""
-        return errors[-1] + more
-    return True
+    return True if result.error is None else result.error

@@ -1,13 +1,17 @@
 """Video, frame by frame: decode (PyAV, in the source thread) → SPAM stages → write, pipelined.
 
 :func:`video_frames` yields the finished :class:`~spam_stream.frame.Frame` of every frame in order;
-:class:`VideoOutputs` is the writer stage of ``spam-stream video`` (labels PNGs, overlay MP4, per-frame CSV).
+:class:`VideoOutputs` is the writer stage of ``spam-stream video`` (labels PNGs, overlay MP4, per-frame CSV);
+:func:`process_video` is one whole video, reader to outputs: the one code path of ``spam-stream video`` and of the
+videos of ``spam-stream batch`` (both engines).
 """
 from __future__ import annotations
 
 import csv
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -15,7 +19,7 @@ import torch
 from ..frame import Frame
 from ..io import InputError, atomic_path, overlay, write_labels
 from ..videoio import VideoReader, VideoWriter
-from .executor import Pipeline, Stage, run_sequential
+from .executor import Pipeline, PipelineError, Stage, run_sequential
 from .stages import configure_threads, queue_size_for, spam_stages
 
 STAGE_NAMES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "write")
@@ -145,3 +149,119 @@ class VideoOutputs:
         """Interrupted: drop the unfinished overlay video (label PNGs already written are complete files)."""
         if self.writer is not None:
             self.writer.abort()
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """The per-video options of ``spam-stream video`` (and of the videos of ``spam-stream batch``): temporal
+    coherence (``prior_every``, ``coherent``, ``warm_iterations``), the frame range (``start``, ``max_frames``) and
+    which outputs to write (``overlay_video``, ``labels``; the frames CSV is always written)."""
+
+    prior_every: int = 1
+    coherent: bool = True
+    warm_iterations: int = 3
+    start: int = 0
+    max_frames: int | None = None
+    overlay_video: bool = True
+    labels: bool = True
+
+
+def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()) -> dict[str, Path]:
+    """What :class:`VideoOutputs` writes for ``options``: ``overlay`` (MP4), ``labels`` (folder of PNGs) and
+    ``frames_csv`` (written last, by :meth:`VideoOutputs.close`)."""
+    outdir = Path(outdir)
+    paths = {"overlay": outdir / f"{stem}_overlay.mp4", "labels": outdir / f"{stem}_labels",
+             "frames_csv": outdir / f"{stem}_frames.csv"}
+    if not options.overlay_video:
+        del paths["overlay"]
+    if not options.labels:
+        del paths["labels"]
+    return paths
+
+
+def expected_frames(reader: VideoReader, options: VideoOptions = VideoOptions()) -> int | None:
+    """How many frames a run will process, from the container's count or duration (None when unknown)."""
+    total = reader.n_frames or (round(reader.duration * float(reader.rate)) if reader.duration else None)
+    if total is None:
+        return None
+    total = max(0, total - options.start)
+    return total if options.max_frames is None else min(total, options.max_frames)
+
+
+@dataclass
+class VideoResult:
+    """What :func:`process_video` did: ``written`` frames (in the outputs), the input's frame ``rate``, the error
+    line of each failed frame (``errors``; a damaged or cut file: the last one), ``fatal`` (a writer failure: the
+    outputs were dropped), ``timings`` (seconds per stage, summed over the frames) and the ``outputs`` written."""
+
+    path: Path
+    rate: Fraction
+    written: int = 0
+    errors: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str | None:
+        """One line for the whole video (None when every frame went through), as ``spam-stream video`` prints it."""
+        if self.fatal is not None:
+            return self.fatal
+        if not self.errors:
+            return None
+        stem = Path(self.path).stem
+        more = f" (and {len(self.errors) - 1} more frame error(s), see {stem}_frames.csv)" if len(self.errors) > 1 \
+            else ""
+        return self.errors[-1] + more
+
+
+def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoOptions = VideoOptions(), *,
+                  stem: str | None = None, attention=None, attention_ratio: float = 2.5, focus=None,
+                  pipelined: bool = True, color="auto", reader: VideoReader | None = None,
+                  on_frame=None) -> VideoResult:
+    """One video, reader to outputs: :func:`video_frames` with :class:`VideoOutputs` as the writer stage, writing
+    ``OUTDIR/<stem>_overlay.mp4``, ``OUTDIR/<stem>_labels/NNNNNN.png`` and ``OUTDIR/<stem>_frames.csv``.
+
+    A frame that fails, or a damaged / cut file (the frames before the damage are written), is reported in the
+    result (``result.error``), never raised. A file that cannot be opened raises :class:`InputError` (nothing
+    written); so does a request the frames cannot satisfy, after the outputs are dropped. A writer failure drops the
+    unfinished overlay video and is ``result.fatal``. An interruption (Ctrl-C) drops the unfinished overlay video
+    and propagates: the label PNGs written are complete files, the frames CSV (written last) is not there.
+
+    ``on_frame(frame, message)``: called with every finished frame and its error line (None when it went through);
+    ``reader``: an opened :class:`VideoReader` of ``path`` (default: opened here with ``options``' frame range).
+    """
+    path = Path(path)
+    reader = reader or VideoReader(path, start=options.start, max_frames=options.max_frames)
+    stem = stem or path.stem
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    outputs = VideoOutputs(outdir, stem, reader.rate, reader.width, reader.height,
+                           overlay_video=options.overlay_video, labels=options.labels, color=color)
+    result = VideoResult(path, Fraction(reader.rate))
+    try:
+        frames = video_frames(model, path, n_superpixels, prior_every=options.prior_every,
+                              coherent=options.coherent, warm_iterations=options.warm_iterations,
+                              attention=attention, attention_ratio=attention_ratio, focus=focus,
+                              pipelined=pipelined, reader=reader,
+                              extra_stages=[Stage("write", outputs, fatal=True, run_on_error=True)])
+        for frame in frames:
+            message = None
+            if frame.error is not None:
+                # a frame's own error names its index ("4: ..."); the input's name goes in front
+                message = frame.error if frame.meta.get("fatal") else f"{path}: frame {frame.error}"
+                result.errors.append(message)
+            for name, seconds in frame.timings.items():
+                result.timings[name] = result.timings.get(name, 0.0) + seconds
+            if on_frame is not None:
+                on_frame(frame, message)
+    except PipelineError as exc:
+        outputs.abort()
+        result.written, result.fatal = outputs.written, f"{path}: {exc}"
+        return result
+    except BaseException:
+        outputs.abort()  # Ctrl-C: drop the unfinished overlay video; the label PNGs written are complete
+        raise
+    outputs.close()
+    result.written = outputs.written
+    result.outputs = {name: p for name, p in video_output_paths(outdir, stem, options).items() if p.exists()}
+    return result
