@@ -1,4 +1,5 @@
-"""spam-stream batch: inputs of every kind, failures in the manifest, resume after a kill, shards."""
+"""spam-stream batch: inputs of every kind (images and videos), failures in the manifest, resume after a kill,
+shards."""
 import json
 import os
 import signal
@@ -12,9 +13,10 @@ import pytest
 from PIL import Image
 
 from spam_stream.cli import main
-from spam_stream.pipelines.batch import collect_inputs, shard
+from spam_stream.pipelines.batch import collect_inputs, read_manifest, shard
 
 from helpers import assert_connected, synthetic_image
+from video_helpers import VIDEO_BATCH, decode_all, label_frames, make_video_batch, read_index, write_index_video
 
 
 def make_images(folder: Path, n: int, size=(48, 64)):
@@ -130,3 +132,148 @@ def test_bad_specs_are_one_line_errors(tmp_path, capsys):
     assert "matches no file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["batch", str(empty), "-o", str(tmp_path / "o"), "--shard", "3/3"])
+
+
+VIDEO_ARGS = ["-k", "16", "--encoder", "none"]
+
+
+def _stamps(folder: Path):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
+
+
+def test_videos_in_a_batch_match_the_video_command_and_resume(tmp_path, capsys):
+    src = make_video_batch(tmp_path / "src")
+    make_images(src, 3)
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "-o", str(out), *VIDEO_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert "processed 3 image(s) and 4 video(s)" in err and "2 input(s) failed" in err
+
+    entries = manifest(out)
+    assert [e["input"] for e in entries] == [str(it.path) for it in collect_inputs([str(src)])]  # input order
+    by_name = {Path(e["input"]).name: e for e in entries}
+    assert len(entries) == 7 and sum(e.get("kind") == "video" for e in entries) == 4
+
+    # the good videos: every frame, in order, at the input's rate; labels identical to 'spam-stream video'
+    ref = tmp_path / "ref"
+    assert main(["video", str(src / "v" / "clip.mkv"), str(src / "v" / "other.mp4"), "-o", str(ref),
+                 *VIDEO_ARGS]) == 0
+    for rel, (n, rate) in VIDEO_BATCH.items():
+        stem = Path(rel).stem
+        folder = out / "v" / stem  # OUTDIR/<relative path without suffix>/
+        e = by_name[Path(rel).name]
+        assert (e["status"], e["frames"], e["rate"], e["error"]) == ("ok", n, str(rate), None)
+        assert e["fps"] == pytest.approx(float(rate)) and e["ms"]["total"] > 0
+        assert e["outputs"] == {"overlay": str(folder / f"{stem}_overlay.mp4"),
+                                "labels": str(folder / f"{stem}_labels"),
+                                "frames_csv": str(folder / f"{stem}_frames.csv")}
+        frames, got_rate = decode_all(folder / f"{stem}_overlay.mp4")
+        assert got_rate == rate and [read_index(f) for f in frames] == list(range(n))
+        ours, theirs = label_frames(folder / f"{stem}_labels"), label_frames(ref / f"{stem}_labels")
+        assert list(ours) == [f"{i:06d}.png" for i in range(n)] == list(theirs)
+        for name in ours:
+            assert ours[name].dtype == np.uint16
+            np.testing.assert_array_equal(ours[name], theirs[name])
+        assert len((folder / f"{stem}_frames.csv").read_text().splitlines()) == n + 1
+
+    # a file that is not a video: one failed line, nothing written
+    broken = by_name["broken.mp4"]
+    assert (broken["status"], broken["frames"], broken["outputs"]) == ("failed", 0, {})
+    assert broken["error"].startswith(str(src / "v" / "broken.mp4")) and "\n" not in broken["error"]
+    # a cut video: the frames before the cut are written, and it is reported as 'spam-stream video' reports it
+    cut = by_name["cut.mkv"]
+    assert cut["status"] == "failed" and 5 < cut["frames"] < 40
+    assert len(label_frames(out / "cut" / "cut_labels")) == cut["frames"]
+    assert len(decode_all(out / "cut" / "cut_overlay.mp4")[0]) == cut["frames"]
+    assert main(["video", str(src / "cut.mkv"), "-o", str(tmp_path / "ref_cut"), *VIDEO_ARGS]) == 1
+    assert f"  {cut['error']}" in capsys.readouterr().err.splitlines()
+    assert not [p for p in out.rglob("*") if ".part" in p.name]
+
+    # --resume: only the two failed inputs are tried again; the complete images and videos are not touched
+    good = {p: t for p, t in _stamps(out).items() if not p.is_relative_to(out / "cut")}
+    time.sleep(0.05)
+    assert main(["batch", str(src), "-o", str(out), *VIDEO_ARGS, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "resumed: 3 image(s) and 2 video(s) already complete" in err
+    assert "processed 0 image(s) and 2 video(s) in this run" in err
+    assert {p: t for p, t in _stamps(out).items() if p in good} == good
+    assert sorted(e["input"] for e in manifest(out)) == sorted(e["input"] for e in entries)  # one line each
+
+    # an ok line is not enough: a video whose outputs are incomplete is redone (one label PNG gone; then the
+    # state a kill mid-video leaves: no frames CSV, some label PNGs, a temporary overlay)
+    clip = out / "v" / "clip"
+    before = label_frames(clip / "clip_labels")
+    (src / "v" / "broken.mp4").unlink()
+    (src / "cut.mkv").unlink()
+    for damage in ("one png", "killed"):
+        if damage == "one png":
+            (clip / "clip_labels" / "000007.png").unlink()
+        else:
+            (clip / "clip_frames.csv").unlink()
+            for i in range(10, 24):
+                (clip / "clip_labels" / f"{i:06d}.png").unlink()
+            (clip / ".clip_overlay.0123456789ab.part.mp4").write_bytes(b"half an mp4")
+        others = {p: t for p, t in _stamps(out).items() if not p.is_relative_to(clip)}
+        time.sleep(0.05)
+        assert main(["batch", str(src), "-o", str(out), *VIDEO_ARGS, "--resume"]) == 0
+        assert "processed 0 image(s) and 1 video(s) in this run" in capsys.readouterr().err
+        assert {p: t for p, t in _stamps(out).items() if p in others} == others
+        after = label_frames(clip / "clip_labels")
+        assert list(after) == list(before)
+        for name in before:
+            np.testing.assert_array_equal(after[name], before[name])
+        assert (clip / "clip_frames.csv").is_file() and not list(clip.glob(".*part*"))
+        assert len(decode_all(clip / "clip_overlay.mp4")[0]) == 24
+    assert [e["status"] for e in manifest(out)] == ["ok"] * 5
+
+
+def test_a_video_killed_mid_way_is_redone_on_resume_although_its_old_line_says_ok(tmp_path):
+    """Run 1 completes a video; run 2 (no --resume) is SIGKILLed while redoing it, so the manifest still holds run
+    1's ok line while the outputs are half rewritten; run 3 (--resume) must redo the video, not trust the line."""
+    n = 150
+    src = tmp_path / "src"
+    src.mkdir()
+    write_index_video(src / "long.mkv", n, codec="ffv1")
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), "-k", "24", "--encoder", "none"]
+    assert main(args) == 0
+    labels, csv = out / "long" / "long_labels", out / "long" / "long_frames.csv"
+    first = label_frames(labels)
+    assert len(first) == n
+
+    proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, killed_at = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:  # kill it once it is rewriting the video
+        count = len(list(labels.glob("*.png")))
+        if not csv.exists() and 5 <= count < n - 20:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = count
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed_at is not None, "the kill should land mid-video"
+    assert read_manifest(out / "manifest.jsonl")[str(src / "long.mkv")]["status"] == "ok"  # the stale line
+    assert not csv.exists() and len(list(labels.glob("*.png"))) < n
+
+    assert main([*args, "--resume"]) == 0
+    entry, = manifest(out)
+    assert (entry["status"], entry["frames"]) == ("ok", n)
+    again = label_frames(labels)
+    assert list(again) == list(first)
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
+    assert [read_index(f) for f in decode_all(out / "long" / "long_overlay.mp4")[0]] == list(range(n))
+    assert csv.is_file() and not [p for p in out.rglob("*") if ".part" in p.name]
+
+
+def test_videos_by_suffix_and_clashing_video_folders(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.mp4", "b.MKV", "c.gif", "d.ts", "e.png"):
+        (src / name).write_bytes(b"x")
+    kinds = {it.path.name: it.is_video for it in collect_inputs([str(src)])}
+    assert kinds == {"a.mp4": True, "b.MKV": True, "c.gif": False, "d.ts": True, "e.png": False}
+    (src / "a.mkv").write_bytes(b"x")  # a.mp4 and a.mkv would share OUTDIR/a/
+    assert main(["batch", str(src), "-o", str(tmp_path / "out"), "--encoder", "none"]) == 2
+    assert "would both write to OUTDIR/a/" in capsys.readouterr().err

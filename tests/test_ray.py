@@ -1,5 +1,6 @@
-"""spam-stream batch --engine ray: same outputs as the local engine, failures in the manifest, resume, two nodes and
-a worker killed mid-job. Skipped when Ray Data is not installed (pip install 'spam-stream[ray]')."""
+"""spam-stream batch --engine ray: same outputs as the local engine (images and videos), failures in the manifest,
+resume, two nodes and a worker killed mid-job. Skipped when Ray Data is not installed (pip install
+'spam-stream[ray]')."""
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from spam_stream.cli import main  # noqa: E402
 from spam_stream.pipelines.ray_engine import size_pool  # noqa: E402
 
 from helpers import synthetic_image  # noqa: E402
+from video_helpers import VIDEO_BATCH, decode_all, label_frames, make_video_batch, read_index  # noqa: E402
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 
@@ -103,6 +105,61 @@ def test_ray_engine_equals_local_engine_and_resumes(tmp_path, local_ray, capsys)
     assert "processed 0 image(s)" in err and "resumed: 19 image(s)" in err
     assert {p: p.stat().st_mtime_ns for p in remote.rglob("*.png")} == stamps
     assert [e["status"] for e in manifest(remote)] == ["ok"] * 19
+
+
+def test_ray_engine_runs_each_video_as_one_task_like_the_local_engine(tmp_path, local_ray, capsys):
+    """2 good videos, a cut one, a broken one and 2 images: the same outputs and manifest lines as the local engine
+    (labels bit-identical, every frame in order at the input's rate); --resume redoes a half-written video only."""
+    src = make_video_batch(tmp_path / "src")
+    make_images(src, 2)
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    args = [str(src), "-k", "16", "--encoder", "none"]
+    assert main(["batch", *args, "-o", str(local)]) == 1
+    assert main(["batch", *args, "-o", str(remote), "--engine", "ray", "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "processed 2 image(s) and 4 video(s)" in err and "broken.mp4" in err and "cut.mkv" in err
+
+    assert outputs(remote) == outputs(local)  # every label PNG of every frame, and the image outputs
+    for rel in outputs(local):
+        if rel.parent.name.endswith("_labels"):  # video frames: the labels, bit for bit
+            np.testing.assert_array_equal(np.asarray(Image.open(remote / rel)), np.asarray(Image.open(local / rel)))
+    ours, theirs = manifest(remote), manifest(local)
+    assert [e["input"] for e in ours] == [e["input"] for e in theirs]
+    for a, b in zip(ours, theirs):
+        keys = ("status", "error", "kind", "frames", "rate", "fps", "superpixels")
+        assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}
+        assert a["outputs"] == {k: v.replace(str(local), str(remote)) for k, v in b["outputs"].items()}
+        assert a["node"] == ray.get_runtime_context().get_node_id()
+    for rel, (n, rate) in VIDEO_BATCH.items():
+        stem = Path(rel).stem
+        frames, got = decode_all(remote / "v" / stem / f"{stem}_overlay.mp4")
+        assert got == rate and [read_index(f) for f in frames] == list(range(n))
+    assert [Path(e["input"]).name for e in ours if e["status"] == "failed"] == ["cut.mkv", "broken.mp4"]
+
+    # --resume after a kill mid-video (no frames CSV, a few label PNGs, a temporary overlay), the bad inputs gone:
+    # that video alone is redone, identically
+    clip = remote / "v" / "clip"
+    (clip / "clip_frames.csv").unlink()
+    for i in range(8, 24):
+        (clip / "clip_labels" / f"{i:06d}.png").unlink()
+    (clip / ".clip_overlay.0123456789ab.part.mp4").write_bytes(b"half an mp4")
+    (src / "v" / "broken.mp4").unlink()
+    (src / "cut.mkv").unlink()
+    others = {p: p.stat().st_mtime_ns for p in remote.rglob("*.png") if not p.is_relative_to(clip)}
+    time.sleep(0.05)
+    assert main(["batch", *args, "-o", str(remote), "--engine", "ray", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "processed 0 image(s) and 1 video(s)" in err and "resumed: 2 image(s) and 1 video(s)" in err
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+    redone, reference = label_frames(clip / "clip_labels"), label_frames(local / "v" / "clip" / "clip_labels")
+    assert list(redone) == list(reference)
+    for name in reference:
+        np.testing.assert_array_equal(redone[name], reference[name])
+    assert (clip / "clip_frames.csv").is_file() and not list(clip.glob(".*part*"))
+    assert [e["status"] for e in manifest(remote)] == ["ok"] * 4
+    # and once everything is complete: no work, no Ray job
+    assert main(["batch", *args, "-o", str(remote), "--engine", "ray", "--resume"]) == 0
+    assert "processed 0 image(s) in this run" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -65,3 +65,34 @@ def decode_all(path):
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         return frames, stream.average_rate
+
+
+VIDEO_BATCH = {"v/clip.mkv": (24, Fraction(30000, 1001)), "v/other.mp4": (16, Fraction(25))}
+
+
+def make_video_batch(folder):
+    """A batch folder of videos for ``spam-stream batch``: ``v/clip.mkv`` (24 lossless frames at 29.97 fps) and
+    ``v/other.mp4`` (16 H.264 frames at 25 fps), good, with their (frames, rate) in :data:`VIDEO_BATCH`;
+    ``v/broken.mp4`` (not a video) and ``cut.mkv`` (the first half of a 40-frame file: a few frames, then the
+    cut). Returns the folder."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    (folder / "v").mkdir(parents=True, exist_ok=True)
+    write_index_video(folder / "v" / "clip.mkv", 24, VIDEO_BATCH["v/clip.mkv"][1], codec="ffv1")
+    write_index_video(folder / "v" / "other.mp4", 16, VIDEO_BATCH["v/other.mp4"][1])
+    (folder / "v" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
+    full = write_index_video(folder / "full.mkv", 40, fmt="matroska")
+    data = full.read_bytes()
+    full.unlink()
+    (folder / "cut.mkv").write_bytes(data[:len(data) // 2])
+    return folder
+
+
+def label_frames(folder):
+    """{file name: (H, W) uint16 array} of a video's labels folder."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(Path(folder).glob("*.png"))}

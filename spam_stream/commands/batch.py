@@ -1,4 +1,4 @@
-"""``spam-stream batch``: many images, pipelined, resumable, shardable, with a manifest."""
+"""``spam-stream batch``: many images and videos, pipelined, resumable, shardable, with a manifest."""
 from __future__ import annotations
 
 import argparse
@@ -12,37 +12,48 @@ from ..pipelines.batch import parse_shard, run_batch
 from ..pipelines.executor import PipelineError
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
                      positive_int, report_failures, resolve_prior_arguments)
+from .video import add_video_arguments, video_options
 
 DESCRIPTION = """\
-Segment many images. INPUTS are image files, folders (searched recursively), glob patterns ('photos/**/*.jpg',
-quoted) or text files (.txt/.lst) listing one path per line. For each image writes, mirrored under OUTDIR by its
-path relative to the folder / pattern / list it came from: <stem>_labels.png (uint16 labels) and
-<stem>_overlay.png; and OUTDIR/manifest.jsonl, one JSON line per image (input, outputs, K', ms per stage, status,
-error).
+Segment many images and videos. INPUTS are image or video files, folders (searched recursively), glob patterns
+('photos/**/*.jpg', quoted) or text files (.txt/.lst) listing one path per line. Outputs are mirrored under OUTDIR
+by each input's path relative to the folder / pattern / list it came from. An image gets <stem>_labels.png (uint16
+labels) and <stem>_overlay.png. A video (.mp4 .mkv .avi .mov .webm .ts ...) is one unit of work and gets a folder
+<stem>/ holding what 'spam-stream video' writes: <stem>_overlay.mp4, <stem>_labels/000000.png ... and
+<stem>_frames.csv (the video options below apply to every video). OUTDIR/manifest.jsonl has one JSON line per
+image (input, outputs, K', ms per stage, status, error) and one per video (input, kind, outputs, frames, fps,
+ms, status, error).
 
 Decoding, the prior, the encoder, clustering and writing run as a pipeline. Every output is written under a
 temporary name and renamed, so after a crash or Ctrl-C, --resume skips exactly the images whose outputs are
-complete. --shard I/N processes a deterministic 1/N of the inputs (N machines, no overlap, no gap; manifest
-manifest-I-of-N.jsonl). A bad image is reported and the rest go on; the exit code is 1 when any image failed."""
+complete, and the videos whose manifest line is ok and whose outputs are complete (a video cut short by a crash is
+redone). --shard I/N processes a deterministic 1/N of the inputs (N machines, no overlap, no gap; manifest
+manifest-I-of-N.jsonl). A bad input is reported and the rest go on; the exit code is 1 when any input failed (a
+damaged or cut video keeps the frames before the damage and counts as failed, as with 'spam-stream video')."""
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("batch", help="superpixels of many images (folders, globs, lists; resumable, shardable)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders, glob patterns or list files")
+    p.add_argument("inputs", nargs="+", metavar="INPUTS",
+                   help="image or video files, folders, glob patterns or list files")
     add_output_arguments(p)
     add_model_arguments(p)
     add_prior_arguments(p)
     g = p.add_argument_group("batch")
-    g.add_argument("--resume", action="store_true", help="skip images whose outputs already exist (complete)")
+    g.add_argument("--resume", action="store_true",
+                   help="skip images whose outputs already exist (complete), and videos whose manifest line is ok "
+                        "and whose outputs are complete")
     g.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
-                   help="process only shard I of N (0 <= I < N), by a hash of each image's relative path")
+                   help="process only shard I of N (0 <= I < N), by a hash of each input's relative path")
     g.add_argument("--sequential", action="store_true",
-                   help="run the stages one image at a time instead of pipelined (same results)")
+                   help="run the stages one image (video frame) at a time instead of pipelined (same results)")
+    add_video_arguments(p.add_argument_group("videos (each video in INPUTS, as for 'spam-stream video')"))
     g = p.add_argument_group(
         "engine",
-        "--engine ray runs the same per-image work on Ray Data (pip install 'spam-stream[ray]'): a pool of\n"
-        "actors, each loading the model once; same outputs and manifest (plus the Ray node of each image).\n"
+        "--engine ray runs the same per-item work on Ray Data (pip install 'spam-stream[ray]'): a pool of\n"
+        "actors, each loading the model once, one Ray task per image and one per video; same outputs and\n"
+        "manifest (plus the Ray node of each item).\n"
         "OUTDIR must be reachable by every worker (a shared filesystem on a cluster). The actors never take\n"
         "all the CPUs: one is kept for Ray Data's own tasks (a pool holding every CPU stalls).")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -105,17 +116,31 @@ def run_ray(args) -> int:
     entries, carried, total = run_batch_ray(worker_spec(args), args.inputs, args.output, args.superpixels,
                                             resume=args.resume, shard_spec=args.shard, color=args.boundary_color,
                                             workers=args.workers, num_gpus_per_worker=args.num_gpus_per_worker,
-                                            address=args.address, progress=progress)
+                                            address=args.address, progress=progress,
+                                            video_options=_video_options(args))
     return _report(entries, carried, total, args)
+
+
+def _video_options(args):
+    if args.start < 0:
+        raise InputError("--start must be >= 0")
+    return video_options(args)
+
+
+def _count(entries) -> str:
+    """'N image(s)', or 'N image(s) and M video(s)' when there are videos."""
+    videos = sum(e.get("kind") == "video" for e in entries)
+    return f"{len(entries) - videos} image(s)" + (f" and {videos} video(s)" if videos else "")
 
 
 def _report(entries, carried, total, args) -> int:
     failures = [e["error"] for e in entries if e["status"] != "ok"]
     if carried:
-        print(f"resumed: {len(carried)} image(s) already complete, skipped", file=sys.stderr)
-    print(f"processed {len(entries)} image(s) in this run", file=sys.stderr)
+        print(f"resumed: {_count(carried)} already complete, skipped", file=sys.stderr)
+    print(f"processed {_count(entries)} in this run", file=sys.stderr)
     done = len(carried) + sum(e["status"] == "ok" for e in entries)
-    return report_failures(failures, done, total, "image(s)", Path(args.output))
+    videos = any(e.get("kind") == "video" for e in entries + carried)
+    return report_failures(failures, done, total, "input(s)" if videos else "image(s)", Path(args.output))
 
 
 def run(args) -> int:
@@ -124,20 +149,32 @@ def run(args) -> int:
         return run_ray(args)
     if _ray_arguments_used(args):
         raise InputError("--address, --workers and --num-gpus-per-worker are for --engine ray")
+    options = _video_options(args)
     model = build_model(args)
     attention = build_attention(args)
-    bar = tqdm(desc="images", unit="img", dynamic_ncols=True)
+    bar = tqdm(desc="items", unit="item", dynamic_ncols=True)
 
     def progress(frame):
         bar.update(1)
         if frame.error:
             tqdm.write(f"error: {frame.error}", file=sys.stderr)
 
+    def on_video_frame(item, frame):
+        bar.set_postfix_str(f"{item.rel} frame {frame.index}", refresh=False)
+
+    def on_video(entry):
+        bar.update(1)
+        bar.set_postfix_str("", refresh=False)
+        if entry["error"]:
+            tqdm.write(f"error: {entry['error']}", file=sys.stderr)
+
     try:
         entries, carried, total = run_batch(model, args.inputs, args.output, args.superpixels, resume=args.resume,
                                             shard_spec=args.shard, color=args.boundary_color,
                                             pipelined=not args.sequential, progress=progress, attention=attention,
-                                            attention_ratio=args.attention_ratio, focus=args.focus)
+                                            attention_ratio=args.attention_ratio, focus=args.focus,
+                                            video_options=options, on_video_frame=on_video_frame,
+                                            on_video=on_video)
     except PipelineError as exc:
         raise InputError(str(exc)) from None
     finally:

@@ -1,12 +1,20 @@
-"""Batches of images: input discovery, sharding, resumable outputs and the manifest.
+"""Batches of images and videos: input discovery, sharding, resumable outputs and the manifest.
 
-* **Inputs** (:func:`collect_inputs`): files, folders (searched recursively for images), glob patterns (``**``
-  allowed) and text files listing one path per line (``.txt`` / ``.lst``; relative paths are taken from the list's
-  folder; ``#`` starts a comment). Each item keeps a relative path, mirrored under the output folder.
+* **Inputs** (:func:`collect_inputs`): files, folders (searched recursively for images and videos), glob patterns
+  (``**`` allowed) and text files listing one path per line (``.txt`` / ``.lst``; relative paths are taken from the
+  list's folder; ``#`` starts a comment). Each item keeps a relative path, mirrored under the output folder. A file
+  with a video suffix (:data:`BATCH_VIDEO_SUFFIXES`: .mp4 .mkv .avi .mov .webm .ts …; a .gif stays an image) is a
+  **video**: one unit of work, processed by :func:`~spam_stream.pipelines.video.process_video` (the code path of
+  ``spam-stream video``) into its own folder ``OUTDIR/<relative path without suffix>/`` (``<stem>_overlay.mp4``,
+  ``<stem>_labels/NNNNNN.png``, ``<stem>_frames.csv``), with one manifest line.
 * **Sharding** (:func:`shard`): ``--shard I/N`` keeps the items whose relative path hashes to I modulo N: N machines
   with the same inputs cover every item exactly once without talking to each other.
 * **Resume**: outputs are written under temporary names and renamed, so an output that exists is complete;
-  ``resume=True`` skips items whose outputs all exist.
+  ``resume=True`` skips images whose outputs all exist. A video has many outputs, written one after the other: it
+  is skipped only when its manifest line says ok and its outputs are complete (the frames CSV, written last, and
+  the overlay exist, and the label PNGs are as many as the line's frames). A video about to be (re)done first loses
+  what an earlier run left of it, CSV first (:func:`clear_video_outputs`), so a run killed mid-video never leaves
+  outputs that pass for complete.
 * **Manifest**: ``manifest.jsonl``, one JSON line per item (input, outputs, K', ms per stage, status, error); lines
   are appended as items finish (a killed run keeps what it did) and the file is rewritten once at the end,
   atomically, with one line per item of this run's shard (lines of items skipped by ``resume`` are carried over).
@@ -23,11 +31,14 @@ from pathlib import Path
 
 from ..frame import Frame
 from ..io import IMAGE_SUFFIXES, InputError, atomic_path, read_image, write_labels, write_overlay
-from .executor import Pipeline, Stage, run_sequential
+from ..videoio import VIDEO_SUFFIXES
+from .executor import Pipeline, Stage, describe, run_sequential
 from .stages import spam_stages
-from .video import thread_budget
+from .video import VideoOptions, process_video, thread_budget, video_output_paths
 
 LIST_SUFFIXES = {".txt", ".lst"}
+BATCH_VIDEO_SUFFIXES = frozenset(VIDEO_SUFFIXES - IMAGE_SUFFIXES)  # a .gif is read as an image, as before
+BATCH_SUFFIXES = frozenset(IMAGE_SUFFIXES | BATCH_VIDEO_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -37,7 +48,19 @@ class BatchItem:
     path: Path
     rel: Path
 
-    def outputs(self, outdir: Path) -> dict[str, Path]:
+    @property
+    def is_video(self) -> bool:
+        """A video (by suffix): one unit of work with its own output folder."""
+        return self.path.suffix.lower() in BATCH_VIDEO_SUFFIXES
+
+    def video_folder(self, outdir: Path) -> Path:
+        """A video's output folder: OUTDIR/<relative path without suffix>/."""
+        return Path(outdir) / self.rel.parent / self.rel.stem
+
+    def outputs(self, outdir: Path, video_options: VideoOptions | None = None) -> dict[str, Path]:
+        """Output paths: an image's two PNGs; a video's overlay MP4, labels folder and frames CSV."""
+        if self.is_video:
+            return video_output_paths(self.video_folder(outdir), self.rel.stem, video_options or VideoOptions())
         base = Path(outdir) / self.rel.parent
         return {"labels": base / f"{self.rel.stem}_labels.png", "overlay": base / f"{self.rel.stem}_overlay.png"}
 
@@ -56,9 +79,9 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def collect_inputs(specs, suffixes=IMAGE_SUFFIXES) -> list[BatchItem]:
+def collect_inputs(specs, suffixes=BATCH_SUFFIXES) -> list[BatchItem]:
     """Expand input specs (files, folders, globs, list files) into items, in a stable sorted order, without
-    duplicates. A path that does not exist stays an item (it fails later, in the manifest), except a glob that
+    duplicates. Folders are searched for files with ``suffixes`` (images and videos). A path that does not exist stays an item (it fails later, in the manifest), except a glob that
     matches nothing or an empty folder, which raise :class:`InputError`."""
     items: dict[Path, BatchItem] = {}
 
@@ -72,7 +95,7 @@ def collect_inputs(specs, suffixes=IMAGE_SUFFIXES) -> list[BatchItem]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
             if not found:
-                raise InputError(f"{path}: no image files in this folder")
+                raise InputError(f"{path}: no image files (nor videos) in this folder")
             for p in found:
                 add(p, p.relative_to(path))
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
@@ -114,8 +137,78 @@ def shard(items: list[BatchItem], index: int, count: int) -> list[BatchItem]:
             if int.from_bytes(hashlib.sha1(str(it.rel).encode()).digest()[:8], "big") % count == index]
 
 
-def is_complete(item: BatchItem, outdir: Path) -> bool:
-    return all(p.is_file() for p in item.outputs(outdir).values())
+def is_complete(item: BatchItem, outdir: Path, entry: dict | None = None,
+                video_options: VideoOptions | None = None) -> bool:
+    """Whether ``resume`` may skip the item: an image whose outputs exist (each is written atomically); a video
+    whose manifest ``entry`` says ok and whose outputs (for ``video_options``) are complete: the frames CSV (written
+    last) and the overlay (when frames were written) exist, and the labels folder holds the entry's frame count."""
+    outputs = item.outputs(outdir, video_options)
+    if not item.is_video:
+        return all(p.is_file() for p in outputs.values())
+    if not entry or entry.get("status") != "ok" or entry.get("kind") != "video":
+        return False
+    frames = entry.get("frames")
+    if not isinstance(frames, int) or not outputs["frames_csv"].is_file():
+        return False
+    if "overlay" in outputs and frames > 0 and not outputs["overlay"].is_file():
+        return False
+    if "labels" in outputs:
+        pngs = [p for p in outputs["labels"].glob("*.png") if not p.name.startswith(".")] \
+            if outputs["labels"].is_dir() else []
+        if len(pngs) != frames:
+            return False
+    return True
+
+
+def clear_video_outputs(item: BatchItem, outdir: Path) -> None:
+    """Remove what an earlier run left of a video's outputs before it is (re)done: the frames CSV first (its
+    presence is what marks a finished video), then the overlay, the label PNGs and temporary files of this video's
+    stem. Other files in the folder are left alone."""
+    folder, stem = item.video_folder(outdir), item.rel.stem
+    if not folder.is_dir():
+        return
+    paths = video_output_paths(folder, stem)
+    doomed = [paths["frames_csv"], paths["overlay"]]
+    doomed += folder.glob(f".{stem}_frames.*.part.csv")
+    doomed += folder.glob(f".{stem}_overlay.*.part.mp4")
+    if paths["labels"].is_dir():
+        doomed += paths["labels"].glob("*.png")
+    for p in doomed:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
+                video_options: VideoOptions | None = None, *, color="auto", pipelined: bool = True,
+                on_frame=None, **options) -> dict:
+    """Process one video of a batch (both engines): clear what an earlier run left, run
+    :func:`~spam_stream.pipelines.video.process_video` into the item's folder, and return its manifest entry.
+
+    The entry: ``input``, ``kind`` ("video"), ``outputs`` (those that exist), ``frames`` (written), ``fps`` and
+    ``rate`` (the input's frame rate, float and exact fraction), ``ms`` (per stage, summed over the frames; ``total``
+    the wall time), ``status`` ("ok", or "failed" when the video could not be opened or a frame failed: a damaged or
+    cut file keeps the frames before the damage, as ``spam-stream video`` does) and ``error`` (one line).
+    ``options``: attention, attention_ratio, focus. ``on_frame(frame, message)``: each finished frame."""
+    video_options = video_options or VideoOptions()
+    t = time.perf_counter()
+    entry = {"input": str(item.path), "kind": "video", "outputs": {}, "frames": 0, "fps": None, "rate": None}
+    try:
+        clear_video_outputs(item, outdir)
+        result = process_video(model, item.path, item.video_folder(outdir), n_superpixels, video_options, stem=item.rel.stem,
+                               pipelined=pipelined, color=color, on_frame=on_frame, **options)
+        error = result.error
+        entry.update(outputs={k: str(v) for k, v in result.outputs.items()}, frames=result.written,
+                     fps=round(float(result.rate), 6), rate=str(result.rate),
+                     ms={k: round(1e3 * v, 2) for k, v in result.timings.items()})
+    except Exception as exc:  # not a readable video, K too large for its frames, ...: one failed line
+        message = describe(exc)
+        error = message if message.startswith(str(item.path)) else f"{item.path}: {message}"
+        entry["ms"] = {}
+    entry["ms"]["total"] = round(1e3 * (time.perf_counter() - t), 2)
+    entry.update(status="failed" if error else "ok", error=error)
+    return entry
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
@@ -258,18 +351,34 @@ def _naming_errors(fn):
     return wrapped
 
 
-def plan_batch(inputs, outdir, *, resume: bool = False, shard_spec: tuple[int, int] = (0, 1)):
+def _check_video_folders(items: list[BatchItem]) -> None:
+    """Two videos whose outputs would share a folder (``clip.mp4`` and ``clip.mkv`` side by side): a one-line error
+    before any work, rather than one overwriting the other."""
+    seen: dict[Path, BatchItem] = {}
+    for item in items:
+        if item.is_video:
+            key = item.rel.parent / item.rel.stem
+            if key in seen:
+                raise InputError(f"{seen[key].path} and {item.path} would both write to OUTDIR/{key}/: "
+                                 "rename one, or give them in separate jobs")
+            seen[key] = item
+
+
+def plan_batch(inputs, outdir, *, resume: bool = False, shard_spec: tuple[int, int] = (0, 1),
+               video_options: VideoOptions | None = None):
     """What a batch job (any engine) does: ``(items, todo, carried, manifest_name)``: this shard's items, those to
-    process, the manifest entries carried over for the items ``resume`` skips (complete outputs), and the manifest's
-    file name. Creates ``outdir``."""
+    process, the manifest entries carried over for the items ``resume`` skips (complete outputs; for a video also
+    an ok manifest line, see :func:`is_complete`), and the manifest's file name. Creates ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    items = shard(collect_inputs(inputs), *shard_spec)
+    everything = collect_inputs(inputs)
+    _check_video_folders(everything)
+    items = shard(everything, *shard_spec)
     manifest_name = "manifest.jsonl" if shard_spec[1] == 1 else f"manifest-{shard_spec[0]}-of-{shard_spec[1]}.jsonl"
     old = read_manifest(outdir / manifest_name)
     carried, todo = [], []
     for item in items:
-        if resume and is_complete(item, outdir):
+        if resume and is_complete(item, outdir, old.get(str(item.path)), video_options):
             carried.append(old.get(str(item.path)) or {"input": str(item.path), "status": "ok", "error": None,
                                                         "outputs": {k: str(v) for k, v in
                                                                     item.outputs(outdir).items()}})
@@ -279,18 +388,39 @@ def plan_batch(inputs, outdir, *, resume: bool = False, shard_spec: tuple[int, i
 
 
 def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
-              shard_spec: tuple[int, int] = (0, 1), color="auto", pipelined: bool = True, progress=None, **options):
-    """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries).
+              shard_spec: tuple[int, int] = (0, 1), color="auto", pipelined: bool = True, progress=None,
+              video_options: VideoOptions | None = None, on_video_frame=None, on_video=None, **options):
+    """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries, number of
+    items). The images run through one pipeline, then each video through its own (:func:`video_entry`); the
+    manifest lines are appended as items finish and rewritten in input order at the end.
 
-    ``progress``: optional callable invoked with each finished frame (a progress bar)."""
+    ``progress``: optional callable invoked with each finished image frame (a progress bar);
+    ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video."""
     outdir = Path(outdir)
-    items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec)
+    items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec,
+                                                     video_options=video_options)
+    images = [it for it in todo if not it.is_video]
+    videos = [it for it in todo if it.is_video]
     writer = BatchWriter(outdir, color, manifest_name)
     stage = Stage("write", writer, fatal=True, run_on_error=True)
     try:
-        for frame in batch_frames(model, todo, n_superpixels, pipelined=pipelined, extra_stages=[stage], **options):
-            if progress is not None:
-                progress(frame)
+        if images or not videos:
+            for frame in batch_frames(model, images, n_superpixels, pipelined=pipelined, extra_stages=[stage],
+                                      **options):
+                if progress is not None:
+                    progress(frame)
+        for item in videos:
+            def each_frame(frame, message, item=item):
+                if on_video_frame is not None:
+                    on_video_frame(item, frame)
+
+            entry = video_entry(model, item, outdir, n_superpixels, video_options, color=color, pipelined=pipelined,
+                                on_frame=each_frame, **options)
+            writer.record(entry)
+            if on_video is not None:
+                on_video(entry)
     finally:
+        order = {str(it.path): i for i, it in enumerate(todo)}
+        writer.entries.sort(key=lambda e: order.get(e["input"], len(order)))
         writer.close(carried)
     return writer.entries, carried, len(items)

@@ -9,6 +9,15 @@ stages, atomic writes), so outputs are bit-identical to the local engine's. Each
 item (plus ``node``, the Ray node id, and ``node_ip``); the driver appends it to ``manifest.jsonl`` as it arrives and
 rewrites the manifest atomically at the end, in input order, like the local engine.
 
+Videos. A video is one row of the same dataset, so one Ray task on the same actors (no second pool, no second
+model load): the actor runs :func:`~spam_stream.pipelines.batch.video_entry`, the local engine's per-video work
+(:func:`~spam_stream.pipelines.video.process_video`, the code path of ``spam-stream video``), with the stages run
+one frame at a time in the actor's thread (same labels as the pipelined local run), and returns the video's one
+manifest entry. The videos are put first in the dataset (the long tasks start first), and when the job has videos
+each actor is sent one task at a time (``max_tasks_in_flight_per_actor=1``), so no image or video waits in the
+queue of an actor busy with a long video while another actor is free. The pool's size and CPUs are the same as for
+images, so videos cannot starve Ray Data's own tasks either.
+
 Resources. Each actor takes ``num_cpus`` CPUs (its torch and numba threads) and ``num_gpus`` GPUs; the pool is sized
 so that actors never hold all the cluster's CPUs: ``workers × num_cpus ≤ CPUs − 1``. (Measured with ray 2.60 on a
 2-CPU machine: a pool whose actors take both CPUs leaves none for Ray Data's own tasks and the job stalls.) The
@@ -32,8 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io import InputError
-from .batch import BatchItem, BatchWriter, batch_frames, plan_batch
+from .batch import BatchItem, BatchWriter, batch_frames, plan_batch, video_entry
 from .executor import Stage, describe
+from .video import VideoOptions
 
 
 
@@ -84,18 +94,25 @@ def failed_entry(item: BatchItem, message: str) -> dict:
     message = " ".join(message.split())
     if not message.startswith(str(item.path)):
         message = f"{item.path}: {message}"
-    return {"input": str(item.path), "outputs": {}, "superpixels": None, "ms": {}, "status": "failed",
-            "error": message}
+    entry = {"input": str(item.path), "outputs": {}, "superpixels": None, "ms": {}, "status": "failed",
+             "error": message}
+    if item.is_video:  # the fields of a video line (batch.video_entry)
+        del entry["superpixels"]
+        entry.update(kind="video", frames=0, fps=None, rate=None)
+    return entry
 
 
 class SpamWorker:
-    """Ray Data callable class: builds the model once; maps a batch of items ``{"index", "path", "rel"}`` to
-    ``{"index", "entry"}`` (the manifest entry as a JSON string) after writing the item's outputs."""
+    """Ray Data callable class: builds the model once; maps a batch of items ``{"index", "path", "rel"}`` (images
+    or videos) to ``{"index", "entry"}`` (the manifest entry as a JSON string) after writing the item's outputs.
+    ``video_options``: :class:`~spam_stream.pipelines.video.VideoOptions` of every video."""
 
-    def __init__(self, spec: dict, outdir: str, n_superpixels: int, color="auto", threads: int = 1):
+    def __init__(self, spec: dict, outdir: str, n_superpixels: int, color="auto", threads: int = 1,
+                 video_options: VideoOptions | None = None):
         import ray
 
         self.outdir, self.n_superpixels, self.color, self.threads = Path(outdir), n_superpixels, color, threads
+        self.video_options = video_options or VideoOptions()
         self._set_threads()
         context = ray.get_runtime_context()
         self.node = {"node": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
@@ -120,6 +137,9 @@ class SpamWorker:
         """The local engine's per-item work (decode, SPAM stages, atomic writes): one manifest entry."""
         if self.init_error is not None:
             return failed_entry(item, f"model: {self.init_error}")
+        if item.is_video:
+            return video_entry(self.model, item, self.outdir, self.n_superpixels, self.video_options,
+                               color=self.color, pipelined=False, **self.options)
         writer = BatchWriter(self.outdir, self.color, manifest_name=None)
         stage = Stage("write", writer, fatal=True, run_on_error=True)
         for _ in batch_frames(self.model, [item], self.n_superpixels, pipelined=False, extra_stages=[stage],
@@ -200,7 +220,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 def run_batch_ray(spec: dict, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
                   shard_spec: tuple[int, int] = (0, 1), color="auto", workers: int | None = None,
-                  num_gpus_per_worker: float = 0, address: str | None = None, progress=None):
+                  num_gpus_per_worker: float = 0, address: str | None = None, progress=None,
+                  video_options: VideoOptions | None = None):
     """The batch job on Ray Data: returns (entries of this run, skipped items' carried entries, number of items),
     like :func:`~spam_stream.pipelines.batch.run_batch`.
 
@@ -212,19 +233,23 @@ def run_batch_ray(spec: dict, inputs, outdir, n_superpixels: int = 400, *, resum
             when the spec says "cpu".
         address: Ray cluster address; None: an initialised Ray, else a new local one.
         progress: optional callable invoked with each finished entry (a dict).
+        video_options: :class:`~spam_stream.pipelines.video.VideoOptions` of every video among the inputs.
     """
     outdir = Path(outdir)
-    items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec)
+    items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec,
+                                                     video_options=video_options)
     writer = BatchWriter(outdir, color, manifest_name)
     try:
         if todo:
-            _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress)
+            _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress,
+                 video_options)
     finally:
         writer.close(carried)
     return writer.entries, carried, len(items)
 
 
-def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress):
+def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress,
+         video_options=None):
     ray = require_ray()
     started = init_ray(address)
     try:
@@ -239,12 +264,17 @@ def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per
         context = DataContext.get_current()
         context.execution_options.resource_limits = ExecutionResources(cpu=cpus, gpu=gpus)
         rows = [{"index": i, "path": str(it.path), "rel": str(it.rel)} for i, it in enumerate(todo)]
+        # one row = one task; videos (long tasks) first, and then one task in flight per actor (see the docstring)
+        has_videos = any(it.is_video for it in todo)
+        rows.sort(key=lambda row: not todo[row["index"]].is_video)
+        pool = ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1 if has_videos else None)
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(SpamWorker, batch_size=1, compute=ActorPoolStrategy(size=workers),
+        ds = ds.map_batches(SpamWorker, batch_size=1, compute=pool,
                             num_cpus=num_cpus, num_gpus=num_gpus_per_worker or None,
                             fn_constructor_kwargs={"spec": spec, "outdir": str(outdir),
                                                    "n_superpixels": n_superpixels, "color": color,
-                                                   "threads": max(1, int(num_cpus))})
+                                                   "threads": max(1, int(num_cpus)),
+                                                   "video_options": video_options})
         done: dict[int, dict] = {}
         for row in ds.iter_rows():
             index, entry = int(row["index"]), json.loads(row["entry"])
