@@ -277,3 +277,25 @@ def test_videos_by_suffix_and_clashing_video_folders(tmp_path, capsys):
     (src / "a.mkv").write_bytes(b"x")  # a.mp4 and a.mkv would share OUTDIR/a/
     assert main(["batch", str(src), "-o", str(tmp_path / "out"), "--encoder", "none"]) == 2
     assert "would both write to OUTDIR/a/" in capsys.readouterr().err
+
+
+def test_video_options_reach_batch_videos_as_in_the_video_command(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_index_video(src / "clip.mkv", 12, codec="ffv1")
+    options = ["--independent", "--start", "2", "--max-frames", "6", "--no-overlay", "--warm-iterations", "2"]
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    assert main(["batch", str(src), "-o", str(out), *VIDEO_ARGS, *options]) == 0
+    assert main(["video", str(src / "clip.mkv"), "-o", str(ref), *VIDEO_ARGS, *options]) == 0
+    ours, theirs = label_frames(out / "clip" / "clip_labels"), label_frames(ref / "clip_labels")
+    assert list(ours) == [f"{i:06d}.png" for i in range(2, 8)] == list(theirs)
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name])
+    entry, = manifest(out)
+    assert entry["frames"] == 6 and "overlay" not in entry["outputs"]
+    assert not (out / "clip" / "clip_overlay.mp4").exists()
+    # complete without an overlay: --resume with the same options skips it
+    stamps = _stamps(out)
+    time.sleep(0.05)
+    assert main(["batch", str(src), "-o", str(out), *VIDEO_ARGS, *options, "--resume"]) == 0
+    assert _stamps(out) == stamps

@@ -81,8 +81,9 @@ def _glob_base(pattern: str) -> Path:
 
 def collect_inputs(specs, suffixes=BATCH_SUFFIXES) -> list[BatchItem]:
     """Expand input specs (files, folders, globs, list files) into items, in a stable sorted order, without
-    duplicates. Folders are searched for files with ``suffixes`` (images and videos). A path that does not exist stays an item (it fails later, in the manifest), except a glob that
-    matches nothing or an empty folder, which raise :class:`InputError`."""
+    duplicates. Folders are searched for files with ``suffixes`` (images and videos). A path that does not exist
+    stays an item (it fails later, in the manifest), except a glob that matches nothing or an empty folder, which
+    raise :class:`InputError`."""
     items: dict[Path, BatchItem] = {}
 
     def add(path: Path, rel: Path):
@@ -196,8 +197,8 @@ def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
     entry = {"input": str(item.path), "kind": "video", "outputs": {}, "frames": 0, "fps": None, "rate": None}
     try:
         clear_video_outputs(item, outdir)
-        result = process_video(model, item.path, item.video_folder(outdir), n_superpixels, video_options, stem=item.rel.stem,
-                               pipelined=pipelined, color=color, on_frame=on_frame, **options)
+        result = process_video(model, item.path, item.video_folder(outdir), n_superpixels, video_options,
+                               stem=item.rel.stem, pipelined=pipelined, color=color, on_frame=on_frame, **options)
         error = result.error
         entry.update(outputs={k: str(v) for k, v in result.outputs.items()}, frames=result.written,
                      fps=round(float(result.rate), 6), rate=str(result.rate),
