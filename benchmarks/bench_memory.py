@@ -4,12 +4,14 @@ from another source tree (e.g. an older commit checked out with ``git worktree a
 
     python benchmarks/bench_memory.py [--sizes 720p,1080p,4k] [--baseline /tmp/spam-baseline-mem]
                                       [--baseline-sizes 720p,1080p,4k] [--encoder default] [--budget BYTES]
+                                      [--device cuda]
 
 Each child: imports, builds ``SPAM``, segments a 64×64 warm-up image (numba/JIT and allocator warm-up), then one
 timed ``segment()`` of the sample photo resized to the frame size. Reported: resident memory after the warm-up
 (libraries, weights), the peak during the frame, wall and CPU time of the frame. With ``--stages`` (trees whose
 ``SPAM`` has ``run_stages``) the frame runs stage by stage and the peak after each stage is printed too, which says
-where the peak comes from.
+where the peak comes from. With ``--device cuda`` the model runs on the GPU and the table adds the peak
+``torch.cuda.max_memory_allocated`` of the frame (reset after the warm-up); memory sizes are MiB (2**20 bytes).
 """
 from __future__ import annotations
 
@@ -43,8 +45,14 @@ def child(args):
     w, h, k = SIZES[args.child]
     image = np.asarray(Image.open(os.path.join(ROOT, "samples", "coffee.jpg")).convert("RGB").resize((w, h)))
     kwargs = {} if args.budget is None else {"memory_budget": args.budget}
-    model = spam_stream.SPAM(encoder=args.encoder, **kwargs)
+    model = spam_stream.SPAM(encoder=args.encoder, device=args.device, **kwargs)
     model.segment(image[:64, :64].copy(), 16)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     base = peak_mb()
     stages = {}
     t_wall, t_cpu = time.perf_counter(), time.process_time()
@@ -56,15 +64,20 @@ def child(args):
         labels = frame.labels
     else:
         labels = model.segment(image, k)
+    gpu_mb = None
+    if cuda:
+        torch.cuda.synchronize()
+        gpu_mb = round(torch.cuda.max_memory_allocated() / 2**20)
     t_wall, t_cpu = time.perf_counter() - t_wall, time.process_time() - t_cpu
-    print(json.dumps({"module": spam_stream.__file__, "size": args.child, "base_mb": round(base),
+    print(json.dumps({"gpu_peak_mb": gpu_mb, "module": spam_stream.__file__, "size": args.child, "base_mb": round(base),
                       "peak_mb": round(peak_mb()), "wall_s": round(t_wall, 2), "cpu_s": round(t_cpu, 2),
                       "superpixels": int(labels.max()) + 1, "stages": stages}))
 
 
 def run_case(tree: str, size: str, args) -> dict:
     env = dict(os.environ, PYTHONPATH=tree)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", size, "--encoder", args.encoder]
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", size, "--encoder", args.encoder,
+           "--device", args.device]
     if args.budget is not None and tree == ROOT:
         cmd += ["--budget", str(args.budget)]
     if args.stages:
@@ -86,6 +99,7 @@ def main():
     ap.add_argument("--encoder", default="default")
     ap.add_argument("--budget", type=int, default=None, help="memory_budget for this tree's SPAM (bytes)")
     ap.add_argument("--stages", action="store_true", help="peak after each stage (trees with run_stages)")
+    ap.add_argument("--device", default="cpu", help="the model's device (cuda: adds the GPU's peak allocation)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -96,9 +110,9 @@ def main():
     if args.baseline:
         bsizes = (args.baseline_sizes or args.sizes).split(",")
         trees.insert(0, ("baseline", os.path.abspath(args.baseline), [s for s in bsizes if s]))
-    print(f"{os.cpu_count()} cores; encoder {args.encoder}; one fresh process per case")
-    print("| tree | frame | K | K' | RSS after warm-up (MB) | peak RSS (MB) | wall (s) | CPU (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"{os.cpu_count()} cores; encoder {args.encoder}; device {args.device}; one fresh process per case")
+    print("| tree | frame | K | K' | RSS after warm-up (MiB) | peak RSS (MiB) | wall (s) | CPU (s) | GPU peak (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     for size in sizes + [s for s in (trees[0][2] if args.baseline else []) if s not in sizes]:
         for name, tree, tree_sizes in trees:
@@ -108,13 +122,13 @@ def main():
             results.append((name, r))
             w, h, k = SIZES[size]
             if "error" in r:
-                print(f"| {name} | {w}x{h} | {k} | failed: {r['error']} | | | | |", flush=True)
+                print(f"| {name} | {w}x{h} | {k} | failed: {r['error']} | | | | | |", flush=True)
                 continue
             print(f"| {name} | {w}x{h} | {k} | {r['superpixels']} | {r['base_mb']} | {r['peak_mb']} | "
-                  f"{r['wall_s']:.2f} | {r['cpu_s']:.2f} |", flush=True)
+                  f"{r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r.get('gpu_peak_mb') or '—'} |", flush=True)
     staged = [(n, r) for n, r in results if r.get("stages")]
     if staged:
-        print("\npeak / current RSS (MB) after each stage:")
+        print("\npeak / current RSS (MiB) after each stage:")
         for name, r in staged:
             print(f"- {name} {r['size']}: " + ", ".join(f"{s} {p}/{c}" for s, (p, c) in r["stages"].items()))
 

@@ -84,7 +84,7 @@ def fold_batchnorm(encoder: Encoder) -> Encoder:
 ALIGN = 4
 HALO = 24
 STRIP = 128  # core rows of the output conv's input buffer at once
-DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of encoder activations at once (tiles); see tile_for_budget
+DEFAULT_MEMORY_BUDGET = 128 * 2**20  # bytes of encoder activations at once (tiles); see tile_for_budget
 
 
 def _source_rows(dst: torch.Tensor, in_size: int, out_size: int):
@@ -244,18 +244,20 @@ def estimate_frame_bytes(height: int, width: int, n_superpixels: int = 0, n_feat
                          tile: tuple[int, int] | None = None, encoder_width: int = 32) -> int:
     """Peak memory of one ``segment()`` of an H×W frame, in bytes above the process's baseline (libraries, weights).
 
-    peak ≈ N·(8 + 20) + max(N·(4·D + 20) + T, N·(8·D + 50)) + 64·K·D, with N = H·W pixels, D = ``n_features``, K =
+    peak ≈ N·(8 + 20) + max(N·4·D + T, N·(4·D + 50)) + 64·K·D, with N = H·W pixels, D = ``n_features``, K =
     ``n_superpixels`` and T the activations of one encoder tile (:func:`tile_bytes_per_pixel` of a ``tile`` = (rows,
     cols) core plus its HALO; ``tile=None``: no encoder, T = 0). Use :func:`tile_for_budget` for the tile a memory
-    budget gives. Fitted on 720p, 1080p and 4K frames (D = 20): within ≈ 10 % of the measured peaks.
+    budget gives. The features are the one frame-sized float result (Lab written into them, the CPU hard pass reads
+    them in place); the 50 B/pixel are the clustering's candidate plan and labels. Fitted on 720p, 1080p and 4K
+    frames (D = 20): within ≈ 15 % of the measured peaks (BENCHMARKS.md).
     """
     n, d = int(height) * int(width), int(n_features)
     t = 0
     if tile is not None:
         per_pixel = (4 * (2 * encoder_width + COLOR_CHANNELS), 4 * (3 * encoder_width + COLOR_CHANNELS + d - IN_CHANNELS))
         t = tile_bytes(height, width, tile, per_pixel)
-    feature_stage = n * (4 * d + 20) + t
-    cluster_stage = n * (8 * d + CLUSTER_BYTES_PER_PIXEL)
+    feature_stage = n * 4 * d + t
+    cluster_stage = n * (4 * d + CLUSTER_BYTES_PER_PIXEL)
     return int(n * (SEED_BYTES_PER_PIXEL + SLACK_BYTES_PER_PIXEL) + max(feature_stage, cluster_stage)
                + 64 * int(n_superpixels) * d)
 

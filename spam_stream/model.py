@@ -128,7 +128,7 @@ class SPAM:
         prior: a ready prior :class:`~spam_stream.priors.Provider` (e.g. ``make_provider("fastsam", checkpoint=…)``)
             used for every image that :meth:`segment` gets without its own prior: the prior model loads once.
         memory_budget: bytes of encoder activations at once (the encoder runs tile by tile within it; default
-            :data:`spam_stream.encoder.DEFAULT_MEMORY_BUDGET`, 256 MiB); the results do not depend on it.
+            :data:`spam_stream.encoder.DEFAULT_MEMORY_BUDGET`, 128 MiB); the results do not depend on it.
     """
 
     def __init__(self, encoder="default", compactness: float = SPATIAL_SCALE, color_scale: float = COLOR_SCALE,
@@ -179,7 +179,8 @@ class SPAM:
 
     def seed_stage(self, frame: Frame) -> Frame:
         """Seeds and candidates (grid without a prior, object seeds + candidate table with one). Kept when the frame
-        already has them (a video reusing its previous frame's seeds)."""
+        already has them (a video reusing its previous frame's seeds). On a resident frame they are made on the
+        model's device (``frame.seeds``' arrays are then tensors there), equal to the CPU functions' results."""
         if frame.seeds is not None and frame.cands is not None:
             return frame
         from . import kernels  # device dispatch lives there
@@ -193,13 +194,17 @@ class SPAM:
                     frame.cands = kernels.resident_grid_candidates(h, w, frame.seeds.grid, self.device)
                 else:
                     frame.cands = grid_candidates(h, w, frame.seeds)
+            elif kernels.resident_frame(self.device):
+                # the partition goes up once; seeds, starting labels and the candidate table are made and stay there
+                part = torch.as_tensor(frame.partition).to(self.device)
+                frame.seeds = kernels.resident_object_seeds(part, k, frame.density, self.seed, self.device)
+                frame.cands = kernels.resident_object_candidates(*frame.seeds.candidate_groups(part),
+                                                                 self.max_candidate_distance, self.device)
             else:
                 frame.seeds = object_seeds(frame.partition, k, density=frame.density, seed=self.seed)
                 # candidates inside each pixel's own piece of its object (the uncertain band may cut an object)
                 frame.cands = object_candidates(*frame.seeds.candidate_groups(frame.partition),
                                                 self.max_candidate_distance)
-                if kernels.resident_frame(self.device):  # the table goes up once, here (a video's frames share it)
-                    frame.cands = frame.cands.to(self.device)
         return frame
 
     def feature_stage(self, frame: Frame) -> Frame:

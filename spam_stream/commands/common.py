@@ -29,7 +29,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="encoder weights: 'default' = the bundled encoder, 'fast' = the bundled encoder at half "
                         "resolution (about 3x faster on a CPU, ASA -0.003), 'none' = no CNN (D=5), or a weights file")
     p.add_argument("--max-memory", type=positive_int, default=None, metavar="MB",
-                   help="memory for the encoder's activations in MB (default 256): it runs tile by tile within it, "
+                   help="memory for the encoder's activations in MB (default 128): it runs tile by tile within it, "
                         "with the same results; see the README's memory model")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
 
