@@ -58,7 +58,8 @@ class Seeds:
         else ``(partition, self)``. Use: ``object_candidates(*seeds.candidate_groups(partition), max_distance)``."""
         if self.component_map is None or self.component is None:
             return partition, self
-        return self.component_map, replace(self, obj=self.component.astype(np.int32))
+        comp = self.component  # numpy here; an int32 tensor for seeds made on a device (kernels.seeding)
+        return self.component_map, replace(self, obj=comp.astype(np.int32) if isinstance(comp, np.ndarray) else comp)
 
 
 def grid_shape(height: int, width: int, n_superpixels: int) -> tuple[int, int]:

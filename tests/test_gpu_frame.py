@@ -2,6 +2,7 @@
 functions, on CPU tensors here and on CUDA tensors too when a GPU is present (``device`` fixture).
 
 Lab + positions equal the numba features within float32 rounding; grid candidates and starting labels are equal;
+with a prior, the object seeds and the candidate table made on the device equal the CPU's (seed_stage's two paths);
 connectivity gives the same labels as ``enforce_connectivity`` (random labels, clustering output with a prior, BSDS
 images when present), with both connected-components implementations (numba for CPU tensors, torch ops for CUDA);
 and ``SPAM.segment`` through the device path (``SPAM_DEVICE_FRAME=1`` on a CPU) keeps every invariant and matches
@@ -92,6 +93,44 @@ def test_grid_layout_on_the_device_equals_the_cpu_one(shape, device):
     assert got.device.type == device.type and got.grid == ref.grid
     assert torch.equal(got.pixel_object.cpu(), ref.pixel_object)
     assert torch.equal(got.superpixel_object.cpu(), ref.superpixel_object)
+
+
+def _seed_stage(monkeypatch, resident, device, image, k, prior):
+    monkeypatch.setenv("SPAM_DEVICE_FRAME", "1" if resident else "0")
+    model = SPAM(encoder=None, device=device if resident else "cpu")
+    frame = model.frame(image, k, prior)
+    model.prior_stage(frame)
+    return model.seed_stage(frame)
+
+
+@pytest.mark.parametrize("k", [20, 150])
+def test_seed_stage_with_a_prior_builds_seeds_and_table_on_the_device(k, device, monkeypatch):
+    """With a resident frame the object seeds and the candidate table are made on the device (tensors there, no
+    host table uploaded) and equal the CPU path's: objects in pieces (band + random uncertain pixels), a 1-px object."""
+    image = synthetic_image(64, 90, seed=7)
+    prior = voronoi_partition(64, 90, 7, seed=7)
+    prior[np.random.default_rng(7).random(prior.shape) < 0.05] = -1
+    prior[0, 0] = 12  # a one-pixel object
+    ref = _seed_stage(monkeypatch, False, device, image, k, prior)
+    got = _seed_stage(monkeypatch, True, device, image, k, prior)
+    for field in ("yx", "obj", "init_labels", "component", "component_map"):
+        value = getattr(got.seeds, field)
+        assert isinstance(value, torch.Tensor) and value.device.type == device.type, field
+        np.testing.assert_array_equal(value.cpu().numpy(), getattr(ref.seeds, field), err_msg=field)
+    assert got.cands.table.device.type == device.type
+    for field in ("table", "pixel_object", "superpixel_object"):
+        np.testing.assert_array_equal(getattr(got.cands, field).cpu().numpy(), getattr(ref.cands, field).numpy(),
+                                      err_msg=field)
+
+
+def test_seed_stage_on_the_device_equals_the_cpu_on_bsds(bsds_samples, device, monkeypatch):
+    s = bsds_samples[1]
+    prior = oracle_partition(s.gts[0], band=1)
+    ref = _seed_stage(monkeypatch, False, device, s.image, 400, prior)
+    got = _seed_stage(monkeypatch, True, device, s.image, 400, prior)
+    np.testing.assert_array_equal(got.seeds.yx.cpu().numpy(), ref.seeds.yx)
+    np.testing.assert_array_equal(got.seeds.init_labels.cpu().numpy(), ref.seeds.init_labels)
+    np.testing.assert_array_equal(got.cands.table.cpu().numpy(), ref.cands.table.numpy())
 
 
 # --- connectivity ---------------------------------------------------------------------------------------------------

@@ -123,3 +123,155 @@ def test_candidate_groups_keep_every_pixel_to_seeds_of_its_own_component():
     # without components (grid seeds) nothing changes
     g = grid_seeds(10, 10, 4)
     assert g.candidate_groups(part)[1] is g
+
+
+# --- the device twins (spam_stream.kernels.nearest / kernels.seeding) against the CPU functions -------------------
+# CPU tensors here; CUDA tensors too when a GPU is present. Everything is exact: equal seeds, labels, tables.
+
+import torch  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+def _random_seed_search(rng, n_points=700, n_seeds=60, n_groups=5):
+    """Seeds (K, 2) with a group each, some in two groups, one group empty; points anywhere (also outside every
+    group's grid) with a group each."""
+    yx = rng.uniform(0, [50, 70], (n_seeds, 2))
+    yx[:10] = np.round(yx[:10])  # integer positions: exact distance ties with the integer points
+    item_seed = np.concatenate([np.arange(n_seeds), rng.choice(n_seeds, 15, replace=False)])
+    item_group = rng.integers(0, n_groups - 1, len(item_seed))  # the last group gets no seed
+    points = np.concatenate([rng.integers(0, [50, 70], (n_points, 2)), rng.uniform(-40, 110, (50, 2))]).astype(float)
+    group = rng.integers(0, n_groups, len(points))
+    return yx, item_seed, item_group, n_groups, points, group
+
+
+@pytest.mark.parametrize("k,limit", [(1, np.inf), (4, 9.0), (9, 14.0), (9, np.inf)])
+@pytest.mark.parametrize("radii", [None, (0,), ()], ids=["blocks", "one-cell", "exhaustive"])
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_seeds_torch_equals_nearest_seeds(seed, radii, k, limit, device):
+    from spam_stream.kernels.nearest import build_seed_grid_torch, nearest_seeds_torch
+    from spam_stream.seeding import build_seed_grid, nearest_seeds
+
+    rng = np.random.default_rng(seed)
+    yx, item_seed, item_group, n_groups, points, group = _random_seed_search(rng)
+    step = 4.0 + seed
+    ref = nearest_seeds(points, group, build_seed_grid(yx, item_seed, item_group, n_groups, step), yx, k, limit,
+                        width=9)
+    t = lambda a: torch.as_tensor(a).to(device)  # noqa: E731
+    grid = build_seed_grid_torch(t(yx), t(item_seed), t(item_group), n_groups, step)
+    got = nearest_seeds_torch(t(points), t(group), grid, t(yx), k, limit, width=9, radii=radii)
+    assert got.device.type == device.type and got.shape == ref.shape
+    np.testing.assert_array_equal(got.cpu().numpy(), ref)
+    assert (ref[group == n_groups - 1] == -1).all() and (ref[group < n_groups - 1, 0] >= 0).all()
+
+
+def test_seed_grid_torch_equals_the_cpu_grid(device):
+    from spam_stream.kernels.nearest import build_seed_grid_torch
+    from spam_stream.seeding import build_seed_grid
+
+    yx, item_seed, item_group, n_groups, _, _ = _random_seed_search(np.random.default_rng(7))
+    ref = build_seed_grid(yx, item_seed, item_group, n_groups, 5.0)
+    got = build_seed_grid_torch(*(torch.as_tensor(a).to(device) for a in (yx, item_seed, item_group)), n_groups, 5.0)
+    for name in ("origin", "cell", "shape", "offset", "start", "items"):
+        np.testing.assert_array_equal(getattr(got, name).cpu().numpy(), getattr(ref, name), err_msg=name)
+    slots = got.slots.cpu().numpy()  # each cell's seeds, -1 padded, in the items' order
+    for j in range(len(ref.start) - 1):
+        cell = ref.items[ref.start[j]:ref.start[j + 1]]
+        assert slots[j, :len(cell)].tolist() == cell.tolist() and (slots[j, len(cell):] == -1).all()
+
+
+def _partitions():
+    """Random partitions: Voronoi objects with a band and random uncertain pixels; objects split into pieces with
+    1-px islands; absent object ids (empty objects) and 1-px objects; a tiny-object soup (more pieces than K)."""
+    from helpers import voronoi_partition
+
+    rng = np.random.default_rng(3)
+    out = {}
+    v = voronoi_partition(45, 62, 6, seed=2)
+    v[rng.random(v.shape) < 0.08] = -1
+    out["voronoi-band-holes"] = v
+    out["split-pieces"] = _split_objects()
+    gaps = np.full((30, 41), -1, np.int32)
+    gaps[2:20, 3:30] = 4                 # ids 0..3 absent: empty objects
+    gaps[22:29, 5:38] = 9
+    gaps[25, 20] = -1
+    gaps[0, 0] = gaps[29, 40] = 2        # one-pixel objects
+    gaps[10, 35] = 7
+    out["empty-and-1px-objects"] = gaps
+    out["soup"] = rng.integers(-1, 4, (23, 31)).astype(np.int32)
+    return out
+
+
+PARTITIONS = _partitions()
+
+
+@pytest.mark.parametrize("k", [1, 7, 40, 150])
+@pytest.mark.parametrize("name", PARTITIONS)
+def test_object_seeds_torch_equal_object_seeds(name, k, device):
+    from spam_stream.kernels.seeding import object_seeds_torch
+
+    part = PARTITIONS[name]
+    k = min(k, int((part >= 0).sum()))
+    density = np.linspace(0.5, 3.0, int(part.max()) + 1) if k == 40 else None
+    ref = object_seeds(part, k, density=density, seed=1)
+    got = object_seeds_torch(torch.from_numpy(part).to(device), k, density=density, seed=1)
+    assert got.yx.device.type == device.type and got.init_labels.dtype == torch.int32
+    for field in ("yx", "obj", "init_labels", "component", "component_map"):
+        np.testing.assert_array_equal(getattr(got, field).cpu().numpy(), getattr(ref, field), err_msg=field)
+    # the invariants hold on their own too: each seed's starting pixels lie in its own piece of its object
+    init = got.init_labels.cpu().numpy()
+    comp_map = got.component_map.cpu().numpy().ravel()
+    inside = init >= 0
+    assert (got.component.cpu().numpy()[init[inside]] == comp_map[inside]).all()
+    assert (init[part.ravel() < 0] == -1).all()
+
+
+def test_object_seeds_torch_draws_the_cpus_random_extra_pixels(device):
+    """A 2x3 object with 3 seeds has 2 occupied cells of the √(n/k) grid: the third start is drawn at random — the
+    device path makes the same generator calls, for any seed."""
+    from spam_stream.kernels.seeding import object_seeds_torch
+
+    part = np.full((7, 8), -1, np.int32)
+    part[3:5, 5:8] = 0
+    starts = []
+    for seed in range(4):
+        ref = object_seeds(part, 3, seed=seed, kmeans_iterations=0)
+        got = object_seeds_torch(torch.from_numpy(part).to(device), 3, seed=seed, kmeans_iterations=0)
+        np.testing.assert_array_equal(got.yx.cpu().numpy(), ref.yx)
+        starts.append(tuple(map(tuple, ref.yx)))
+    assert len(set(starts)) > 1  # the random part of the starts did vary with the seed
+
+
+@pytest.mark.parametrize("max_distance", [1.0, 3.0])
+@pytest.mark.parametrize("name", PARTITIONS)
+def test_object_candidates_torch_equal_object_candidates(name, max_distance, device):
+    from spam_stream.candidates import object_candidates
+    from spam_stream.kernels.seeding import object_candidates_torch, object_seeds_torch
+
+    part = PARTITIONS[name]
+    k = min(60, int((part >= 0).sum()))
+    ref_seeds = object_seeds(part, k)
+    got_seeds = object_seeds_torch(torch.from_numpy(part).to(device), k)
+    ref = object_candidates(*ref_seeds.candidate_groups(part), max_distance)
+    got = object_candidates_torch(*got_seeds.candidate_groups(torch.from_numpy(part).to(device)), max_distance)
+    assert got.table.device.type == device.type and got.table.dtype == torch.int32
+    for field in ("table", "pixel_object", "superpixel_object"):
+        np.testing.assert_array_equal(getattr(got, field).cpu().numpy(), getattr(ref, field).numpy(), err_msg=field)
+    # the plain partition as groups (no pieces) gives the CPU's table too
+    plain = object_candidates(part, ref_seeds, max_distance)
+    got_plain = object_candidates_torch(torch.from_numpy(part).to(device), got_seeds, max_distance)
+    np.testing.assert_array_equal(got_plain.table.cpu().numpy(), plain.table.numpy())
+
+
+def test_object_seeds_torch_rejects_a_partition_without_objects():
+    from spam_stream.kernels.seeding import object_seeds_torch
+
+    with pytest.raises(ValueError, match="no object"):
+        object_seeds_torch(torch.full((4, 5), -1, dtype=torch.int32), 3)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        object_seeds_torch(torch.zeros(4, dtype=torch.int32), 3)

@@ -14,8 +14,9 @@ Public functions (shapes in :mod:`.reference`): :func:`masked_distances`, :func:
 
 GPU-resident frames: :func:`resident_frame` says whether a model's per-frame stages keep the frame on its device
 (a CUDA device; ``SPAM_DEVICE_FRAME=1`` forces that path on CPU tensors, to test it without a GPU), and
-:func:`resident_features`, :func:`resident_grid_candidates`, :func:`resident_connectivity` are those stages'
-device implementations (:mod:`.features`, :mod:`.seeding`, :mod:`.connectivity`).
+:func:`resident_features`, :func:`resident_grid_candidates`, :func:`resident_object_seeds`,
+:func:`resident_object_candidates`, :func:`resident_connectivity` are those stages' device implementations
+(:mod:`.features`, :mod:`.seeding` with :mod:`.nearest`, :mod:`.connectivity`).
 """
 from __future__ import annotations
 
@@ -147,6 +148,24 @@ def resident_grid_candidates(height: int, width: int, grid: tuple[int, int], dev
     return grid_candidates_torch(height, width, grid, device)
 
 
+def resident_object_seeds(partition, n_superpixels: int, density, seed: int, device):
+    """Object seeds of a prior partition on ``device``: the (H, W) partition (array or tensor) goes up once and a
+    :class:`~spam_stream.seeding.Seeds` of tensors there comes back — equal to
+    :func:`spam_stream.seeding.object_seeds`. ``density``: (n_objects,) numpy factors or None."""
+    from .seeding import object_seeds_torch
+
+    return object_seeds_torch(torch.as_tensor(partition).to(device), n_superpixels, density, seed=seed)
+
+
+def resident_object_candidates(partition, seeds, max_distance: float, device) -> Candidates:
+    """The candidate table of object seeds built on ``device`` — equal to
+    :func:`spam_stream.candidates.object_candidates`; ``partition``, ``seeds`` as ``seeds.candidate_groups(...)``
+    gives them (tensors on ``device`` for seeds from :func:`resident_object_seeds`)."""
+    from .seeding import object_candidates_torch
+
+    return object_candidates_torch(torch.as_tensor(partition).to(device), seeds, max_distance)
+
+
 def resident_connectivity(cluster_labels, partition, min_size: int, device, return_source: bool = False):
     """Connectivity of a frame on ``device``: (H, W) int32 numpy labels, the one transfer back (with
     ``return_source`` also the (K',) source labels) — equal to :func:`spam_stream.connectivity.enforce_connectivity`.
@@ -164,7 +183,8 @@ def resident_connectivity(cluster_labels, partition, min_size: int, device, retu
 
 
 __all__ = [
-    "resident_frame", "resident_features", "resident_grid_candidates", "resident_connectivity",
+    "resident_frame", "resident_features", "resident_grid_candidates", "resident_object_seeds",
+    "resident_object_candidates", "resident_connectivity",
     "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
     "soft_iteration",

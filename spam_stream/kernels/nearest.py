@@ -1,0 +1,219 @@
+"""Exact k nearest seeds per group on any torch device — the twin of :func:`spam_stream.seeding.nearest_seeds`.
+
+The CPU search (numba) walks rings of cells around each point, one point at a time. Here every pending point is
+handled at once, in rounds of growing square blocks of cells:
+
+1. the seeds are bucketed exactly as :func:`spam_stream.seeding.build_seed_grid` does (one grid per group over the
+   bounding box of its seeds), and each cell's seeds are written into a dense (n_cells, occupancy) table;
+2. a round gathers, for each pending point, every seed in the (2R+1)² cells around its cell (its cell clamped into
+   its group's grid), and keeps the k best by (squared distance, seed index);
+3. a point is done when no unvisited seed can change its answer — the same tests as the CPU's early exit: the
+   distance from the point to the unvisited part of its grid exceeds its k-th best distance, or exceeds both the
+   limit and its nearest distance, or the block covers the whole grid;
+4. after the last round the few points still pending compare with every seed of their group.
+
+The answer is the same set as the CPU's — the k smallest (squared distance, seed index) pairs of the point's group,
+the nearest always kept, others only within ``limit`` — from the same float64 distances ``dy·dy + dx·dx``, so tables
+are equal element for element (tested against the CPU function in ``tests/test_seeding.py``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# gathered (point, seed) pairs per chunk of a round: bounds the round's memory (float64 distances + int64 ids)
+PAIRS_PER_CHUNK = 1 << 23
+
+
+@dataclass
+class SeedGridTorch:
+    """:class:`spam_stream.seeding.SeedGrid` as tensors, plus each cell's seeds as a dense table.
+
+    Attributes:
+        origin: (G, 2) float64 lower corner (y, x) of each group's grid; cell: (G,) float64 cell side;
+        shape: (G, 2) int64 cells (ny, nx); offset: (G,) int64 first global cell of the group;
+        start: (n_cells + 1,) int64 and items: (n_items,) int64 — seeds of global cell j are items[start[j]:start[j+1]];
+        slots: (n_cells, occupancy) int64 the same seeds per cell, -1 padded.
+    """
+
+    origin: torch.Tensor
+    cell: torch.Tensor
+    shape: torch.Tensor
+    offset: torch.Tensor
+    start: torch.Tensor
+    items: torch.Tensor
+    slots: torch.Tensor
+
+
+def build_seed_grid_torch(yx: torch.Tensor, item_seed: torch.Tensor, item_group: torch.Tensor, n_groups: int,
+                          step: float) -> SeedGridTorch:
+    """The grid of :func:`spam_stream.seeding.build_seed_grid` (same cells, same float64 arithmetic) on ``yx``'s
+    device: seeds ``yx`` (K, 2) float64 listed as items (seed index (n,), group id (n,) int64)."""
+    dev = yx.device
+    item_seed = item_seed.to(device=dev, dtype=torch.int64)
+    item_group = item_group.to(device=dev, dtype=torch.int64)
+    pos = yx[item_seed]
+    n_items = torch.bincount(item_group, minlength=n_groups)
+    idx = item_group[:, None].expand(-1, 2)
+    lo = torch.full((n_groups, 2), math.inf, dtype=torch.float64, device=dev).scatter_reduce(0, idx, pos, "amin")
+    hi = torch.full((n_groups, 2), -math.inf, dtype=torch.float64, device=dev).scatter_reduce(0, idx, pos, "amax")
+    empty = (n_items == 0)[:, None]
+    lo = torch.where(empty, 0.0, lo)
+    hi = torch.where(empty, 0.0, hi)
+    extent = hi - lo
+    cell = torch.sqrt(extent[:, 0] * extent[:, 1] / (2 * n_items).clamp(min=1).to(torch.float64)).clamp(min=step)
+    shape = (torch.floor(extent / cell[:, None]) + 1).to(torch.int64)
+    sizes = shape[:, 0] * shape[:, 1]
+    offset = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+    n_cells = int(offset[-1])
+    rel = torch.floor((pos - lo[item_group]) / cell[item_group, None]).to(torch.int64)
+    rel = torch.minimum(rel.clamp(min=0), shape[item_group] - 1)
+    key = offset[item_group] + rel[:, 0] * shape[item_group, 1] + rel[:, 1]
+    key_sorted, order = torch.sort(key, stable=True)
+    counts = torch.bincount(key, minlength=n_cells)
+    start = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    items = item_seed[order]
+    occupancy = int(counts.max()) if n_cells and len(items) else 1
+    slots = torch.full((n_cells, max(occupancy, 1)), -1, dtype=torch.int64, device=dev)
+    rank = torch.arange(len(items), device=dev) - start[key_sorted]
+    slots[key_sorted, rank] = items
+    return SeedGridTorch(lo, cell, shape, offset[:-1], start, items, slots)
+
+
+def _top_k(best_d, best_i, d, s, k):
+    """Merge candidate (distance, seed) columns ``d``, ``s`` (P, M) into the sorted best lists (P, k): the k
+    smallest (distance, seed index) pairs, -1 / inf padded. Seeds are never repeated for one point."""
+    d = torch.cat([best_d, d], 1)
+    s = torch.cat([best_i, s], 1)
+    if k == 1:  # the minimum distance, then the lowest index among equal distances
+        dmin = d.min(1, keepdim=True).values
+        big = torch.iinfo(torch.int64).max
+        i = torch.where((d == dmin) & (s >= 0), s, big).min(1, keepdim=True).values
+        return dmin, torch.where(i == big, -1, i)
+    key_i = torch.where(s >= 0, s, torch.iinfo(torch.int64).max)
+    o = torch.sort(key_i, 1).indices
+    d, s = d.gather(1, o), s.gather(1, o)
+    o = torch.sort(d, dim=1, stable=True).indices[:, :k]
+    return d.gather(1, o), s.gather(1, o)
+
+
+def _offsets(radius: int, inner: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell offsets (dy, dx) of the square of radius ``radius`` minus the square of radius ``inner`` (-1: none),
+    the cells a round adds to the previous round's block."""
+    r = torch.arange(-radius, radius + 1, device=device)
+    dy, dx = r.repeat_interleave(2 * radius + 1), r.repeat(2 * radius + 1)
+    new = torch.maximum(dy.abs(), dx.abs()) > inner
+    return dy[new], dx[new]
+
+
+def _block_round(pts, py, px, grid, yx, gy, gx, ny, nx, off, radius, inner, best_d, best_i, k):
+    """One round for points ``pts`` (P,): gather the seeds of the (2R+1)² cells around the clamped cells (gy, gx),
+    but those of the previous round's block (radius ``inner``), and merge them into the best lists (in place)."""
+    dy, dx = _offsets(radius, inner, py.device)
+    occ = grid.slots.shape[1]
+    per_point = len(dy) * occ
+    chunk = max(1, PAIRS_PER_CHUNK // per_point)
+    for a in range(0, len(pts), chunk):
+        p = pts[a:a + chunk]
+        cy = gy[p, None] + dy
+        cx = gx[p, None] + dx
+        inside = (cy >= 0) & (cy < ny[p, None]) & (cx >= 0) & (cx < nx[p, None])
+        j = torch.where(inside, off[p, None] + cy * nx[p, None] + cx, 0)
+        s = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(len(p), per_point)
+        sc = s.clamp(min=0)
+        ey = yx[sc, 0] - py[p, None]
+        ex = yx[sc, 1] - px[p, None]
+        d = torch.where(s >= 0, ey * ey + ex * ex, math.inf)
+        best_d[p], best_i[p] = _top_k(best_d[p], best_i[p], d, s, k)
+
+
+def _brute_force(pts, py, px, group, grid, yx, n_cells_of, best_d, best_i, k):
+    """Every seed of each point's group for points ``pts`` (the rare ones the blocks did not settle); their best
+    lists start afresh."""
+    best_d[pts] = math.inf
+    best_i[pts] = -1
+    g = group[pts]
+    first = grid.start[grid.offset[g]]
+    count = grid.start[grid.offset[g] + n_cells_of[g]] - first
+    width = int(count.max()) if len(pts) else 0
+    if width == 0:
+        return
+    chunk = max(1, PAIRS_PER_CHUNK // width)
+    col = torch.arange(width, device=py.device)
+    for a in range(0, len(pts), chunk):
+        p = pts[a:a + chunk]
+        valid = col < count[a:a + chunk, None]
+        s = torch.where(valid, grid.items[(first[a:a + chunk, None] + col).clamp(max=len(grid.items) - 1)], -1)
+        sc = s.clamp(min=0)
+        ey = yx[sc, 0] - py[p, None]
+        ex = yx[sc, 1] - px[p, None]
+        d = torch.where(valid, ey * ey + ex * ex, math.inf)
+        best_d[p], best_i[p] = _top_k(best_d[p], best_i[p], d, s, k)
+
+
+def nearest_seeds_torch(points: torch.Tensor, group: torch.Tensor, grid: SeedGridTorch, yx: torch.Tensor,
+                        k: int = 1, limit: float = math.inf, width: int | None = None, dtype=torch.int64,
+                        radii: tuple[int, ...] | None = None) -> torch.Tensor:
+    """(n, width) ``dtype`` on ``points``' device: per point (n, 2) float64 yx, the ≤k nearest seeds of its grid
+    group (n,) int64 within ``limit`` (the nearest is always kept), in increasing seed index, -1 padded to ``width``
+    (default k) columns — equal to :func:`spam_stream.seeding.nearest_seeds` on the same grid.
+
+    ``radii``: block radii (in cells) of the rounds before the exhaustive one (default (1, 3) for k = 1, (2, 5)
+    otherwise: the 9th-nearest seed of a regular layout lies ≈1.7 cells away)."""
+    dev = points.device
+    n = points.shape[0]
+    width = k if width is None else width
+    if radii is None:
+        radii = (1, 3) if k == 1 else (2, 5)
+    py = points[:, 0].to(torch.float64).contiguous()
+    px = points[:, 1].to(torch.float64).contiguous()
+    group = group.to(device=dev, dtype=torch.int64)
+    yx = yx.to(device=dev, dtype=torch.float64)
+    limit2 = float(limit) ** 2
+    c = grid.cell[group]
+    ny, nx = grid.shape[group, 0], grid.shape[group, 1]
+    off = grid.offset[group]
+    n_cells_of = grid.shape[:, 0] * grid.shape[:, 1]
+    fy = (py - grid.origin[group, 0]) / c
+    fx = (px - grid.origin[group, 1]) / c
+    gy = torch.minimum(torch.floor(fy).to(torch.int64).clamp(min=0), ny - 1)
+    gx = torch.minimum(torch.floor(fx).to(torch.int64).clamp(min=0), nx - 1)
+    best_d = torch.full((n, k), math.inf, dtype=torch.float64, device=dev)
+    best_i = torch.full((n, k), -1, dtype=torch.int64, device=dev)
+    has_seeds = grid.start[off + ny * nx] > grid.start[off]
+    pending = torch.nonzero(has_seeds).flatten()
+    inner = -1
+    for radius in radii:
+        if len(pending) == 0:
+            break
+        p = pending
+        _block_round(p, py, px, grid, yx, gy, gx, ny, nx, off, radius, inner, best_d, best_i, k)
+        inner = radius
+        # distance to the unvisited part of the grid: the nearest side of the block that stops short of the grid's
+        r0, r1 = gy[p] - radius, gy[p] + radius
+        c0, c1 = gx[p] - radius, gx[p] + radius
+        inf = torch.full_like(fy[p], math.inf)
+        lb = torch.minimum(
+            torch.minimum(torch.where(r0 > 0, fy[p] - r0, inf), torch.where(r1 < ny[p] - 1, (r1 + 1) - fy[p], inf)),
+            torch.minimum(torch.where(c0 > 0, fx[p] - c0, inf), torch.where(c1 < nx[p] - 1, (c1 + 1) - fx[p], inf)),
+        ) * c[p]
+        lb2 = lb * lb
+        done = torch.isinf(lb) | (lb2 > best_d[p, k - 1]) | ((lb2 > limit2) & (lb2 > best_d[p, 0]))
+        pending = p[~done]
+    if len(pending):
+        _brute_force(pending, py, px, group, grid, yx, n_cells_of, best_d, best_i, k)
+    # keep the nearest and every other seed within the limit, in increasing seed index
+    keep = best_i >= 0
+    if k > 1:
+        keep[:, 1:] &= best_d[:, 1:] <= limit2
+    big = torch.iinfo(torch.int64).max
+    ids = torch.sort(torch.where(keep, best_i, big), 1).values
+    ids = torch.where(ids == big, -1, ids)
+    out = torch.full((n, width), -1, dtype=dtype, device=dev)
+    out[:, :min(k, width)] = ids[:, :min(k, width)].to(dtype)
+    return out
+
+
+__all__ = ["SeedGridTorch", "build_seed_grid_torch", "nearest_seeds_torch", "PAIRS_PER_CHUNK"]
