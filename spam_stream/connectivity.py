@@ -179,6 +179,29 @@ def _components(labels, partition, has_partition):
     return parent, size, sp, obj
 
 
+@numba.njit(inline="always")
+def merge_into_best(parent, group_obj, c, neighbour, length, j0, j1):
+    """The merge rule, shared by every implementation: fragment ``c``'s group joins the group of the first of its
+    neighbours ``neighbour[j0:j1]`` (increasing component ids; ``length``: shared border in pixel pairs) with the
+    longest border among those whose prior object is compatible (the same object, or either side only uncertain
+    pixels); no compatible neighbour: it stays alone. ``parent`` (union-find) and ``group_obj`` (each root's object,
+    -1 = only uncertain pixels) are updated in place."""
+    root_c = _find(parent, c)
+    best, best_len = -1, 0
+    for j in range(j0, j1):
+        rb = _find(parent, neighbour[j])
+        if rb == root_c:
+            continue
+        oc, ob = group_obj[root_c], group_obj[rb]
+        if oc >= 0 and ob >= 0 and oc != ob:
+            continue
+        if length[j] > best_len:
+            best, best_len = rb, length[j]
+    if best >= 0:
+        parent[root_c] = best
+        group_obj[best] = max(group_obj[best], group_obj[root_c])
+
+
 @numba.njit(cache=True)
 def _merge_small(comp, h, w, size, obj, small, order):
     """Union-find merges of the small fragments, in ``order``; returns each component's root (C,) int64.
@@ -198,6 +221,8 @@ def _merge_small(comp, h, w, size, obj, small, order):
     parent = np.arange(n)
     group_obj = obj.copy()
     nb = np.empty(4 * (start[n] + 1), np.int64)
+    nb_id = np.empty_like(nb)
+    nb_len = np.empty_like(nb)
     for c in order:
         # neighbouring components across each border pixel pair (one entry per pair), sorted: a run per neighbour
         m = 0
@@ -217,26 +242,16 @@ def _merge_small(comp, h, w, size, obj, small, order):
                 nb[m] = comp[p + w]
                 m += 1
         nbs = np.sort(nb[:m])
-        root_c = _find(parent, c)
-        best, best_len = -1, 0
+        u = 0  # runs of equal ids → (neighbour, shared border length), in increasing id order
         k = 0
         while k < m:
-            b = nbs[k]
             run = 1
-            while k + run < m and nbs[k + run] == b:
+            while k + run < m and nbs[k + run] == nbs[k]:
                 run += 1
+            nb_id[u], nb_len[u] = nbs[k], run
+            u += 1
             k += run
-            rb = _find(parent, b)
-            if rb == root_c:
-                continue
-            oc, ob = group_obj[root_c], group_obj[rb]
-            if oc >= 0 and ob >= 0 and oc != ob:
-                continue
-            if run > best_len:
-                best, best_len = rb, run
-        if best >= 0:
-            parent[root_c] = best
-            group_obj[best] = max(group_obj[best], group_obj[root_c])
+        merge_into_best(parent, group_obj, c, nb_id, nb_len, 0, u)
     for c in range(n):
         parent[c] = _find(parent, c)
     return parent

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from ..connectivity import _find  # the same union-find as the CPU function's
+from ..connectivity import _find, merge_into_best  # the CPU function's union-find and merge rule
 from .labeling import label_components
 
 
@@ -41,21 +41,7 @@ def _merge_fragments(order, start, neighbour, length, obj, n):
     parent = np.arange(n)
     group_obj = obj.copy()
     for i in range(order.shape[0]):
-        c = order[i]
-        root_c = _find(parent, c)
-        best, best_len = -1, 0
-        for j in range(start[i], start[i + 1]):
-            rb = _find(parent, neighbour[j])
-            if rb == root_c:
-                continue
-            oc, ob = group_obj[root_c], group_obj[rb]
-            if oc >= 0 and ob >= 0 and oc != ob:
-                continue
-            if length[j] > best_len:
-                best, best_len = rb, length[j]
-        if best >= 0:
-            parent[root_c] = best
-            group_obj[best] = max(group_obj[best], group_obj[root_c])
+        merge_into_best(parent, group_obj, order[i], neighbour, length, start[i], start[i + 1])
     for c in range(n):
         parent[c] = _find(parent, c)
     return parent

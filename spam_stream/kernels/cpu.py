@@ -703,19 +703,6 @@ def _prepare_soft(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n
     return start, members, slot_j
 
 
-@njit(parallel=True, cache=True)
-def _transpose_blocks(f, n_cols):
-    """(N, D) → (D, n_cols) float32, zero padded (n_cols a multiple of 16)."""
-    n, d_count = f.shape
-    fT = np.zeros((d_count, n_cols), np.float32)
-    n_blocks = n_cols // LANES
-    for b in prange(n_blocks):
-        for p in range(b * LANES, min(n, (b + 1) * LANES)):
-            for d in range(d_count):
-                fT[d, p] = f[p, d]
-    return fT
-
-
 @njit(inline="always")
 def _fold_lane_pairs(part, sums, k_count, d_count):
     for k in range(k_count):
@@ -858,7 +845,7 @@ def _soft(features, centroids, cands, q=None):
     """(q (N, 9), sums (K, D), counts (K,)) float32; q computed (None) or given."""
     plan = _plan(features, cands)
     f = features.detach().contiguous().numpy()
-    fT = _transpose_blocks(f, plan.n_cols)
+    fT = _transpose(f, plan.n_cols, MAX_CHUNKS)
     k_count = cands.n_superpixels
     with_q = q is None
     if with_q:
@@ -893,7 +880,7 @@ def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, n
     """Fused analytic backward of a soft iteration; same formulas as reference.soft_iteration_backward."""
     plan = _plan(features, cands)
     f = features.detach().contiguous().numpy()
-    fT = _transpose_blocks(f, plan.n_cols)
+    fT = _transpose(f, plan.n_cols, MAX_CHUNKS)
     cnt = counts.detach().numpy().astype(np.float64)
     gc_new = grad_new_c.detach().numpy().astype(np.float64)
     has = cnt > 0
