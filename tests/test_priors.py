@@ -242,3 +242,28 @@ def test_help_lists_the_prior_flags(capsys):
     for flag in ("--prior ", "--prior-checkpoint", "--prior-masks", "--prior-mask ", "--sam-model", "--points-per-side",
                  "--imgsz", "--attention ", "--attention-ratio", "--focus", "model-checkpoints", "FastSAM-s.pt"):
         assert flag in out
+
+
+def test_fastsam_prior_on_a_video_uses_network_resolution_masks(tmp_path, fastsam, fastsam_checkpoint, monkeypatch):
+    """``spam-stream video --prior fastsam``: every frame's partition comes from the masks at the network's
+    resolution (no full-resolution stack is ever made), each frame's superpixels stay inside that frame's FastSAM
+    objects, and the frame count survives."""
+    pytest.importorskip("av")
+    from video_helpers import decode_all, write_index_video
+
+    made = []
+    full_resolution = FastSamProvider.full_resolution
+    monkeypatch.setattr(FastSamProvider, "full_resolution",
+                        staticmethod(lambda masks, shape: made.append(shape) or full_resolution(masks, shape)))
+    src = write_index_video(tmp_path / "clip.mkv", 5, codec="ffv1", h=64, w=96)
+    out = tmp_path / "out"
+    assert main(["video", str(src), "-o", str(out), "-k", "40", "--encoder", "none", "--prior", "fastsam",
+                 "--prior-checkpoint", str(fastsam_checkpoint), "--imgsz", "320", "--no-overlay"]) == 0
+    assert made == []
+    frames, _ = decode_all(src)
+    pngs = sorted((out / "clip_labels").glob("*.png"))
+    assert len(pngs) == len(frames) == 5
+    for frame, png in zip(frames, pngs):
+        labels = np.asarray(Image.open(png)).astype(np.int64)
+        assert_superpixels_respect_prior(labels, fastsam(frame).partition)
+        assert_connected(np.unique(labels, return_inverse=True)[1].reshape(labels.shape))  # ids tracked: not 0..n-1
