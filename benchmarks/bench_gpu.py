@@ -9,7 +9,10 @@ else samples/coffee.jpg resized) and a 1920x1080 frame (K=2000, the same picture
 (``SPAM(device="cuda")``: the GPU-resident frame — uint8 upload, Lab in torch, grid candidates on the device, Triton
 clustering, connectivity with torch connected components, labels back once): Lab, seeds + candidates, features (Lab +
 encoder), clustering (10 iterations + final assignment), connectivity, and ``segment()`` end to end, with no prior
-and with a prior (25 Voronoi objects with uncertain bands; its seeds and candidate table are built on the CPU).
+and with a prior (25 Voronoi objects with uncertain bands). With the prior, seeds + candidates is also split into its
+two parts — object seeds (the objects' pieces, starts, k-means on yx) and the candidate table — timed on the CPU
+(numpy/numba) and on the device (kernels.seeding / kernels.nearest, the partition uploaded once), and the device's
+seeds and table are checked equal to the CPU's.
 Each GPU time is wall time between ``torch.cuda.synchronize()`` calls (host work included); median of --repeats after
 one warm-up.
 
@@ -22,7 +25,7 @@ bandwidth (a device-to-device copy of 1 GiB, read + write counted).
 Without a CUDA device it prints "no CUDA device: nothing to measure" and exits 0. ``--cpu-twins`` instead times the
 device path's torch functions on CPU tensors against the CPU functions they replace, at 1080p (what a machine
 without a GPU can check: the host-side cost of the device connectivity's sequential merges, and that labels are
-equal).
+equal), and the device path's object seeds + candidate table on CPU tensors at the BSDS size.
 """
 from __future__ import annotations
 
@@ -129,6 +132,32 @@ def stage_times(model, image, k, prior, repeats, cuda):
     return out, frame.labels
 
 
+def prior_seed_times(image, k, prior, repeats, device, cuda):
+    """{part: ms} of seeds + candidates with a prior, CPU functions vs their device twins on ``device``, and
+    whether the twins' seeds and table equal the CPU's."""
+    from spam_stream.candidates import object_candidates
+    from spam_stream.kernels.seeding import object_candidates_torch, object_seeds_torch
+    from spam_stream.model import check_prior
+    from spam_stream.seeding import object_seeds
+
+    part = check_prior(prior, prior.shape)
+    ref = object_seeds(part, k)
+    ref_table = object_candidates(*ref.candidate_groups(part), 3.0).table.numpy()
+    part_t = torch.from_numpy(part).to(device)
+    got = object_seeds_torch(part_t, k)
+    got_table = object_candidates_torch(*got.candidate_groups(part_t), 3.0).table
+    equal = (np.array_equal(got.yx.cpu().numpy(), ref.yx) and np.array_equal(got.init_labels.cpu().numpy(),
+                                                                                ref.init_labels)
+             and np.array_equal(got_table.cpu().numpy(), ref_table))
+    few = max(1, repeats // 2)
+    cpu = {"object seeds": wall_ms(lambda: object_seeds(part, k), few, False),
+           "candidate table": wall_ms(lambda: object_candidates(*ref.candidate_groups(part), 3.0), few, False)}
+    dev = {"object seeds": wall_ms(lambda: object_seeds_torch(torch.from_numpy(part).to(device), k), repeats, cuda),
+           "candidate table": wall_ms(lambda: object_candidates_torch(*got.candidate_groups(part_t), 3.0), repeats,
+                                      cuda)}
+    return cpu, dev, equal
+
+
 def kernel_times(image, k, encoder, repeats):
     """Fused pass variants and 10 iterations on the GPU (CUDA events), with the bytes floor."""
     from spam_stream.candidates import grid_candidates
@@ -192,6 +221,16 @@ def cpu_twins(picture, repeats):
     from spam_stream.kernels.features import lab_yx_torch
     from spam_stream.kernels.labeling import label_components_torch
 
+    (name, hw, k) = SIZES[0]
+    prior = voronoi_prior(*hw)
+    cpu, dev, equal = prior_seed_times(None, k, prior, max(1, repeats // 2), "cpu", False)
+    print(f"{name}, K={k}, 25-object prior: seeds + candidates, CPU functions vs the device twins on CPU tensors "
+          f"(seeds and table equal: {equal})\n")
+    print("| part | CPU functions (ms) | device twins on CPU tensors (ms) |")
+    print("|---|---|---|")
+    for what in cpu:
+        print(f"| {what} | {cpu[what]:.1f} | {dev[what]:.1f} |")
+    print()
     (name, hw, k) = SIZES[1]
     image = resized(picture, hw)
     prior = voronoi_prior(*hw)
@@ -277,6 +316,11 @@ def main():
         for stage in ("seeds + candidates", "segment()"):
             print(f"| {stage}, 25-object prior | {cpu_p[stage]:.1f} | {gpu_p[stage]:.2f} | "
                   f"{cpu_p[stage] / gpu_p[stage]:.1f} |")
+        cpu_s, gpu_s, seeds_equal = prior_seed_times(image, k, prior, args.repeats, DEVICE, True)
+        for part in cpu_s:
+            print(f"| — {part}, 25-object prior | {cpu_s[part]:.1f} | {gpu_s[part]:.2f} | "
+                  f"{cpu_s[part] / gpu_s[part]:.1f} |")
+        print(f"\nprior seeds + candidate table on the device equal to the CPU's: {seeds_equal}")
         print(f"\nCUDA vs CPU labels (no prior): ASA {asa(gpu_labels, cpu_labels):.4f}, K' {gpu_labels.max() + 1} vs "
               f"{cpu_labels.max() + 1}, identical: {np.array_equal(gpu_labels, cpu_labels)}")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 # gathered (point, seed) pairs per chunk of a round: bounds the round's memory (float64 distances + int64 ids)
-PAIRS_PER_CHUNK = 1 << 23
+PAIRS_PER_CHUNK = 1 << 24
 
 
 @dataclass
@@ -110,18 +110,28 @@ def _offsets(radius: int, inner: int, device) -> tuple[torch.Tensor, torch.Tenso
 
 def _block_round(pts, py, px, grid, yx, gy, gx, ny, nx, off, radius, inner, best_d, best_i, k):
     """One round for points ``pts`` (P,): gather the seeds of the (2R+1)² cells around the clamped cells (gy, gx),
-    but those of the previous round's block (radius ``inner``), and merge them into the best lists (in place)."""
-    dy, dx = _offsets(radius, inner, py.device)
-    occ = grid.slots.shape[1]
-    per_point = len(dy) * occ
-    chunk = max(1, PAIRS_PER_CHUNK // per_point)
+    but those of the previous round's block (radius ``inner``), and merge them into the best lists (in place).
+
+    The points of one cell share their block: its seeds are gathered once per cell, compacted (empty slots dropped),
+    and each point reads its cell's list."""
+    dev = py.device
+    dy, dx = _offsets(radius, inner, dev)
+    cells, inv = torch.unique(off[pts] + gy[pts] * nx[pts] + gx[pts], return_inverse=True)
+    rep = torch.empty(len(cells), dtype=torch.int64, device=dev).scatter_(0, inv, pts)  # a point of each cell
+    cy = gy[rep, None] + dy
+    cx = gx[rep, None] + dx
+    inside = (cy >= 0) & (cy < ny[rep, None]) & (cx >= 0) & (cx < nx[rep, None])
+    j = torch.where(inside, off[rep, None] + cy * nx[rep, None] + cx, 0)
+    block = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(len(cells), -1)
+    block = block.gather(1, torch.sort((block < 0).to(torch.uint8), dim=1, stable=True).indices)
+    width = int((block >= 0).sum(1).max()) if len(cells) else 0
+    if width == 0:
+        return
+    block = block[:, :width]
+    chunk = max(1, PAIRS_PER_CHUNK // width)
     for a in range(0, len(pts), chunk):
         p = pts[a:a + chunk]
-        cy = gy[p, None] + dy
-        cx = gx[p, None] + dx
-        inside = (cy >= 0) & (cy < ny[p, None]) & (cx >= 0) & (cx < nx[p, None])
-        j = torch.where(inside, off[p, None] + cy * nx[p, None] + cx, 0)
-        s = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(len(p), per_point)
+        s = block[inv[a:a + chunk]]
         sc = s.clamp(min=0)
         ey = yx[sc, 0] - py[p, None]
         ex = yx[sc, 1] - px[p, None]
