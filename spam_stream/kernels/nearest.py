@@ -82,11 +82,20 @@ def build_seed_grid_torch(yx: torch.Tensor, item_seed: torch.Tensor, item_group:
     return SeedGridTorch(lo, cell, shape, offset[:-1], start, items, slots)
 
 
-def _top_k(best_d, best_i, d, s, k):
+def _top_k(best_d, best_i, d, s, k, fresh=False):
     """Merge candidate (distance, seed) columns ``d``, ``s`` (P, M) into the sorted best lists (P, k): the k
-    smallest (distance, seed index) pairs, -1 / inf padded. Seeds are never repeated for one point."""
-    d = torch.cat([best_d, d], 1)
-    s = torch.cat([best_i, s], 1)
+    smallest (distance, seed index) pairs, -1 / inf padded. Seeds are never repeated for one point. ``fresh``: the
+    best lists are empty and the columns are in increasing seed index (pads last) — one stable sort suffices."""
+    if fresh and d.shape[1] < k:
+        pad = k - d.shape[1]
+        d = torch.cat([d, d.new_full((len(d), pad), math.inf)], 1)
+        s = torch.cat([s, s.new_full((len(s), pad), -1)], 1)
+    if fresh and k > 1:
+        o = torch.sort(d, dim=1, stable=True).indices[:, :k]
+        return d.gather(1, o), s.gather(1, o)
+    if not fresh:
+        d = torch.cat([best_d, d], 1)
+        s = torch.cat([best_i, s], 1)
     if k == 1:  # the minimum distance, then the lowest index among equal distances
         dmin = d.min(1, keepdim=True).values
         big = torch.iinfo(torch.int64).max
@@ -123,7 +132,9 @@ def _block_round(pts, py, px, grid, yx, gy, gx, ny, nx, off, radius, inner, best
     inside = (cy >= 0) & (cy < ny[rep, None]) & (cx >= 0) & (cx < nx[rep, None])
     j = torch.where(inside, off[rep, None] + cy * nx[rep, None] + cx, 0)
     block = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(len(cells), -1)
-    block = block.gather(1, torch.sort((block < 0).to(torch.uint8), dim=1, stable=True).indices)
+    big = torch.iinfo(torch.int64).max
+    block = torch.sort(torch.where(block >= 0, block, big), dim=1).values  # increasing seed index, pads last
+    block = torch.where(block == big, -1, block)
     width = int((block >= 0).sum(1).max()) if len(cells) else 0
     if width == 0:
         return
@@ -136,7 +147,7 @@ def _block_round(pts, py, px, grid, yx, gy, gx, ny, nx, off, radius, inner, best
         ey = yx[sc, 0] - py[p, None]
         ex = yx[sc, 1] - px[p, None]
         d = torch.where(s >= 0, ey * ey + ex * ex, math.inf)
-        best_d[p], best_i[p] = _top_k(best_d[p], best_i[p], d, s, k)
+        best_d[p], best_i[p] = _top_k(best_d[p], best_i[p], d, s, k, fresh=inner < 0)
 
 
 def _brute_force(pts, py, px, group, grid, yx, n_cells_of, best_d, best_i, k):
