@@ -132,7 +132,7 @@ def stage_times(model, image, k, prior, repeats, cuda):
     return out, frame.labels
 
 
-def prior_seed_times(image, k, prior, repeats, device, cuda):
+def prior_seed_times(k, prior, repeats, device, cuda):
     """{part: ms} of seeds + candidates with a prior, CPU functions vs their device twins on ``device``, and
     whether the twins' seeds and table equal the CPU's."""
     from spam_stream.candidates import object_candidates
@@ -223,7 +223,7 @@ def cpu_twins(picture, repeats):
 
     (name, hw, k) = SIZES[0]
     prior = voronoi_prior(*hw)
-    cpu, dev, equal = prior_seed_times(None, k, prior, max(1, repeats // 2), "cpu", False)
+    cpu, dev, equal = prior_seed_times(k, prior, max(1, repeats // 2), "cpu", False)
     print(f"{name}, K={k}, 25-object prior: seeds + candidates, CPU functions vs the device twins on CPU tensors "
           f"(seeds and table equal: {equal})\n")
     print("| part | CPU functions (ms) | device twins on CPU tensors (ms) |")
@@ -316,7 +316,7 @@ def main():
         for stage in ("seeds + candidates", "segment()"):
             print(f"| {stage}, 25-object prior | {cpu_p[stage]:.1f} | {gpu_p[stage]:.2f} | "
                   f"{cpu_p[stage] / gpu_p[stage]:.1f} |")
-        cpu_s, gpu_s, seeds_equal = prior_seed_times(image, k, prior, args.repeats, DEVICE, True)
+        cpu_s, gpu_s, seeds_equal = prior_seed_times(k, prior, args.repeats, DEVICE, True)
         for part in cpu_s:
             print(f"| — {part}, 25-object prior | {cpu_s[part]:.1f} | {gpu_s[part]:.2f} | "
                   f"{cpu_s[part] / gpu_s[part]:.1f} |")
