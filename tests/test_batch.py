@@ -299,3 +299,170 @@ def test_video_options_reach_batch_videos_as_in_the_video_command(tmp_path):
     time.sleep(0.05)
     assert main(["batch", str(src), "-o", str(out), *VIDEO_ARGS, *options, "--resume"]) == 0
     assert _stamps(out) == stamps
+
+
+# --- OUTDIR as a URI (pyarrow.fs): file:// goes through pyarrow's LocalFileSystem, the same API as S3 ---
+
+def _labels_and_files(folder: Path):
+    """Every output file under a local folder (relative path → bytes), the manifest and frames CSVs aside."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name != "manifest.jsonl" and not p.name.endswith("_frames.csv")}
+
+
+def _same_outputs(ours: Path, theirs: Path):
+    """Same files; labels (images and video frames) bit for bit, image overlays pixel for pixel, video overlays
+    frame count, frames CSVs row for row (timings aside)."""
+    a, b = _labels_and_files(ours), _labels_and_files(theirs)
+    assert sorted(a) == sorted(b) and a
+    for rel in b:
+        if rel.suffix == ".png" and ("_labels" in rel.name or rel.parent.name.endswith("_labels")):
+            assert a[rel] == b[rel], rel
+        elif rel.suffix == ".png":
+            np.testing.assert_array_equal(np.asarray(Image.open(ours / rel)), np.asarray(Image.open(theirs / rel)))
+        else:
+            assert len(decode_all(ours / rel)[0]) == len(decode_all(theirs / rel)[0])
+    for csv in theirs.rglob("*_frames.csv"):
+        rows = [[r.split(",")[i] for i in (0, 1, -1)] for r in csv.read_text().splitlines()]
+        mine = ours / csv.relative_to(theirs)
+        assert [[r.split(",")[i] for i in (0, 1, -1)] for r in mine.read_text().splitlines()] == rows
+
+
+def _same_manifest(ours: list[dict], theirs: list[dict], prefix_ours: str, prefix_theirs: str):
+    assert [e["input"] for e in ours] == [e["input"] for e in theirs]
+    for a, b in zip(ours, theirs):
+        keys = ("status", "error", "kind", "frames", "rate", "superpixels")
+        assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}
+        assert a["outputs"] == {k: v.replace(prefix_theirs, prefix_ours) for k, v in b["outputs"].items()}
+
+
+def test_a_uri_outdir_writes_what_a_local_one_does_and_resumes(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("pyarrow.fs", reason="a URI OUTDIR needs pyarrow")
+    import tempfile
+
+    src = tmp_path / "src"
+    make_images(src, 5)
+    (src / "b" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 30)
+    (src / "v").mkdir()
+    write_index_video(src / "v" / "clip.mkv", 10, codec="ffv1")
+    scratch = tmp_path / "scratch"  # where the staging folders go
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    uri = remote.as_uri()  # file:///…/remote
+    args = ["batch", str(src), *VIDEO_ARGS]
+    assert main([*args, "-o", str(local)]) == 1
+    capsys.readouterr()
+    assert main([*args, "-o", uri]) == 1
+    err = capsys.readouterr().err
+    assert "processed 6 image(s) and 1 video(s)" in err and f"to {uri}" in err and "corrupt.png" in err
+
+    _same_outputs(remote, local)
+    _same_manifest(manifest(remote), manifest(local), uri, str(local))
+    failed = [e for e in manifest(remote) if e["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["input"] == str(src / "b" / "corrupt.png") and failed[0]["outputs"] == {}
+    assert not list(scratch.iterdir()), "the staging folders are removed"
+    assert not [p for p in remote.rglob("*") if ".part" in p.name]
+
+    # --resume through the URI: the bad input gone, nothing is left to do and nothing is touched
+    (src / "b" / "corrupt.png").unlink()
+    stamps = _stamps(remote)
+    time.sleep(0.05)
+    assert main([*args, "-o", uri, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resumed: 5 image(s) and 1 video(s) already complete" in err and "processed 0 image(s) in this run" in err
+    assert _stamps(remote) == stamps
+    assert [e["status"] for e in manifest(remote)] == ["ok"] * 6
+
+    # a missing output and a half-uploaded one (a temporary name, never taken for an output) are redone: an image
+    # without its overlay, a video without one label PNG; nothing else is touched
+    img = remote / "a" / "img001_overlay.png"
+    img.unlink()
+    (img.parent / ".img001_overlay.0123456789ab.part.png").write_bytes(b"half a png")
+    labels = remote / "v" / "clip" / "clip_labels"
+    (labels / "000004.png").unlink()
+    (labels / ".000004.0123456789ab.part.png").write_bytes(b"half a png")
+    others = {p: t for p, t in _stamps(remote).items()
+              if not p.is_relative_to(remote / "v") and "img001" not in p.name}
+    time.sleep(0.05)
+    assert main([*args, "-o", uri, "--resume"]) == 0
+    assert "processed 1 image(s) and 1 video(s) in this run" in capsys.readouterr().err
+    assert {p: t for p, t in _stamps(remote).items() if p in others} == others
+    (img.parent / ".img001_overlay.0123456789ab.part.png").unlink()  # a kill's leftover, as with a local OUTDIR
+    _same_outputs(remote, local)
+    assert not [p for p in remote.rglob("*") if ".part" in p.name]  # the video's folder was cleared first
+    assert [e["status"] for e in manifest(remote)] == ["ok"] * 6
+    assert not list(scratch.iterdir())
+
+
+def test_a_uri_outdir_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "src"
+    make_images(src, 1)
+    assert main(["batch", str(src), "-o", "nosuchscheme://bucket/x", "--encoder", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: OUTDIR nosuchscheme://bucket/x: pyarrow.fs cannot open it")
+    monkeypatch.setitem(sys.modules, "pyarrow.fs", None)  # the core install, without pyarrow
+    assert main(["batch", str(src), "-o", "s3://bucket/prefix?region=x", "--encoder", "none"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: OUTDIR s3://bucket/prefix needs pyarrow: pip install pyarrow (or 'spam-stream[ray]', which has it)"
+
+
+def test_an_outdir_on_a_non_local_filesystem(tmp_path):
+    """An in-memory fsspec filesystem through pyarrow.fs.PyFileSystem(FSSpecHandler): outputs, manifest and resume
+    go through a filesystem that is not a local folder (temporary names, moves, listings)."""
+    pytest.importorskip("fsspec", reason="fsspec is not installed")
+    pafs = pytest.importorskip("pyarrow.fs", reason="a URI OUTDIR needs pyarrow")
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from spam_stream.model import SPAM
+    from spam_stream.pipelines.batch import run_batch
+    from spam_stream.pipelines.outputs import RemoteOutputs
+
+    src = tmp_path / "src"
+    make_images(src, 4)
+    (src / "missing.txt").write_text("nothing.png\n")
+    mem = MemoryFileSystem()  # its store is shared by the process: a root of our own
+    root = f"spam-test-{os.getpid()}-{time.time_ns()}"
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(mem))
+    out = RemoteOutputs(filesystem=fs, root=root, name="memory://out")
+    model = SPAM(encoder=None)
+    inputs = [str(src), str(src / "missing.txt")]
+    try:
+        entries, carried, total = run_batch(model, inputs, tmp_path / "local", 16)
+        theirs = [e for e in entries]
+        entries, carried, total = run_batch(model, inputs, out, 16)
+        assert (len(entries), carried, total) == (5, [], 5)
+        ours = [json.loads(line) for line in out.read_text("manifest.jsonl").splitlines()]
+        _same_manifest(ours, theirs, "memory://out", str(tmp_path / "local"))
+        assert [e["status"] for e in ours].count("failed") == 1
+        stored = {p.lstrip("/")[len(root) + 1:] for p in mem.find(root)}
+        assert stored == {str(p.relative_to(tmp_path / "local")) for p in (tmp_path / "local").rglob("*.png")} | \
+            {"manifest.jsonl"}  # no temporary name left
+        for rel in stored - {"manifest.jsonl"}:
+            assert mem.cat_file(f"{root}/{rel}") == (tmp_path / "local" / rel).read_bytes()
+        # resume: nothing done; then one label file gone: that image alone
+        assert run_batch(model, [str(src)], out, 16, resume=True)[0] == []
+        mem.rm(f"{root}/a/img001_labels.png")
+        entries, carried, _ = run_batch(model, [str(src)], out, 16, resume=True)
+        assert [Path(e["input"]).name for e in entries] == ["img001.png"] and len(carried) == 3
+        assert mem.cat_file(f"{root}/a/img001_labels.png") == (tmp_path / "local" / "a" / "img001_labels.png") \
+            .read_bytes()
+    finally:
+        if mem.exists(root):
+            mem.rm(root, recursive=True)
+
+
+def test_the_manifest_of_a_uri_outdir_is_rewritten_after_each_video_and_at_the_end(tmp_path):
+    """Object stores cannot append: the lines so far (after the old ones) are written after a video, a killed run
+    keeps them; images wait for the next rewrite; the end leaves one line per entry given."""
+    pytest.importorskip("pyarrow.fs", reason="a URI OUTDIR needs pyarrow")
+    from spam_stream.pipelines.outputs import RemoteManifest, RemoteOutputs
+
+    (tmp_path / "manifest.jsonl").write_text('{"input": "old.png", "status": "ok"}\n')
+    log = RemoteManifest(RemoteOutputs(tmp_path.as_uri()), "manifest.jsonl")
+    log.record({"input": "a.png", "status": "ok"})
+    assert [e["input"] for e in manifest(tmp_path)] == ["old.png"]
+    log.record({"input": "v.mp4", "kind": "video", "status": "ok"})
+    assert [e["input"] for e in manifest(tmp_path)] == ["old.png", "a.png", "v.mp4"]
+    log.close([{"input": "v.mp4"}, {"input": "a.png"}])
+    assert [e["input"] for e in manifest(tmp_path)] == ["v.mp4", "a.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl"]  # written by a move, no leftovers

@@ -22,7 +22,8 @@ from spam_stream.cli import main  # noqa: E402
 from spam_stream.pipelines.ray_engine import size_pool  # noqa: E402
 
 from helpers import synthetic_image  # noqa: E402
-from video_helpers import VIDEO_BATCH, decode_all, label_frames, make_video_batch, read_index  # noqa: E402
+from video_helpers import (VIDEO_BATCH, decode_all, label_frames, make_video_batch, read_index,  # noqa: E402
+                           write_index_video)
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 
@@ -160,6 +161,42 @@ def test_ray_engine_runs_each_video_as_one_task_like_the_local_engine(tmp_path, 
     # and once everything is complete: no work, no Ray job
     assert main(["batch", *args, "-o", str(remote), "--engine", "ray", "--resume"]) == 0
     assert "processed 0 image(s) in this run" in capsys.readouterr().err
+
+
+def test_ray_engine_writes_to_a_uri_outdir(tmp_path, local_ray, capsys):
+    """OUTDIR as a file:// URI (pyarrow's LocalFileSystem, the API of S3): each actor stages an item and uploads
+    it; same outputs and manifest lines as the local engine into a local folder; --resume does no work."""
+    src = tmp_path / "src"
+    make_images(src, 4)
+    (src / "b" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 30)
+    write_index_video(src / "clip.mkv", 6, codec="ffv1")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    uri = remote.as_uri()
+    args = [str(src), "-k", "16", "--encoder", "none"]
+    assert main(["batch", *args, "-o", str(local)]) == 1
+    assert main(["batch", *args, "-o", uri, "--engine", "ray", "--workers", "2"]) == 1
+    assert "processed 5 image(s) and 1 video(s)" in capsys.readouterr().err
+
+    assert outputs(remote) == outputs(local) and len(outputs(local)) == 2 * 4 + 6
+    for rel in outputs(local):
+        if "labels" in str(rel):  # image and video labels, bit for bit
+            assert (remote / rel).read_bytes() == (local / rel).read_bytes()
+    assert (remote / "clip" / "clip_frames.csv").is_file() and (remote / "clip" / "clip_overlay.mp4").is_file()
+    ours, theirs = manifest(remote), manifest(local)
+    assert [e["input"] for e in ours] == [e["input"] for e in theirs]
+    for a, b in zip(ours, theirs):
+        assert (a["status"], a["error"], a.get("frames")) == (b["status"], b["error"], b.get("frames"))
+        assert a["outputs"] == {k: v.replace(str(local), uri) for k, v in b["outputs"].items()}
+    assert [Path(e["input"]).name for e in ours if e["status"] == "failed"] == ["corrupt.png"]
+    assert not [p for p in remote.rglob("*") if ".part" in p.name]
+
+    (src / "b" / "corrupt.png").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in remote.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
+    time.sleep(0.05)
+    assert main(["batch", *args, "-o", uri, "--engine", "ray", "--resume"]) == 0
+    assert "processed 0 image(s) in this run" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert [e["status"] for e in manifest(remote)] == ["ok"] * 5
 
 
 def _free_port() -> int:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
 from ..io import InputError
 from ..pipelines.batch import parse_shard, run_batch
 from ..pipelines.executor import PipelineError
+from ..pipelines.outputs import outdir_argument
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
                      positive_int, report_failures, resolve_prior_arguments)
 from .video import add_video_arguments, video_options
@@ -22,7 +22,9 @@ labels) and <stem>_overlay.png. A video (.mp4 .mkv .avi .mov .webm .ts ...) is o
 <stem>/ holding what 'spam-stream video' writes: <stem>_overlay.mp4, <stem>_labels/000000.png ... and
 <stem>_frames.csv (the video options below apply to every video). OUTDIR/manifest.jsonl has one JSON line per
 image (input, outputs, K', ms per stage, status, error) and one per video (input, kind, outputs, frames, fps,
-ms, status, error).
+ms, status, error). OUTDIR may also be a URI that pyarrow.fs opens (s3://bucket/prefix, gs://..., file:///...;
+needs pyarrow, which the ray extra has; credentials from the environment, as pyarrow reads them): each item is
+written to a local temporary folder, then uploaded file by file.
 
 Decoding, the prior, the encoder, clustering and writing run as a pipeline. Every output is written under a
 temporary name and renamed, so after a crash or Ctrl-C, --resume skips exactly the images whose outputs are
@@ -38,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image or video files, folders, glob patterns or list files")
     add_output_arguments(p)
+    _accept_uris(p)
     add_model_arguments(p)
     add_prior_arguments(p)
     g = p.add_argument_group("batch")
@@ -54,7 +57,8 @@ def add_parser(sub) -> None:
         "--engine ray runs the same per-item work on Ray Data (pip install 'spam-stream[ray]'): a pool of\n"
         "actors, each loading the model once, one Ray task per image and one per video; same outputs and\n"
         "manifest (plus the Ray node of each item).\n"
-        "OUTDIR must be reachable by every worker (a shared filesystem on a cluster). The actors never take\n"
+        "OUTDIR must be reachable by every worker: a shared filesystem on a cluster, or a URI such as\n"
+        "s3://bucket/prefix (each worker needs the credentials in its environment). The actors never take\n"
         "all the CPUs: one is kept for Ray Data's own tasks (a pool holding every CPU stalls).")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local = this process (default); ray = Ray Data, on a local Ray or a cluster")
@@ -68,6 +72,14 @@ def add_parser(sub) -> None:
     g.add_argument("--num-gpus-per-worker", type=float, default=0, metavar="G",
                    help="ray: GPUs per actor (e.g. 1, or 0.5 to share a GPU); the model runs on cuda")
     p.set_defaults(run=run)
+
+
+def _accept_uris(p) -> None:
+    """-o of batch keeps a URI as given (the shared -o type, Path, would fold s3://b into s3:/b)."""
+    for action in p._actions:
+        if action.dest == "output":
+            action.type = outdir_argument
+            action.help = "output folder (created), or a URI that pyarrow.fs opens: s3://bucket/prefix, gs://..."
 
 
 def _shard(text: str):
@@ -140,7 +152,8 @@ def _report(entries, carried, total, args) -> int:
     print(f"processed {_count(entries)} in this run", file=sys.stderr)
     done = len(carried) + sum(e["status"] == "ok" for e in entries)
     videos = any(e.get("kind") == "video" for e in entries + carried)
-    return report_failures(failures, done, total, "input(s)" if videos else "image(s)", Path(args.output))
+    where = args.output.split("?", 1)[0] if isinstance(args.output, str) else args.output  # no URI query
+    return report_failures(failures, done, total, "input(s)" if videos else "image(s)", where)
 
 
 def run(args) -> int:

@@ -18,6 +18,9 @@
 * **Manifest**: ``manifest.jsonl``, one JSON line per item (input, outputs, K', ms per stage, status, error); lines
   are appended as items finish (a killed run keeps what it did) and the file is rewritten once at the end,
   atomically, with one line per item of this run's shard (lines of items skipped by ``resume`` are carried over).
+* **OUTDIR** is a local folder, or a URI that ``pyarrow.fs`` opens (``s3://bucket/prefix`` …): then each item is
+  written as above into a local staging folder and uploaded file by file, resume checks one listing of OUTDIR,
+  and the manifest is read and rewritten through the same filesystem (:mod:`spam_stream.pipelines.outputs`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import glob
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ from ..frame import Frame
 from ..io import IMAGE_SUFFIXES, InputError, atomic_path, read_image, write_labels, write_overlay
 from ..videoio import VIDEO_SUFFIXES
 from .executor import Pipeline, Stage, describe, run_sequential
+from .outputs import Listing, RemoteManifest, RemoteOutputs, resolve_outdir
 from .stages import spam_stages
 from .video import VideoOptions, process_video, thread_budget, video_output_paths
 
@@ -138,27 +144,42 @@ def shard(items: list[BatchItem], index: int, count: int) -> list[BatchItem]:
             if int.from_bytes(hashlib.sha1(str(it.rel).encode()).digest()[:8], "big") % count == index]
 
 
-def is_complete(item: BatchItem, outdir: Path, entry: dict | None = None,
+def is_complete(item: BatchItem, outdir: Path | Listing, entry: dict | None = None,
                 video_options: VideoOptions | None = None) -> bool:
     """Whether ``resume`` may skip the item: an image whose outputs exist (each is written atomically); a video
     whose manifest ``entry`` says ok and whose outputs (for ``video_options``) are complete: the frames CSV (written
-    last) and the overlay (when frames were written) exist, and the labels folder holds the entry's frame count."""
-    outputs = item.outputs(outdir, video_options)
+    last) and the overlay (when frames were written) exist, and the labels folder holds the entry's frame count.
+    ``outdir``: the local output folder, or the :class:`~spam_stream.pipelines.outputs.Listing` of a URI OUTDIR."""
+    if isinstance(outdir, Listing):
+        outputs = item.outputs(Path(), video_options)
+        is_file, png_count = outdir.is_file, outdir.png_count
+    else:
+        outputs = item.outputs(outdir, video_options)
+        is_file, png_count = Path.is_file, _png_count
     if not item.is_video:
-        return all(p.is_file() for p in outputs.values())
+        return all(is_file(p) for p in outputs.values())
     if not entry or entry.get("status") != "ok" or entry.get("kind") != "video":
         return False
     frames = entry.get("frames")
-    if not isinstance(frames, int) or not outputs["frames_csv"].is_file():
+    if not isinstance(frames, int) or not is_file(outputs["frames_csv"]):
         return False
-    if "overlay" in outputs and frames > 0 and not outputs["overlay"].is_file():
+    if "overlay" in outputs and frames > 0 and not is_file(outputs["overlay"]):
         return False
-    if "labels" in outputs:
-        pngs = [p for p in outputs["labels"].glob("*.png") if not p.name.startswith(".")] \
-            if outputs["labels"].is_dir() else []
-        if len(pngs) != frames:
-            return False
+    if "labels" in outputs and png_count(outputs["labels"]) != frames:
+        return False
     return True
+
+
+def _png_count(folder: Path) -> int:
+    """Label PNGs in a local folder (temporary ``.…`` names not counted)."""
+    return len([p for p in folder.glob("*.png") if not p.name.startswith(".")]) if folder.is_dir() else 0
+
+
+def output_names(item: BatchItem, outdir, video_options: VideoOptions | None = None) -> dict[str, str]:
+    """The manifest's ``outputs`` of an item: local paths, or URLs under a URI OUTDIR (a RemoteOutputs)."""
+    if isinstance(outdir, RemoteOutputs):
+        return {k: outdir.url(v) for k, v in item.outputs(Path(), video_options).items()}
+    return {k: str(v) for k, v in item.outputs(outdir, video_options).items()}
 
 
 def clear_video_outputs(item: BatchItem, outdir: Path) -> None:
@@ -183,7 +204,7 @@ def clear_video_outputs(item: BatchItem, outdir: Path) -> None:
 
 def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
                 video_options: VideoOptions | None = None, *, color="auto", pipelined: bool = True,
-                on_frame=None, **options) -> dict:
+                on_frame=None, remote: RemoteOutputs | None = None, **options) -> dict:
     """Process one video of a batch (both engines): clear what an earlier run left, run
     :func:`~spam_stream.pipelines.video.process_video` into the item's folder, and return its manifest entry.
 
@@ -191,11 +212,16 @@ def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
     ``rate`` (the input's frame rate, float and exact fraction), ``ms`` (per stage, summed over the frames; ``total``
     the wall time), ``status`` ("ok", or "failed" when the video could not be opened or a frame failed: a damaged or
     cut file keeps the frames before the damage, as ``spam-stream video`` does) and ``error`` (one line).
-    ``options``: attention, attention_ratio, focus. ``on_frame(frame, message)``: each finished frame."""
+    ``options``: attention, attention_ratio, focus. ``on_frame(frame, message)``: each finished frame.
+    ``remote``: a URI OUTDIR; ``outdir`` is then a local staging folder: what an earlier run left of the video in
+    the URI OUTDIR is cleared first (CSV first), the outputs are written to staging, then uploaded (label PNGs,
+    overlay, frames CSV last; :func:`upload_video`) and named by URL; an upload failure is the video's error."""
     video_options = video_options or VideoOptions()
     t = time.perf_counter()
     entry = {"input": str(item.path), "kind": "video", "outputs": {}, "frames": 0, "fps": None, "rate": None}
     try:
+        if remote is not None:
+            remote.clear_video(item.video_folder(Path()), item.rel.stem)
         clear_video_outputs(item, outdir)
         result = process_video(model, item.path, item.video_folder(outdir), n_superpixels, video_options,
                                stem=item.rel.stem, pipelined=pipelined, color=color, on_frame=on_frame, **options)
@@ -203,6 +229,11 @@ def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
         entry.update(outputs={k: str(v) for k, v in result.outputs.items()}, frames=result.written,
                      fps=round(float(result.rate), 6), rate=str(result.rate),
                      ms={k: round(1e3 * v, 2) for k, v in result.timings.items()})
+        if remote is not None:
+            try:
+                entry["outputs"] = upload_video(remote, Path(outdir), result.outputs)
+            except OSError as exc:
+                entry["outputs"], error = {}, f"{item.path}: upload to {remote}: {describe(exc)}"
     except Exception as exc:  # not a readable video, K too large for its frames, ...: one failed line
         message = describe(exc)
         error = message if message.startswith(str(item.path)) else f"{item.path}: {message}"
@@ -212,37 +243,67 @@ def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
     return entry
 
 
+def upload_video(remote: RemoteOutputs, staging: Path, outputs: dict[str, Path]) -> dict[str, str]:
+    """Upload a video's outputs from the staging folder (paths under ``staging``, as :func:`process_video` returns
+    them) to the same relative paths in OUTDIR: the label PNGs in frame order, the overlay, the frames CSV last (its
+    presence marks a finished video). Returns the manifest's ``outputs`` (URLs, in the order given)."""
+    rel = {key: path.relative_to(staging) for key, path in outputs.items()}
+    if "labels" in outputs:
+        for png in sorted(p for p in outputs["labels"].glob("*.png") if not p.name.startswith(".")):
+            remote.upload(png, rel["labels"] / png.name)
+    for key in ("overlay", "frames_csv"):
+        if key in outputs:
+            remote.upload(outputs[key], rel[key])
+    return {key: remote.url(path) for key, path in rel.items()}
+
+
+def parse_manifest(text: str) -> dict[str, dict]:
+    """Entries of a manifest's text by input path (the last line of an input wins); a broken line (a killed run's
+    last one) is ignored."""
+    entries = {}
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            entries[entry["input"]] = entry
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return entries
+
+
 def read_manifest(path: Path) -> dict[str, dict]:
     """Entries of an existing manifest by input path; a broken line (a killed run's last one) is ignored."""
-    entries = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                entries[entry["input"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return entries
+    return parse_manifest(path.read_text()) if path.is_file() else {}
 
 
 class BatchWriter:
     """Writer stage of a batch: the two image outputs of each good item, a manifest entry for every item.
 
     ``manifest_name=None``: keep the entries in ``self.entries`` only, write no manifest (a Ray worker: the driver
-    writes the manifest from the entries it gets back)."""
+    writes the manifest from the entries it gets back).
 
-    def __init__(self, outdir: Path, color="auto", manifest_name: str | None = "manifest.jsonl"):
-        self.outdir = Path(outdir)
+    ``remote``: a URI OUTDIR (:class:`~spam_stream.pipelines.outputs.RemoteOutputs`): ``outdir`` is then a local
+    staging folder (None: this writer only records entries, the Ray driver); each item's outputs are written there,
+    uploaded (labels, then overlay) and deleted, and named by URL; an upload failure is the item's error. The
+    manifest goes to OUTDIR through :class:`~spam_stream.pipelines.outputs.RemoteManifest`."""
+
+    def __init__(self, outdir: Path | None, color="auto", manifest_name: str | None = "manifest.jsonl",
+                 remote: RemoteOutputs | None = None):
+        self.outdir = None if outdir is None else Path(outdir)
         self.color = color
-        self.manifest = None if manifest_name is None else self.outdir / manifest_name
+        self.remote = remote
         self.entries: list[dict] = []
-        self._log = None if manifest_name is None else open(self.manifest, "a")
+        self.manifest, self._log, self._remote_log = None, None, None
+        if manifest_name is not None and remote is not None:
+            self._remote_log = RemoteManifest(remote, manifest_name)
+        elif manifest_name is not None:
+            self.manifest = self.outdir / manifest_name
+            self._log = open(self.manifest, "a")
 
     def __call__(self, frame: Frame) -> Frame:
         item: BatchItem = frame.meta["item"]
         t = time.perf_counter()
         outputs = item.outputs(self.outdir)
-        entry = {"input": str(item.path), "outputs": {k: str(v) for k, v in outputs.items()}}
+        entry = {"input": str(item.path), "outputs": output_names(item, self.remote or self.outdir)}
         if frame.error is None:
             outputs["labels"].parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -250,6 +311,12 @@ class BatchWriter:
                 write_overlay(outputs["overlay"], frame.image, frame.labels, self.color)
             except ValueError as exc:  # e.g. more labels than a uint16 PNG holds
                 frame.error = f"{item.path}: {exc}"
+            if self.remote is not None and frame.error is None:
+                try:  # labels, then overlay: an item counts as done once both exist
+                    for key, rel in item.outputs(Path()).items():
+                        self.remote.upload(outputs[key], rel)
+                except OSError as exc:
+                    frame.error = f"{item.path}: upload to {self.remote}: {describe(exc)}"
         frame.timings["write"] = time.perf_counter() - t
         entry.update({"superpixels": None if frame.error else int(frame.labels.max()) + 1,
                       "ms": {k: round(1e3 * v, 2) for k, v in frame.timings.items()},
@@ -266,9 +333,14 @@ class BatchWriter:
         if self._log is not None:
             self._log.write(json.dumps(entry) + "\n")
             self._log.flush()
+        elif self._remote_log is not None:
+            self._remote_log.record(entry)
 
     def close(self, carried: list[dict]) -> None:
         """Rewrite the manifest atomically: ``carried`` entries (skipped items) then this run's, one line each."""
+        if self._remote_log is not None:
+            self._remote_log.close(carried + self.entries)
+            return
         if self._log is None:
             return
         self._log.close()
@@ -369,20 +441,31 @@ def plan_batch(inputs, outdir, *, resume: bool = False, shard_spec: tuple[int, i
                video_options: VideoOptions | None = None):
     """What a batch job (any engine) does: ``(items, todo, carried, manifest_name)``: this shard's items, those to
     process, the manifest entries carried over for the items ``resume`` skips (complete outputs; for a video also
-    an ok manifest line, see :func:`is_complete`), and the manifest's file name. Creates ``outdir``."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    an ok manifest line, see :func:`is_complete`), and the manifest's file name. Creates ``outdir``.
+
+    ``outdir``: a local folder, or a URI OUTDIR (a ``scheme://`` string or a RemoteOutputs, see
+    :func:`~spam_stream.pipelines.outputs.resolve_outdir`): its manifest is read through its filesystem and, with
+    ``resume``, its files are listed once."""
+    outdir = resolve_outdir(outdir)
+    remote = outdir if isinstance(outdir, RemoteOutputs) else None
+    if remote is None:
+        outdir.mkdir(parents=True, exist_ok=True)
+    else:
+        remote.create_root()
     everything = collect_inputs(inputs)
     _check_video_folders(everything)
     items = shard(everything, *shard_spec)
     manifest_name = "manifest.jsonl" if shard_spec[1] == 1 else f"manifest-{shard_spec[0]}-of-{shard_spec[1]}.jsonl"
-    old = read_manifest(outdir / manifest_name)
+    if remote is None:
+        old, present = read_manifest(outdir / manifest_name), outdir
+    else:
+        old = parse_manifest(remote.read_text(manifest_name) or "")
+        present = remote.listing() if resume else None
     carried, todo = [], []
     for item in items:
-        if resume and is_complete(item, outdir, old.get(str(item.path)), video_options):
+        if resume and is_complete(item, present, old.get(str(item.path)), video_options):
             carried.append(old.get(str(item.path)) or {"input": str(item.path), "status": "ok", "error": None,
-                                                        "outputs": {k: str(v) for k, v in
-                                                                    item.outputs(outdir).items()}})
+                                                        "outputs": output_names(item, outdir)})
         else:
             todo.append(item)
     return items, todo, carried, manifest_name
@@ -396,13 +479,18 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
     manifest lines are appended as items finish and rewritten in input order at the end.
 
     ``progress``: optional callable invoked with each finished image frame (a progress bar);
-    ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video."""
-    outdir = Path(outdir)
+    ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video.
+    ``outdir``: a local folder, or a URI OUTDIR (``s3://…``: each item is written to a local staging folder, a
+    temporary folder removed at the end, then uploaded; see :mod:`spam_stream.pipelines.outputs`)."""
+    outdir = resolve_outdir(outdir)
+    remote = outdir if isinstance(outdir, RemoteOutputs) else None
     items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec,
                                                      video_options=video_options)
     images = [it for it in todo if not it.is_video]
     videos = [it for it in todo if it.is_video]
-    writer = BatchWriter(outdir, color, manifest_name)
+    staging = None if remote is None else Path(tempfile.mkdtemp(prefix="spam-stream-staging-"))
+    target = outdir if remote is None else staging
+    writer = BatchWriter(target, color, manifest_name, remote=remote)
     stage = Stage("write", writer, fatal=True, run_on_error=True)
     try:
         if images or not videos:
@@ -415,13 +503,17 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
                 if on_video_frame is not None:
                     on_video_frame(item, frame)
 
-            entry = video_entry(model, item, outdir, n_superpixels, video_options, color=color, pipelined=pipelined,
-                                on_frame=each_frame, **options)
+            entry = video_entry(model, item, target, n_superpixels, video_options, color=color, pipelined=pipelined,
+                                on_frame=each_frame, remote=remote, **options)
             writer.record(entry)
             if on_video is not None:
                 on_video(entry)
     finally:
         order = {str(it.path): i for i, it in enumerate(todo)}
         writer.entries.sort(key=lambda e: order.get(e["input"], len(order)))
-        writer.close(carried)
+        try:
+            writer.close(carried)
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
     return writer.entries, carried, len(items)

@@ -29,13 +29,17 @@ for actor pools: ``max_restarts=-1``, ``max_task_retries=-1``; passing them agai
 ``tests/test_ray.py`` kills a worker mid-job to check that no item is lost); outputs are written under temporary names and renamed, so a retried
 item leaves each output complete, once.
 
-OUTDIR must be a path every worker can reach (one machine, or a shared filesystem on a cluster).
+OUTDIR is a path every worker can reach (one machine, or a shared filesystem on a cluster), or a URI that
+``pyarrow.fs`` opens (``s3://bucket/prefix``, ``gs://…``; :mod:`spam_stream.pipelines.outputs`): each actor reopens
+it from the URI (with its own machine's credentials), writes each item into a temporary staging folder of its own
+and uploads it; the driver plans ``--resume`` from one listing of OUTDIR and writes the manifest there.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,7 @@ import numpy as np
 from ..io import InputError
 from .batch import BatchItem, BatchWriter, batch_frames, plan_batch, video_entry
 from .executor import Stage, describe
+from .outputs import RemoteOutputs, resolve_outdir
 from .video import VideoOptions
 
 
@@ -105,18 +110,22 @@ def failed_entry(item: BatchItem, message: str) -> dict:
 class SpamWorker:
     """Ray Data callable class: builds the model once; maps a batch of items ``{"index", "path", "rel"}`` (images
     or videos) to ``{"index", "entry"}`` (the manifest entry as a JSON string) after writing the item's outputs.
-    ``video_options``: :class:`~spam_stream.pipelines.video.VideoOptions` of every video."""
+    ``video_options``: :class:`~spam_stream.pipelines.video.VideoOptions` of every video. ``outdir``: a local
+    path, a URI or a RemoteOutputs (then each item is staged in a temporary folder and uploaded)."""
 
-    def __init__(self, spec: dict, outdir: str, n_superpixels: int, color="auto", threads: int = 1,
+    def __init__(self, spec: dict, outdir, n_superpixels: int, color="auto", threads: int = 1,
                  video_options: VideoOptions | None = None):
         import ray
 
-        self.outdir, self.n_superpixels, self.color, self.threads = Path(outdir), n_superpixels, color, threads
+        self.n_superpixels, self.color, self.threads = n_superpixels, color, threads
+        self.outdir = self.remote = None
         self.video_options = video_options or VideoOptions()
         self._set_threads()
         context = ray.get_runtime_context()
         self.node = {"node": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
         try:
+            self.outdir = resolve_outdir(outdir)  # a URI: reopened here, with this machine's credentials
+            self.remote = self.outdir if isinstance(self.outdir, RemoteOutputs) else None
             self.model, self.options = build_worker(spec)
             self.init_error = None
         except Exception as exc:  # a bad checkpoint: every item fails with the reason, the job does not hang
@@ -137,10 +146,16 @@ class SpamWorker:
         """The local engine's per-item work (decode, SPAM stages, atomic writes): one manifest entry."""
         if self.init_error is not None:
             return failed_entry(item, f"model: {self.init_error}")
+        if self.remote is not None:  # a URI OUTDIR: this item alone in a staging folder, removed after the upload
+            with tempfile.TemporaryDirectory(prefix="spam-stream-staging-") as staging:
+                return self._process(item, Path(staging))
+        return self._process(item, self.outdir)
+
+    def _process(self, item: BatchItem, outdir: Path) -> dict:
         if item.is_video:
-            return video_entry(self.model, item, self.outdir, self.n_superpixels, self.video_options,
-                               color=self.color, pipelined=False, **self.options)
-        writer = BatchWriter(self.outdir, self.color, manifest_name=None)
+            return video_entry(self.model, item, outdir, self.n_superpixels, self.video_options,
+                               color=self.color, pipelined=False, remote=self.remote, **self.options)
+        writer = BatchWriter(outdir, self.color, manifest_name=None, remote=self.remote)
         stage = Stage("write", writer, fatal=True, run_on_error=True)
         for _ in batch_frames(self.model, [item], self.n_superpixels, pipelined=False, extra_stages=[stage],
                               **self.options):
@@ -228,17 +243,19 @@ def run_batch_ray(spec: dict, inputs, outdir, n_superpixels: int = 400, *, resum
     Args:
         spec: the per-worker model, from :func:`make_spec`.
         inputs: input specs (files, folders, globs, list files), as for the local engine.
-        outdir: output folder, reachable by every worker.
+        outdir: output folder, reachable by every worker, or a URI that ``pyarrow.fs`` opens (``s3://…``) or a
+            RemoteOutputs (see :mod:`spam_stream.pipelines.outputs`).
         workers, num_gpus_per_worker: the actor pool (see :func:`size_pool`); GPU actors get ``device="cuda"``
             when the spec says "cpu".
         address: Ray cluster address; None: an initialised Ray, else a new local one.
         progress: optional callable invoked with each finished entry (a dict).
         video_options: :class:`~spam_stream.pipelines.video.VideoOptions` of every video among the inputs.
     """
-    outdir = Path(outdir)
+    outdir = resolve_outdir(outdir)
+    remote = outdir if isinstance(outdir, RemoteOutputs) else None
     items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec,
                                                      video_options=video_options)
-    writer = BatchWriter(outdir, color, manifest_name)
+    writer = BatchWriter(None if remote else outdir, color, manifest_name, remote=remote)
     try:
         if todo:
             _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress,
@@ -271,7 +288,9 @@ def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map_batches(SpamWorker, batch_size=1, compute=pool,
                             num_cpus=num_cpus, num_gpus=num_gpus_per_worker or None,
-                            fn_constructor_kwargs={"spec": spec, "outdir": str(outdir),
+                            fn_constructor_kwargs={"spec": spec,
+                                                   "outdir": outdir if isinstance(outdir, RemoteOutputs)
+                                                   else str(outdir),
                                                    "n_superpixels": n_superpixels, "color": color,
                                                    "threads": max(1, int(num_cpus)),
                                                    "video_options": video_options})
