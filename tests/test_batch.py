@@ -466,3 +466,47 @@ def test_the_manifest_of_a_uri_outdir_is_rewritten_after_each_video_and_at_the_e
     log.close([{"input": "v.mp4"}, {"input": "a.png"}])
     assert [e["input"] for e in manifest(tmp_path)] == ["v.mp4", "a.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl"]  # written by a move, no leftovers
+
+
+@pytest.mark.skipif(not os.environ.get("SPAM_STREAM_S3_TEST_URI"),
+                    reason="set SPAM_STREAM_S3_TEST_URI=s3://bucket/prefix?... (an S3 store to write to, e.g. a MinIO "
+                           "or moto server: ?endpoint_override=127.0.0.1:PORT&scheme=http&region=us-east-1; "
+                           "credentials in AWS_* variables)")
+def test_an_s3_outdir(tmp_path, capsys):
+    """A real S3 API (objects written straight to their final names): the local outputs, resume, a missing output
+    redone."""
+    pafs = pytest.importorskip("pyarrow.fs", reason="a URI OUTDIR needs pyarrow")
+    base, _, query = os.environ["SPAM_STREAM_S3_TEST_URI"].partition("?")
+    uri = f"{base.rstrip('/')}/spam-test-{os.getpid()}-{time.time_ns()}" + (f"?{query}" if query else "")
+    fs, root = pafs.FileSystem.from_uri(uri)
+    assert fs.type_name == "s3"
+    src = tmp_path / "src"
+    make_images(src, 3)
+    (src / "v").mkdir()
+    write_index_video(src / "v" / "clip.mkv", 6, codec="ffv1")
+    local = tmp_path / "local"
+    args = ["batch", str(src), *VIDEO_ARGS]
+    assert main([*args, "-o", str(local)]) == 0
+    assert main([*args, "-o", uri]) == 0
+
+    def stored():
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        return {i.path[len(root) + 1:]: i.mtime for i in infos if i.type == pafs.FileType.File}
+
+    try:
+        files = stored()
+        assert set(files) == {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+        for rel in files:
+            if "labels" in rel:
+                assert fs.open_input_stream(f"{root}/{rel}").read() == (local / rel).read_bytes(), rel
+        lines = [json.loads(x) for x in fs.open_input_stream(f"{root}/manifest.jsonl").read().decode().splitlines()]
+        _same_manifest(lines, manifest(local), uri.partition("?")[0], str(local))
+        capsys.readouterr()
+        assert main([*args, "-o", uri, "--resume"]) == 0
+        assert "processed 0 image(s) in this run" in capsys.readouterr().err
+        fs.delete_file(f"{root}/v/clip/clip_labels/000002.png")
+        assert main([*args, "-o", uri, "--resume"]) == 0
+        assert "processed 0 image(s) and 1 video(s) in this run" in capsys.readouterr().err
+        assert set(stored()) == set(files)
+    finally:
+        fs.delete_dir_contents(root, missing_dir_ok=True)
