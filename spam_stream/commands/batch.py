@@ -39,8 +39,8 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image or video files, folders, glob patterns or list files")
-    add_output_arguments(p)
-    _accept_uris(p)
+    add_output_arguments(p, outdir_argument, "output folder (created), or a URI that pyarrow.fs opens: "
+                                             "s3://bucket/prefix, gs://...")
     add_model_arguments(p)
     add_prior_arguments(p)
     g = p.add_argument_group("batch")
@@ -72,14 +72,6 @@ def add_parser(sub) -> None:
     g.add_argument("--num-gpus-per-worker", type=float, default=0, metavar="G",
                    help="ray: GPUs per actor (e.g. 1, or 0.5 to share a GPU); the model runs on cuda")
     p.set_defaults(run=run)
-
-
-def _accept_uris(p) -> None:
-    """-o of batch keeps a URI as given (the shared -o type, Path, would fold s3://b into s3:/b)."""
-    for action in p._actions:
-        if action.dest == "output":
-            action.type = outdir_argument
-            action.help = "output folder (created), or a URI that pyarrow.fs opens: s3://bucket/prefix, gs://..."
 
 
 def _shard(text: str):

@@ -158,9 +158,11 @@ def color_argument(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_output_arguments(p: argparse.ArgumentParser) -> None:
-    """-o OUTDIR and the look of the overlays, shared by image, video and batch."""
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created)")
+def add_output_arguments(p: argparse.ArgumentParser, outdir_type=Path, outdir_help: str = "output folder (created)"
+                         ) -> None:
+    """-o OUTDIR and the look of the overlays, shared by image, video and batch (batch passes a type that keeps
+    URIs such as s3://bucket/prefix as given: Path would fold them into s3:/bucket)."""
+    p.add_argument("-o", "--output", type=outdir_type, required=True, metavar="OUTDIR", help=outdir_help)
     p.add_argument("--boundary-color", type=color_argument, default="auto", metavar="COLOR",
                    help="colour of the superpixel boundaries in overlays: auto (yellow on dark pixels, dark blue on "
                         "bright ones: shows on any image; the default), a name (red, green, blue, yellow, magenta, "
