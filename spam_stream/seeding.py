@@ -341,6 +341,23 @@ def allocate_component_seeds(comp_obj: np.ndarray, comp_size: np.ndarray, n_supe
     return counts
 
 
+def candidate_group_targets(counts: np.ndarray, comp_size: np.ndarray, comp_obj: np.ndarray, n_obj: int
+                            ) -> np.ndarray:
+    """Candidate group of each object piece (C,) int64: itself when it has seeds (``counts`` > 0), else the largest
+    seeded piece of its object (ties: the lowest piece index; -1 when its object has no seeded piece). Inputs are
+    per piece: ``counts`` seeds, ``comp_size`` pixels, ``comp_obj`` object id (< ``n_obj``). Shared by the CPU and
+    device object seedings."""
+    n_comp = len(counts)
+    target = np.arange(n_comp)
+    by_size = np.lexsort((np.arange(n_comp), -comp_size, comp_obj))
+    seeded_sorted = by_size[counts[by_size] > 0]
+    largest = np.full(n_obj, -1, np.int64)
+    largest[comp_obj[seeded_sorted[::-1]]] = seeded_sorted[::-1]  # the first (largest) seeded one per object wins
+    unseeded = counts == 0
+    target[unseeded] = largest[comp_obj[unseeded]]
+    return target
+
+
 def object_seeds(partition: np.ndarray, n_superpixels: int, density: np.ndarray | None = None,
                  kmeans_iterations: int = 5, seed: int = 0) -> Seeds:
     """Seeds inside the objects of a prior partition (H, W) int32 (object ids ≥ 0, -1 = uncertain).
@@ -376,14 +393,7 @@ def object_seeds(partition: np.ndarray, n_superpixels: int, density: np.ndarray 
                            point_comp[has_seed], step)
     init = np.full(flat.size, -1, np.int32)
     init[pix[has_seed]] = assign
-    # candidate groups: a component without a seed searches the largest seeded component of its object
-    target = np.arange(n_comp)
-    by_size = np.lexsort((np.arange(n_comp), -comp_size, comp_obj))
-    seeded_sorted = by_size[counts[by_size] > 0]
-    largest = np.full(n_obj, -1, np.int64)
-    largest[comp_obj[seeded_sorted[::-1]]] = seeded_sorted[::-1]  # the first (largest) seeded one per object wins
-    unseeded = counts == 0
-    target[unseeded] = largest[comp_obj[unseeded]]
+    target = candidate_group_targets(counts, comp_size, comp_obj, n_obj)
     comp_map = np.where(comp >= 0, target[np.maximum(comp, 0)], -1).astype(np.int32).reshape(partition.shape)
     return Seeds(yx, comp_obj[seed_comp].astype(np.int32), init, component=seed_comp.astype(np.int32),
                  component_map=comp_map)

@@ -166,7 +166,7 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
     refined by k-means inside their piece. Returns a :class:`~spam_stream.seeding.Seeds` whose arrays are tensors on
     that device — yx (K, 2) float64, obj / component (K,) int32, init_labels (H*W,) int32, component_map (H, W)
     int32 — equal to the CPU function's. ``density``: optional (n_objects,) numpy factors (host)."""
-    from ..seeding import Seeds, allocate_component_seeds
+    from ..seeding import Seeds, allocate_component_seeds, candidate_group_targets
 
     if partition.ndim != 2:
         raise ValueError(f"the prior partition must be (H, W), got shape {tuple(partition.shape)}")
@@ -198,14 +198,7 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
     init = torch.full((h * w,), -1, dtype=torch.int32, device=dev)
     init[pix[has_seed]] = assign.to(torch.int32)
     # candidate groups: a component without a seed searches the largest seeded component of its object (host, C)
-    target = np.arange(n_comp)
-    by_size = np.lexsort((np.arange(n_comp), -comp_size_h, comp_obj_h))
-    seeded_sorted = by_size[counts_h[by_size] > 0]
-    largest = np.full(n_obj, -1, np.int64)
-    largest[comp_obj_h[seeded_sorted[::-1]]] = seeded_sorted[::-1]
-    unseeded = counts_h == 0
-    target[unseeded] = largest[comp_obj_h[unseeded]]
-    target = torch.from_numpy(target).to(dev)
+    target = torch.from_numpy(candidate_group_targets(counts_h, comp_size_h, comp_obj_h, n_obj)).to(dev)
     comp_map = torch.where(comp >= 0, target[comp.clamp(min=0)], -1).to(torch.int32).reshape(h, w)
     return Seeds(yx, comp_obj[seed_comp].to(torch.int32), init, component=seed_comp.to(torch.int32),
                  component_map=comp_map)
