@@ -197,6 +197,7 @@ class SPAM:
             elif kernels.resident_frame(self.device):
                 # the partition goes up once; seeds, starting labels and the candidate table are made and stay there
                 part = torch.as_tensor(frame.partition).to(self.device)
+                frame.meta["partition_device"] = part  # connectivity_stage reads it there (no second upload)
                 frame.seeds = kernels.resident_object_seeds(part, k, frame.density, self.seed, self.device)
                 frame.cands = kernels.resident_object_candidates(*frame.seeds.candidate_groups(part),
                                                                  self.max_candidate_distance, self.device)
@@ -249,9 +250,10 @@ class SPAM:
 
             if kernels.resident_frame(self.device):  # components on the device, labels come back once
                 device_labels = frame.meta.pop("cluster_labels_device", None)  # set by cluster_stage when it keeps them
+                device_part = frame.meta.pop("partition_device", None)  # set by seed_stage on a resident frame
                 frame.labels, frame.label_source = kernels.resident_connectivity(
-                    frame.cluster_labels if device_labels is None else device_labels, frame.partition, min_size,
-                    self.device, return_source=True)
+                    frame.cluster_labels if device_labels is None else device_labels,
+                    frame.partition if device_part is None else device_part, min_size, self.device, return_source=True)
             else:
                 frame.labels, frame.label_source = enforce_connectivity(frame.cluster_labels, frame.partition,
                                                                         min_size, return_source=True)
