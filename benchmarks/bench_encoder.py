@@ -4,13 +4,14 @@
 mode, on a 481x321 input, for several widths. Random weights with non-trivial BN statistics; median of --repeats.
 
 ``--part fast``: the bundled encoder's forward at --size (1280x720) — the whole-frame forward (before tiling), the
-tiled forward (default memory budget) and the fast encoder (``--encoder fast``: half resolution) — median wall and
-CPU time of --repeats, all in one process.
+tiled forward (default memory budget: what the default encoder runs) and the fast variants (--resolutions ×
+--upsample bilinear/guided × --sigmas) — median wall and CPU time of --repeats interleaved repeats, one process.
 
-``--part asa``: ASA / GR / ΔK at K=--k on the first --limit BSDS500 test images, default vs fast encoder (and any
---resolutions), same run.
+``--part asa``: ASA / GR / ΔK at K=--k on the first --limit BSDS500 --split images (select σ on ``val``, report on
+``test``), default vs the same fast variants, same run.
 
     python benchmarks/bench_encoder.py [--part fold|fast|asa] [--repeats 7] [--size 1280x720] [--limit 50]
+        [--split test] [--resolutions 0.5] [--upsample bilinear,guided] [--sigmas 4] [--supports 2]
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spam_stream.encoder import Encoder, encode_learned, fast_encoder, fold_batchnorm
+from spam_stream.encoder import (DEFAULT_SIGMA, DEFAULT_SUPPORT, DEFAULT_UPSAMPLE, Encoder, encode_learned, fast_encoder,
+                                 fold_batchnorm)
 from timing import median_ms
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "samples", "coffee.jpg")
@@ -44,17 +46,31 @@ def cpu_and_wall(fn, repeats: int) -> tuple[float, float]:
     return 1e3 * statistics.median(walls), 1e3 * statistics.median(cpus)
 
 
+def fast_variants(args, make):
+    """[(name, encoder)] of the fast variants --resolutions × --upsample (guided: one per --sigmas), ``make()`` giving
+    a fresh bundled encoder each time."""
+    out = []
+    for r in map(float, args.resolutions.split(",")):
+        for mode in args.upsample.split(","):
+            guided = [(float(s), float(t)) for s in args.sigmas.split(",") for t in args.supports.split(",")]
+            for sigma, support in (guided if mode == "guided" else [(None, None)]):
+                name = f"resolution {r:g}, {mode}" + ("" if sigma is None else f" σ={sigma:g} support {support:g}")
+                kw = {} if sigma is None else {"sigma": sigma, "support": support}
+                enc = fast_encoder(make(), r, upsample=mode, **kw)
+                if (r, mode, sigma, support) == ((0.5, DEFAULT_UPSAMPLE, DEFAULT_SIGMA, DEFAULT_SUPPORT)
+                                                 if DEFAULT_UPSAMPLE == "guided" else (0.5, "bilinear", None, None)):
+                    name += " (--encoder fast)"
+                out.append((name, enc))
+    return out
+
+
 def part_fast(args):
     from spam_stream.features import scaled_lab_yx
     from spam_stream.model import SPAM
 
     w, h = map(int, args.size.split("x"))
     image = np.asarray(Image.open(SAMPLE).convert("RGB").resize((w, h)))
-    default, fast = SPAM().encoder, SPAM(encoder="fast").encoder
-    others = []
-    for r in map(float, args.resolutions.split(",")):
-        if r != fast.resolution:
-            others.append((f"resolution {r:g}, tiled", fast_encoder(SPAM().encoder, r)))
+    default = SPAM().encoder
     x = scaled_lab_yx(image, 1000)
     colour = x[:3].clone()
 
@@ -63,23 +79,24 @@ def part_fast(args):
             return default(x[None].contiguous(memory_format=torch.channels_last))
 
     runs = [("whole-frame forward (before tiling)", whole),
-            ("tiled forward, default budget", lambda: encode_learned(default, colour)),
-            (f"--encoder fast: resolution {fast.resolution:g}, tiled", lambda: encode_learned(fast, colour))]
-    runs += [(name, lambda enc=enc: encode_learned(enc, colour)) for name, enc in others]
+            ("tiled forward, default budget (the default encoder)", lambda: encode_learned(default, colour))]
+    runs += [(name, lambda enc=enc: encode_learned(enc, colour)) for name, enc in fast_variants(args, lambda: SPAM().encoder)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {w}x{h}, bundled encoder (D=20, width "
-          f"{default.width}); median of {args.repeats}")
-    print("| encoder forward | wall (ms) | CPU (ms) | CPU vs whole-frame |")
-    print("|---|---|---|---|")
+          f"{default.width}); median of {args.repeats} interleaved repeats")
+    print("| encoder forward | wall (ms) | CPU (ms) | CPU: whole-frame ÷ this | CPU: tiled default ÷ this |")
+    print("|---|---|---|---|---|")
     times = {}
     for name, fn in runs:  # interleaved repeats: the machine's load hits every row alike
         times[name] = []
+        fn()  # warm-up (numba compilation, allocator)
     for _ in range(args.repeats):
         for name, fn in runs:
             times[name].append(cpu_and_wall(fn, 1))
     base = statistics.median(c for _, c in times[runs[0][0]])
+    tiled = statistics.median(c for _, c in times[runs[1][0]])
     for name, _ in runs:
         wall, cpu = statistics.median(t for t, _ in times[name]), statistics.median(c for _, c in times[name])
-        print(f"| {name} | {wall:.0f} | {cpu:.0f} | {base / cpu:.2f}x faster |")
+        print(f"| {name} | {wall:.0f} | {cpu:.0f} | {base / cpu:.2f}× | {tiled / cpu:.2f}× |")
 
 
 def part_asa(args):
@@ -87,27 +104,32 @@ def part_asa(args):
     from spam_stream.metrics import evaluate
     from spam_stream.model import SPAM
 
-    ds = BSDS500(None, "test")
+    ds = BSDS500(None, args.split)
     n = min(args.limit, len(ds))
     models = [("default", SPAM())]
-    for r in map(float, args.resolutions.split(",")):
+    for name, enc in fast_variants(args, lambda: SPAM().encoder):
         m = SPAM()
-        fast_encoder(m.encoder, r)
-        models.append((f"resolution {r:g}" + (" (--encoder fast)" if r == 0.5 else ""), m))
+        m.encoder = enc
+        models.append((name, m))
     rows = {name: [] for name, _ in models}
     for i in range(n):
         s = ds[i]
         for name, m in models:
             rows[name].append(evaluate(m.segment(s.image, args.k), s.gts, s.image, args.k))
-    print(f"BSDS500 test, first {n} images, K={args.k}, no prior, same run")
-    print("| encoder | ASA | ASA − default | GR | ΔK | min ASA diff per image |")
-    print("|---|---|---|---|---|---|")
+    print(f"BSDS500 {args.split}, first {n} images, K={args.k}, no prior, same run")
+    print("| encoder | ASA | ASA − default | GR | ΔK | worst image | images worse than bilinear |")
+    print("|---|---|---|---|---|---|---|")
     ref = np.array([r["asa"] for r in rows["default"]])
+    bil = {name.split(",")[0]: np.array([r["asa"] for r in rows[name]]) for name, _ in models if "bilinear" in name}
     for name, _ in models:
         a = np.array([r["asa"] for r in rows[name]])
         gr = np.mean([r["gr"] for r in rows[name]])
         dk = np.mean([r["delta_k"] for r in rows[name]])
-        print(f"| {name} | {a.mean():.4f} | {a.mean() - ref.mean():+.4f} | {gr:.3f} | {dk:.3f} | {(a - ref).min():+.4f} |")
+        b = bil.get(name.split(",")[0])
+        worse = "—" if b is None or "bilinear" in name else f"{int((a < b).sum())} of {n}"
+        diff = "—" if name == "default" else f"{a.mean() - ref.mean():+.4f}"
+        worst = "—" if name == "default" else f"{(a - ref).min():+.4f}"
+        print(f"| {name} | {a.mean():.4f} | {diff} | {gr:.3f} | {dk:.3f} | {worst} | {worse} |")
 
 
 def main():
@@ -118,6 +140,11 @@ def main():
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--k", type=int, default=400)
     ap.add_argument("--resolutions", default="0.5", help="fast-encoder resolutions compared in --part fast/asa")
+    ap.add_argument("--upsample", default="bilinear,guided", help="fast-encoder upsampling modes compared")
+    ap.add_argument("--sigmas", default=str(DEFAULT_SIGMA), help="σ (CIELab units) of the guided upsampling compared")
+    ap.add_argument("--supports", default=str(DEFAULT_SUPPORT),
+                    help="tent half-widths (low-resolution samples) of the guided upsampling compared")
+    ap.add_argument("--split", default="test", choices=("train", "val", "test"), help="BSDS500 split of --part asa")
     args = ap.parse_args()
     if args.part == "fast":
         return part_fast(args)

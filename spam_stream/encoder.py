@@ -14,6 +14,7 @@ hyper-parameters) and read by :func:`load_encoder`.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels.resize import bilinear_gather
+from .kernels.upsample import guided_gather
 
 IN_CHANNELS = 5  # [L, a, b, y, x]
 COLOR_CHANNELS = 3
@@ -262,13 +264,99 @@ def estimate_frame_bytes(height: int, width: int, n_superpixels: int = 0, n_feat
                + 64 * int(n_superpixels) * d)
 
 
+UPSAMPLE_MODES = ("bilinear", "guided")
+DEFAULT_UPSAMPLE = "guided"  # the ``--encoder fast`` choice (BENCHMARKS.md, issue 11.3: chosen on BSDS500 val)
+DEFAULT_SIGMA = 4.0  # σ of the guided upsampling's colour weight, in CIELab units (ΔE), chosen on BSDS500 val
+DEFAULT_SUPPORT = 2.0  # half-width of the guided upsampling's tent footprint, in low-resolution samples (4×4 taps)
+UPSAMPLE_BLOCK_BYTES = 1 << 24  # bytes of output channels upsampled at once (row blocks, ≈ 16 MB as before)
+
+
+def _source_taps(dst: torch.Tensor, in_size: int, out_size: int, support: float = 1.0):
+    """Source rows of output rows ``dst`` under a tent of half-width ``support`` (source samples) centred where
+    PyTorch's bilinear mapping (``align_corners=False``) puts them: (idx, wt), (n, len(dst)) int64 / float32 with
+    n = ceil(2·support) taps each, weight max(0, 1 − |src − idx| / support), indices clamped to the map (the border
+    sample repeats). ``support = 1`` is bilinear (:func:`_source_rows`)."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = ((dst.to(torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
+    first = torch.floor(src - support).to(torch.int64) + 1
+    idx = first[None] + torch.arange(math.ceil(2 * support))[:, None]
+    wt = (1.0 - (src[None] - idx.to(torch.float32)).abs() / support).clamp_min(0.0)
+    return idx.clamp(0, in_size - 1), wt
+
+
+def guided_window(src: torch.Tensor, small_guide: torch.Tensor, guide: torch.Tensor, rows: torch.Tensor,
+                  cols: torch.Tensor, full_in: tuple[int, int], full_out: tuple[int, int], scale: float,
+                  support: float = DEFAULT_SUPPORT, offset: tuple[int, int] = (0, 0),
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows × cols of the guided (joint bilateral) upsampling of a (*full_in, C) map to ``full_out`` (see
+    :mod:`spam_stream.kernels.upsample`): ``src`` (h, w, C) float32 (pixel-major) and ``small_guide`` (3, h, w)
+    float32 are the window of the low-resolution channels and colour starting at ``offset``, and must hold every
+    source row/column those outputs read; ``guide`` (3, len(rows), len(cols)) float32 is the full-resolution colour of
+    the outputs; ``scale`` = 1/(2σ²) in the guides' units; ``support`` the tent's half-width in source samples.
+    Returns (C, len(rows), len(cols)) float32, written into ``out`` when given (any strides; C' ≤ C channels: the
+    first C' are computed, the others are padding). Every output pixel depends only on its own sources, so any cut
+    into windows gives the whole map's values."""
+    ri, rw = _source_taps(rows, full_in[0], full_out[0], support)
+    ci, cw = _source_taps(cols, full_in[1], full_out[1], support)
+    ri, ci = ri - offset[0], ci - offset[1]
+    # taps clamped at the whole map's border must be in the window; those of zero weight may fall outside it
+    if ((ri < 0) | (ri >= src.shape[0]))[rw > 0].any() or ((ci < 0) | (ci >= src.shape[1]))[cw > 0].any():
+        raise ValueError("guided_window: the window does not hold the source rows/columns these outputs read")
+    ri, ci = ri.clamp(0, src.shape[0] - 1), ci.clamp(0, src.shape[1] - 1)
+    if small_guide.shape[1:] != src.shape[:2] or guide.shape[1:] != (len(rows), len(cols)):
+        raise ValueError(f"guided_window: guides {tuple(small_guide.shape)}, {tuple(guide.shape)} do not match the "
+                         f"source {tuple(src.shape)} and the {len(rows)}x{len(cols)} outputs")
+    if out is None:
+        out = torch.empty((src.shape[2], len(rows), len(cols)), dtype=src.dtype, device=src.device)
+    if out.shape[0] > src.shape[2]:
+        raise ValueError(f"guided_window: {src.shape[2]} source channels for {out.shape[0]} output channels")
+    return guided_gather(src, small_guide, guide, ri, rw, ci, cw, scale, out)
+
+
+def upsample_learned(small: torch.Tensor, size: tuple[int, int], out: torch.Tensor, mode: str = "bilinear",
+                     small_colour: torch.Tensor | None = None, colour: torch.Tensor | None = None,
+                     scale: float = 0.0, support: float = DEFAULT_SUPPORT,
+                     block_bytes: int = UPSAMPLE_BLOCK_BYTES) -> torch.Tensor:
+    """Upsample low-resolution channels ``small`` (C, h, w) float32 (any strides; pixel-major memory is read in place
+    by "guided", which also accepts trailing zero channels beyond ``out``'s: padding) to ``size`` = (H, W) into
+    ``out`` (C', H, W), row block by row block (≈ ``block_bytes`` of output at once). ``mode``: "bilinear" (``F.interpolate``, align_corners=False) or "guided" (joint bilateral,
+    :func:`guided_window`; needs the low-resolution colour ``small_colour`` (3, h, w), the full-resolution ``colour``
+    (3, H, W) in the same units, ``scale`` = 1/(2σ²) in those units and the tent's ``support``; on the CPU with the
+    default ``block_bytes`` in one call, its kernel holding one row per thread). Returns ``out``; the result does not
+    depend on ``block_bytes``."""
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample mode must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
+    if small.shape[0] < out.shape[0] or (mode == "bilinear" and small.shape[0] != out.shape[0]):
+        raise ValueError(f"upsample_learned: {small.shape[0]} source channels for {out.shape[0]} output channels")
+    h, w = size
+    hr, wr = small.shape[1:]
+    cols = torch.arange(w)
+    block = max(1, int(block_bytes) // (4 * small.shape[0] * w))
+    if mode == "guided":
+        small_pm = small.permute(1, 2, 0).contiguous()  # no copy when ``small`` is a view of an (h, w, C) buffer
+        if small.device.type == "cpu" and block_bytes == UPSAMPLE_BLOCK_BYTES:
+            block = h  # the CPU kernel holds one output row per thread: one call (one parallel region) for all
+    for r0 in range(0, h, block):
+        r1 = min(h, r0 + block)
+        rows = torch.arange(r0, r1)
+        if mode == "bilinear":
+            resize_window(small[None], rows, cols, (hr, wr), (h, w), out=out[None, :, r0:r1])
+        else:
+            guided_window(small_pm, small_colour, colour[:, r0:r1], rows, cols, (hr, wr), (h, w), scale, support,
+                          out=out[:, r0:r1])
+    return out
+
+
 def encode_learned(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | None = None, tile=None,
                    memory_budget: int | None = None, colour_factor: float = 1.0) -> torch.Tensor:
     """The learned channels (out_dim − 5, H, W) float32 of a (3, H, W) colour map, at the encoder's ``resolution``.
 
     ``encoder.resolution`` (1.0 unless set, e.g. by :func:`fast_encoder`) < 1 runs the encoder on the colour resized to
-    round(r·H) × round(r·W) (bilinear; at r = 0.5 a 2×2 mean) and upsamples its channels bilinearly back, row block
-    by row block into ``out``: r² of the encoder's work. Arguments as :func:`encode_tiled`.
+    round(r·H) × round(r·W) (bilinear; at r = 0.5 a 2×2 mean: r² of the encoder's work) and upsamples its channels
+    back row block by row block into ``out``, by ``encoder.upsample``: "bilinear", or "guided" (joint bilateral
+    upsampling guided by the full-resolution colour, σ = ``encoder.sigma`` CIELab units, a tent footprint of
+    half-width ``encoder.support`` low-resolution samples; :func:`upsample_learned`).
+    Arguments as :func:`encode_tiled`.
     """
     r = float(getattr(encoder, "resolution", 1.0))
     h, w = colour.shape[-2:]
@@ -277,22 +365,46 @@ def encode_learned(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | N
         return encode_tiled(encoder, colour, out, tile, memory_budget, colour_factor)
     if out is None:
         out = torch.empty((encoder.out_dim - IN_CHANNELS, h, w), dtype=torch.float32, device=colour.device)
+    mode = getattr(encoder, "upsample", "bilinear")
     with torch.inference_mode():
-        small = F.interpolate(colour.reshape(1, 3, h, w), size=(hr, wr), mode="bilinear", align_corners=False)
-        small = encode_tiled(encoder, small, None, tile, memory_budget, colour_factor)[None]
-        cols = torch.arange(w)
-        block = max(1, (1 << 22) // (small.shape[1] * w))  # ≈ 16 MB per block
-        for r0 in range(0, h, block):
-            r1 = min(h, r0 + block)
-            resize_window(small, torch.arange(r0, r1), cols, (hr, wr), (h, w), out=out[None, :, r0:r1])
+        colour = colour.reshape(3, h, w)
+        small_colour = F.interpolate(colour[None], size=(hr, wr), mode="bilinear", align_corners=False)[0]
+        c = encoder.out_dim - IN_CHANNELS
+        # pixel-major, channels padded to a multiple of 8 with zeros (whole vector lanes in the guided CPU kernel)
+        buf = torch.zeros((hr, wr, -(-c // 8) * 8), dtype=torch.float32, device=colour.device)
+        small = buf.permute(2, 0, 1)
+        encode_tiled(encoder, small_colour, small[:c], tile, memory_budget, colour_factor)
+        if mode != "guided":
+            small = small[:c]
+        scale = 0.0
+        if mode == "guided":
+            from .features import COLOR_SCALE  # features imports this module
+
+            # σ in Lab units → the units of ``colour`` (Lab · λc, with λc = input_color_scale / colour_factor)
+            sigma = float(getattr(encoder, "sigma", DEFAULT_SIGMA)) * getattr(encoder, "input_color_scale",
+                                                                                COLOR_SCALE) / colour_factor
+            scale = 1.0 / (2.0 * sigma * sigma)
+        upsample_learned(small, (h, w), out, mode, small_colour, colour, scale,
+                         float(getattr(encoder, "support", DEFAULT_SUPPORT)))
     return out
 
 
-def fast_encoder(encoder: Encoder, resolution: float = 0.5) -> Encoder:
-    """``encoder`` set to run at ``resolution`` × the input size (see :func:`encode_learned`): the ``fast`` option."""
+def fast_encoder(encoder: Encoder, resolution: float = 0.5, upsample: str = DEFAULT_UPSAMPLE,
+                 sigma: float = DEFAULT_SIGMA, support: float = DEFAULT_SUPPORT) -> Encoder:
+    """``encoder`` set to run at ``resolution`` × the input size and upsample its channels back by ``upsample``
+    ("bilinear" or "guided", the latter with colour weight σ = ``sigma`` CIELab units over a tent footprint of
+    half-width ``support`` low-resolution samples; see :func:`encode_learned`): the ``fast`` option is
+    ``fast_encoder(bundled, 0.5)``."""
     if not 0.0 < resolution <= 1.0:
         raise ValueError(f"resolution must be in (0, 1], got {resolution}")
-    encoder.resolution = float(resolution)
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if not support >= 1:
+        raise ValueError(f"support must be >= 1 (low-resolution samples), got {support}")
+    encoder.resolution, encoder.upsample = float(resolution), upsample
+    encoder.sigma, encoder.support = float(sigma), float(support)
     return encoder
 
 
