@@ -267,7 +267,9 @@ def estimate_frame_bytes(height: int, width: int, n_superpixels: int = 0, n_feat
 UPSAMPLE_MODES = ("bilinear", "guided")
 DEFAULT_UPSAMPLE = "guided"  # the ``--encoder fast`` choice (BENCHMARKS.md, issue 11.3: chosen on BSDS500 val)
 DEFAULT_SIGMA = 4.0  # σ of the guided upsampling's colour weight, in CIELab units (ΔE), chosen on BSDS500 val
-DEFAULT_SUPPORT = 2.0  # half-width of the guided upsampling's tent footprint, in low-resolution samples (4×4 taps)
+# half-width of the guided upsampling's tent footprint, in low-resolution samples: 1.5 = 3×3 samples. Support 2
+# (4×4) was +0.0005 val ASA but ≈ 80 ms more CPU at 1280×720; 1.5 costs what bilinear upsampling does (BENCHMARKS.md)
+DEFAULT_SUPPORT = 1.5
 UPSAMPLE_BLOCK_BYTES = 1 << 24  # bytes of output channels upsampled at once (row blocks, ≈ 16 MB as before)
 
 
