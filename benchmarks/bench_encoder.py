@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spam_stream.encoder import (DEFAULT_SIGMA, DEFAULT_SUPPORT, DEFAULT_UPSAMPLE, Encoder, encode_learned, fast_encoder,
-                                 fold_batchnorm)
+from spam_stream.encoder import (DEFAULT_SIGMA, DEFAULT_SUPPORT, DEFAULT_UPSAMPLE, Encoder, encode_learned,
+                                 fast_encoder, fold_batchnorm)
 from timing import median_ms
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "samples", "coffee.jpg")
@@ -80,7 +80,8 @@ def part_fast(args):
 
     runs = [("whole-frame forward (before tiling)", whole),
             ("tiled forward, default budget (the default encoder)", lambda: encode_learned(default, colour))]
-    runs += [(name, lambda enc=enc: encode_learned(enc, colour)) for name, enc in fast_variants(args, lambda: SPAM().encoder)]
+    variants = fast_variants(args, lambda: SPAM().encoder)
+    runs += [(name, lambda enc=enc: encode_learned(enc, colour)) for name, enc in variants]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {w}x{h}, bundled encoder (D=20, width "
           f"{default.width}); median of {args.repeats} interleaved repeats")
     print("| encoder forward | wall (ms) | CPU (ms) | CPU: whole-frame ÷ this | CPU: tiled default ÷ this |")

@@ -321,7 +321,8 @@ def upsample_learned(small: torch.Tensor, size: tuple[int, int], out: torch.Tens
                      block_bytes: int = UPSAMPLE_BLOCK_BYTES) -> torch.Tensor:
     """Upsample low-resolution channels ``small`` (C, h, w) float32 (any strides; pixel-major memory is read in place
     by "guided", which also accepts trailing zero channels beyond ``out``'s: padding) to ``size`` = (H, W) into
-    ``out`` (C', H, W), row block by row block (≈ ``block_bytes`` of output at once). ``mode``: "bilinear" (``F.interpolate``, align_corners=False) or "guided" (joint bilateral,
+    ``out`` (C', H, W), row block by row block (≈ ``block_bytes`` of output at once). ``mode``: "bilinear"
+    (``F.interpolate``, align_corners=False) or "guided" (joint bilateral,
     :func:`guided_window`; needs the low-resolution colour ``small_colour`` (3, h, w), the full-resolution ``colour``
     (3, H, W) in the same units, ``scale`` = 1/(2σ²) in those units and the tent's ``support``; on the CPU with the
     default ``block_bytes`` in one call, its kernel holding one row per thread). Returns ``out``; the result does not

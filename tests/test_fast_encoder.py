@@ -208,7 +208,8 @@ def test_guided_upsampling_keeps_a_colour_edge_in_channels_that_follow_colour(ed
     """Channels that are a function of colour: guided upsampling is closer to that function at full resolution than
     bilinear upsampling (whose step is smeared over the low-resolution sample spacing)."""
     h, w = 12, 30
-    colour = edge_image(h, w, edge, (50.0 * COLOR_SCALE, 10.0 * COLOR_SCALE, 0.0), (20.0 * COLOR_SCALE, -30.0 * COLOR_SCALE, 40.0 * COLOR_SCALE))
+    left, right = (50.0, 10.0, 0.0), (20.0, -30.0, 40.0)  # Lab
+    colour = edge_image(h, w, edge, [v * COLOR_SCALE for v in left], [v * COLOR_SCALE for v in right])
     small_colour = F.interpolate(colour[None], size=(6, 15), mode="bilinear", align_corners=False)[0]
     mix = torch.tensor([[1.0, 0.5, -0.2], [0.0, -1.0, 2.0]])
     feat = lambda c: torch.einsum("kc,chw->khw", mix, c)  # noqa: E731

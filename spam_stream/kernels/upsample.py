@@ -1,4 +1,4 @@
-"""Joint bilateral (guided) upsampling of the fast encoder's learned channels (:func:`spam_stream.encoder.fast_encoder`).
+"""Joint bilateral (guided) upsampling of the fast encoder's learned channels (``spam_stream.encoder.fast_encoder``).
 
 The fast encoder runs at reduced resolution; plain bilinear upsampling of its channels smears every feature edge over
 the low-resolution sample spacing. Here each full-resolution pixel ``(i, j)`` takes a weighted mean of the
@@ -10,11 +10,11 @@ each sample weighted by its spatial weight times a colour similarity::
     out[:, i, j] = Σ w_pq · s[:, rows[p], cols[q]] / Σ w_pq
 
 with φ(x) = (1 + x/64)^−64 ≈ exp(−x) (a Gaussian colour weight, as a rational function that vectorises), ``G`` the
-full-resolution colour (the guide), ``g`` the low-resolution colour the encoder saw, ``scale`` =
-1/(2σ²) in the guides' units and ``dmin`` the smallest squared distance among the samples of non-zero spatial weight
-(it cancels in the normalisation of a true exponential, and keeps the largest weight at its spatial weight: no underflow; the clamp at 0
-keeps a zero-weight sample nearer in colour from making 0·inf). So a pixel next to a colour edge takes its features
-from the samples on its own side; ``scale = 0`` is the spatial (tent) interpolation alone.
+full-resolution colour (the guide), ``g`` the low-resolution colour the encoder saw, ``scale`` = 1/(2σ²) in the
+guides' units and ``dmin`` the smallest squared distance among the samples of non-zero spatial weight (it would cancel
+in the normalisation of a true exponential; it keeps the largest weight at its spatial weight: no underflow; the clamp
+at 0 keeps a zero-weight sample nearer in colour from making 0·inf). So a pixel next to a colour edge takes its
+features from the samples on its own side; ``scale = 0`` is the spatial (tent) interpolation alone.
 
 Layouts: low-resolution channels pixel-major (h, w, C) (the channels of one sample are contiguous: one vector
 multiply-add per sample), guides and output channel planes (3, h, w), (3, R, W), (C, R, W) (any strides).
