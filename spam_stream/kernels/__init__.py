@@ -51,10 +51,7 @@ def empty_features(height: int, width: int, channels: int, device) -> torch.Tens
     """An uninitialised (D, H, W) float32 feature tensor on ``device`` in the layout its backend reads in place:
     one zero-padded plane per channel for the CPU kernels (:func:`.cpu.empty_features`), pixel rows ((H, W, D)
     storage, so that ``as_pixel_rows`` is a contiguous view) for the Triton and reference kernels."""
-    impl = backend(device)
-    if hasattr(impl, "empty_features"):
-        return impl.empty_features(height, width, channels, device)
-    return torch.empty((height, width, channels), dtype=torch.float32, device=device).permute(2, 0, 1)
+    return backend(device).empty_features(height, width, channels, device)
 
 
 def masked_distances(features, centroids, cands: Candidates):

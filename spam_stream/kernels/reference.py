@@ -121,3 +121,9 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
         sums, counts = centroid_sums_hard(features, labels, cands.n_superpixels)
         centroids = new_centroids(sums, counts, centroids)
     return assign(features, centroids, cands), centroids
+
+
+def empty_features(height: int, width: int, channels: int, device="cpu") -> torch.Tensor:
+    """An uninitialised (D, H, W) float32 feature tensor stored as pixel rows ((H, W, D) storage): ``as_pixel_rows``
+    of it is a contiguous (N, D) view, the layout these kernels (and the Triton ones) read."""
+    return torch.empty((height, width, channels), dtype=torch.float32, device=device).permute(2, 0, 1)

@@ -368,6 +368,7 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
 #: Backward of a soft iteration on this backend: the torch formulas of :func:`.reference.soft_iteration_backward`
 #: (batched gathers and one index_add over (N, 9, D) on the device), called by the dispatcher's fused soft iteration.
 soft_iteration_backward = reference.soft_iteration_backward
+empty_features = reference.empty_features  # pixel rows: the layout the kernels read in place
 
 __all__ = [
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "new_centroids",
