@@ -122,14 +122,24 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
         main(["video", "x.mp4", "-o", str(tmp_path), "--boundary-color", "purple-ish"])
 
 
-def test_ctrl_c_stops_within_a_second_and_leaves_only_complete_files(odd_video, tmp_path):
+LONG = 1500  # frames: at ≈ 125 frames/s the interrupt must land while frames are still being made
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """1500 lossless 99x67 index frames (≈ 12 s of work for the Ctrl-C test: a 300-frame clip could finish between
+    two polls of a loaded machine)."""
+    return write_index_video(tmp_path_factory.mktemp("video") / "clip.mkv", LONG, RATE, codec="ffv1")
+
+
+def test_ctrl_c_stops_within_a_second_and_leaves_only_complete_files(long_video, tmp_path):
     import signal
     import subprocess
     import sys
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", str(odd_video), "-o", str(out), "-k",
+    proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", str(long_video), "-o", str(out), "-k",
                              "24", "--encoder", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("clip_labels/*.png"))) < 20:
@@ -145,7 +155,7 @@ def test_ctrl_c_stops_within_a_second_and_leaves_only_complete_files(odd_video, 
     assert stopped is not None and stopped < 1.5, (stopped, err[-500:])
     assert proc.returncode == 130
     pngs = sorted((out / "clip_labels").glob("*.png"))
-    assert 0 < len(pngs) < N
+    assert 0 < len(pngs) < LONG
     for p in pngs:  # every label file present is complete and readable
         assert np.asarray(Image.open(p)).shape == (67, 99)
     assert not (out / "clip_overlay.mp4").exists() and not _leftovers(out)
