@@ -64,6 +64,9 @@ def console_main() -> None:
     interrupted run and crash in native code on the way out."""
     import os
 
+    from .pipelines.executor import interrupt_on_sigint
+
+    interrupt_on_sigint()  # Ctrl-C reaches the pipelines even if Python swallows it where it landed
     code = main()
     if code == 130:
         sys.stdout.flush()

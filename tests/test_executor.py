@@ -119,3 +119,33 @@ def test_memory_stays_bounded_over_a_long_stream():
     n = sum(1 for _ in Pipeline(stages, queue_size=2).run(source()))
     assert n == 3000
     assert max(alive) <= (len(stages) + 1) * (2 + 1) + 4
+
+
+def test_an_interrupt_swallowed_where_it_landed_still_stops_the_pipeline():
+    """Python prints and drops a KeyboardInterrupt raised inside a finaliser; the CLI's SIGINT handler also sets
+    INTERRUPTED, and the results loop turns that into a KeyboardInterrupt of its own, with every thread stopped."""
+    import gc
+    import signal
+
+    from spam_stream.pipelines import executor
+
+    class Swallower:  # a finaliser in which the interrupt happens to land
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    executor.interrupt_on_sigint()
+    try:
+        slow = Stage("slow", lambda f: (time.sleep(0.01), f)[1])
+        seen = []
+        with pytest.raises(KeyboardInterrupt):
+            for item in Pipeline([slow], queue_size=2).run(frames(500)):
+                seen.append(item.index)
+                if len(seen) == 5:
+                    Swallower()  # the interrupt is raised in __del__ and swallowed there ("Exception ignored")
+                    gc.collect()
+        assert 5 <= len(seen) < 500
+        assert not [t for t in threading.enumerate() if t.name.startswith(("source", "stage-"))]
+    finally:
+        signal.signal(signal.SIGINT, before)
+        executor.INTERRUPTED.clear()

@@ -12,6 +12,10 @@
 * **Stopping.** Leaving the results loop early (``break``, an exception in the consumer, Ctrl-C) sets a stop flag;
   every thread polls it at least every ``poll`` seconds (0.1), so all stages stop within a second. A stage marked
   ``fatal=True`` (a writer) stops the whole pipeline when it raises: the error is re-raised to the consumer.
+* **Ctrl-C.** Python raises KeyboardInterrupt wherever the main thread happens to be when the signal is handled —
+  inside an object's finaliser it is printed and swallowed, and a video would then run to its end as if never
+  interrupted. Applications (the CLI) install :func:`interrupt_on_sigint`: the handler also sets :data:`INTERRUPTED`,
+  which the results loop checks at every poll and turns into a KeyboardInterrupt of its own.
 * **Timing.** Each item's wall time per stage goes into ``item.timings`` (stage functions may add finer entries).
 * **Devices.** On CUDA each stage thread runs on its own ``torch.cuda.Stream``; an item carries a CUDA event
   recorded after the stage that produced it, and the next stage's stream waits on it, so frame t+1's prior overlaps
@@ -55,6 +59,22 @@ class Stage:
 
 class PipelineError(RuntimeError):
     """A fatal stage failed; the message names the stage and the item."""
+
+
+INTERRUPTED = threading.Event()  # set by the SIGINT handler of interrupt_on_sigint
+
+
+def interrupt_on_sigint() -> None:
+    """Install a SIGINT handler (main thread only) that sets :data:`INTERRUPTED` and raises KeyboardInterrupt, so
+    that an interrupt swallowed where it landed (a finaliser) still stops every pipeline at its next poll."""
+    import signal
+
+    def handler(signum, frame):
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    INTERRUPTED.clear()
+    signal.signal(signal.SIGINT, handler)
 
 
 def describe(exc: BaseException) -> str:
@@ -112,7 +132,7 @@ class Pipeline:
         return False
 
     def _get(self, q: queue.Queue):
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not INTERRUPTED.is_set():
             try:
                 return q.get(timeout=self.poll)
             except queue.Empty:
@@ -207,6 +227,8 @@ class Pipeline:
         try:
             while True:
                 item = self._get(queues[-1])
+                if INTERRUPTED.is_set():  # an interrupt the main thread swallowed elsewhere (see the module doc)
+                    raise KeyboardInterrupt
                 if item is _END:
                     break
                 if self.cuda and "cuda_event" in item.meta:
