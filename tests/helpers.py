@@ -59,3 +59,16 @@ def two_soft_iterations_with_grads(backend, f, c, cands, monkeypatch):
     wq = torch.linspace(-1, 1, q2.numel(), device=q2.device).reshape(q2.shape)
     ((q2 * wq).sum() + (c_new2 ** 2).sum()).backward()
     return q2.detach(), c_new2.detach(), f1.grad, c1.grad
+
+
+def bsds_test_split():
+    """The BSDS500 test split (:class:`spam_stream.datasets.BSDS500`), or a pytest skip naming where it was looked
+    for (``$SPAM_BSDS_ROOT``, else ../shared/datasets/bsds500)."""
+    import pytest
+
+    from spam_stream.datasets import BSDS500, default_bsds_root
+
+    root = default_bsds_root()
+    if root is None or not (root / "data" / "images" / "test").is_dir():
+        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
+    return BSDS500(root, "test")

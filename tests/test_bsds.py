@@ -7,18 +7,15 @@ import numpy as np
 import pytest
 
 import spam_stream
-from spam_stream.datasets import BSDS500, default_bsds_root, oracle_partition
+from spam_stream.datasets import oracle_partition
 from spam_stream.metrics import asa
 
-from helpers import assert_connected, assert_superpixels_respect_prior
+from helpers import assert_connected, assert_superpixels_respect_prior, bsds_test_split
 
 
 @pytest.fixture(scope="module")
 def samples():
-    root = default_bsds_root()
-    if root is None or not (root / "data" / "images" / "test").is_dir():
-        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
-    ds = BSDS500(root, "test")
+    ds = bsds_test_split()
     return [ds[i] for i in (0, 57, 123)]
 
 
@@ -53,10 +50,7 @@ SWEEP_K = (200, 400, 800)
 @pytest.fixture(scope="module")
 def oracle_sweep():
     """[(image, K, K', prior respected, 4-connected)] for every test image and K in SWEEP_K."""
-    root = default_bsds_root()
-    if root is None or not (root / "data" / "images" / "test").is_dir():
-        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
-    ds = BSDS500(root, "test")
+    ds = bsds_test_split()
     out = []
     for i in range(len(ds)):
         s = ds[i]

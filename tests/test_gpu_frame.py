@@ -19,7 +19,7 @@ from spam_stream import SPAM
 from spam_stream.candidates import grid_candidates
 from spam_stream.color import lab_yx_features
 from spam_stream.connectivity import enforce_connectivity
-from spam_stream.datasets import BSDS500, default_bsds_root, oracle_partition
+from spam_stream.datasets import oracle_partition
 from spam_stream.encoder import Encoder, fold_batchnorm
 from spam_stream.features import pixel_features
 from spam_stream.kernels import resident_connectivity, resident_frame
@@ -30,7 +30,8 @@ from spam_stream.kernels.seeding import grid_candidates_torch, grid_init_labels_
 from spam_stream.metrics import asa
 from spam_stream.seeding import grid_seeds
 
-from helpers import assert_connected, assert_superpixels_respect_prior, synthetic_image, voronoi_partition
+from helpers import (assert_connected, assert_superpixels_respect_prior, bsds_test_split, synthetic_image,
+                     voronoi_partition)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -196,10 +197,7 @@ def test_resident_connectivity_returns_numpy_labels(device):
 
 @pytest.fixture(scope="module")
 def bsds_samples():
-    root = default_bsds_root()
-    if root is None or not (root / "data" / "images" / "test").is_dir():
-        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
-    ds = BSDS500(root, "test")
+    ds = bsds_test_split()
     return [ds[i] for i in (0, 57)]
 
 
