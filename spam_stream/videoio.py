@@ -58,6 +58,9 @@ class VideoReader:
             self.stream.thread_type = "AUTO"
         ctx = self.stream.codec_context
         self.width, self.height = int(ctx.width), int(ctx.height)
+        if self.width <= 0 or self.height <= 0:  # ffmpeg probed something (random bytes as a JPEG) with no frame size
+            self.container.close()
+            raise InputError(f"{self.path}: not a readable video (no frame size in its stream)")
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         self.rate = Fraction(rate) if rate else Fraction(25)
         self.n_frames = int(self.stream.frames or 0)

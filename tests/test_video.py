@@ -159,3 +159,14 @@ def test_ctrl_c_stops_within_a_second_and_leaves_only_complete_files(long_video,
     for p in pngs:  # every label file present is complete and readable
         assert np.asarray(Image.open(p)).shape == (67, 99)
     assert not (out / "clip_overlay.mp4").exists() and not _leftovers(out)
+
+
+def test_random_bytes_are_not_a_readable_video(tmp_path):
+    """ffmpeg probes random bytes named .jpg as an image stream with no frame size: one line saying so, not a
+    complaint about the number of superpixels."""
+    from spam_stream.videoio import VideoReader
+
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError, match="not a readable video"):
+        VideoReader(junk)
