@@ -234,9 +234,8 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
 
 # Memory model of one frame (bytes above the process's resident baseline), fitted to benchmarks/bench_memory.py's
 # per-stage peaks on this project's CPU path (BENCHMARKS.md): seeds and candidates ≈ 8 B/pixel; the feature stage holds
-# the (D, H, W) float32 features, the 5 hand-made channels before they are copied in (20 B/pixel) and one tile's
-# activations; the cluster stage holds the features, the CPU kernel's transposed copy of them (4·D B/pixel) and its
-# tables and labels (≈ 50 B/pixel); allocator slack ≈ 20 B/pixel.
+# the (D, H, W) float32 features (Lab written into them in place) and one tile's activations; the cluster stage holds
+# the features (read in place by the CPU kernel) and its tables and labels (≈ 50 B/pixel); allocator slack ≈ 20 B/pixel.
 SEED_BYTES_PER_PIXEL = 8
 CLUSTER_BYTES_PER_PIXEL = 50
 SLACK_BYTES_PER_PIXEL = 20
