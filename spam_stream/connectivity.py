@@ -1,12 +1,22 @@
 """Step 5 — connectivity: every superpixel becomes one 4-connected region that stays inside one prior object.
 
-Each superpixel keeps its largest 4-connected component. Other components become superpixels of their own when they
+Each superpixel keeps its largest 4-connected component — with a prior, its largest that holds pixels of an object
+(a component of uncertain pixels only is kept only when the superpixel has no other): a seed placed in a small
+object keeps that object's pixels even when its band pixels form a larger piece. Other components become superpixels
+of their own when they
 hold at least ``min_size`` pixels; smaller ones merge into an adjacent region of the same prior object (the one they
 share the longest border with), and a fragment made only of uncertain pixels (-1) may merge into any neighbour. A
 fragment with no compatible neighbour stays a superpixel of its own, so the prior is never crossed. Fragments merge
 from the smallest up (ties: first in raster order); each picks, among its compatible neighbours in increasing
 component order, the first with the longest shared border; output labels are numbered in the raster order of the
 component that names them.
+
+Bridging (with a prior): an uncertain band can cut specks off an object (a 1-px band around a thin part leaves
+1–4 px islands). A small fragment left on its own — no compatible neighbour, so it would be one more superpixel —
+then joins the nearest superpixel of its own object reachable through at most ``max_gap`` uncertain pixels, and
+those uncertain pixels join with it (:func:`bridge_stranded`): the superpixel stays 4-connected and inside one
+object, and K is held. An uncertain pixel is taken from its superpixel only when that superpixel stays connected
+without it (its neighbours in that superpixel are joined around it).
 
 :func:`enforce_connectivity` does this in numba: one union-find labelling pass over the pixels, the border lengths of
 the small fragments only, and the merges as a union-find over fragment adjacency.
@@ -17,6 +27,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from skimage.measure import label as connected_components
+
+MAX_BRIDGE_GAP = 4  # uncertain pixels a bridge may cross (a 1-px band between two objects is 2 px wide)
 
 
 def _region_objects(comp: np.ndarray, partition: np.ndarray, n: int) -> np.ndarray:
@@ -39,13 +51,14 @@ def _adjacency(comp: np.ndarray):
 
 
 def enforce_connectivity_reference(labels: np.ndarray, partition: np.ndarray | None = None,
-                                   min_size: int = 1) -> np.ndarray:
+                                   min_size: int = 1, max_gap: int = MAX_BRIDGE_GAP) -> np.ndarray:
     """Reference twin of :func:`enforce_connectivity` (scikit-image labelling, a Python loop over fragments).
 
     Args:
         labels: (H, W) integer superpixel labels (any ids; -1 is treated as a label of its own).
         partition: (H, W) int32 prior object ids (-1 = uncertain), or None for no prior.
         min_size: fragments smaller than this merge into a neighbour.
+        max_gap: bridging (:func:`bridge_stranded`) through at most this many uncertain pixels; 0 turns it off.
     Returns:
         (H, W) int32 labels 0..K'-1, each one 4-connected region.
     """
@@ -54,15 +67,15 @@ def enforce_connectivity_reference(labels: np.ndarray, partition: np.ndarray | N
     sizes = np.bincount(comp.ravel(), minlength=n)
     sp = np.zeros(n, np.int64)
     sp[comp.ravel()] = labels.ravel()
-    # the largest component of each superpixel keeps it
-    order = np.lexsort((-sizes, sp))
+    part = np.zeros(labels.shape, np.int64) if partition is None else partition
+    obj = _region_objects(comp, part, n)
+    # the largest component of each superpixel that holds object pixels keeps it (else its largest)
+    order = np.lexsort((-sizes, obj < 0, sp))
     first = np.ones(n, bool)
     first[1:] = sp[order[1:]] != sp[order[:-1]]
     kept = np.zeros(n, bool)
     kept[order[first]] = True
     small = ~kept & (sizes < min_size)
-    part = np.zeros(labels.shape, np.int64) if partition is None else partition
-    obj = _region_objects(comp, part, n)
 
     parent = np.arange(n)
 
@@ -98,7 +111,11 @@ def enforce_connectivity_reference(labels: np.ndarray, partition: np.ndarray | N
     name[roots[kept]] = np.flatnonzero(kept)
     final = name[roots]
     _, out = np.unique(final[comp], return_inverse=True)
-    return out.reshape(labels.shape).astype(np.int32)
+    out = out.reshape(labels.shape).astype(np.int32)
+    # stranded: superpixels that are fragments on their own (no kept component among the group's)
+    stranded = np.ones(int(out.max()) + 1, bool)
+    stranded[out.ravel()[np.isin(comp.ravel(), np.flatnonzero(kept))]] = False
+    return bridge_after_merge(out, partition, stranded, stranded, min_size, max_gap)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,7 +282,7 @@ def _relabel(comp, out_of_comp, out):
 
 
 def enforce_connectivity(labels: np.ndarray, partition: np.ndarray | None = None, min_size: int = 1,
-                         return_source: bool = False):
+                         return_source: bool = False, max_gap: int = MAX_BRIDGE_GAP):
     """Make every superpixel 4-connected without crossing the prior.
 
     Args:
@@ -273,6 +290,7 @@ def enforce_connectivity(labels: np.ndarray, partition: np.ndarray | None = None
         partition: (H, W) integer prior object ids (-1 = uncertain), or None for no prior.
         min_size: fragments smaller than this merge into a neighbour.
         return_source: also return, per output superpixel, the input label it keeps.
+        max_gap: bridging (:func:`bridge_stranded`) through at most this many uncertain pixels; 0 turns it off.
     Returns:
         (H, W) int32 labels 0..K'-1, each one 4-connected region — equal to
         :func:`enforce_connectivity_reference`. With ``return_source``: ``(labels, source)``, source (K',) int64 the
@@ -290,8 +308,9 @@ def enforce_connectivity(labels: np.ndarray, partition: np.ndarray | None = None
         part = part.astype(np.int64)
     comp, size, sp, obj = _components(labels, part, has_partition)
     n = size.shape[0]
-    # the largest component of each label keeps it (ties: the first in raster order)
-    order = np.lexsort((-size, sp))
+    # the largest component of each label that holds object pixels keeps it, else its largest (ties: the first in
+    # raster order)
+    order = np.lexsort((-size, obj < 0, sp))
     first = np.ones(n, bool)
     first[1:] = sp[order[1:]] != sp[order[:-1]]
     kept = np.zeros(n, bool)
@@ -308,8 +327,261 @@ def enforce_connectivity(labels: np.ndarray, partition: np.ndarray | None = None
     out_of_comp = rank[root].astype(np.int32)
     out = np.empty(h * w, np.int32)
     _relabel(comp, out_of_comp, out)
-    out = out.reshape(h, w)
-    if not return_source:
-        return out
     roots = np.flatnonzero(is_root)
-    return out, np.where(kept[roots], sp[roots], -1).astype(np.int64)
+    out, source = bridge_after_merge(out.reshape(h, w), part if has_partition else None, ~kept[roots],
+                                     np.where(kept[roots], sp[roots], -1).astype(np.int64), min_size, max_gap)
+    return (out, source) if return_source else out
+
+
+def bridge_after_merge(labels: np.ndarray, partition: np.ndarray | None, stranded: np.ndarray, source: np.ndarray,
+                       min_size: int, max_gap: int):
+    """The last step of every connectivity implementation: :func:`bridge_stranded` on the merged labels;
+    ``stranded`` (K',) bool marks the superpixels that keep no input label, ``source`` (K',) what they keep. Returns
+    (labels, source)."""
+    if partition is None or max_gap <= 0 or not stranded.any():
+        return labels, source
+    labels, kept = bridge_stranded(labels, partition, stranded, min_size, max_gap)
+    return labels, source[kept]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bridging stranded fragments through uncertain pixels
+
+@numba.njit(inline="always")
+def neighbour4(p, d, h, w):
+    """The ``d``-th 4-neighbour (0 left, 1 right, 2 up, 3 down) of pixel ``p`` of an (h, w) image, -1 outside it."""
+    i, j = p // w, p % w
+    if d == 0:
+        return p - 1 if j > 0 else -1
+    if d == 1:
+        return p + 1 if j + 1 < w else -1
+    if d == 2:
+        return p - w if i > 0 else -1
+    return p + w if i + 1 < h else -1
+
+
+@numba.njit(cache=True)
+def _stays_connected(out, h, w, path, n_path, t, radius):
+    """Whether superpixel ``t``'s pixels next to the (already relabelled) ``path`` pixels are still joined to one
+    another through ``t``'s pixels inside a window of ``radius`` around the path — enough for ``t`` to stay 4-connected
+    (a path of ``t`` that went through the removed pixels can go round them inside the window)."""
+    i0, i1, j0, j1 = h, -1, w, -1
+    for k in range(n_path):
+        i, j = path[k] // w, path[k] % w
+        i0, i1, j0, j1 = min(i0, i), max(i1, i), min(j0, j), max(j1, j)
+    i0, i1, j0, j1 = max(i0 - radius, 0), min(i1 + radius, h - 1), max(j0 - radius, 0), min(j1 + radius, w - 1)
+    ww = j1 - j0 + 1
+    seen = np.zeros((i1 - i0 + 1) * ww, np.bool_)
+    stack = np.empty((i1 - i0 + 1) * ww, np.int64)
+    top = 0
+    need = 0  # t's pixels next to the path; the fill starts from the first and must reach them all
+    for k in range(n_path):
+        i, j = path[k] // w, path[k] % w
+        for d in range(4):
+            y, x = i + (d == 3) - (d == 2), j + (d == 1) - (d == 0)
+            if 0 <= y < h and 0 <= x < w and out[y * w + x] == t:
+                loc = (y - i0) * ww + (x - j0)
+                if not seen[loc]:
+                    seen[loc] = True
+                    need += 1
+                    if top == 0:
+                        stack[0] = loc
+                        top = 1
+    if need <= 1:
+        return True
+    reached = np.zeros((i1 - i0 + 1) * ww, np.bool_)
+    found = 0
+    reached[stack[0]] = True
+    while top > 0:
+        top -= 1
+        loc = stack[top]
+        if seen[loc]:
+            found += 1
+            if found == need:
+                return True
+        y, x = loc // ww + i0, loc % ww + j0
+        for d in range(4):
+            yy, xx = y + (d == 3) - (d == 2), x + (d == 1) - (d == 0)
+            if i0 <= yy <= i1 and j0 <= xx <= j1:
+                nl = (yy - i0) * ww + (xx - j0)
+                if not reached[nl] and out[yy * w + xx] == t:
+                    reached[nl] = True
+                    stack[top] = nl
+                    top += 1
+    return False
+
+
+@numba.njit(cache=True)
+def _bridge(out, part, h, w, size, obj, order, pix_start, pix, max_gap):
+    """Bridges the candidates in ``order`` (their pixels: ``pix[pix_start[i]:pix_start[i + 1]]``); ``out`` (H*W,)
+    and ``size`` (K',) updated in place. Returns (K',) bool: superpixels left empty."""
+    n = size.shape[0]
+    m = order.shape[0]
+    cand_index = np.full(n, -1, np.int64)
+    for i in range(m):
+        cand_index[order[i]] = i
+    joined = np.arange(m)  # union-find over candidates: a candidate that absorbed others searches from their pixels
+    stamp = np.full(h * w, -1, np.int32)
+    cap = 1024
+    q_pix = np.empty(cap, np.int64)
+    q_prev = np.empty(cap, np.int64)  # queue entry it was reached from (-1: a pixel of the fragment)
+    q_dist = np.empty(cap, np.int64)
+    path = np.empty(max_gap, np.int64)
+    saved = np.empty(max_gap, np.int64)
+    ex_cap = 64  # uncertain pixels a candidate received as a bridge target, with that candidate's index
+    ex_pix = np.empty(ex_cap, np.int64)
+    ex_owner = np.empty(ex_cap, np.int64)
+    n_ex = 0
+    for i in range(m):
+        c = order[i]
+        if size[c] == 0 or joined[i] != i:
+            continue
+        a = obj[c]
+        qt = 0
+        # the fragment's pixels: its own, those of the candidates it absorbed, those it received as a target
+        if cap < pix.shape[0] + n_ex:
+            cap = 2 * (pix.shape[0] + n_ex)
+            q_pix, q_prev, q_dist = _grow(q_pix, cap), _grow(q_prev, cap), _grow(q_dist, cap)
+        for i2 in range(m):
+            if _find(joined, i2) == i:
+                for k in range(pix_start[i2], pix_start[i2 + 1]):
+                    p = pix[k]
+                    if out[p] == c and stamp[p] != c:
+                        stamp[p] = c
+                        q_pix[qt], q_prev[qt], q_dist[qt] = p, -1, 0
+                        qt += 1
+        for e in range(n_ex):
+            p = ex_pix[e]
+            if _find(joined, ex_owner[e]) == i and out[p] == c and stamp[p] != c:
+                stamp[p] = c
+                q_pix[qt], q_prev[qt], q_dist[qt] = p, -1, 0
+                qt += 1
+        qh = 0
+        found, n_path = -1, 0
+        while qh < qt and found < 0:
+            p = q_pix[qh]
+            for d in range(4):
+                q = neighbour4(p, d, h, w)
+                if q < 0 or stamp[q] == c:
+                    continue
+                t = out[q]
+                if t == c:
+                    continue
+                if obj[t] == a:  # a superpixel of the same object: the bridge ends here, if it can be built
+                    n_path = _build_bridge(out, h, w, q_pix, q_prev, qh, t, path, saved, max_gap)
+                    if n_path >= 0:
+                        found = q
+                        break
+                    continue
+                if part[q] < 0 and q_dist[qh] < max_gap:
+                    if qt == cap:
+                        cap *= 2
+                        q_pix, q_prev, q_dist = _grow(q_pix, cap), _grow(q_prev, cap), _grow(q_dist, cap)
+                    stamp[q] = c
+                    q_pix[qt], q_prev[qt], q_dist[qt] = q, qh, q_dist[qh] + 1
+                    qt += 1
+            qh += 1
+        if found < 0:
+            continue
+        r = out[found]
+        for k in range(n_path):
+            size[saved[k]] -= 1
+        size[r] += n_path + _fragment_size(q_dist, qt)
+        size[c] -= _fragment_size(q_dist, qt)
+        for k in range(qt):  # the fragment's pixels are the queue's distance-0 entries
+            if q_dist[k] == 0:
+                out[q_pix[k]] = r
+        j = cand_index[r]
+        if j >= 0:
+            joined[i] = _find(joined, j)
+            for k in range(n_path):  # r's candidate searches from these too when its turn comes
+                if n_ex == ex_cap:
+                    ex_cap *= 2
+                    ex_pix, ex_owner = _grow(ex_pix, ex_cap), _grow(ex_owner, ex_cap)
+                ex_pix[n_ex], ex_owner[n_ex] = path[k], j
+                n_ex += 1
+    return size == 0
+
+
+@numba.njit(cache=True)
+def _build_bridge(out, h, w, q_pix, q_prev, e, r, path, saved, max_gap):
+    """Gives superpixel ``r`` the uncertain pixels of the search path that ends at queue entry ``e`` (from the
+    target's side back to the fragment: ``path``, their former superpixels: ``saved``) when every superpixel they are
+    taken from stays connected; returns their number, or -1 (nothing changed) when one would not."""
+    n_path = 0
+    while q_prev[e] >= 0:
+        path[n_path] = q_pix[e]
+        n_path += 1
+        e = q_prev[e]
+    for k in range(n_path):
+        saved[k] = out[path[k]]
+        out[path[k]] = r
+    for k in range(n_path):
+        if not _stays_connected(out, h, w, path, n_path, saved[k], 2 * max_gap + 2):
+            for k2 in range(n_path):
+                out[path[k2]] = saved[k2]
+            return -1
+    return n_path
+
+
+@numba.njit(inline="always")
+def _fragment_size(q_dist, qt):
+    """How many queue entries are the fragment's own pixels (distance 0)."""
+    n = 0
+    for k in range(qt):
+        if q_dist[k] == 0:
+            n += 1
+    return n
+
+
+@numba.njit(inline="always")
+def _grow(a, cap):
+    b = np.empty(cap, a.dtype)
+    b[:a.shape[0]] = a
+    return b
+
+
+def bridge_stranded(labels: np.ndarray, partition: np.ndarray, stranded: np.ndarray, min_size: int,
+                    max_gap: int = MAX_BRIDGE_GAP) -> tuple[np.ndarray, np.ndarray]:
+    """Joins stranded fragments to their object's superpixels through uncertain pixels (the bridging rule above).
+
+    A candidate is a superpixel flagged in ``stranded`` (a fragment on its own), holding pixels of an object, smaller
+    than ``min_size``. Smallest first (ties: lowest id), a breadth-first search from its pixels through uncertain
+    pixels (scanning left, right, up, down) stops at the first superpixel of the same object; the uncertain pixels on
+    the path (at most ``max_gap``) and the candidate join it. A path pixel is only taken from a superpixel that stays
+    4-connected without it; when none fits, the candidate stays as it is.
+
+    Args:
+        labels: (H, W) int32 labels 0..K'-1 (every superpixel 4-connected, none crossing the prior).
+        partition: (H, W) integer prior object ids, -1 = uncertain.
+        stranded: (K',) bool.
+        min_size, max_gap: as above.
+    Returns:
+        (labels, kept): (H, W) int32 labels 0..K''-1 — the ids that remain, renumbered in their order — and (K',) bool,
+        which of the input superpixels remain.
+    """
+    h, w = labels.shape
+    out = np.ascontiguousarray(labels, np.int32).reshape(-1)
+    n = int(out.max()) + 1 if out.size else 0
+    size = np.bincount(out, minlength=n).astype(np.int64)
+    obj = _region_objects(out, np.asarray(partition).reshape(-1), n)
+    cand = np.flatnonzero(np.asarray(stranded, bool) & (obj >= 0) & (size < min_size))
+    if len(cand) == 0 or max_gap <= 0:
+        return labels.astype(np.int32, copy=False), np.ones(n, bool)
+    order = cand[np.argsort(size[cand], kind="stable")]
+    # the candidates' pixels, grouped in that order
+    member = np.full(n, -1, np.int64)
+    member[order] = np.arange(len(order))
+    at = member[out]
+    px = np.flatnonzero(at >= 0)
+    px = px[np.argsort(at[px], kind="stable")]
+    pix_start = np.zeros(len(order) + 1, np.int64)
+    np.cumsum(np.bincount(at[px], minlength=len(order)), out=pix_start[1:])
+    out = out.copy()
+    part = np.ascontiguousarray(partition, np.int64).reshape(-1)
+    empty = _bridge(out, part, h, w, size, obj, order.astype(np.int64), pix_start, px.astype(np.int64), int(max_gap))
+    kept = ~empty
+    if kept.all():
+        return out.reshape(h, w), kept
+    new_id = (np.cumsum(kept) - 1).astype(np.int32)
+    return new_id[out].reshape(h, w), kept

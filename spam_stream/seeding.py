@@ -25,6 +25,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numba import njit, prange
 
+from .connectivity import MAX_BRIDGE_GAP, neighbour4
+
 
 @dataclass
 class Seeds:
@@ -306,8 +308,66 @@ def object_components(partition: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return comp, comp_obj, comp_size
 
 
+@njit(cache=True)
+def _bridge_groups(comp, comp_obj, h, w, max_gap):
+    n = comp_obj.shape[0]
+    parent = np.arange(n)
+    owner = np.full(h * w, -1, np.int32)  # the piece whose breadth-first front reached an uncertain pixel first
+    dist = np.zeros(h * w, np.int32)
+    queue = np.empty(h * w, np.int32)
+    qt = 0
+    for p in range(h * w):
+        if comp[p] >= 0:
+            owner[p] = comp[p]
+            i, j = p // w, p % w
+            if ((j > 0 and comp[p - 1] < 0) or (j + 1 < w and comp[p + 1] < 0) or (i > 0 and comp[p - w] < 0)
+                    or (i + 1 < h and comp[p + w] < 0)):
+                queue[qt] = p
+                qt += 1
+    qh = 0
+    while qh < qt:
+        p = queue[qh]
+        qh += 1
+        a, d = owner[p], dist[p]
+        for k in range(4):
+            q = neighbour4(p, k, h, w)
+            if q < 0:
+                continue
+            b = owner[q]
+            if b < 0:
+                if comp[q] < 0 and d + 1 <= max_gap:
+                    owner[q], dist[q] = a, d + 1
+                    queue[qt] = q
+                    qt += 1
+            elif b != a and comp_obj[b] == comp_obj[a] and d + dist[q] <= max_gap:
+                ra, rb = a, b  # union (roots: the lower piece index)
+                while parent[ra] != ra:
+                    ra = parent[ra]
+                while parent[rb] != rb:
+                    rb = parent[rb]
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    for c in range(n):
+        r = c
+        while parent[r] != r:
+            r = parent[r]
+        parent[c] = r
+    return parent
+
+
+def bridge_groups(comp: np.ndarray, comp_obj: np.ndarray, shape: tuple[int, int], max_gap: int = MAX_BRIDGE_GAP) -> np.ndarray:
+    """Which object pieces connectivity can bridge (:func:`spam_stream.connectivity.bridge_stranded`): (C,) int64,
+    the lowest piece index of each piece's group — pieces of one object joined, directly or through other pieces, by
+    at most ``max_gap`` uncertain pixels (a breadth-first search from every piece at once through uncertain pixels;
+    where two fronts of the same object meet within the gap, their pieces join). ``comp`` (H*W,) piece ids (-1:
+    uncertain), ``comp_obj`` (C,) each piece's object, as :func:`object_components` returns them."""
+    h, w = shape
+    return _bridge_groups(np.ascontiguousarray(comp, np.int64), np.ascontiguousarray(comp_obj, np.int64), h, w,
+                          int(max_gap)).astype(np.int64)
+
+
 def allocate_component_seeds(comp_obj: np.ndarray, comp_size: np.ndarray, n_superpixels: int,
-                             density: np.ndarray | None = None) -> np.ndarray:
+                             density: np.ndarray | None = None, groups=None) -> np.ndarray:
     """Seeds per object component: (C,) int64.
 
     A component that gets no seed of its own cannot be reached by a superpixel of its object without crossing the
@@ -316,6 +376,11 @@ def allocate_component_seeds(comp_obj: np.ndarray, comp_size: np.ndarray, n_supe
     k_c = max(1, round(K·w_c/Σw)), w_c = |C_c|·density[object], summed to K (:func:`allocate_seeds`) whenever
     there are at most K components. With more components than K, each object keeps the object-level budget and
     spends it on its largest components.
+
+    ``groups``: optional callable returning (C,) group ids (:func:`bridge_groups`), asked only when there are more
+    components than K. Pieces of a group that get no seed are bridged to a seeded one by connectivity, so with
+    groups the rule above runs over the groups (a group's size: its pieces' pixels), and each group spends its seeds
+    on its largest pieces — those with at least half a seed's share, the largest always.
     """
     comp_obj = np.asarray(comp_obj, np.int64)
     comp_size = np.asarray(comp_size, np.int64)
@@ -323,6 +388,21 @@ def allocate_component_seeds(comp_obj: np.ndarray, comp_size: np.ndarray, n_supe
     dens = None if density is None else np.asarray(density, dtype=np.float64)[comp_obj]
     if n <= n_superpixels:
         return allocate_seeds(comp_size, n_superpixels, dens)
+    if groups is not None:
+        roots, gid = np.unique(groups(), return_inverse=True)
+        if len(roots) < n:
+            g_size = np.bincount(gid, weights=comp_size, minlength=len(roots)).astype(np.int64)
+            g_counts = allocate_component_seeds(comp_obj[roots], g_size, n_superpixels, density)
+            counts = np.zeros(n, np.int64)
+            by_size = np.lexsort((np.arange(n), -comp_size, gid))  # per group, largest first
+            bounds = np.searchsorted(gid[by_size], np.arange(len(roots) + 1))
+            for g in np.flatnonzero(g_counts):
+                comps = by_size[bounds[g]:bounds[g + 1]]
+                k = int(g_counts[g])
+                share = k * comp_size[comps] / max(g_size[g], 1)
+                comps = comps[(share >= 0.5) | (np.arange(len(comps)) == 0)][:k]
+                counts[comps] = allocate_seeds(comp_size[comps], k)
+            return counts
     # more components than K: the object budgets of the object-level rule (allocate_seeds over objects, Σ = K),
     # each placed in its object's largest components — one seed per component while the budget lasts, the rest
     # by allocate_seeds over those components; the smallest components get none
@@ -373,7 +453,8 @@ def object_seeds(partition: np.ndarray, n_superpixels: int, density: np.ndarray 
     if n_obj == 0:
         raise ValueError("the prior partition has no object (every pixel is -1)")
     comp, comp_obj, comp_size = object_components(partition)
-    counts = allocate_component_seeds(comp_obj, comp_size, n_superpixels, density)
+    counts = allocate_component_seeds(comp_obj, comp_size, n_superpixels, density,
+                                      groups=lambda: bridge_groups(comp, comp_obj, partition.shape))
     n_comp = len(comp_size)
     # pixels grouped by component (row-major inside each); uncertain pixels (-1) come first and are skipped
     order = np.argsort(comp, kind="stable")

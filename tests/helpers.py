@@ -72,3 +72,22 @@ def bsds_test_split():
     if root is None or not (root / "data" / "images" / "test").is_dir():
         pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
     return BSDS500(root, "test")
+
+
+def dotted_line_case():
+    """A thin object (id 1) cut into 1-px dots by a band of uncertain pixels, inside object 0: the dots sit on a
+    diagonal, two band pixels apart, and the line's first dot is a 3×3 block that holds its seed. Labels: object 0
+    is superpixel 0 (its band pixels included), the block superpixel 1, every dot its own label (as clustering leaves
+    the unseeded dots: a label whose largest piece is elsewhere)."""
+    prior = np.zeros((24, 24), np.int32)
+    labels = np.zeros((24, 24), np.int64)
+    prior[2:7, 2:7] = -1
+    prior[3:6, 3:6] = 1
+    labels[3:6, 3:6] = 1
+    dots = [(7 + 2 * i, 6 + 2 * i) for i in range(7)]
+    for y, x in dots:
+        prior[y - 1:y + 2, x - 1:x + 2] = np.where(prior[y - 1:y + 2, x - 1:x + 2] == 1, 1, -1)
+    for y, x in dots:
+        prior[y, x] = 1
+        labels[y, x] = 1  # the dots carry the block's label: fragments of superpixel 1
+    return labels, prior, dots

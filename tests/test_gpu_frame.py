@@ -30,8 +30,8 @@ from spam_stream.kernels.seeding import grid_candidates_torch, grid_init_labels_
 from spam_stream.metrics import asa
 from spam_stream.seeding import grid_seeds
 
-from helpers import (assert_connected, assert_superpixels_respect_prior, bsds_test_split, synthetic_image,
-                     voronoi_partition)
+from helpers import (assert_connected, assert_superpixels_respect_prior, bsds_test_split, dotted_line_case,
+                     synthetic_image, voronoi_partition)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -180,6 +180,15 @@ def test_connectivity_equals_enforce_connectivity_after_clustering(labeler, devi
         assert_connected(out)
         if part is not None:
             assert_superpixels_respect_prior(out, prior)
+
+
+@pytest.mark.parametrize("labeler", LABELERS.values(), ids=LABELERS.keys())
+def test_connectivity_bridges_stranded_fragments_like_the_cpu(labeler, device):
+    """A thin object cut into dots by the band: the device twin bridges them (on the host) exactly as the CPU
+    function does, and the bridging did happen."""
+    labels, prior, dots = dotted_line_case()
+    out = check_connectivity(labels.astype(np.int32), prior, 20, device, labeler)
+    assert out.max() + 1 == 2 < enforce_connectivity(labels, prior, 20, max_gap=0).max() + 1
 
 
 def test_connectivity_without_small_fragments_is_the_component_map(device):

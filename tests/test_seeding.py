@@ -275,3 +275,48 @@ def test_object_seeds_torch_rejects_a_partition_without_objects():
         object_seeds_torch(torch.full((4, 5), -1, dtype=torch.int32), 3)
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         object_seeds_torch(torch.zeros(4, dtype=torch.int32), 3)
+
+
+# --- pieces that connectivity can bridge (issue 11: K with a banded prior) ---------------------------------------
+
+def test_bridge_groups_join_pieces_of_one_object_across_a_narrow_band_only():
+    from spam_stream.seeding import bridge_groups, object_components
+
+    part = np.zeros((12, 30), np.int32)
+    part[:, 3] = -1                  # 1 px of band: pieces 0 | 1 bridgeable
+    part[:, 10:16] = -1              # 6 px of band: too wide for max_gap 4
+    part[:, 20] = 1                  # another object between pieces of object 0
+    part[:, 25:27] = -1
+    part[:, 27:] = 1                 # object 1 again, 2 px of band after object 0's piece 21..24
+    comp, comp_obj, comp_size = object_components(part)
+    g = bridge_groups(comp, comp_obj, part.shape, max_gap=4)
+    piece = lambda y, x: comp[y * 30 + x]  # noqa: E731
+    assert g[piece(5, 0)] == g[piece(5, 5)]              # across 1 band pixel
+    assert g[piece(5, 5)] != g[piece(5, 17)]             # across 6 band pixels
+    assert g[piece(5, 17)] != g[piece(5, 22)]            # across object 1, not band
+    assert g[piece(5, 22)] != g[piece(5, 28)]            # different objects across the band
+    assert g[piece(5, 20)] != g[piece(5, 28)]            # object 1's pieces: 6 px of object 0 and band apart
+    wide = bridge_groups(comp, comp_obj, part.shape, max_gap=6)
+    assert wide[piece(5, 5)] == wide[piece(5, 17)]       # 6 px fit a gap of 6
+
+
+def test_with_more_pieces_than_k_seeds_go_to_bridge_groups_and_specks_get_none():
+    from spam_stream.seeding import allocate_component_seeds
+
+    # object 0: a big piece with 30 one-pixel specks bridgeable to it, and 3 pieces it cannot reach; object 1: one
+    comp_obj = np.array([0] + [0] * 30 + [0, 0, 0] + [1])
+    comp_size = np.array([4000] + [1] * 30 + [300, 200, 100] + [2000])
+    groups = np.array([0] + [0] * 30 + [31, 32, 33] + [34])
+    k = 20
+    counts = allocate_component_seeds(comp_obj, comp_size, k, groups=lambda: groups)
+    assert counts.sum() == k
+    assert (counts[1:31] == 0).all()                     # specks: none, connectivity bridges them
+    assert (counts[31:34] >= 1).all()                    # pieces nothing can reach: one each at least
+    assert counts[0] > counts[34] > 0                    # the rest by area
+    # without groups the object rule spends object 0's seeds on its largest pieces, specks included
+    plain = allocate_component_seeds(comp_obj, comp_size, k)
+    assert plain.sum() == k and (plain[1:31] > 0).any()
+    # groups are only asked for with more pieces than K
+    asked = []
+    allocate_component_seeds(comp_obj, comp_size, 100, groups=lambda: asked.append(1) or groups)
+    assert asked == []

@@ -8,8 +8,8 @@ The frame-sized work runs as whole-image torch ops on the labels' device (a GPU 
    jumping for CUDA tensors);
 2. per component: size (``bincount``), label (at its first pixel, ``scatter_reduce`` amin of the pixel index), prior
    object (at its last known pixel in raster order, ``scatter_reduce`` amax — the object the numba pass keeps);
-3. the component each label keeps (its largest, ties: first in raster order: two stable sorts) and the small
-   fragments (the others below ``min_size``);
+3. the component each label keeps (its largest holding object pixels, else its largest; ties: first in raster
+   order: three stable sorts) and the small fragments (the others below ``min_size``);
 4. the border lengths between each small fragment and its neighbours: the 4-adjacent pixel pairs across component
    borders that start in a small fragment, counted by ``torch.unique`` on (fragment, neighbour) keys — sorted by
    fragment, then by neighbour id, the order in which the rule scans them.
@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from ..connectivity import _find, merge_into_best  # the CPU function's union-find and merge rule
+from ..connectivity import MAX_BRIDGE_GAP, _find, bridge_after_merge, merge_into_best  # the CPU rules
 from .labeling import label_components
 
 
@@ -67,10 +67,12 @@ def _components(labels: torch.Tensor, partition: torch.Tensor | None, labeler):
     return comp, size, sp, obj
 
 
-def _kept(size: torch.Tensor, sp: torch.Tensor) -> torch.Tensor:
-    """(C,) bool: the largest component of each label (ties: the lowest component id = first in raster order)."""
-    by_size = torch.sort(-size, stable=True).indices
-    order = by_size[torch.sort(sp[by_size], stable=True).indices]  # = np.lexsort((-size, sp))
+def _kept(size: torch.Tensor, sp: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    """(C,) bool: the largest component of each label that holds object pixels (``obj`` ≥ 0), else its largest
+    (ties: the lowest component id = first in raster order)."""
+    order = torch.sort(-size, stable=True).indices
+    order = order[torch.sort((obj[order] < 0).to(torch.int8), stable=True).indices]
+    order = order[torch.sort(sp[order], stable=True).indices]  # = np.lexsort((-size, obj < 0, sp))
     first = torch.ones_like(order, dtype=torch.bool)
     first[1:] = sp[order[1:]] != sp[order[:-1]]
     kept = torch.zeros_like(first)
@@ -96,7 +98,7 @@ def _fragment_borders(comp: torch.Tensor, shape, small: torch.Tensor, n: int):
 
 
 def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | None = None, min_size: int = 1,
-                               return_source: bool = False, labeler=label_components):
+                               return_source: bool = False, labeler=label_components, max_gap: int = MAX_BRIDGE_GAP):
     """:func:`spam_stream.connectivity.enforce_connectivity` on tensors, frame-sized work on their device.
 
     Args:
@@ -106,6 +108,9 @@ def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | N
         return_source: also return, per output superpixel, the input label it keeps (-1: a fragment on its own).
         labeler: the connected-components function (``label_components``'s signature); the default picks numba for
             CPU tensors and torch ops for CUDA tensors.
+        max_gap: bridging of stranded fragments through uncertain pixels
+            (:func:`spam_stream.connectivity.bridge_stranded`); it runs on the host, only for a frame that has a
+            stranded fragment of an object smaller than ``min_size`` (labels and prior go down and the labels back).
     Returns:
         (H, W) int32 tensor on ``labels``' device, 0..K'-1, equal to ``enforce_connectivity``'s labels; with
         ``return_source`` also (K',) int64 numpy ``source``.
@@ -120,7 +125,7 @@ def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | N
             raise ValueError(f"partition has shape {tuple(partition.shape)} but the labels are {(h, w)}")
     comp, size, sp, obj = _components(labels.to(torch.int64), partition, labeler)
     n = size.shape[0]
-    kept = _kept(size, sp)
+    kept = _kept(size, sp, obj)
     small = ~kept & (size < min_size)
     n_small = int(small.sum())
     if n_small == 0:
@@ -146,11 +151,19 @@ def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | N
     rank = np.cumsum(is_root) - 1  # output ids in the order of the naming (root) component
     out_of_comp = torch.from_numpy(rank[root].astype(np.int32)).to(dev)
     out = out_of_comp[comp].view(h, w)
-    if not return_source:
-        return out
     roots = np.flatnonzero(is_root)
     kept_h, sp_h = kept.cpu().numpy(), sp.cpu().numpy()
-    return out, np.where(kept_h[roots], sp_h[roots], -1).astype(np.int64)
+    source = np.where(kept_h[roots], sp_h[roots], -1).astype(np.int64)
+    if partition is not None and max_gap > 0:
+        stranded = ~kept_h[roots]
+        group_size = np.bincount(rank[root], weights=size_h, minlength=len(roots))
+        group_obj = np.full(len(roots), -1, np.int64)
+        np.maximum.at(group_obj, rank[root], obj_h)
+        if (stranded & (group_size < min_size) & (group_obj >= 0)).any():  # rare: the host does it
+            labels_h, source = bridge_after_merge(out.cpu().numpy(), partition.cpu().numpy(), stranded, source,
+                                                  min_size, max_gap)
+            out = torch.from_numpy(labels_h).to(dev)
+    return (out, source) if return_source else out
 
 
 __all__ = ["enforce_connectivity_torch"]

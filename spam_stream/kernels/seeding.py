@@ -166,7 +166,7 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
     refined by k-means inside their piece. Returns a :class:`~spam_stream.seeding.Seeds` whose arrays are tensors on
     that device — yx (K, 2) float64, obj / component (K,) int32, init_labels (H*W,) int32, component_map (H, W)
     int32 — equal to the CPU function's. ``density``: optional (n_objects,) numpy factors (host)."""
-    from ..seeding import Seeds, allocate_component_seeds, candidate_group_targets
+    from ..seeding import Seeds, allocate_component_seeds, bridge_groups, candidate_group_targets
 
     if partition.ndim != 2:
         raise ValueError(f"the prior partition must be (H, W), got shape {tuple(partition.shape)}")
@@ -178,7 +178,9 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
     comp, comp_obj, comp_size = object_components_torch(partition)
     # the seed budget per piece: C numbers, the CPU rule on the host
     comp_obj_h, comp_size_h = comp_obj.cpu().numpy(), comp_size.cpu().numpy()
-    counts_h = allocate_component_seeds(comp_obj_h, comp_size_h, n_superpixels, density)
+    counts_h = allocate_component_seeds(  # groups: only with more pieces than K (rare), on the host
+        comp_obj_h, comp_size_h, n_superpixels, density,
+        groups=lambda: bridge_groups(comp.cpu().numpy(), comp_obj_h, (h, w)))
     counts = torch.from_numpy(counts_h).to(dev)
     n_comp = len(comp_size_h)
     # pixels grouped by component (row-major inside each); uncertain pixels (-1) come first and are skipped
