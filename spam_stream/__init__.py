@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
+from .features import SPATIAL_SCALE
 from .model import SPAM
 from .priors import Prior, Provider, make_provider
 
@@ -36,7 +37,7 @@ def _provider(name, checkpoint, sam_model, masks, options) -> Provider | None:
     return _providers[key]
 
 
-def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = 7.5,
+def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = SPATIAL_SCALE,
             color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5, device: str = "cpu",
             seed: int = 0, density=None, prior_checkpoint=None, sam_model: str = "vit_h", prior_masks=None,
             prior_options: dict | None = None, attention=None, attention_ratio: float = 2.5, focus=None):
@@ -76,7 +77,7 @@ def _resolve(prior, encoder, compactness, color_scale, iterations, min_size_fact
                 prior=prior if isinstance(prior, Provider) else None), prior
 
 
-def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = 7.5,
+def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = SPATIAL_SCALE,
                   color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5,
                   device: str = "cpu", seed: int = 0, prior_checkpoint=None, sam_model: str = "vit_h",
                   prior_masks=None, prior_options: dict | None = None, prior_every: int = 1,
@@ -108,7 +109,7 @@ def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="defaul
 
 
 def segment_batch(images_or_paths, n_superpixels: int = 400, prior=None, *, encoder="default",
-                  compactness: float = 7.5, color_scale: float = 0.26, iterations: int = 10,
+                  compactness: float = SPATIAL_SCALE, color_scale: float = 0.26, iterations: int = 10,
                   min_size_factor: float = 0.5, device: str = "cpu", seed: int = 0, prior_checkpoint=None,
                   sam_model: str = "vit_h", prior_masks=None, prior_options: dict | None = None, attention=None,
                   attention_ratio: float = 2.5, focus=None, pipelined: bool = True):

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .commands.common import positive_int
 from .datasets import BSDS500, default_bsds_root, oracle_partition
+from .features import SPATIAL_SCALE
 from .metrics import asa, evaluate
 
 __all__ = ["add_eval_arguments", "run_eval", "ORACLE_LABEL", "SLIC_LABEL", "SLICO_LABEL", "LSC_LABEL", "SEEDS_LABEL",
@@ -75,8 +76,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
     parser.add_argument("--out", type=Path, default=Path("eval-results"), metavar="DIR",
                         help="output folder (default ./eval-results)")
-    parser.add_argument("--compactness", type=float, default=7.5, metavar="LAMBDA_S",
-                        help="SPAM λs, regularity (default 7.5)")
+    parser.add_argument("--compactness", type=float, default=SPATIAL_SCALE, metavar="LAMBDA_S",
+                        help=f"SPAM λs, regularity (default {SPATIAL_SCALE})")
     parser.add_argument("--iterations", type=positive_int, default=10, metavar="N",
                         help="SPAM clustering iterations (default 10)")
     parser.add_argument("--encoder", default="default", metavar="PATH|none|default",

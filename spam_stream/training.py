@@ -44,7 +44,7 @@ class TrainConfig:
     width: int = 32
     out_dim: int = 20
     color_scale: float = COLOR_SCALE
-    spatial_scale: float = SPATIAL_SCALE
+    spatial_scale: float = 7.5       # the bundled encoder's training scale (inference default: SPATIAL_SCALE)
     compactness_weight: float = 1e-5
     val_every: int = 250
     val_images: int = 20
