@@ -51,8 +51,8 @@ def test_fragments_never_merge_across_prior_objects():
 import pytest  # noqa: E402
 
 import spam_stream.model as model_module  # noqa: E402
-from helpers import (assert_connected, assert_superpixels_respect_prior, dotted_line_case, synthetic_image,  # noqa: E402
-                     voronoi_partition)
+from helpers import (assert_connected, assert_superpixels_respect_prior, bsds_test_split, dotted_line_case,  # noqa: E402
+                     synthetic_image, voronoi_partition)
 from spam_stream.connectivity import enforce_connectivity_reference  # noqa: E402
 
 
@@ -165,12 +165,9 @@ def test_source_names_the_label_whose_largest_component_each_superpixel_keeps(wi
 
 
 def test_equals_reference_on_bsds_segment_internals(monkeypatch):
-    from spam_stream.datasets import BSDS500, default_bsds_root, oracle_partition
+    from spam_stream.datasets import oracle_partition
 
-    root = default_bsds_root()
-    if root is None or not (root / "data" / "images" / "test").is_dir():
-        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
-    s = BSDS500(root, "test")[57]
+    s = bsds_test_split()[57]
     for prior in (None, oracle_partition(s.gts[0], band=1)):
         labels, partition, min_size = clustering_labels(monkeypatch, s.image, 400, prior)
         out = enforce_connectivity(labels, partition, min_size)

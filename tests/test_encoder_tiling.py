@@ -10,7 +10,7 @@ from spam_stream.encoder import (ALIGN, HALO, STRIP, Encoder, encode_tiled, fold
 from spam_stream.features import pixel_features
 from spam_stream.kernels.resize import bilinear_gather_cpu, bilinear_gather_torch
 
-from helpers import synthetic_image
+from helpers import bsds_test_split, synthetic_image
 
 TOL = 2e-5  # observed ≤ 1e-6; a halo of 20 instead of 24 already gives 6e-5 on 101×67
 
@@ -152,13 +152,9 @@ def test_segment_labels_unchanged_by_tiling_on_bsds(monkeypatch):
     """The bundled encoder on BSDS500 test images, one tile vs 16 MB tiles: equal labels, or ASA within 0.0005."""
     import spam_stream.encoder as E
     from spam_stream import SPAM
-    from spam_stream.datasets import BSDS500, default_bsds_root
     from spam_stream.metrics import asa
 
-    root = default_bsds_root()
-    if root is None or not (root / "data" / "images" / "test").is_dir():
-        pytest.skip(f"BSDS500 not found at {root or '../shared/datasets/bsds500'} (set SPAM_BSDS_ROOT)")
-    ds = BSDS500(root, "test")
+    ds = bsds_test_split()
     model = SPAM()
     assert tile_for_budget(321, 481, model.encoder, 16 * 2**20)[0] < 321  # several tiles
     for i in (0, 57, 123):
