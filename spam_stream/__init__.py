@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
-from .features import SPATIAL_SCALE
 from .model import SPAM
 from .priors import Prior, Provider, make_provider
 
@@ -37,7 +36,7 @@ def _provider(name, checkpoint, sam_model, masks, options) -> Provider | None:
     return _providers[key]
 
 
-def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = SPATIAL_SCALE,
+def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float | None = None,
             color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5, device: str = "cpu",
             seed: int = 0, density=None, prior_checkpoint=None, sam_model: str = "vit_h", prior_masks=None,
             prior_options: dict | None = None, attention=None, attention_ratio: float = 2.5, focus=None):
@@ -52,7 +51,8 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
             the provider's other options, see :func:`spam_stream.priors.make_provider`); a ready
             :class:`spam_stream.priors.Provider`; or a :class:`spam_stream.priors.Prior`.
         encoder: "default" (bundled weights; D=5 if none), a weights path, or None for D=5 (no CNN).
-        compactness: λs, regularity. color_scale: λc. iterations: clustering iterations.
+        compactness: λs, regularity (None: 9.25, or 8.x for ``encoder="fast"``, see
+            :func:`~spam_stream.features.default_spatial_scale`). color_scale: λc. iterations: clustering iterations.
         attention: None or "saliency" (spectral-residual visual attention; or an (H, W) saliency map / a callable
             image → map): objects with mean saliency > 0.1 get ``attention_ratio`` (2.5)× the seeds per pixel.
         focus: [(x, y, factor), ...] user-driven mode: the object under each point gets ``factor``× the density.
@@ -77,7 +77,7 @@ def _resolve(prior, encoder, compactness, color_scale, iterations, min_size_fact
                 prior=prior if isinstance(prior, Provider) else None), prior
 
 
-def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float = SPATIAL_SCALE,
+def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float | None = None,
                   color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5,
                   device: str = "cpu", seed: int = 0, prior_checkpoint=None, sam_model: str = "vit_h",
                   prior_masks=None, prior_options: dict | None = None, prior_every: int = 1,
@@ -109,7 +109,7 @@ def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="defaul
 
 
 def segment_batch(images_or_paths, n_superpixels: int = 400, prior=None, *, encoder="default",
-                  compactness: float = SPATIAL_SCALE, color_scale: float = 0.26, iterations: int = 10,
+                  compactness: float | None = None, color_scale: float = 0.26, iterations: int = 10,
                   min_size_factor: float = 0.5, device: str = "cpu", seed: int = 0, prior_checkpoint=None,
                   sam_model: str = "vit_h", prior_masks=None, prior_options: dict | None = None, attention=None,
                   attention_ratio: float = 2.5, focus=None, pipelined: bool = True):

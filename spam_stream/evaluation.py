@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .commands.common import positive_int
 from .datasets import BSDS500, default_bsds_root, oracle_partition
-from .features import SPATIAL_SCALE
+from .features import FAST_SPATIAL_SCALE, SPATIAL_SCALE, default_spatial_scale
 from .metrics import asa, evaluate
 
 __all__ = ["add_eval_arguments", "run_eval", "ORACLE_LABEL", "SLIC_LABEL", "SLICO_LABEL", "LSC_LABEL", "SEEDS_LABEL",
@@ -76,8 +76,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N", help="only the first N images")
     parser.add_argument("--out", type=Path, default=Path("eval-results"), metavar="DIR",
                         help="output folder (default ./eval-results)")
-    parser.add_argument("--compactness", type=float, default=SPATIAL_SCALE, metavar="LAMBDA_S",
-                        help=f"SPAM λs, regularity (default {SPATIAL_SCALE})")
+    parser.add_argument("--compactness", type=float, default=None, metavar="LAMBDA_S",
+                        help=f"SPAM λs, regularity (default {SPATIAL_SCALE}; {FAST_SPATIAL_SCALE} with --encoder fast)")
     parser.add_argument("--iterations", type=positive_int, default=10, metavar="N",
                         help="SPAM clustering iterations (default 10)")
     parser.add_argument("--encoder", default="default", metavar="PATH|none|default",
@@ -149,6 +149,11 @@ def _seeds(image, k, prior):
     sp = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, int(k), 4, 2, 5, False)
     sp.iterate(_opencv_lab(image), 10)
     return sp.getLabels().astype(np.int32)
+
+
+def _compactness(args) -> float:
+    """The λs SPAM runs with: --compactness, else the encoder's default."""
+    return default_spatial_scale(args.encoder) if args.compactness is None else args.compactness
 
 
 def _build_methods(args) -> list[tuple[str, Method, bool]]:
@@ -335,7 +340,7 @@ def run_eval(args) -> int:
     summary = summarize(rows)
     encoder = "none (D=5, no CNN)" if str(args.encoder).lower() == "none" else str(args.encoder)
     header = [f"BSDS500 `{args.split}` split, {n_images} images, K = {', '.join(map(str, ks))}.",
-              f"SPAM: compactness {args.compactness}, iterations {args.iterations}, encoder {encoder}, prior "
+              f"SPAM: compactness {_compactness(args)}, iterations {args.iterations}, encoder {encoder}, prior "
               + (f"{ORACLE_LABEL}: first annotator's segmentation, 1-px uncertain band" if args.prior == "oracle"
                  else "none") + ".",
               "Baselines, same run: " + ("none (--no-baselines)." if args.no_baselines

@@ -17,6 +17,12 @@ from .encoder import encode_learned
 
 COLOR_SCALE = 0.26
 SPATIAL_SCALE = 9.25
+FAST_SPATIAL_SCALE = 8.0  # ``--encoder fast``: chosen by the same rule (its smoother channels are more regular)
+
+
+def default_spatial_scale(encoder) -> float:
+    """λs when none is given: :data:`FAST_SPATIAL_SCALE` for ``encoder="fast"``, else :data:`SPATIAL_SCALE`."""
+    return FAST_SPATIAL_SCALE if isinstance(encoder, str) and encoder == "fast" else SPATIAL_SCALE
 
 
 def position_scale(height: int, width: int, n_superpixels: int, spatial_scale: float = SPATIAL_SCALE) -> float:

@@ -16,7 +16,7 @@ from .clustering import as_pixel_rows, cluster_hard
 from .connectivity import enforce_connectivity
 from .encoder import Encoder, fold_batchnorm, load_encoder
 from .frame import Frame
-from .features import COLOR_SCALE, SPATIAL_SCALE, pixel_features
+from .features import COLOR_SCALE, default_spatial_scale, pixel_features
 from .priors.base import Prior, Provider
 from .seeding import grid_seeds, object_seeds
 
@@ -117,7 +117,8 @@ class SPAM:
 
     Args:
         encoder: "default" (bundled weights, or D=5 when none ship), a weights path, an Encoder, or None (D=5).
-        compactness: λs, the regularity knob (position weight in grid steps).
+        compactness: λs, the regularity knob (position weight in grid steps); None = the encoder's default
+            (:func:`~spam_stream.features.default_spatial_scale`).
         color_scale: λc, the colour weight.
         iterations: hard clustering iterations.
         min_size_factor: disconnected fragments smaller than this fraction of the mean superpixel area merge into
@@ -131,7 +132,7 @@ class SPAM:
             :data:`spam_stream.encoder.DEFAULT_MEMORY_BUDGET`, 128 MiB); the results do not depend on it.
     """
 
-    def __init__(self, encoder="default", compactness: float = SPATIAL_SCALE, color_scale: float = COLOR_SCALE,
+    def __init__(self, encoder="default", compactness: float | None = None, color_scale: float = COLOR_SCALE,
                  iterations: int = 10, min_size_factor: float = 0.5, max_candidate_distance: float = 3.0,
                  device="cpu", seed: int = 0, prior: Provider | None = None, memory_budget: int | None = None):
         enc, meta = resolve_encoder(encoder)
@@ -140,7 +141,8 @@ class SPAM:
         if enc is not None:
             self.encoder = fold_batchnorm(enc).to(self.device)
             self.encoder.input_color_scale = float(meta.get("color_scale", COLOR_SCALE))
-        self.compactness, self.color_scale, self.iterations = compactness, color_scale, iterations
+        self.compactness = default_spatial_scale(encoder) if compactness is None else compactness
+        self.color_scale, self.iterations = color_scale, iterations
         self.min_size_factor, self.max_candidate_distance, self.seed = min_size_factor, max_candidate_distance, seed
         self.prior = prior
         self.memory_budget = memory_budget

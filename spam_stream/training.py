@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .candidates import grid_candidates
 from .clustering import as_pixel_rows, cluster_soft
 from .encoder import Encoder, fold_batchnorm
-from .features import COLOR_SCALE, SPATIAL_SCALE, position_scale
+from .features import COLOR_SCALE, position_scale
 from .kernels.candidates import candidate_table
 from .seeding import grid_seeds
 

@@ -252,3 +252,18 @@ def test_fast_encoder_rejects_bad_options():
         fast_encoder(small_encoder(), 0.5, support=0.5)
     with pytest.raises(ValueError, match="upsample mode"):
         upsample_learned(torch.zeros(1, 2, 2), (4, 4), torch.empty(1, 4, 4), "bicubic")
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no bundled encoder weights in this checkout")
+def test_each_encoder_runs_at_its_own_default_compactness():
+    """λs when none is given: the fast encoder's own (chosen on val by the same rule as the default encoder's, its
+    upsampled channels being smoother), the default otherwise; an explicit λs always wins."""
+    from spam_stream.cli import build_parser
+    from spam_stream.features import FAST_SPATIAL_SCALE, SPATIAL_SCALE
+
+    assert FAST_SPATIAL_SCALE < SPATIAL_SCALE
+    assert SPAM(encoder="fast").compactness == FAST_SPATIAL_SCALE
+    assert SPAM().compactness == SPAM(encoder=None).compactness == SPATIAL_SCALE
+    assert SPAM(encoder="fast", compactness=3.0).compactness == 3.0
+    args = build_parser().parse_args(["image", "x.jpg", "-o", "out", "--encoder", "fast"])
+    assert args.compactness is None  # resolved by SPAM from the encoder

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..features import SPATIAL_SCALE
+from ..features import FAST_SPATIAL_SCALE, SPATIAL_SCALE
 from ..io import InputError
 
 
@@ -22,9 +22,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs SPAM."""
     p.add_argument("-k", "--superpixels", type=positive_int, default=400, metavar="K",
                    help="number of superpixels requested (default: 400)")
-    p.add_argument("--compactness", type=float, default=SPATIAL_SCALE, metavar="LAMBDA_S",
+    p.add_argument("--compactness", type=float, default=None, metavar="LAMBDA_S",
                    help="λs, the regularity knob: higher = more regular, lower = closer to colour edges "
-                        f"(default {SPATIAL_SCALE})")
+                        f"(default {SPATIAL_SCALE}; {FAST_SPATIAL_SCALE} with --encoder fast)")
     p.add_argument("--color-scale", type=float, default=0.26, metavar="LAMBDA_C", help="λc, colour weight (default 0.26)")
     p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="clustering iterations (default 10)")
     p.add_argument("--encoder", default="default", metavar="PATH|default|fast|none",

@@ -44,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features import SPATIAL_SCALE
 from ..io import InputError
 from .batch import BatchItem, BatchWriter, batch_frames, plan_batch, video_entry
 from .executor import Stage, describe
@@ -64,7 +63,7 @@ def require_ray():
     return ray
 
 
-def make_spec(*, encoder="default", compactness: float = SPATIAL_SCALE, color_scale: float = 0.26, iterations: int = 10,
+def make_spec(*, encoder="default", compactness: float | None = None, color_scale: float = 0.26, iterations: int = 10,
               device: str = "cpu", prior: str | None = None, prior_options: dict | None = None,
               attention=None, attention_ratio: float = 2.5, focus=None, memory_budget: int | None = None) -> dict:
     """The picklable description of the per-worker model: SPAM's arguments, the prior provider's
