@@ -54,6 +54,8 @@ class TrainConfig:
     min_gr: float = 0.0              # selection: best val ASA among checkpoints with val GR >= min_gr
     init: str = ""                   # encoder weights to start from (ignored when resuming)
     threads: int = 0                 # torch/numba threads (0: library default)
+    device: str = "auto"             # "auto": cuda when torch sees one (Triton soft iterations), else cpu (numba)
+    minutes: float = 0.0             # > 0: a fresh run fits its schedule (iterations) to this wall time (fit_schedule)
 
 
 class CropSampler:
@@ -91,9 +93,9 @@ def reconstruct(q: torch.Tensor, table: torch.Tensor, values: torch.Tensor, n_su
     """Map per-pixel values (N, C) to superpixels and back through the soft association q (N, 9): (N, C)."""
     idx = table.clamp(min=0).long()
     w = q * (table >= 0)
-    sp = torch.zeros(n_superpixels, values.shape[1], dtype=values.dtype).index_add(
+    sp = torch.zeros(n_superpixels, values.shape[1], dtype=values.dtype, device=q.device).index_add(
         0, idx.reshape(-1), (w[:, :, None] * values[:, None, :]).reshape(-1, values.shape[1]))
-    mass = torch.zeros(n_superpixels, dtype=values.dtype).index_add(0, idx.reshape(-1), w.reshape(-1))
+    mass = torch.zeros(n_superpixels, dtype=values.dtype, device=q.device).index_add(0, idx.reshape(-1), w.reshape(-1))
     sp = sp / mass.clamp(min=1e-8)[:, None]
     return (w[:, :, None] * sp[idx]).sum(1)
 
@@ -107,20 +109,20 @@ def reconstruct_true_label(q: torch.Tensor, table: torch.Tensor, labels: torch.T
     """
     idx = table.clamp(min=0).long()
     w = q * (table >= 0)
-    hist = torch.zeros(n_superpixels * n_labels, dtype=q.dtype).index_add(
+    hist = torch.zeros(n_superpixels * n_labels, dtype=q.dtype, device=q.device).index_add(
         0, (idx * n_labels + labels[:, None]).reshape(-1), w.reshape(-1))
-    mass = torch.zeros(n_superpixels, dtype=q.dtype).index_add(0, idx.reshape(-1), w.reshape(-1))
+    mass = torch.zeros(n_superpixels, dtype=q.dtype, device=q.device).index_add(0, idx.reshape(-1), w.reshape(-1))
     share = hist.reshape(n_superpixels, n_labels) / mass.clamp(min=1e-8)[:, None]
     return (w * share[idx, labels[:, None]]).sum(1)
 
 
 def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: TrainConfig):
-    """Mean (total, cross-entropy, compactness) over the batch."""
+    """Mean (total, cross-entropy, compactness) over the batch, computed on ``feats``' device (the encoder's)."""
     c = cfg.crop
     seeds = grid_seeds(c, c, cfg.crop_superpixels)
-    cands = grid_candidates(c, c, seeds)
+    cands = grid_candidates(c, c, seeds).to(feats.device)
     table = candidate_table(cands)
-    init = torch.from_numpy(seeds.init_labels)
+    init = torch.from_numpy(seeds.init_labels).to(feats.device)
     out = encoder(feats)
     ce_sum = compact_sum = 0.0
     for b in range(feats.shape[0]):
@@ -135,14 +137,25 @@ def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: Tr
     return ce + cfg.compactness_weight * compact, ce, compact
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → cuda when torch sees a CUDA device, else cpu; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device")
+    return device
+
+
 def validate(encoder: Encoder, val_samples, cfg: TrainConfig) -> tuple[float, float]:
     """(mean ASA over annotators then images, mean GR) of hard SPAM inference at ``val_superpixels`` with the
-    training scales (λs = ``spatial_scale``, λc = ``color_scale``)."""
+    training scales (λs = ``spatial_scale``, λc = ``color_scale``), on the encoder's device."""
     from .metrics import asa, global_regularity
     from .model import SPAM
 
     encoder.eval()
-    model = SPAM(encoder=encoder, compactness=cfg.spatial_scale, color_scale=cfg.color_scale)
+    device = next(encoder.parameters()).device
+    model = SPAM(encoder=encoder, compactness=cfg.spatial_scale, color_scale=cfg.color_scale, device=device)
     model.encoder.input_color_scale = cfg.color_scale
     scores, grs = [], []
     for sample in val_samples:
@@ -158,17 +171,36 @@ def selection_score(val_asa: float, val_gr: float, min_gr: float) -> float:
     return val_asa if val_gr >= min_gr else val_asa - 1.0
 
 
+FIT_WARMUP, FIT_STEPS = 3, 20  # --minutes: steps skipped (compilation, cuDNN autotuning), then steps timed
+
+
+def fit_schedule(step: int, seconds_per_step: float, seconds_per_validation: float, seconds_left: float,
+                 val_every: int) -> int:
+    """The schedule length (total iterations) that ends a run now at ``step`` within ``seconds_left``: the steps
+    and the validations every ``val_every`` steps that fit, the final validation reserved, 5% kept spare."""
+    per_step = seconds_per_step + seconds_per_validation / val_every
+    spare = 0.95 * seconds_left - seconds_per_validation
+    return step + max(0, int(spare / per_step))
+
+
 def train(cfg: TrainConfig, resume: bool = True) -> Path:
-    """Run (or resume) training; returns the path of the best encoder weights."""
+    """Run (or resume) training; returns the path of the best encoder weights.
+
+    With ``cfg.minutes > 0`` a fresh run times FIT_STEPS steps and one validation, then sets ``cfg.iterations``
+    (the cosine schedule's length) so that it ends within ``minutes`` of the call; a resumed run keeps the
+    schedule saved in last.pt.
+    """
     from .datasets import BSDS500
 
     from .encoder import load_encoder
 
+    deadline = time.time() + cfg.minutes * 60
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
         import numba
         numba.set_num_threads(min(cfg.threads, numba.config.NUMBA_NUM_THREADS))
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = Encoder(cfg.out_dim, cfg.width)
@@ -178,6 +210,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
             raise ValueError(f"--init {cfg.init}: D={start.out_dim} width={start.width}, "
                              f"but training D={cfg.out_dim} width={cfg.width}")
         encoder.load_state_dict(start.state_dict())
+    encoder.to(device)
     opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr)
     step, best, history = 0, -1.0, []
     last = out / "last.pt"
@@ -187,6 +220,12 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         opt.load_state_dict(state["optimizer"])
         step, best, history = state["step"], state["best"], state["history"]
         print(f"resumed from {last} at step {step} (best val ASA {best:.4f})", file=sys.stderr)
+        if state["config"].get("minutes", 0) > 0:  # a schedule fitted to a time limit: finish that schedule
+            cfg.iterations = state["config"]["iterations"]
+    fitting = cfg.minutes > 0 and step == 0
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop and batch: cuDNN may pick its fastest convolutions
+    print(f"training on {device}", file=sys.stderr)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     sampler = CropSampler(BSDS500(cfg.root, "train"), cfg)
     val = BSDS500(cfg.root, "val")
@@ -199,11 +238,25 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     encoder.train()
     bar = tqdm(total=cfg.iterations, initial=step, desc="training", unit="step")
     t0 = time.time()
+
+    def validation(loss: float) -> None:
+        nonlocal best
+        val_asa, val_gr = validate(encoder, val_samples, cfg)
+        score = selection_score(val_asa, val_gr, cfg.min_gr)
+        history.append({"step": step, "val_asa": val_asa, "val_gr": val_gr, "loss": loss,
+                        "seconds": time.time() - t0})
+        if score > best:
+            best = score
+            encoder.save(out / "best.pt", **meta, step=step, val_asa=val_asa, val_gr=val_gr)
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        tqdm.write(f"step {step}: val ASA {val_asa:.4f} GR {val_gr:.3f} (best score {best:.4f})", file=sys.stderr)
+
     while step < cfg.iterations:
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.iterations))  # cosine decay
         for group in opt.param_groups:
             group["lr"] = lr
         feats, gts = sampler.sample(rng)
+        feats, gts = feats.to(device, non_blocking=True), gts.to(device, non_blocking=True)
         loss, ce, compact = batch_loss(encoder, feats, gts, cfg)
         opt.zero_grad()
         loss.backward()
@@ -213,16 +266,19 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
                          f"{time.time() - t0:.1f}"])
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", best_asa=f"{best:.4f}")
+        if fitting and step == FIT_WARMUP:
+            probe = time.time()
+        elif fitting and step == FIT_WARMUP + FIT_STEPS:
+            per_step = (time.time() - probe) / FIT_STEPS
+            tick = time.time()
+            validation(loss.item())
+            cfg.iterations = fit_schedule(step, per_step, time.time() - tick, deadline - time.time(), cfg.val_every)
+            bar.total, fitting = cfg.iterations, False
+            tqdm.write(f"--minutes {cfg.minutes:g}: {per_step:.3f} s/step, {time.time() - tick:.1f} s/validation: "
+                       f"{cfg.iterations} iterations", file=sys.stderr)
+            (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         if step % cfg.val_every == 0 or step == cfg.iterations:
-            val_asa, val_gr = validate(encoder, val_samples, cfg)
-            score = selection_score(val_asa, val_gr, cfg.min_gr)
-            history.append({"step": step, "val_asa": val_asa, "val_gr": val_gr, "loss": loss.item(),
-                            "seconds": time.time() - t0})
-            if score > best:
-                best = score
-                encoder.save(out / "best.pt", **meta, step=step, val_asa=val_asa, val_gr=val_gr)
-            (out / "history.json").write_text(json.dumps(history, indent=2))
-            tqdm.write(f"step {step}: val ASA {val_asa:.4f} GR {val_gr:.3f} (best score {best:.4f})", file=sys.stderr)
+            validation(loss.item())
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             log.flush()
             torch.save({"encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "step": step, "best": best,
@@ -245,6 +301,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     for name in ("lr", "color_scale", "spatial_scale", "compactness_weight", "min_gr"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
                        help=f"(default {getattr(d, name)})")
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help="end within this wall time: a fresh run times its first steps and one validation, then sets "
+                        "--iterations (the cosine schedule) to what fits; a resumed run keeps that schedule "
+                        "(default 0: off)")
+    p.add_argument("--device", default=d.device,
+                   help="auto (default: cuda when available, with the Triton soft iterations), cpu or cuda[:N]")
     p.add_argument("--init", default=d.init, help="encoder weights to start from (fine-tuning); ignored on resume")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT/last.pt exists")
 
