@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import sys
@@ -24,10 +25,10 @@ from skimage.color import rgb2lab
 from tqdm import tqdm
 
 from .candidates import grid_candidates
-from .clustering import as_pixel_rows, cluster_soft
+from .clustering import cluster_soft
 from .encoder import Encoder, fold_batchnorm
 from .features import COLOR_SCALE, position_scale
-from .kernels.candidates import candidate_table
+from .kernels.candidates import Candidates, candidate_table
 from .seeding import grid_seeds
 
 
@@ -116,24 +117,41 @@ def reconstruct_true_label(q: torch.Tensor, table: torch.Tensor, labels: torch.T
     return (w * share[idx, labels[:, None]]).sum(1)
 
 
+@functools.lru_cache(maxsize=8)
+def batch_candidates(batch: int, crop: int, crop_superpixels: int, device: str) -> tuple[Candidates, torch.Tensor]:
+    """The ``batch`` crops of a training step as one frame: crop b's pixels are rows ``b·c²…(b+1)·c² - 1`` and its
+    grid superpixels ``b·K…(b+1)·K - 1`` (K = the grid's seeds), written as a table layout so that a pixel's
+    candidates stay inside its own crop. Returns (candidates, (B·c²,) int32 initial labels), cached per shape."""
+    seeds = grid_seeds(crop, crop, crop_superpixels)
+    one = candidate_table(grid_candidates(crop, crop, seeds))
+    k = len(seeds)
+    shift = (torch.arange(batch, dtype=torch.int32) * k)[:, None, None]
+    table = torch.where(one[None] >= 0, one[None] + shift, -1).reshape(-1, one.shape[1])
+    init = (torch.from_numpy(seeds.init_labels)[None] + shift[:, :, 0]).reshape(-1)
+    n = table.shape[0]
+    cands = Candidates(crop * batch, crop, torch.full((n,), -1, dtype=torch.int32),
+                       torch.full((batch * k,), -1, dtype=torch.int32), table=table.contiguous())
+    return cands.to(device), init.to(device)
+
+
 def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: TrainConfig):
-    """Mean (total, cross-entropy, compactness) over the batch, computed on ``feats``' device (the encoder's)."""
-    c = cfg.crop
-    seeds = grid_seeds(c, c, cfg.crop_superpixels)
-    cands = grid_candidates(c, c, seeds).to(feats.device)
-    table = candidate_table(cands)
-    init = torch.from_numpy(seeds.init_labels).to(feats.device)
+    """Mean (total, cross-entropy, compactness) over the batch, computed on ``feats``' device (the encoder's).
+
+    The B crops go through the soft iterations and the reconstruction as one frame (:func:`batch_candidates`): one
+    kernel launch per step for the whole batch instead of one per crop; every crop has c² pixels, so the means over
+    the frame are the means over the crops of their per-crop means. feats (B, 5, c, c); gts (B, c, c) int64."""
+    b, c = feats.shape[0], cfg.crop
+    cands, init = batch_candidates(b, c, cfg.crop_superpixels, str(feats.device))
     out = encoder(feats)
-    ce_sum = compact_sum = 0.0
-    for b in range(feats.shape[0]):
-        f = as_pixel_rows(out[b]).contiguous()  # one (N, D) copy for the soft iterations, not one per iteration
-        q, _ = cluster_soft(f, cands, init, cfg.soft_iterations)
-        labels = gts[b].reshape(-1)
-        recon = reconstruct_true_label(q, table, labels, int(labels.max()) + 1, len(seeds))
-        ce_sum = ce_sum - torch.log(recon.clamp(min=1e-8)).mean()
-        pos = f[:, 3:5].detach()
-        compact_sum = compact_sum + F.mse_loss(reconstruct(q, table, f[:, 3:5], len(seeds)), pos, reduction="sum") / f.shape[0]
-    ce, compact = ce_sum / feats.shape[0], compact_sum / feats.shape[0]
+    f = out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])  # (B·c², D): one copy, crop after crop
+    q, _ = cluster_soft(f, cands, init, cfg.soft_iterations)
+    labels = gts.reshape(b, -1)
+    n_labels = labels.amax(1) + 1                         # each crop's labels are 0..n-1: offset them apart
+    labels = (labels + (torch.cumsum(n_labels, 0) - n_labels)[:, None]).reshape(-1)
+    recon = reconstruct_true_label(q, cands.table, labels, int(n_labels.sum()), cands.n_superpixels)
+    ce = -torch.log(recon.clamp(min=1e-8)).mean()
+    pos = f[:, 3:5].detach()
+    compact = F.mse_loss(reconstruct(q, cands.table, f[:, 3:5], cands.n_superpixels), pos, reduction="sum") / (b * c * c)
     return ce + cfg.compactness_weight * compact, ce, compact
 
 

@@ -104,3 +104,51 @@ def test_minutes_fits_the_schedule_and_a_resume_keeps_it(tmp_path):
     cfg2 = _config(tmp_path / "again", out=str(run), iterations=10_000, val_every=1_000, minutes=0.25, device="cpu")
     train(cfg2)                                          # resumes a finished run: nothing more to do
     assert cfg2.iterations == fitted and _steps(run)[-1] == fitted
+
+
+def _per_crop_loss(encoder, feats, gts, cfg):
+    """The loss crop by crop, each crop its own grid-layout frame (how batch_loss computed it before batching)."""
+    from spam_stream.candidates import grid_candidates
+    from spam_stream.clustering import as_pixel_rows, cluster_soft
+    from spam_stream.kernels.candidates import candidate_table
+    from spam_stream.seeding import grid_seeds
+    from spam_stream.training import reconstruct, reconstruct_true_label
+
+    c = cfg.crop
+    seeds = grid_seeds(c, c, cfg.crop_superpixels)
+    cands = grid_candidates(c, c, seeds).to(feats.device)
+    table, k = candidate_table(cands), len(seeds)
+    init = torch.from_numpy(seeds.init_labels).to(feats.device)
+    out = encoder(feats)
+    ce = compact = 0.0
+    for b in range(feats.shape[0]):
+        f = as_pixel_rows(out[b]).contiguous()
+        q, _ = cluster_soft(f, cands, init, cfg.soft_iterations)
+        labels = gts[b].reshape(-1)
+        ce = ce - torch.log(reconstruct_true_label(q, table, labels, int(labels.max()) + 1, k).clamp(min=1e-8)).mean()
+        compact = compact + torch.nn.functional.mse_loss(reconstruct(q, table, f[:, 3:5], k), f[:, 3:5].detach(),
+                                                         reduction="sum") / f.shape[0]
+    n = feats.shape[0]
+    return ce / n + cfg.compactness_weight * compact / n, ce / n, compact / n
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_batched_loss_equals_the_per_crop_loss_and_its_gradients(tmp_path, device):
+    cfg = TrainConfig(root="", crop=45, crop_superpixels=9, soft_iterations=3, batch=3, compactness_weight=1e-3)
+    torch.manual_seed(0)
+    enc = Encoder(20, 8).eval().to(device)
+    g = torch.Generator().manual_seed(1)
+    feats = (torch.randn(3, 5, 45, 45, generator=g) * 4).to(device)
+    blocks = torch.randint(0, 5, (3, 5, 5), generator=g)   # 9x9-pixel blocks of labels, some labels left unused
+    gts = blocks.repeat_interleave(9, 1).repeat_interleave(9, 2)
+    gts = torch.stack([torch.unique(x, return_inverse=True)[1] for x in gts]).to(device)
+    results = []
+    for fn in (batch_loss, _per_crop_loss):
+        enc.zero_grad()
+        total, ce, compact = fn(enc, feats, gts, cfg)
+        total.backward()
+        results.append((total.item(), ce.item(), compact.item(),
+                        torch.cat([p.grad.reshape(-1) for p in enc.parameters()]).cpu()))
+    (t1, ce1, c1, g1), (t2, ce2, c2, g2) = results
+    assert ce1 == pytest.approx(ce2, rel=1e-5) and c1 == pytest.approx(c2, rel=1e-5) and t1 == pytest.approx(t2, rel=1e-5)
+    assert (g1 - g2).norm() <= 1e-4 * g2.norm()

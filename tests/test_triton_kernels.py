@@ -11,6 +11,7 @@ the interpreter also takes CUDA tensors). The reference always runs on the CPU.
 """
 import functools
 import inspect
+import math
 import os
 
 import pytest
@@ -278,8 +279,11 @@ def test_triton_reduced_soft_sums_with_many_pixels_per_superpixel(shape, device,
     for update in ("reduce", "atomic"):
         monkeypatch.setattr(tk, "CENTROID_UPDATE", update)
         sums, counts = run(device, tk.centroid_sums_soft, f, q, cands)
-        assert_sums_close(sums, ref_sums, reference.centroid_sums_soft(f.abs(), q, cands)[0])
-        assert_sums_close(counts, ref_counts, ref_counts)
+        # K1 adds all 6231 x 9 (pixel, slot) terms into one entry, in an order float32 atomics leave unspecified: the
+        # rounding error walks like sqrt(n) eps of sum|terms| (1.3e-5 seen on an H100), over the 1e-5 of fewer terms
+        rtol = max(1e-5, 2 * torch.finfo(torch.float32).eps * math.sqrt(f.shape[0] * 9 / cands.n_superpixels))
+        assert_sums_close(sums, ref_sums, reference.centroid_sums_soft(f.abs(), q, cands)[0], rtol)
+        assert_sums_close(counts, ref_counts, ref_counts, rtol)
 
 
 def test_triton_reduce_falls_back_beyond_its_rounds(device, monkeypatch):
