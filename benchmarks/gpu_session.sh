@@ -14,7 +14,7 @@ BSDS=${BSDS:-.bsds}
 OUT=${OUT:-out/gpu_session}
 RUNS=/tmp/spam_runs
 mkdir -p "$OUT" "$RUNS"
-export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # benchmarks/ scripts import spam_stream
 left() { echo $(( BUDGET - ($(date +%s) - start) )); }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
