@@ -205,8 +205,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) training; returns the path of the best encoder weights.
 
     With ``cfg.minutes > 0`` a fresh run times FIT_STEPS steps and one validation, then sets ``cfg.iterations``
-    (the cosine schedule's length) so that it ends within ``minutes`` of the call; a resumed run keeps the
-    schedule saved in last.pt.
+    (the cosine schedule's length) so that it ends within ``minutes`` of the call, and fits it again at every
+    validation from the speed since the last one (only ever shorter); a resumed run keeps the schedule saved in last.pt.
     """
     from .datasets import BSDS500
 
@@ -285,17 +285,22 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", best_asa=f"{best:.4f}")
         if fitting and step == FIT_WARMUP:
-            probe = time.time()
-        elif fitting and step == FIT_WARMUP + FIT_STEPS:
-            per_step = (time.time() - probe) / FIT_STEPS
+            mark = (time.time(), step)  # speed is measured from here (compilation and autotuning behind)
+        if fitting and step > FIT_WARMUP and (step == FIT_WARMUP + FIT_STEPS or step % cfg.val_every == 0):
+            # fit the schedule to the time left: steps timed since the mark, this validation timed; re-fitted at
+            # every validation, so a machine that slows down (or speeds up) still ends the run in time
+            per_step = (time.time() - mark[0]) / (step - mark[1])
             tick = time.time()
             validation(loss.item())
-            cfg.iterations = fit_schedule(step, per_step, time.time() - tick, deadline - time.time(), cfg.val_every)
-            bar.total, fitting = cfg.iterations, False
-            tqdm.write(f"--minutes {cfg.minutes:g}: {per_step:.3f} s/step, {time.time() - tick:.1f} s/validation: "
+            seconds = time.time() - tick
+            fitted = fit_schedule(step, per_step, seconds, deadline - time.time(), cfg.val_every)
+            # the first fit sets the schedule; later ones only shorten it (a longer one would raise the decayed lr)
+            cfg.iterations = fitted if step == FIT_WARMUP + FIT_STEPS else min(cfg.iterations, fitted)
+            bar.total, mark = cfg.iterations, (time.time(), step)
+            tqdm.write(f"--minutes {cfg.minutes:g}: {per_step:.3f} s/step, {seconds:.1f} s/validation: "
                        f"{cfg.iterations} iterations", file=sys.stderr)
             (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        if step % cfg.val_every == 0 or step == cfg.iterations:
+        elif step % cfg.val_every == 0 or step == cfg.iterations:
             validation(loss.item())
         if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
             log.flush()
@@ -321,8 +326,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                        help=f"(default {getattr(d, name)})")
     p.add_argument("--minutes", type=float, default=d.minutes,
                    help="end within this wall time: a fresh run times its first steps and one validation, then sets "
-                        "--iterations (the cosine schedule) to what fits; a resumed run keeps that schedule "
-                        "(default 0: off)")
+                        "--iterations (the cosine schedule) to what fits, shortened at validations if steps slow down; a resumed run "
+                        "keeps that schedule (default 0: off)")
     p.add_argument("--device", default=d.device,
                    help="auto (default: cuda when available, with the Triton soft iterations), cpu or cuda[:N]")
     p.add_argument("--init", default=d.init, help="encoder weights to start from (fine-tuning); ignored on resume")

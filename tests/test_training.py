@@ -152,3 +152,35 @@ def test_batched_loss_equals_the_per_crop_loss_and_its_gradients(tmp_path, devic
     (t1, ce1, c1, g1), (t2, ce2, c2, g2) = results
     assert ce1 == pytest.approx(ce2, rel=1e-5) and c1 == pytest.approx(c2, rel=1e-5) and t1 == pytest.approx(t2, rel=1e-5)
     assert (g1 - g2).norm() <= 1e-4 * g2.norm()
+
+
+def test_minutes_shortens_the_schedule_when_steps_slow_down(tmp_path, monkeypatch):
+    """After step 40 every step takes 2 s more on training's clock (a virtual slow-down, so the test's own speed
+    does not matter): the next validation re-fits a shorter schedule, and the run ends on it."""
+    import time as real_time
+
+    import spam_stream.training as training
+
+    class Clock:  # training's ``time``: real time plus the virtual slow-down
+        offset = 0.0
+
+        def time(self):
+            return real_time.time() + self.offset
+
+    clock, fits, calls = Clock(), [], [0]
+    real_fit, real_loss = training.fit_schedule, training.batch_loss
+    monkeypatch.setattr(training, "time", clock)
+    monkeypatch.setattr(training, "fit_schedule", lambda *a: fits.append(real_fit(*a)) or fits[-1])
+
+    def slower_after_40(*args):
+        calls[0] += 1
+        if calls[0] > 40:
+            clock.offset += 2.0
+        return real_loss(*args)
+
+    monkeypatch.setattr(training, "batch_loss", slower_after_40)
+    cfg = _config(tmp_path, iterations=10_000, val_every=20, minutes=2, device="cpu")
+    train(cfg)
+    assert len(fits) >= 2 and min(fits[1:]) < fits[0]    # re-fitted at a later validation: a shorter schedule
+    assert cfg.iterations == min(fits) and _steps(tmp_path / "run")[-1] == cfg.iterations
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["iterations"] == cfg.iterations
