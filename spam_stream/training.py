@@ -60,7 +60,8 @@ class TrainConfig:
 
 
 class CropSampler:
-    """Random crops and flips of the train split: (B, 5, c, c) scaled features and (B, c, c) int64 GT labels."""
+    """Random crops and flips of the train split: (B, 5, c, c) scaled features and (B, c, c) int64 GT labels (one
+    random annotator's segment ids, not renumbered: a crop's ids may have gaps)."""
 
     def __init__(self, dataset, cfg: TrainConfig):
         self.cfg = cfg
@@ -86,7 +87,7 @@ class CropSampler:
             if rng.random() < 0.5:
                 lab_c, gt_c = lab_c[::-1], gt_c[::-1]
             feats.append(np.concatenate([lab_c.transpose(2, 0, 1) * self.cfg.color_scale, self.yx]))
-            gts.append(np.unique(gt_c, return_inverse=True)[1].reshape(c, c))
+            gts.append(gt_c)  # the annotator's ids as they are: batch_loss only needs each crop's ids below its max + 1
         return torch.from_numpy(np.stack(feats)), torch.from_numpy(np.stack(gts))
 
 
