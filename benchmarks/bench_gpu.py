@@ -26,6 +26,9 @@ Without a CUDA device it prints "no CUDA device: nothing to measure" and exits 0
 device path's torch functions on CPU tensors against the CPU functions they replace, at 1080p (what a machine
 without a GPU can check: the host-side cost of the device connectivity's sequential merges, and that labels are
 equal), and the device path's object seeds + candidate table on CPU tensors at the BSDS size.
+
+Last, one soft iteration of a training step (``train``'s batch of 6 crops as one frame): the Triton forward, and its
+backward in one Triton kernel against the torch reference backward it replaces (times and gradients' agreement).
 """
 from __future__ import annotations
 
@@ -201,6 +204,37 @@ def kernel_times(image, k, encoder, repeats):
     return res, iters, per_pass, float(same), (n, d, len(c))
 
 
+def soft_backward_times(repeats, batch=6, crop=201, crop_superpixels=100, d=20):
+    """The soft iteration of a training step (``train``'s batched frame: ``batch`` crops as one table layout) on the
+    GPU, CUDA events: forward (association + sums) and its backward, the one-kernel Triton backward against its torch
+    twin (reference.soft_iteration_backward), with the gradients' agreement."""
+    from spam_stream.clustering import initial_centroids
+    from spam_stream.kernels import reference
+    from spam_stream.kernels import triton_kernels as tk
+    from spam_stream.training import batch_candidates
+
+    dev = torch.device(DEVICE)
+    cands, init = batch_candidates(batch, crop, crop_superpixels, str(dev))
+    g = torch.Generator(device=dev).manual_seed(0)
+    f = torch.randn(cands.n_pixels, d, device=dev, generator=g) * 3
+    c = initial_centroids(f, init, cands.n_superpixels)
+    q = tk.associate(f, c, cands)
+    sums, counts = tk.centroid_sums_soft(f, q, cands)
+    new_c = reference.new_centroids(sums, counts, c)
+    grad_q = torch.randn(q.shape, device=dev, generator=g)
+    grad_c = torch.randn(c.shape, device=dev, generator=g)
+    args = (f, c, cands, q, counts, new_c, grad_q, grad_c)
+    times = {
+        "forward: association + soft sums (Triton)": event_ms(
+            lambda: tk.centroid_sums_soft(f, tk.associate(f, c, cands), cands), repeats),
+        "backward, Triton (one kernel)": event_ms(lambda: tk.soft_iteration_backward(*args), repeats),
+        "backward, torch reference (its twin)": event_ms(lambda: reference.soft_iteration_backward(*args), repeats),
+    }
+    got, ref = tk.soft_iteration_backward(*args), reference.soft_iteration_backward(*args)
+    err = max(float((a - b).norm() / b.norm()) for a, b in zip(got, ref))
+    return times, err, (cands.n_pixels, d, cands.n_superpixels)
+
+
 def copy_bandwidth(n_bytes=1 << 30, repeats=10) -> float:
     """Device copy bandwidth in bytes/s (bytes read + written)."""
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=DEVICE).fill_(1.0)
@@ -337,6 +371,14 @@ def main():
         for what, ms in iters.items():
             print(f"| {what} | {ms:.2f} | {ms / (floor * (ITERS + 1)):.1f} |")
         print(f"\nlabels after {ITERS} iterations, reduce vs atomic update: {same:.2%} equal")
+    times, err, (n, d, kk) = soft_backward_times(args.repeats)
+    print(f"\n## One soft iteration of a training step (6 crops of 201², one table-layout frame: N={n}, D={d}, "
+          f"K={kk}), CUDA events\n")
+    print("| part | ms |")
+    print("|---|---|")
+    for what, ms in times.items():
+        print(f"| {what} | {ms:.3f} |")
+    print(f"\nTriton vs torch backward: max relative difference of the gradients {err:.1e}")
     return 0
 
 

@@ -30,8 +30,9 @@ Shapes and dtypes (as in :mod:`.reference`): ``features`` (N, D) float32, ``cent
 float32, ``labels`` (N,) int32; candidate layouts and validity rules in :mod:`.candidates`. Tensors must all be on one
 device; offsets are int32, so N·9 and N·D must stay below 2**31.
 
-The backward of a soft iteration on this backend is :func:`soft_iteration_backward`, the documented torch formulas of
-:func:`.reference.soft_iteration_backward` run on the device (it is a handful of batched gathers/index_adds).
+The backward of a soft iteration on this backend is :func:`soft_iteration_backward`: the formulas of
+:func:`.reference.soft_iteration_backward` (its twin) in one pass over the pixels, with per-entry float32 atomics for
+the centroids' gradient.
 """
 from __future__ import annotations
 
@@ -221,6 +222,48 @@ def _soft_sums_kernel(
         _reduce_add(f_ptr, offs_p, tl.where(hit, k, -1), q, sums_ptr, counts_ptr, n_pixels, D, D_PAD, ROUNDS)
 
 
+@triton.jit
+def _soft_backward_kernel(
+    f_ptr, c_ptr, q_ptr, gq_ptr, gs_ptr, gz_ptr, table_ptr, gf_ptr, gc_ptr, n_pixels, D, width, height, nh, nw,
+    USE_TABLE: tl.constexpr, HAS_GQ: tl.constexpr, BLOCK_PIXELS: tl.constexpr, SLOTS: tl.constexpr,
+):
+    """Gradient of one soft iteration for a block of pixels (formulas of reference.soft_iteration_backward).
+
+    f (N, D), c (K, D) the iteration's input centroids, q (N, 9) its association, gq (N, 9) the gradient of q (read
+    only if HAS_GQ), gs (K, D) = g(c')/Z and gz (K,) = -(g(c')·c')/Z (zero where Z = 0). Writes gf (N, D) and adds
+    -Σ gd·2(f - c_k) into gc (K, D) with one atomic per (pixel, slot, channel) where gd != 0.
+    """
+    offs_p = tl.program_id(0) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS)
+    slots = tl.arange(0, SLOTS)
+    in_range = offs_p < n_pixels
+    tile = in_range[:, None] & (slots[None, :] < 9)
+    k = _candidate_tile(offs_p, slots, n_pixels, width, height, nh, nw, table_ptr, USE_TABLE)
+    present = k >= 0
+    row = tl.maximum(k, 0)
+    q = tl.load(q_ptr + offs_p[:, None] * 9 + slots[None, :], mask=tile, other=0.0)
+    if HAS_GQ:
+        gq = tl.load(gq_ptr + offs_p[:, None] * 9 + slots[None, :], mask=tile, other=0.0)
+    else:
+        gq = tl.zeros((BLOCK_PIXELS, SLOTS), dtype=tl.float32)
+    # gq += gs[k]·f + gz[k] on present slots (through the sums S and the mass Z of each candidate)
+    dot = tl.zeros((BLOCK_PIXELS, SLOTS), dtype=tl.float32)
+    for d in range(D):
+        fd = tl.load(f_ptr + offs_p * D + d, mask=in_range, other=0.0)
+        dot += tl.load(gs_ptr + row * D + d, mask=present, other=0.0) * fd[:, None]
+    gq += tl.where(present, dot + tl.load(gz_ptr + row, mask=present, other=0.0), 0.0)
+    # through the softmax: gd = -q (gq - Σ_s q gq)
+    gd = -q * (gq - tl.sum(q * gq, axis=1)[:, None])
+    gd = tl.where(present, gd, 0.0)
+    hit = present & (gd != 0.0)
+    for d in range(D):
+        fd = tl.load(f_ptr + offs_p * D + d, mask=in_range, other=0.0)
+        cd = tl.load(c_ptr + row * D + d, mask=present, other=0.0)
+        gsd = tl.load(gs_ptr + row * D + d, mask=present, other=0.0)
+        contrib = gd * 2.0 * (fd[:, None] - cd)
+        tl.store(gf_ptr + offs_p * D + d, tl.sum(q * gsd + contrib, axis=1), mask=in_range)
+        tl.atomic_add(gc_ptr + row * D + d, -contrib, mask=hit, sem="relaxed")
+
+
 # ----------------------------------------------------------------------------------------------- Python wrappers
 
 
@@ -365,9 +408,27 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     return labels, c
 
 
-#: Backward of a soft iteration on this backend: the torch formulas of :func:`.reference.soft_iteration_backward`
-#: (batched gathers and one index_add over (N, 9, D) on the device), called by the dispatcher's fused soft iteration.
-soft_iteration_backward = reference.soft_iteration_backward
+def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, new_c, grad_q, grad_new_c):
+    """Analytic gradient of a soft iteration in one kernel (formulas of :func:`.reference.soft_iteration_backward`,
+    its twin): (grad_features (N, D), grad_centroids (K, D)) float32. The per-superpixel terms (K-sized) are torch;
+    the per-(pixel, slot) work, ~15 (N, 9, D) torch passes in the reference, is one pass over the pixels."""
+    f, c = _f32(features), _f32(centroids)
+    n, d = f.shape
+    has = counts > 0
+    z = counts.clamp(min=1e-12)[:, None]
+    g_s = torch.where(has[:, None], grad_new_c / z, torch.zeros_like(grad_new_c)).float().contiguous()
+    g_z = torch.where(has, -(grad_new_c * new_c).sum(1) / z[:, 0], torch.zeros_like(counts)).float().contiguous()
+    g_f = torch.empty_like(f)
+    g_c = torch.zeros_like(c)
+    if n:
+        table, use_table, nh, nw, _, _ = _layout(f, cands)
+        block = _block_pixels(f.device)
+        gq = _f32(grad_q) if grad_q is not None else q  # q: a placeholder pointer, not read without HAS_GQ
+        _soft_backward_kernel[(triton.cdiv(n, block),)](
+            f, c, _f32(q), gq, g_s, g_z, table, g_f, g_c, n, d, cands.width, cands.height, nh, nw,
+            USE_TABLE=use_table, HAS_GQ=grad_q is not None, BLOCK_PIXELS=block, SLOTS=SLOTS_PAD,
+        )
+    return g_f, g_c + torch.where(has[:, None], torch.zeros_like(grad_new_c), grad_new_c)
 empty_features = reference.empty_features  # pixel rows: the layout the kernels read in place
 
 __all__ = [
