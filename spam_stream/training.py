@@ -339,6 +339,12 @@ def run_train(args) -> int:
     from .datasets import default_bsds_root
     from .io import InputError
 
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: a name torch does not know (e.g. "gpu")
+        raise InputError(str(exc) if isinstance(exc, ValueError) else f"--device {args.device}: {exc}") from None
+    if args.minutes < 0:
+        raise InputError(f"--minutes {args.minutes:g}: must be >= 0 (0: no time limit)")
     root = args.root or default_bsds_root()
     if root is None or not Path(root).is_dir():
         raise InputError("BSDS500 not found: pass --root DIR or set SPAM_BSDS_ROOT")

@@ -183,3 +183,16 @@ def test_minutes_shortens_the_schedule_when_steps_slow_down(tmp_path, monkeypatc
     assert len(fits) >= 2 and min(fits[1:]) < fits[0]    # re-fitted at a later validation: a shorter schedule
     assert cfg.iterations == min(fits) and _steps(tmp_path / "run")[-1] == cfg.iterations
     assert json.loads((tmp_path / "run" / "config.json").read_text())["iterations"] == cfg.iterations
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "gpu"], "--device gpu"),
+    (["--minutes", "-1"], "--minutes -1"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]))
+def test_train_cli_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
+    from spam_stream.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "run").exists()  # nothing started
