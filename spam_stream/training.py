@@ -147,7 +147,7 @@ def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: Tr
     f = out.permute(0, 2, 3, 1).reshape(-1, out.shape[1])  # (B·c², D): one copy, crop after crop
     q, _ = cluster_soft(f, cands, init, cfg.soft_iterations)
     labels = gts.reshape(b, -1)
-    n_labels = labels.amax(1) + 1                         # each crop's labels are 0..n-1: offset them apart
+    n_labels = labels.amax(1) + 1                         # each crop's ids are below its max + 1: offset them apart
     labels = (labels + (torch.cumsum(n_labels, 0) - n_labels)[:, None]).reshape(-1)
     recon = reconstruct_true_label(q, cands.table, labels, int(n_labels.sum()), cands.n_superpixels)
     ce = -torch.log(recon.clamp(min=1e-8)).mean()

@@ -83,6 +83,16 @@ def soft_iteration(features, centroids, cands: Candidates):
     return q, new_centroids(sums, counts, centroids)
 
 
+def superpixel_gradients(counts, new_c, grad_new_c):
+    """The per-superpixel terms of the soft iteration's gradient: (has (K,) bool = Z > 0, gS = g(c')/Z (K, D),
+    gZ = -(g(c')·c')/Z (K,)), both zero where Z = 0 (that centroid passed through unchanged)."""
+    has = counts > 0
+    z = counts.clamp(min=1e-12)[:, None]
+    g_s = torch.where(has[:, None], grad_new_c / z, torch.zeros_like(grad_new_c))
+    g_z = torch.where(has, -(grad_new_c * new_c).sum(1) / z[:, 0], torch.zeros_like(counts))
+    return has, g_s, g_z
+
+
 def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, new_c, grad_q, grad_new_c):
     """Analytic gradient of :func:`soft_iteration`, from its saved outputs (q, counts, new centroids).
 
@@ -94,10 +104,7 @@ def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, n
     table = candidate_table(cands)
     idx = table.clamp(min=0).long()
     valid = table >= 0
-    has = counts > 0
-    z = counts.clamp(min=1e-12)[:, None]
-    g_s = torch.where(has[:, None], grad_new_c / z, torch.zeros_like(grad_new_c))
-    g_z = torch.where(has, -(grad_new_c * new_c).sum(1) / z[:, 0], torch.zeros_like(counts))
+    has, g_s, g_z = superpixel_gradients(counts, new_c, grad_new_c)
     g_q = (grad_q if grad_q is not None else torch.zeros_like(q)).clone()
     g_s_p = g_s[idx]  # (N, 9, D)
     g_q = g_q + torch.where(valid, (g_s_p * features[:, None, :]).sum(-1) + g_z[idx], torch.zeros_like(q))

@@ -414,10 +414,8 @@ def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, n
     the per-(pixel, slot) work, ~15 (N, 9, D) torch passes in the reference, is one pass over the pixels."""
     f, c = _f32(features), _f32(centroids)
     n, d = f.shape
-    has = counts > 0
-    z = counts.clamp(min=1e-12)[:, None]
-    g_s = torch.where(has[:, None], grad_new_c / z, torch.zeros_like(grad_new_c)).float().contiguous()
-    g_z = torch.where(has, -(grad_new_c * new_c).sum(1) / z[:, 0], torch.zeros_like(counts)).float().contiguous()
+    has, g_s, g_z = reference.superpixel_gradients(counts, new_c, grad_new_c)
+    g_s, g_z = _f32(g_s), _f32(g_z)
     g_f = torch.empty_like(f)
     g_c = torch.zeros_like(c)
     if n:
