@@ -157,10 +157,14 @@ def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: Tr
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → cuda when torch sees a CUDA device, else cpu; any other name as torch spells it."""
+    """``"auto"`` → cuda when torch sees a CUDA device, else cpu; any other name as torch spells it. ValueError for a
+    name torch does not know (e.g. "gpu") or cuda without a CUDA device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name}: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: torch sees no CUDA device")
     return device
@@ -340,9 +344,9 @@ def run_train(args) -> int:
     from .io import InputError
 
     try:
-        resolve_device(args.device)
-    except (ValueError, RuntimeError) as exc:  # RuntimeError: a name torch does not know (e.g. "gpu")
-        raise InputError(str(exc) if isinstance(exc, ValueError) else f"--device {args.device}: {exc}") from None
+        resolve_device(args.device)  # checked before the dataset loads: a one-line error, nothing started
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     if args.minutes < 0:
         raise InputError(f"--minutes {args.minutes:g}: must be >= 0 (0: no time limit)")
     root = args.root or default_bsds_root()

@@ -51,6 +51,8 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+    with pytest.raises(ValueError, match="--device gpu"):  # a name torch does not know
+        resolve_device("gpu")
 
 
 def test_train_validates_keeps_the_best_and_resumes(tmp_path):
