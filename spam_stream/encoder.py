@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import InputError
 from .kernels.resize import bilinear_gather
 from .kernels.upsample import guided_gather
 
@@ -410,8 +411,9 @@ def fast_encoder(encoder: Encoder, resolution: float = 0.5, upsample: str = DEFA
     return encoder
 
 
-class EncoderLoadError(RuntimeError):
-    pass
+class EncoderLoadError(InputError, RuntimeError):
+    """Encoder weights missing or not a spam-stream checkpoint: an :class:`~spam_stream.io.InputError` (the CLI prints
+    its one line, like a missing prior checkpoint) and a RuntimeError (what it was before)."""
 
 
 def load_encoder(path: str | Path) -> tuple[Encoder, dict]:
@@ -427,5 +429,7 @@ def load_encoder(path: str | Path) -> tuple[Encoder, dict]:
         enc = Encoder(out_dim=int(ckpt["out_dim"]), width=int(ckpt["width"]))
         enc.load_state_dict(ckpt["state_dict"])
     except Exception as exc:  # corrupt file, wrong format, mismatched shapes
-        raise EncoderLoadError(f"{path}: not a spam-stream encoder checkpoint ({type(exc).__name__}: {exc})") from exc
+        # one line: the first sentence of torch's message (it runs over many lines); the whole cause stays chained
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
+        raise EncoderLoadError(f"{path}: not a spam-stream encoder checkpoint ({type(exc).__name__}: {first})") from exc
     return enc.eval(), dict(ckpt.get("meta") or {})

@@ -1,6 +1,8 @@
 import numpy as np
 from PIL import Image
 
+import pytest
+
 from spam_stream.cli import main
 
 from helpers import assert_connected, assert_superpixels_respect_prior, synthetic_image, voronoi_partition
@@ -71,6 +73,17 @@ def test_missing_prior_mask_file_is_an_error(tmp_path, capsys):
     src = write_image(tmp_path / "x.png", synthetic_image())
     assert main(["image", str(src), "-o", str(tmp_path / "o"), "--prior-mask", str(tmp_path / "none.png")]) != 0
     assert "none.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["image", "batch", "video"])
+def test_missing_or_corrupt_encoder_weights_are_a_one_line_error(tmp_path, capsys, command):
+    src = write_image(tmp_path / "x.png", synthetic_image())
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for weights in (tmp_path / "missing.pt", bad):
+        assert main([command, str(src), "-o", str(tmp_path / "o"), "--encoder", str(weights)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert weights.name in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_help_explains_every_command(capsys):
