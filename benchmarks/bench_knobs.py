@@ -84,7 +84,10 @@ def main() -> None:
     for required in ("base", "ls-"):  # the slope needs both
         if required not in names:
             names.insert(0, required)
-    ds = BSDS500(default_bsds_root(), args.split)
+    try:
+        ds = BSDS500(default_bsds_root(), args.split)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
     samples = [ds[i] for i in range(min(args.limit, len(ds)))]
     rows = {}
     for name in names:
