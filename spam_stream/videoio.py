@@ -31,8 +31,17 @@ class VideoReader:
 
     ``for index, rgb in VideoReader(path)``: index counts decoded frames from 0 (``start`` frames are skipped but
     still counted), rgb is (H, W, 3) uint8. Opening a file that is missing, not a video or has no video stream
-    raises :class:`InputError` naming it. A decoding error, or a file that ends before its declared duration (cut
-    or truncated), raises :class:`InputError` after the last good frame.
+    raises :class:`InputError` naming it. Damage raises :class:`InputError` after the last good frame, which is
+    always yielded; what counts as damage:
+
+    * a decoding error, or a frame the decoder marks corrupt (its data was cut or damaged: the decoder conceals the
+      missing part, and the concealed frame is *not* yielded);
+    * a file that ends before its declared duration or frame count (MP4, MKV …: a cut download);
+    * an MPEG transport stream that ends inside a 188-byte (192 for M2TS) packet.
+
+    An MPEG-TS (or any headerless stream) cut exactly between two frames is a complete, shorter stream: nothing in
+    the file tells it apart from one that was meant to end there, so it is read to its end without error.
+    A ``start`` beyond the last frame raises :class:`InputError` (nothing to process), as does a file with no frame.
 
     Attributes (after opening): ``rate`` (Fraction, frames per second), ``width``, ``height``, ``n_frames`` (the
     container's count, 0 when unknown), ``duration`` (seconds, or None).
@@ -55,7 +64,10 @@ class VideoReader:
             raise InputError(f"{self.path}: no video stream")
         self.stream = self.container.streams.video[0]
         if threads:
+            # frame threading (at least 2 threads, whatever the core count): ffmpeg's frame-threaded decoders flag a
+            # frame whose data ends early as corrupt, which is how a stream cut inside a frame is recognised
             self.stream.thread_type = "AUTO"
+            self.stream.codec_context.thread_count = max(2, os.cpu_count() or 1)
         ctx = self.stream.codec_context
         self.width, self.height = int(ctx.width), int(ctx.height)
         if self.width <= 0 or self.height <= 0:  # ffmpeg probed something (random bytes as a JPEG) with no frame size
@@ -69,6 +81,10 @@ class VideoReader:
             self.duration = float(self.stream.duration * self.stream.time_base)
         elif self.container.duration is not None:
             self.duration = self.container.duration / 1_000_000
+        if self.n_frames and self.start >= self.n_frames:
+            self.container.close()
+            raise InputError(f"{self.path}: --start {self.start} is past the last frame (the video has "
+                             f"{self.n_frames} frames, numbered from 0)")
         self.decoded = 0
         self._last_time = None
 
@@ -77,6 +93,9 @@ class VideoReader:
         index = 0
         try:
             for frame in self.container.decode(self.stream):
+                if frame.is_corrupt:
+                    raise InputError(f"{self.path}: damaged or cut video: frame {index} is incomplete or corrupt "
+                                     f"(its data ends early or is damaged); the frames before it are kept")
                 if frame.pts is not None and frame.time_base is not None:
                     self._last_time = float(frame.pts * frame.time_base)
                 if index >= self.start:
@@ -90,6 +109,11 @@ class VideoReader:
         finally:
             self.close()
         self._check_complete(index)
+        if index == 0:
+            raise InputError(f"{self.path}: the video has no frame")
+        if self.decoded == 0:
+            raise InputError(f"{self.path}: --start {self.start} is past the last frame (the video has {index} "
+                             f"frames, numbered from 0)")
 
     def _check_complete(self, n: int) -> None:
         """Raise when the file ends clearly before what its header promises (a cut download, a truncated copy).
@@ -100,7 +124,7 @@ class VideoReader:
         fmt = self.container.format.name if self.container.format is not None else ""
         if fmt == "mpegts":
             size = self.path.stat().st_size
-            if size % 188 and size % 192:
+            if size % _ts_packet_size(self.path):
                 raise InputError(f"{self.path}: video ends early (truncated transport stream: ends inside a "
                                  f"packet) after {n} frames")
             return
@@ -123,6 +147,16 @@ class VideoReader:
             self.container.close()
         except Exception:
             pass
+
+
+def _ts_packet_size(path: Path) -> int:
+    """188 for an MPEG transport stream, 192 for M2TS (a 4-byte time code before each packet), from the position
+    of the 0x47 sync bytes at the file's start."""
+    with open(path, "rb") as fh:
+        head = fh.read(2 * 192 + 8)
+    if len(head) > 192 + 4 and head[4] == 0x47 and head[196] == 0x47 and not (head[0] == 0x47 and head[188] == 0x47):
+        return 192
+    return 188
 
 
 def _short(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from spam_stream.cli import main
 from spam_stream.io import InputError
 
 from helpers import assert_connected
-from video_helpers import decode_all, index_frame, read_index, write_index_video
+from video_helpers import TS_PACKET, decode_all, index_frame, read_index, write_index_video, write_ts_video
 
 N = 300
 RATE = Fraction(30000, 1001)
@@ -80,26 +80,82 @@ def test_corrupt_video_is_one_line_error_and_other_inputs_still_run(odd_video, t
     assert not (out / "broken_overlay.mp4").exists() and not _leftovers(out)
 
 
-@pytest.mark.parametrize("suffix,fmt", [(".mkv", "matroska"), (".ts", "mpegts")])
-def test_video_cut_in_the_middle_keeps_the_frames_before_the_damage(tmp_path, suffix, fmt, capsys):
-    full = write_index_video(tmp_path / f"full{suffix}", 120, fmt=fmt)
+def test_mkv_cut_in_the_middle_keeps_the_frames_before_the_damage(tmp_path, capsys):
+    """A Matroska file declares its duration: one cut to its first half is known to be short."""
+    full = write_index_video(tmp_path / "full.mkv", 120, fmt="matroska")
     data = full.read_bytes()
-    cut = tmp_path / f"cut{suffix}"
+    cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[:len(data) // 2])
     out = tmp_path / "out"
     assert main(["video", str(cut), "-o", str(out), "-k", "16", "--encoder", "none"]) == 1
-    assert "cut" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cut.mkv" in err and "Traceback" not in err
     written = sorted((out / "cut_labels").glob("*.png"))
     assert 10 < len(written) < 120
     frames, _ = decode_all(out / "cut_overlay.mp4")  # a complete, playable file with the good frames
-    decodable, _ = decode_all(cut)  # what ffmpeg itself gets out of the damaged file, in order
     assert len(frames) == len(written)
     # the last few frames before the cut may be concealed differently by threaded and single-threaded decoding
     good = len(frames) - 3
-    assert [read_index(f) for f in frames[:good]] == [read_index(f) for f in decodable[:good]] == list(range(good))
+    assert [read_index(f) for f in frames[:good]] == list(range(good))
     assert (out / "cut_frames.csv").is_file() and not _leftovers(out)
     with pytest.raises(InputError, match="cut"):
         list(spam_stream.segment_video(cut, 16, encoder=None))
+
+
+TS_FRAMES, TS_CUT_AT = 24, 15
+
+
+@pytest.fixture(scope="module")
+def ts_video(tmp_path_factory):
+    return write_ts_video(tmp_path_factory.mktemp("ts") / "full.ts", TS_FRAMES)
+
+
+def _ts_cut(ts_video, kind):
+    """The bytes of the transport stream cut at a place whose kind is known by construction (frame TS_CUT_AT)."""
+    path, starts = ts_video
+    data = path.read_bytes()
+    first, nxt = starts[TS_CUT_AT], starts[TS_CUT_AT + 1]
+    assert nxt - first >= 2  # the frame spans several packets
+    if kind == "inside-packet":  # a partial packet: inside frame TS_CUT_AT's second packet
+        return data[:(first + 1) * TS_PACKET + TS_PACKET // 2]
+    if kind == "inside-frame":  # whole packets, but frame TS_CUT_AT's data stops after its first packet
+        return data[:(first + 1) * TS_PACKET]
+    assert kind == "between-frames"  # whole packets up to the first one of frame TS_CUT_AT: a shorter stream
+    return data[:first * TS_PACKET]
+
+
+@pytest.mark.parametrize("kind", ["inside-packet", "inside-frame", "between-frames"])
+def test_transport_stream_cut_keeps_every_complete_frame_and_reports_known_damage(ts_video, tmp_path, kind, capsys):
+    """The README's contract for cut MPEG-TS files: every complete frame before the cut is written; a cut inside a
+    packet or inside a frame's data fails the video in one line; a cut between two frames is a shorter stream."""
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(_ts_cut(ts_video, kind))
+    out = tmp_path / "out"
+    code = main(["video", str(cut), "-o", str(out), "-k", "16", "--encoder", "none"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if kind == "between-frames":
+        assert code == 0 and "wrote 1 of 1" in err
+    else:
+        assert code == 1
+        lines = [line for line in err.splitlines() if "cut.ts" in line and "error" in line]
+        assert lines and ("damaged" in lines[0] or "ends" in lines[0])
+    written = sorted((out / "cut_labels").glob("*.png"))
+    assert [p.name for p in written] == [f"{i:06d}.png" for i in range(TS_CUT_AT)]
+    frames, _ = decode_all(out / "cut_overlay.mp4")
+    assert [read_index(f) for f in frames] == list(range(TS_CUT_AT))
+    rows = (out / "cut_frames.csv").read_text().splitlines()
+    assert len([r for r in rows[1:] if not r.endswith(",")]) <= 1  # at most the one error row
+    assert not _leftovers(out)
+
+
+def test_start_past_the_last_frame_is_one_line_error(odd_video, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["video", str(odd_video), "-o", str(out), "-k", "16", "--encoder", "none", "--start",
+                 str(N + 5)]) == 1
+    err = capsys.readouterr().err
+    assert "past the last frame" in err and "clip.mkv" in err and "Traceback" not in err
+    assert not (out / "clip_overlay.mp4").exists() and not _leftovers(out)
 
 
 def test_coherent_ids_persist_on_static_content(tmp_path):

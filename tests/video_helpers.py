@@ -57,6 +57,48 @@ def write_index_video(path, n, rate=Fraction(30000, 1001), h=67, w=99, codec="li
     return path
 
 
+TS_PACKET = 188
+
+
+def write_ts_video(path, n, rate=Fraction(25), h=96, w=128):
+    """An MPEG transport stream of ``n`` H.264 index frames without B-frames (decode order = display order), noisy
+    enough that every frame spans several 188-byte packets. Returns (path, starts): ``starts[i]`` is the index of
+    the packet where frame i's data begins (the video PID's packets with payload_unit_start_indicator set), so a
+    test can cut the file at a place whose kind is known: inside a packet, inside a frame's data on a packet
+    boundary, or between two frames."""
+    import av
+
+    rng = np.random.default_rng(0)
+    container = av.open(str(path), "w", format="mpegts")
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.options = {"crf": "18", "preset": "veryfast", "bf": "0"}
+    for i in range(n):
+        img = index_frame(i, h, w)
+        noise = rng.integers(-40, 40, img.shape)
+        noise[:BLOCK + 2] = 0  # keep the index blocks clean
+        img = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    with av.open(str(path)) as c:
+        pid = c.streams.video[0].id
+    data = path.read_bytes()
+    assert len(data) % TS_PACKET == 0
+    starts = []
+    for k in range(len(data) // TS_PACKET):
+        head = data[k * TS_PACKET:k * TS_PACKET + 3]
+        assert head[0] == 0x47
+        if head[1] & 0x40 and ((head[1] & 0x1F) << 8 | head[2]) == pid:
+            starts.append(k)
+    assert len(starts) == n, (len(starts), n)
+    return path, starts
+
+
 def decode_all(path):
     """(frames list of (H, W, 3) uint8, average rate) of a video file."""
     import av
