@@ -11,6 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from skimage.segmentation import find_boundaries
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".m4v", ".flv",
+                  ".wmv", ".ogv", ".3gp", ".y4m", ".gif"}
+MAX_LABELS = int(np.iinfo(np.uint16).max) + 1  # a uint16 label PNG holds ids 0..65535
 
 
 class InputError(Exception):
@@ -29,12 +32,21 @@ def _pil_open(path):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB (grayscale, palette, RGBA and 16-bit images are converted)."""
+    """Decode an image file to (H, W, 3) uint8 RGB (grayscale, palette, RGBA and 16-bit images are converted).
+
+    Raises :class:`InputError` (one line naming the file) for a missing, empty, unreadable or non-image file, a
+    video (pointing to ``spam-stream video``) and an image above Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``: 2× that many pixels are refused before decoding)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    if path.suffix.lower() in VIDEO_SUFFIXES - IMAGE_SUFFIXES:
+        raise InputError(f"{path}: is a video, not an image: use 'spam-stream video' (or 'spam-stream batch', "
+                         "which takes both)")
     try:
         with _pil_open(path) as im:
             im.load()
@@ -43,10 +55,14 @@ def read_image(path: str | Path) -> np.ndarray:
                 arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
                 return np.ascontiguousarray(np.stack([arr] * 3, -1))
             return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: image too large to decode safely ({' '.join(str(exc).split())})") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image file (format not recognised)") from None
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable image ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data (Pillow raises all three)
+        raise InputError(f"{path}: unreadable image ({' '.join(str(exc).split())[:200]})") from None
+    except MemoryError:
+        raise InputError(f"{path}: unreadable image (not enough memory to decode it)") from None
 
 
 def read_partition(path: str | Path) -> np.ndarray:
@@ -65,16 +81,28 @@ def read_partition(path: str | Path) -> np.ndarray:
             raise InputError(f"{path}: unreadable .npy partition ({exc})") from None
         if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{path}: a partition must be a 2-D integer array, got {arr.dtype} {arr.shape}")
+        n_objects = len(np.unique(arr[arr >= 0]))
+        if n_objects > MAX_LABELS:
+            raise InputError(f"{path}: {n_objects} objects, more than the {MAX_LABELS} superpixels a label map "
+                             "holds (each object gets at least one)")
         return np.where(arr < 0, -1, arr).astype(np.int32)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty prior mask file (0 bytes)")
     try:
         with _pil_open(path) as im:
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path}: unreadable label image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: label image too large to decode safely ({' '.join(str(exc).split())})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{path}: unreadable label image ({' '.join(str(exc).split())[:200]})") from None
     if arr.ndim == 3:
         arr = arr[..., :3].astype(np.int64)
         arr = (arr[..., 0] << 16) | (arr[..., 1] << 8) | arr[..., 2]
-    _, inv = np.unique(arr, return_inverse=True)
+    ids, inv = np.unique(arr, return_inverse=True)
+    if len(ids) > MAX_LABELS:
+        raise InputError(f"{path}: {len(ids)} distinct values, too many for a label image (each value is one "
+                         f"object; at most {MAX_LABELS}): is it a photo rather than a mask? (a lossy JPEG of a mask "
+                         "is no label image either: save masks as PNG)")
     return inv.reshape(arr.shape).astype(np.int32)
 
 
@@ -100,8 +128,8 @@ def atomic_path(path: str | Path):
 
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
     """Write (H, W) labels as a uint16 PNG (at most 65536 superpixels), atomically."""
-    if labels.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{labels.max() + 1} labels do not fit a uint16 PNG")
+    if labels.max() >= MAX_LABELS:
+        raise ValueError(f"{labels.max() + 1} labels do not fit a uint16 PNG (at most {MAX_LABELS})")
     with atomic_path(path) as tmp:
         Image.fromarray(labels.astype(np.uint16)).save(tmp, format="PNG", compress_level=1)
 

@@ -6,6 +6,7 @@ pipelines (:mod:`spam_stream.pipelines`) run the same methods in threads.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ import torch
 from .candidates import grid_candidates, object_candidates
 from .clustering import as_pixel_rows, cluster_hard
 from .connectivity import enforce_connectivity
-from .encoder import Encoder, fold_batchnorm, load_encoder
+from .encoder import Encoder, estimate_frame_bytes, fold_batchnorm, load_encoder, tile_for_budget
 from .frame import Frame
 from .features import COLOR_SCALE, default_spatial_scale, pixel_features
+from .io import InputError, read_image
 from .priors.base import Prior, Provider
 from .seeding import grid_seeds, object_seeds
 
@@ -41,6 +43,32 @@ def as_rgb(image) -> np.ndarray:
     elif img.dtype != np.uint8:
         img = np.clip(img, 0, 255)
     return np.ascontiguousarray(img.astype(np.uint8))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give this process (Linux ``MemAvailable``; None when unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class MemoryLimitError(InputError):
+    """A frame whose estimated peak memory exceeds the memory available (or the user's limit): refused before any
+    work, rather than an out-of-memory kill."""
+
+
+def _fitting_size(width: int, height: int, need: int, limit: int) -> str:
+    """"WxH": the frame scaled so that its estimated peak (about proportional to the pixels) fits ``limit``."""
+    scale = min(1.0, (0.9 * limit / need) ** 0.5)
+    return f"{max(1, int(width * scale))}x{max(1, int(height * scale))}"
 
 
 def check_prior(prior, shape) -> np.ndarray | None:
@@ -130,13 +158,19 @@ class SPAM:
             used for every image that :meth:`segment` gets without its own prior: the prior model loads once.
         memory_budget: bytes of encoder activations at once (the encoder runs tile by tile within it; default
             :data:`spam_stream.encoder.DEFAULT_MEMORY_BUDGET`, 128 MiB); the results do not depend on it.
+        memory_limit: bytes one frame may take at its peak (:func:`~spam_stream.encoder.estimate_frame_bytes`);
+            a larger frame is refused with :class:`MemoryLimitError` before any work. None: the memory the system
+            has available when the frame arrives (CPU frames; 0 turns the guard off).
     """
 
     def __init__(self, encoder="default", compactness: float | None = None, color_scale: float = COLOR_SCALE,
                  iterations: int = 10, min_size_factor: float = 0.5, max_candidate_distance: float = 3.0,
-                 device="cpu", seed: int = 0, prior: Provider | None = None, memory_budget: int | None = None):
+                 device="cpu", seed: int = 0, prior: Provider | None = None, memory_budget: int | None = None,
+                 memory_limit: int | None = None):
+        from .kernels import resolve_device  # device names are checked in one place
+
+        self.device = resolve_device(device)
         enc, meta = resolve_encoder(encoder)
-        self.device = torch.device(device)
         self.encoder = None
         if enc is not None:
             self.encoder = fold_batchnorm(enc).to(self.device)
@@ -146,6 +180,7 @@ class SPAM:
         self.min_size_factor, self.max_candidate_distance, self.seed = min_size_factor, max_candidate_distance, seed
         self.prior = prior
         self.memory_budget = memory_budget
+        self.memory_limit = memory_limit
 
     @property
     def n_features(self) -> int:
@@ -153,17 +188,57 @@ class SPAM:
         return 5 if self.encoder is None else self.encoder.out_dim
 
     def frame(self, image, n_superpixels: int = 400, prior=None, density=None, *, key=None, index: int = 0) -> Frame:
-        """A checked :class:`~spam_stream.frame.Frame` for ``image`` (any array :func:`as_rgb` takes).
+        """A checked :class:`~spam_stream.frame.Frame` for ``image`` (any array :func:`as_rgb` takes, or an image
+        file's path).
 
-        Raises ValueError for K < 1 or K > H·W."""
+        Raises ValueError for K < 1 or K > H·W, :class:`MemoryLimitError` for a frame too large for the memory
+        (:meth:`check_memory`), :class:`~spam_stream.io.InputError` for an unreadable file."""
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
         image = as_rgb(image)
         h, w = image.shape[:2]
+        k = self.check_request(h, w, n_superpixels)
+        return Frame(index=index, key=key, image=image, n_superpixels=k, prior=prior, density=density)
+
+    def check_request(self, height: int, width: int, n_superpixels) -> int:
+        """K as an int, after checking it against an H×W frame (ValueError) and the frame against the memory
+        (:meth:`check_memory`)."""
         k = int(n_superpixels)
         if k < 1:
             raise ValueError(f"the number of superpixels must be at least 1, got {n_superpixels}")
-        if k > h * w:
-            raise ValueError(f"{k} superpixels requested but the image has only {h * w} pixels")
-        return Frame(index=index, key=key, image=image, n_superpixels=k, prior=prior, density=density)
+        if k > height * width:
+            raise ValueError(f"{k} superpixels requested but the image has only {height * width} pixels")
+        self.check_memory(height, width, k)
+        return k
+
+    def frame_bytes(self, height: int, width: int, n_superpixels: int) -> int:
+        """Estimated peak bytes of one frame (:func:`~spam_stream.encoder.estimate_frame_bytes` with this model's
+        encoder, tile and D)."""
+        tile, enc_width = None, 32
+        if self.encoder is not None:
+            tile, enc_width = tile_for_budget(height, width, self.encoder, self.memory_budget), self.encoder.width
+        return estimate_frame_bytes(height, width, n_superpixels, self.n_features, tile, enc_width)
+
+    def check_memory(self, height: int, width: int, n_superpixels: int) -> None:
+        """Refuse (:class:`MemoryLimitError`, one line) an H×W frame whose estimated peak exceeds ``memory_limit``
+        or, by default, the memory available now (CPU frames; on CUDA the frame lives on the device)."""
+        limit = self.memory_limit
+        if limit is None:
+            if self.device.type != "cpu":
+                return
+            limit = available_memory()
+        if not limit:
+            return
+        need = self.frame_bytes(height, width, n_superpixels)
+        if need > limit:
+            source = "the limit set (--memory-limit)" if self.memory_limit else "the memory available now"
+            raise MemoryLimitError(
+                f"a {width}x{height} frame needs about {need / 2**30:.1f} GB at its peak, more than {source} "
+                f"({limit / 2**30:.1f} GB): downscale it (e.g. to {_fitting_size(width, height, need, limit)}), "
+                f"or use --encoder none (D=5, about {self._bytes_without_encoder(height, width, n_superpixels) / 2**30:.1f} GB)")
+
+    def _bytes_without_encoder(self, height: int, width: int, n_superpixels: int) -> int:
+        return estimate_frame_bytes(height, width, n_superpixels, 5, None)
 
     # ---- the stages, in pipeline order; each reads and fills fields of a Frame --------------------------------
 

@@ -28,6 +28,7 @@ from .candidates import grid_candidates
 from .clustering import cluster_soft
 from .encoder import Encoder, fold_batchnorm
 from .features import COLOR_SCALE, position_scale
+from .kernels import resolve_device
 from .kernels.candidates import Candidates, candidate_table
 from .seeding import grid_seeds
 
@@ -154,20 +155,6 @@ def batch_loss(encoder: Encoder, feats: torch.Tensor, gts: torch.Tensor, cfg: Tr
     pos = f[:, 3:5].detach()
     compact = F.mse_loss(reconstruct(q, cands.table, f[:, 3:5], cands.n_superpixels), pos, reduction="sum") / (b * c * c)
     return ce + cfg.compactness_weight * compact, ce, compact
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → cuda when torch sees a CUDA device, else cpu; any other name as torch spells it. ValueError for a
-    name torch does not know (e.g. "gpu") or cuda without a CUDA device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device")
-    return device
 
 
 def validate(encoder: Encoder, val_samples, cfg: TrainConfig) -> tuple[float, float]:

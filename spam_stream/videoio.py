@@ -14,10 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError
-
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".m4v", ".flv",
-                  ".wmv", ".ogv", ".3gp", ".y4m", ".gif"}
+from .io import VIDEO_SUFFIXES, InputError  # noqa: F401  (VIDEO_SUFFIXES: defined with the image suffixes)
 
 
 def _av():

@@ -11,7 +11,7 @@ from ..pipelines.batch import parse_shard, run_batch
 from ..pipelines.executor import PipelineError
 from ..pipelines.outputs import outdir_argument
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
-                     positive_int, report_failures, resolve_prior_arguments)
+                     positive_int, prepare_outdir, report_failures, resolve_prior_arguments)
 from .video import add_video_arguments, video_options
 
 DESCRIPTION = """\
@@ -112,6 +112,8 @@ def run_ray(args) -> int:
         raise InputError("--sequential is for --engine local (Ray workers already run one image at a time)")
     if args.num_gpus_per_worker < 0:
         raise InputError("--num-gpus-per-worker must be >= 0")
+    if not isinstance(args.output, str):
+        prepare_outdir(args.output)
 
     def progress(entry):
         if entry["status"] != "ok":
@@ -155,9 +157,14 @@ def run(args) -> int:
     if _ray_arguments_used(args):
         raise InputError("--address, --workers and --num-gpus-per-worker are for --engine ray")
     options = _video_options(args)
+    if not isinstance(args.output, str):  # a local folder (a URI stays a string)
+        prepare_outdir(args.output)
     model = build_model(args)
     attention = build_attention(args)
     bar = tqdm(desc="items", unit="item", dynamic_ncols=True)
+
+    def on_start(total):
+        bar.reset(total=total)
 
     def progress(frame):
         bar.update(1)
@@ -179,7 +186,7 @@ def run(args) -> int:
                                             pipelined=not args.sequential, progress=progress, attention=attention,
                                             attention_ratio=args.attention_ratio, focus=args.focus,
                                             video_options=options, on_video_frame=on_video_frame,
-                                            on_video=on_video)
+                                            on_video=on_video, on_start=on_start)
     except PipelineError as exc:
         raise InputError(str(exc)) from None
     finally:

@@ -18,14 +18,48 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def prepare_outdir(path) -> Path:
+    """Create the output folder (and its parents); one-line :class:`InputError` when the path is an existing file,
+    lies under one, or cannot be written."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"-o {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".spam-stream-write-test-"):
+            pass
+    except FileExistsError:
+        raise InputError(f"-o {path}: a part of this path is a file, not a folder") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"-o {path}: cannot write there ({reason})") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"-o {path}: cannot write there (permission denied)")
+    return path
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs SPAM."""
     p.add_argument("-k", "--superpixels", type=positive_int, default=400, metavar="K",
                    help="number of superpixels requested (default: 400)")
-    p.add_argument("--compactness", type=float, default=None, metavar="LAMBDA_S",
+    p.add_argument("--compactness", type=positive_float, default=None, metavar="LAMBDA_S",
                    help="λs, the regularity knob: higher = more regular, lower = closer to colour edges "
                         f"(default {SPATIAL_SCALE}; {FAST_SPATIAL_SCALE} with --encoder fast)")
-    p.add_argument("--color-scale", type=float, default=0.26, metavar="LAMBDA_C", help="λc, colour weight (default 0.26)")
+    p.add_argument("--color-scale", type=positive_float, default=0.26, metavar="LAMBDA_C", help="λc, colour weight (default 0.26)")
     p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="clustering iterations (default 10)")
     p.add_argument("--encoder", default="default", metavar="PATH|default|fast|none",
                    help="encoder weights: 'default' = the bundled encoder, 'fast' = the bundled encoder at half "
@@ -34,7 +68,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", type=positive_int, default=None, metavar="MB",
                    help="memory for the encoder's activations in MB (default 128): it runs tile by tile within it, "
                         "with the same results; see the README's memory model")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    p.add_argument("--memory-limit", type=positive_int, default=None, metavar="MB",
+                   help="refuse (one line, nothing else lost) a frame whose estimated peak memory exceeds MB "
+                        "(default: the memory available when it arrives, so a huge image fails in seconds instead "
+                        "of being killed by the system)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device: cpu, cuda, cuda:N or auto (cuda when there is one; default cpu)")
 
 
 def _focus_point(text: str) -> tuple[float, float, float]:
@@ -77,7 +116,7 @@ def add_prior_arguments(p: argparse.ArgumentParser) -> None:
                    help="saliency = visual-attention mode: objects with mean saliency > 0.1 (spectral residual, no "
                         "weights needed) get --attention-ratio times the superpixels per pixel, the rest fewer; the "
                         "total stays K")
-    g.add_argument("--attention-ratio", type=float, default=2.5, metavar="R",
+    g.add_argument("--attention-ratio", type=positive_float, default=2.5, metavar="R",
                    help="superpixel density of salient objects relative to the others (default 2.5)")
     g.add_argument("--saliency-weights", type=Path, metavar="PATH",
                    help="use DINO attention (the paper's saliency) from this ViT-S/16 state_dict instead of the "
@@ -143,12 +182,19 @@ def build_attention(args):
 
 def build_model(args):
     """SPAM with the model flags and, when the command has prior flags, the prior provider (each loaded once)."""
+    from ..kernels import resolve_device
     from ..model import SPAM
 
+    try:  # before any model loads: an unknown or absent device is one line
+        args.device = str(resolve_device(args.device))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     prior = build_prior(args) if hasattr(args, "prior") else None
     budget = None if getattr(args, "max_memory", None) is None else args.max_memory * 2**20
+    limit = None if getattr(args, "memory_limit", None) is None else args.memory_limit * 2**20
     return SPAM(encoder=args.encoder, compactness=args.compactness, color_scale=args.color_scale,
-                iterations=args.iterations, device=args.device, prior=prior, memory_budget=budget)
+                iterations=args.iterations, device=args.device, prior=prior, memory_budget=budget,
+                memory_limit=limit)
 
 
 def color_argument(text: str):

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from ..io import InputError, read_image, write_labels, write_overlay
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
-                     report_failures, resolve_prior_arguments)
+                     prepare_outdir, report_failures, resolve_prior_arguments)
 
 
 def add_parser(sub) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                        description="Segment images into superpixels. Writes OUTDIR/<stem>_labels.png (uint16 labels) "
                                    "and OUTDIR/<stem>_overlay.png (boundaries drawn on the image). For folders, "
                                    "globs, resumable and sharded jobs use 'spam-stream batch'.")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files (videos: 'spam-stream video')")
     add_output_arguments(p)
     add_model_arguments(p)
     add_prior_arguments(p)
@@ -26,9 +26,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     resolve_prior_arguments(args)
+    prepare_outdir(args.output)
     model = build_model(args)
     attention = build_attention(args)
-    args.output.mkdir(parents=True, exist_ok=True)
     failures = []
     for path in tqdm(args.inputs, desc="images", unit="img", disable=len(args.inputs) < 2 and not args.progress):
         try:

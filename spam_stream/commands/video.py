@@ -10,7 +10,7 @@ from ..io import InputError
 from ..pipelines.video import VideoOptions, expected_frames, process_video
 from ..videoio import VideoReader
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
-                     positive_int, report_failures, resolve_prior_arguments)
+                     positive_int, prepare_outdir, report_failures, resolve_prior_arguments)
 
 DESCRIPTION = """\
 Segment every frame of one or more videos (any container/codec PyAV's ffmpeg reads). For each IN writes
@@ -63,9 +63,9 @@ def run(args) -> int:
     resolve_prior_arguments(args)
     if args.start < 0:
         raise InputError("--start must be >= 0")
+    prepare_outdir(args.output)
     model = build_model(args)
     attention = build_attention(args)
-    args.output.mkdir(parents=True, exist_ok=True)
     failures, done = [], 0
     for path in args.inputs:
         try:

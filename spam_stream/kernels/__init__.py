@@ -32,6 +32,30 @@ BACKENDS = ("reference", "cpu", "triton")
 _MODULES = {"reference": ".reference", "cpu": ".cpu", "triton": ".triton_kernels"}
 
 
+def resolve_device(name) -> torch.device:
+    """The torch device a user's ``--device`` / ``device=`` names: ``"auto"`` → cuda when torch sees a CUDA device,
+    else cpu; any other name as torch spells it (cpu, cuda, cuda:1, …). ValueError (one line) for a name torch does
+    not know (e.g. "gpu") or a CUDA device that is not there."""
+    if isinstance(name, torch.device):
+        device = name
+    elif str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(str(name))
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"--device {name}: not a device torch knows ({' '.join(str(exc).split())[:120]}); "
+                             "expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: torch sees no CUDA device on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
+    return device
+
+
 def backend_name(device: torch.device | str) -> str:
     """The implementation used for tensors on ``device`` (honours ``SPAM_KERNELS``)."""
     forced = os.environ.get("SPAM_KERNELS", "").strip().lower()

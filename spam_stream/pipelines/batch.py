@@ -85,6 +85,23 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
+OUTSIDE = "_outside"  # where inputs from outside the folder / list / pattern they were found from are mirrored
+
+
+def safe_relative(path: Path, rel: Path) -> Path:
+    """The relative path an item's outputs are mirrored under, never leaving OUTDIR: ``rel`` normalised when it
+    stays inside its base (``a/./b`` → ``a/b``); an input named from outside it (a list entry ``../x.jpg`` or an
+    absolute path) → ``_outside/<its absolute path without the root>`` (``/data/x.jpg`` →
+    ``_outside/data/x.jpg``): no ``..`` and no root in any output path or key, and two such inputs never share a
+    name. A symlink found in a folder keeps the link's own place in it."""
+    text = os.path.normpath(str(rel))
+    parts = Path(text).parts
+    if Path(text).is_absolute() or not parts or parts[0] == ".." or text == ".":
+        absolute = Path(os.path.normpath(os.path.abspath(path)))
+        return Path(OUTSIDE, *absolute.parts[1:])
+    return Path(text)
+
+
 def collect_inputs(specs, suffixes=BATCH_SUFFIXES) -> list[BatchItem]:
     """Expand input specs (files, folders, globs, list files) into items, in a stable sorted order, without
     duplicates. Folders are searched for files with ``suffixes`` (images and videos). A path that does not exist
@@ -94,7 +111,7 @@ def collect_inputs(specs, suffixes=BATCH_SUFFIXES) -> list[BatchItem]:
 
     def add(path: Path, rel: Path):
         key = path.resolve() if path.exists() else path.absolute()
-        items.setdefault(key, BatchItem(path, rel))
+        items.setdefault(key, BatchItem(path, safe_relative(path, rel)))
 
     for spec in specs:
         text = str(spec)
@@ -112,7 +129,13 @@ def collect_inputs(specs, suffixes=BATCH_SUFFIXES) -> list[BatchItem]:
                     continue
                 p = Path(line)
                 full = p if p.is_absolute() else path.parent / p
-                add(full, Path(p.name) if p.is_absolute() else p)
+                rel = p
+                if p.is_absolute():  # inside the list's folder: relative to it, like a relative entry
+                    try:
+                        rel = Path(os.path.normpath(p)).relative_to(os.path.normpath(path.parent.absolute()))
+                    except ValueError:
+                        pass
+                add(full, rel)  # an entry outside the list's folder is mirrored under OUTDIR/_outside/
         elif _is_glob(text) and not path.exists():
             found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
             if not found:
@@ -121,7 +144,7 @@ def collect_inputs(specs, suffixes=BATCH_SUFFIXES) -> list[BatchItem]:
             for p in found:
                 add(p, p.relative_to(base))
         else:
-            add(path, Path(path.name))
+            add(path, Path(path.name))  # a file named on the command line: its outputs go to OUTDIR/<name>
     return sorted(items.values(), key=lambda it: str(it.rel))
 
 
@@ -132,7 +155,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"expected I/N (e.g. 0/4), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard I/N needs 0 <= I < N, got {text!r}")
+        hint = f": shards count from 0, so the last of {n} is {n - 1}/{n}" if n >= 1 and i == n else ""
+        raise ValueError(f"shard I/N needs 0 <= I < N, got {text!r}{hint}")
     return i, n
 
 
@@ -365,8 +389,8 @@ def batch_frames(model, items: list[BatchItem], n_superpixels: int = 400, *, att
                 image = read_image(item.path)
                 checked = model.frame(image, n_superpixels, key=item.path.stem, index=index)
                 frame.image = checked.image
-            except (InputError, ValueError) as exc:
-                message = str(exc)
+            except Exception as exc:  # whatever one file does, it is that file's failed line, never the batch's end
+                message = str(exc) if isinstance(exc, (InputError, ValueError)) else describe(exc)
                 frame.error = message if message.startswith(str(item.path)) else f"{item.path}: {message}"
             frame.timings["decode"] = time.perf_counter() - t
             yield frame
@@ -396,8 +420,9 @@ def array_frames(model, images_or_paths, n_superpixels: int = 400, *, attention=
             try:
                 image = read_image(obj) if is_path else obj
                 frame.image = model.frame(image, n_superpixels, key=key, index=index).image
-            except (InputError, ValueError) as exc:
-                frame.error = str(exc) if is_path and str(exc).startswith(str(obj)) else f"{key}: {exc}"
+            except Exception as exc:  # one bad item is its own error, the rest go on
+                message = str(exc) if isinstance(exc, (InputError, ValueError)) else describe(exc)
+                frame.error = message if is_path and message.startswith(str(obj)) else f"{key}: {message}"
             frame.timings["decode"] = time.perf_counter() - t
             yield frame
 
@@ -473,12 +498,14 @@ def plan_batch(inputs, outdir, *, resume: bool = False, shard_spec: tuple[int, i
 
 def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
               shard_spec: tuple[int, int] = (0, 1), color="auto", pipelined: bool = True, progress=None,
-              video_options: VideoOptions | None = None, on_video_frame=None, on_video=None, **options):
+              video_options: VideoOptions | None = None, on_video_frame=None, on_video=None, on_start=None,
+              **options):
     """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries, number of
     items). The images run through one pipeline, then each video through its own (:func:`video_entry`); the
     manifest lines are appended as items finish and rewritten in input order at the end.
 
-    ``progress``: optional callable invoked with each finished image frame (a progress bar);
+    ``on_start(n)``: called once the plan is known, with the number of items this run processes (a progress bar's
+    total); ``progress``: optional callable invoked with each finished image frame (a progress bar);
     ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video.
     ``outdir``: a local folder, or a URI OUTDIR (``s3://…``: each item is written to a local staging folder, a
     temporary folder removed at the end, then uploaded; see :mod:`spam_stream.pipelines.outputs`)."""
@@ -488,6 +515,8 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
                                                      video_options=video_options)
     images = [it for it in todo if not it.is_video]
     videos = [it for it in todo if it.is_video]
+    if on_start is not None:
+        on_start(len(todo))
     staging = None if remote is None else Path(tempfile.mkdtemp(prefix="spam-stream-staging-"))
     target = outdir if remote is None else staging
     writer = BatchWriter(target, color, manifest_name, remote=remote)

@@ -64,9 +64,10 @@ def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1,
     ``fixed_prior``: one (H, W) partition for every frame (else the model's provider, if any).
     """
     reader = reader or VideoReader(path, start=start, max_frames=max_frames)
-    if n_superpixels > reader.width * reader.height:
-        raise InputError(f"{path}: {n_superpixels} superpixels requested but a frame has only "
-                         f"{reader.width * reader.height} pixels")
+    try:  # K against the frame size, the frame against the memory: once, before any frame
+        model.check_request(reader.height, reader.width, n_superpixels)
+    except (ValueError, InputError) as exc:
+        raise InputError(f"{path}: {exc}") from None
     key = Path(path).stem
 
     def make_error(index, exc):
