@@ -291,8 +291,13 @@ def run_eval(args) -> int:
         return 2
     ks = list(args.superpixels)
     methods = _build_methods(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .io import InputError, prepare_outdir
+
+    try:
+        out = prepare_outdir(args.out)
+    except InputError as exc:
+        print(f"error: --out {exc}", file=sys.stderr)
+        return 2
     _warm_up(methods)
 
     rows: list[dict] = []

@@ -106,6 +106,28 @@ def read_partition(path: str | Path) -> np.ndarray:
     return inv.reshape(arr.shape).astype(np.int32)
 
 
+def prepare_outdir(path) -> Path:
+    """Create the output folder (and its parents); one-line :class:`InputError` when the path is an existing file,
+    lies under one, or cannot be written."""
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a folder (outputs go into a folder)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".spam-stream-write-test-"):
+            pass
+    except FileExistsError:
+        raise InputError(f"{path}: a part of this path is a file, not a folder") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"{path}: cannot write there ({reason})") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"{path}: cannot write there (permission denied)")
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path next to ``path``; on success it is renamed to ``path`` (atomic on one filesystem),

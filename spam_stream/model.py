@@ -65,6 +65,10 @@ class MemoryLimitError(InputError):
     work, rather than an out-of-memory kill."""
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
 def _fitting_size(width: int, height: int, need: int, limit: int) -> str:
     """"WxH": the frame scaled so that its estimated peak (about proportional to the pixels) fits ``limit``."""
     scale = min(1.0, (0.9 * limit / need) ** 0.5)
@@ -232,13 +236,11 @@ class SPAM:
         need = self.frame_bytes(height, width, n_superpixels)
         if need > limit:
             source = "the limit set (--memory-limit)" if self.memory_limit else "the memory available now"
+            without = estimate_frame_bytes(height, width, n_superpixels, 5, None)
             raise MemoryLimitError(
-                f"a {width}x{height} frame needs about {need / 2**30:.1f} GB at its peak, more than {source} "
-                f"({limit / 2**30:.1f} GB): downscale it (e.g. to {_fitting_size(width, height, need, limit)}), "
-                f"or use --encoder none (D=5, about {self._bytes_without_encoder(height, width, n_superpixels) / 2**30:.1f} GB)")
-
-    def _bytes_without_encoder(self, height: int, width: int, n_superpixels: int) -> int:
-        return estimate_frame_bytes(height, width, n_superpixels, 5, None)
+                f"a {width}x{height} frame needs about {_size(need)} at its peak, more than {source} "
+                f"({_size(limit)}): downscale it (e.g. to {_fitting_size(width, height, need, limit)})"
+                + (f", or use --encoder none (D=5, about {_size(without)})" if self.encoder is not None else ""))
 
     # ---- the stages, in pipeline order; each reads and fills fields of a Frame --------------------------------
 

@@ -339,6 +339,9 @@ def run_train(args) -> int:
     root = args.root or default_bsds_root()
     if root is None or not Path(root).is_dir():
         raise InputError("BSDS500 not found: pass --root DIR or set SPAM_BSDS_ROOT")
+    from .io import prepare_outdir
+
+    prepare_outdir(args.out)  # a file or an unwritable place: one line before the data loads
     fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if k != "root"}
     cfg = TrainConfig(root=str(root), **fields)
     best = train(cfg, resume=not args.no_resume)

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..features import FAST_SPATIAL_SCALE, SPATIAL_SCALE
-from ..io import InputError
+from ..io import InputError, prepare_outdir  # noqa: F401  (commands import it from here)
 
 
 def positive_int(text: str) -> int:
@@ -27,29 +27,6 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
-
-
-def prepare_outdir(path) -> Path:
-    """Create the output folder (and its parents); one-line :class:`InputError` when the path is an existing file,
-    lies under one, or cannot be written."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"-o {path}: exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".spam-stream-write-test-"):
-            pass
-    except FileExistsError:
-        raise InputError(f"-o {path}: a part of this path is a file, not a folder") from None
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InputError(f"-o {path}: cannot write there ({reason})") from None
-    if not os.access(path, os.W_OK):
-        raise InputError(f"-o {path}: cannot write there (permission denied)")
-    return path
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
