@@ -300,3 +300,68 @@ def test_two_nodes_and_a_worker_killed_mid_job(tmp_path):
     assert len(finals) == 2 * n_images + 1  # outputs + manifest, nothing else
     for e in entries:  # complete, readable
         assert np.asarray(Image.open(e["outputs"]["labels"])).max() + 1 == e["superpixels"]
+
+
+def _actor_processes(root_pid: int):
+    """Processes below ``root_pid`` that run a SpamWorker actor (Ray names its worker processes after the actor)."""
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for proc in children:
+        try:
+            if "SpamWorker" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_a_worker_killed_in_the_middle_of_a_video_redoes_it_from_its_first_frame(tmp_path):
+    """issue 21.6: the actor running a video is SIGKILLed after it wrote some of the video's label PNGs (and before
+    its frames CSV): Ray restarts the actor and retries the task, which clears what the killed attempt left and
+    redoes the video from frame 0. The manifest has one ok line for it, every output is complete and in order."""
+    if ray.is_initialized():
+        ray.shutdown()
+    n = 300
+    src = tmp_path / "src"
+    src.mkdir()
+    write_index_video(src / "clip.mkv", n, codec="ffv1", h=120, w=160)
+    out = tmp_path / "out"
+    labels_dir = out / "clip" / "clip_labels"
+    cmd = [sys.executable, "-m", "spam_stream.cli", "batch", str(src), "-o", str(out), "-k", "24", "--encoder",
+           "none", "--engine", "ray"]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.log", "w"),
+                           env=_cluster_env(), start_new_session=True)
+    killed = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and job.poll() is None:
+            written = len(list(labels_dir.glob("0*.png"))) if labels_dir.is_dir() else 0
+            if written >= 3:
+                actors = _actor_processes(job.pid)
+                if actors:
+                    killed = actors[0].pid
+                    os.kill(killed, signal.SIGKILL)
+                    break
+            time.sleep(0.02)
+        assert killed is not None, (tmp_path / "job.log").read_text()[-2000:]
+        assert not (out / "clip" / "clip_frames.csv").exists(), "the kill should land mid-video"
+        assert job.wait(300) == 0, (tmp_path / "job.log").read_text()[-2000:]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    entries = manifest(out)
+    assert len(entries) == 1 and entries[0]["status"] == "ok" and entries[0]["frames"] == n
+    assert entries[0]["pid"] != killed  # the retry ran in the restarted actor
+    pngs = sorted(labels_dir.glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(n)]
+    rows = (out / "clip" / "clip_frames.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(n))  # redone from its first frame, each frame once
+    frames, _ = decode_all(out / "clip" / "clip_overlay.mp4")
+    assert [read_index(f) for f in frames] == list(range(n))
+    assert not [p for p in out.rglob("*") if ".part" in p.name]
