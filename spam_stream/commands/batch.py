@@ -17,7 +17,8 @@ from .video import add_video_arguments, video_options
 DESCRIPTION = """\
 Segment many images and videos. INPUTS are image or video files, folders (searched recursively), glob patterns
 ('photos/**/*.jpg', quoted) or text files (.txt/.lst) listing one path per line. Outputs are mirrored under OUTDIR
-by each input's path relative to the folder / pattern / list it came from. An image gets <stem>_labels.png (uint16
+by each input's path relative to the folder / pattern / list it came from; outputs never leave OUTDIR: a list
+entry outside the list's folder (../x.jpg, /elsewhere/x.jpg) goes to OUTDIR/_outside/<its absolute path>. An image gets <stem>_labels.png (uint16
 labels) and <stem>_overlay.png. A video (.mp4 .mkv .avi .mov .webm .ts ...) is one unit of work and gets a folder
 <stem>/ holding what 'spam-stream video' writes: <stem>_overlay.mp4, <stem>_labels/000000.png ... and
 <stem>_frames.csv (the video options below apply to every video). OUTDIR/manifest.jsonl has one JSON line per
@@ -35,7 +36,7 @@ damaged or cut video keeps the frames before the damage and counts as failed, as
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("batch", help="superpixels of many images (folders, globs, lists; resumable, shardable)",
+    p = sub.add_parser("batch", help="superpixels of many images and videos (folders, globs, lists; resumable, shardable)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUTS",
                    help="image or video files, folders, glob patterns or list files")
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
                    help="skip images whose outputs already exist (complete), and videos whose manifest line is ok "
                         "and whose outputs are complete")
     g.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
-                   help="process only shard I of N (0 <= I < N), by a hash of each input's relative path")
+                   help="process only shard I of N, counted from 0 (0/2 and 1/2 are the two halves), by a hash of "
+                        "each input's relative path; the manifest is then manifest-I-of-N.jsonl")
     g.add_argument("--sequential", action="store_true",
                    help="run the stages one image (video frame) at a time instead of pipelined (same results)")
     add_video_arguments(p.add_argument_group("videos (each video in INPUTS, as for 'spam-stream video')"))
