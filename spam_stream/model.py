@@ -85,10 +85,10 @@ def check_prior(prior, shape) -> np.ndarray | None:
         raise ValueError(f"prior partition has shape {prior.shape} but the image is {tuple(shape)}")
     if not np.issubdtype(prior.dtype, np.integer):
         raise ValueError(f"prior partition must hold integer object ids, got dtype {prior.dtype}")
-    ids, inv = np.unique(np.where(prior < 0, -1, prior), return_inverse=True)
-    offset = 1 if ids[0] == -1 else 0
-    out = (inv.reshape(shape) - offset).astype(np.int32)
-    if out.max() < 0:
+    from .kernels.labeling import consecutive_ids
+
+    out = consecutive_ids(prior)
+    if out is None:
         return None  # nothing but uncertain pixels: no usable prior
     return out
 

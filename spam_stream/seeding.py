@@ -13,9 +13,14 @@ superpixel after connectivity (BSDS 100039 at K=200: 11 objects in 86 components
 component seeds). With at most K components the per-component counts sum to K; with more, each object keeps its
 object-level budget, spent on its largest components.
 
-The k-means runs for all components at once: each pixel goes to the nearest seed of its own component, found by an
-exact search over a per-group bucket grid of the seeds (:func:`nearest_seeds`, numba), which the candidate tables
-reuse.
+The k-means runs for all components at once on a **sample** of each component's pixels (:func:`sample_stride`:
+the pixels of a regular lattice of stride s, chosen so that a seed has about :data:`SAMPLES_PER_SEED` of them, plus
+the component's first pixel; every pixel of a component with fewer lattice pixels than seeds): each sample pixel
+goes to the nearest seed of its own component, found by an exact search over a per-group bucket grid of the seeds
+(:func:`nearest_seeds`, numba), which the candidate tables reuse. The sample is read off the runs of the component
+labelling, so seeding costs O(runs + N/s²) — about K·SAMPLES_PER_SEED points whatever the frame size — instead of
+the per-pixel k-means passes it replaced (issue 22: 1.4 s of a 1080p frame). A seed's starting pixels
+(``init_labels``) are its sample pixels; the first clustering iteration assigns every pixel.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from numba import njit, prange
 
 from .connectivity import MAX_BRIDGE_GAP, neighbour4
 
+SAMPLES_PER_SEED = 32  # lattice pixels per seed the k-means on yx runs on (sample_stride)
+
 
 @dataclass
 class Seeds:
@@ -35,8 +42,8 @@ class Seeds:
     Attributes:
         yx: (K, 2) float64 seed positions (row, column).
         obj: (K,) int32 prior object of each seed (0 for every seed without a prior).
-        init_labels: (H*W,) int32 the seed each pixel starts in (-1 for uncertain pixels), used for the initial
-            centroids.
+        init_labels: (H*W,) int32 the seed each pixel starts in, -1 for pixels that start in none (uncertain
+            pixels; with a prior, every pixel outside the k-means sample), used for the initial centroids.
         grid: (nh, nw) when the seeds form a regular grid, else None.
         component: (K,) int32 the object component each seed was placed in (object seeds), else None.
         component_map: (H, W) int32 component of each pixel (-1 uncertain), pixels of a component without a seed
@@ -296,16 +303,130 @@ def kmeans_yx(coords: np.ndarray, seeds: np.ndarray, iterations: int = 5, seed_g
 def object_components(partition: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """4-connected components of each prior object: (comp (H*W,) int64 component id, -1 for uncertain pixels;
     comp_obj (C,) int64 the object of each component; comp_size (C,) int64), numbered in raster order."""
-    from skimage.measure import label
+    runs = object_component_runs(partition)
+    return runs.comp_map(np.arange(-1, runs.n_components, dtype=np.int64)), runs.comp_obj, runs.comp_size
 
-    comp = label(partition, background=-1, connectivity=1).ravel().astype(np.int64) - 1
-    flat = partition.ravel()
-    inside = comp >= 0
-    n = int(comp.max()) + 1 if inside.any() else 0
-    comp_size = np.bincount(comp[inside], minlength=n)
-    comp_obj = np.zeros(n, np.int64)
-    comp_obj[comp[inside]] = flat[inside]
-    return comp, comp_obj, comp_size
+
+@dataclass
+class ComponentRuns:
+    """The 4-connected pieces of a partition's objects as runs of pixels (:func:`object_component_runs`): row y's
+    runs are ``row_ptr[y]``…``row_ptr[y + 1] - 1``, run r starts at column ``starts[r]`` and belongs to piece
+    ``final[r] - 1`` (-1: uncertain). ``comp_obj`` (C,) int64 each piece's object, ``comp_size`` (C,) int64 its
+    pixels; pieces numbered in raster order of their first pixel (as ``skimage.measure.label``)."""
+
+    shape: tuple[int, int]
+    starts: np.ndarray
+    row_ptr: np.ndarray
+    final: np.ndarray
+    comp_obj: np.ndarray
+    comp_size: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return len(self.comp_size)
+
+    def comp_map(self, table: np.ndarray, dtype=None) -> np.ndarray:
+        """(H*W,) ``table[1 + piece]`` for every pixel (``table[0]`` for uncertain pixels): one fill per run."""
+        from .kernels.labeling import fill_runs
+
+        table = np.asarray(table)
+        out = np.empty(self.shape, table.dtype if dtype is None else dtype)
+        never = np.iinfo(out.dtype).min  # fill_runs skips runs whose value equals this: none here
+        assert table.size == 0 or table.min() > never
+        fill_runs(self.starts, self.row_ptr, self.final, table.astype(out.dtype), out.dtype.type(never), out)
+        return out.reshape(-1)
+
+
+def object_component_runs(partition: np.ndarray) -> ComponentRuns:
+    """:class:`ComponentRuns` of an (H, W) integer partition (-1 = uncertain), from the numba run labelling."""
+    from .kernels.labeling import label_runs
+
+    starts, row_ptr, final, sizes, values = label_runs(np.asarray(partition), background=-1, connectivity=4)
+    return ComponentRuns(tuple(partition.shape), starts, row_ptr, final, values[1:].astype(np.int64),
+                         sizes[1:].astype(np.int64))
+
+
+def sample_stride(n_pixels: int, n_seeds: int) -> int:
+    """Stride s of the k-means sample lattice: about :data:`SAMPLES_PER_SEED` lattice pixels per seed."""
+    return max(1, int(math.sqrt(n_pixels / max(n_seeds, 1) / SAMPLES_PER_SEED)))
+
+
+@njit(cache=True)
+def _sample_pixels(starts, row_ptr, final, w, stride, counts):
+    """The k-means sample of every piece, in raster order: (pixel (S,) int64, piece (S,) int64). A piece's sample is
+    its pixels on the lattice (y, x ≡ stride // 2 mod stride) plus its first pixel, or all its pixels when it has
+    fewer lattice pixels than seeds (``counts``)."""
+    h = row_ptr.shape[0] - 1
+    n_comp = counts.shape[0]
+    off = stride // 2
+    first = np.full(n_comp, -1, np.int64)
+    lattice = np.zeros(n_comp, np.int64)
+    for y in range(h):
+        on_row = y % stride == off
+        for r in range(row_ptr[y], row_ptr[y + 1]):
+            c = final[r] - 1
+            if c < 0:
+                continue
+            x0 = starts[r]
+            x1 = starts[r + 1] if r + 1 < row_ptr[y + 1] else w
+            if first[c] < 0:
+                first[c] = y * w + x0
+            if on_row:
+                a = x0 + (off - x0) % stride
+                if a < x1:
+                    lattice[c] += (x1 - 1 - a) // stride + 1
+    total = 0
+    for c in range(n_comp):
+        total += lattice[c] + 1
+    full = counts > lattice
+    size = 0
+    for y in range(h):
+        on_row = y % stride == off
+        for r in range(row_ptr[y], row_ptr[y + 1]):
+            c = final[r] - 1
+            if c < 0:
+                continue
+            x0 = starts[r]
+            x1 = starts[r + 1] if r + 1 < row_ptr[y + 1] else w
+            if full[c]:
+                size += x1 - x0
+    out_pix = np.empty(size + total, np.int64)
+    out_comp = np.empty(size + total, np.int64)
+    n = 0
+    for y in range(h):
+        on_row = y % stride == off
+        for r in range(row_ptr[y], row_ptr[y + 1]):
+            c = final[r] - 1
+            if c < 0:
+                continue
+            x0 = starts[r]
+            x1 = starts[r + 1] if r + 1 < row_ptr[y + 1] else w
+            if full[c]:
+                for x in range(x0, x1):
+                    out_pix[n] = y * w + x
+                    out_comp[n] = c
+                    n += 1
+                continue
+            p0 = y * w + x0
+            if p0 == first[c] and not (on_row and x0 % stride == off):
+                out_pix[n] = p0
+                out_comp[n] = c
+                n += 1
+            if on_row:
+                for x in range(x0 + (off - x0) % stride, x1, stride):
+                    out_pix[n] = y * w + x
+                    out_comp[n] = c
+                    n += 1
+    return out_pix[:n], out_comp[:n]
+
+
+def sample_pixels(runs: ComponentRuns, stride: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k-means sample (:func:`_sample_pixels`) grouped by piece, raster order inside each: (pixel (S,) int64,
+    piece (S,) int64)."""
+    pix, comp = _sample_pixels(runs.starts, runs.row_ptr, runs.final, runs.shape[1], int(stride),
+                               np.asarray(counts, np.int64))
+    order = np.argsort(comp, kind="stable")
+    return pix[order], comp[order]
 
 
 @njit(cache=True)
@@ -443,38 +564,39 @@ def object_seeds(partition: np.ndarray, n_superpixels: int, density: np.ndarray 
     """Seeds inside the objects of a prior partition (H, W) int32 (object ids ≥ 0, -1 = uncertain).
 
     ``density``: optional (n_objects,) factors indexed by object id (attention / user-driven modes).
-    Seeds are allocated to the 4-connected components of the objects (:func:`allocate_component_seeds`) and refined
-    by k-means inside their component; ``obj`` holds the object (not the component) of each seed.
+    Seeds are allocated to the 4-connected components of the objects (:func:`allocate_component_seeds`), placed on
+    each component's k-means sample (:func:`sample_pixels`) and refined by k-means on that sample inside their
+    component; ``obj`` holds the object (not the component) of each seed; ``init_labels`` the sample pixels' seeds.
     """
     rng = np.random.default_rng(seed)
-    flat = partition.ravel()
-    width = partition.shape[1]
-    n_obj = int(flat.max()) + 1 if flat.size and flat.max() >= 0 else 0
+    h, w = partition.shape
+    n_obj = int(partition.max()) + 1 if partition.size and partition.max() >= 0 else 0
     if n_obj == 0:
         raise ValueError("the prior partition has no object (every pixel is -1)")
-    comp, comp_obj, comp_size = object_components(partition)
-    counts = allocate_component_seeds(comp_obj, comp_size, n_superpixels, density,
-                                      groups=lambda: bridge_groups(comp, comp_obj, partition.shape))
+    runs = object_component_runs(partition)
+    comp_obj, comp_size = runs.comp_obj, runs.comp_size
+    counts = allocate_component_seeds(
+        comp_obj, comp_size, n_superpixels, density,
+        groups=lambda: bridge_groups(runs.comp_map(np.arange(-1, runs.n_components, dtype=np.int64)), comp_obj,
+                                     (h, w)))
     n_comp = len(comp_size)
-    # pixels grouped by component (row-major inside each); uncertain pixels (-1) come first and are skipped
-    order = np.argsort(comp, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(comp_size)]) + np.count_nonzero(comp < 0)
-    pix = order[starts[0]:]
-    coords = np.stack([pix // width, pix % width], 1).astype(np.float64)
-    point_comp = np.repeat(np.arange(n_comp), comp_size)
+    total = int(counts.sum())
+    pix, point_comp = sample_pixels(runs, sample_stride(int(comp_size.sum()), total), counts)
+    coords = np.stack([pix // w, pix % w], 1).astype(np.float64)
+    sample_size = np.bincount(point_comp, minlength=n_comp)
+    starts = np.concatenate([[0], np.cumsum(sample_size)])
     seeded = np.flatnonzero(counts)
-    init_yx = [_initial_positions(coords[starts[c] - starts[0]:starts[c + 1] - starts[0]], int(counts[c]), rng)
-               for c in seeded]
+    init_yx = [_initial_positions(coords[starts[c]:starts[c + 1]], int(counts[c]), rng) for c in seeded]
     seed_comp = np.repeat(seeded, counts[seeded])
-    # k-means for all components at once: each pixel goes to the nearest seed of its own component (pixels of a
-    # component without a seed start nowhere, like uncertain pixels)
+    # k-means for all components at once on their samples: each sample pixel goes to the nearest seed of its own
+    # component (pixels of a component without a seed start nowhere, like uncertain pixels)
     has_seed = counts[point_comp] > 0
-    step = math.sqrt(pix.size / max(int(counts.sum()), 1))
+    step = math.sqrt(int(comp_size.sum()) / max(total, 1))
     yx, assign = kmeans_yx(coords[has_seed], np.concatenate(init_yx), kmeans_iterations, seed_comp,
                            point_comp[has_seed], step)
-    init = np.full(flat.size, -1, np.int32)
+    init = np.full(h * w, -1, np.int32)
     init[pix[has_seed]] = assign
     target = candidate_group_targets(counts, comp_size, comp_obj, n_obj)
-    comp_map = np.where(comp >= 0, target[np.maximum(comp, 0)], -1).astype(np.int32).reshape(partition.shape)
+    comp_map = runs.comp_map(np.concatenate([[-1], target]).astype(np.int32)).reshape(h, w)
     return Seeds(yx, comp_obj[seed_comp].astype(np.int32), init, component=seed_comp.astype(np.int32),
                  component_map=comp_map)

@@ -41,10 +41,12 @@ def test_object_seeds_lie_inside_their_objects_and_cover_them():
     part[((yy - 45) ** 2 + (xx - 60) ** 2) < 60] = 2
     s = object_seeds(part, 20)
     assert len(s) == 20
-    # every pixel of an object starts in a seed of that object; uncertain pixels start nowhere
+    # the pixels that start in a seed (the k-means sample) start in a seed of their own object; uncertain pixels
+    # start nowhere
     init = s.init_labels.reshape(part.shape)
     assert (init[part < 0] == -1).all()
-    assert (s.obj[init[part >= 0]] == part[part >= 0]).all()
+    started = init >= 0
+    assert started.sum() >= len(s) and (s.obj[init[started]] == part[started]).all()
     # seeds of a large object are spread: each covers a reasonable share of it
     sizes = np.bincount(s.init_labels[s.init_labels >= 0], minlength=len(s))
     assert sizes.min() > 0
@@ -86,9 +88,37 @@ def test_every_component_gets_a_seed_inside_it_and_the_total_is_k(k):
     # every seed starts with pixels of exactly one component, and every component has a seed
     assert all(len(c) == 1 for c in init_comp)
     assert set(np.concatenate(init_comp).tolist()) == set(range(len(comp_size)))
-    assert (s.obj[s.init_labels[part.ravel() >= 0]] == part.ravel()[part.ravel() >= 0]).all()
+    started = s.init_labels >= 0
+    assert (s.obj[s.init_labels[started]] == part.ravel()[started]).all()
     # seeds sit in (or next to, after k-means) their component
     assert (seed_comp[seed_comp >= 0] == np.concatenate(init_comp)[seed_comp >= 0]).all()
+
+
+def test_kmeans_sample_is_the_lattice_plus_first_pixels_and_scales_with_k_not_the_frame():
+    """The k-means on yx runs on a sample (seeding.sample_pixels): a component's lattice pixels plus its first
+    pixel, all of its pixels when it has fewer lattice pixels than seeds. Its size follows K, not H·W."""
+    from spam_stream.seeding import SAMPLES_PER_SEED, object_component_runs, sample_pixels, sample_stride
+
+    part = _split_objects()
+    runs = object_component_runs(part)
+    comp = runs.comp_map(np.arange(-1, runs.n_components))
+    counts = np.array([2, 1, 1, 3, 1, 1])  # the two 1-px islands: 1 seed, 1 pixel
+    stride = 4
+    pix, pc = sample_pixels(runs, stride, counts)
+    assert (comp[pix] == pc).all() and (np.diff(pc) >= 0).all()
+    for c in range(runs.n_components):
+        mine = np.flatnonzero(comp == c)
+        y, x = np.divmod(mine, part.shape[1])
+        lattice = mine[(y % stride == stride // 2) & (x % stride == stride // 2)]
+        expected = mine if counts[c] > len(lattice) else np.union1d(lattice, mine[:1])
+        assert pix[pc == c].tolist() == sorted(expected.tolist())
+    # a 1000x1500 frame of 30 objects at K=300: about K * SAMPLES_PER_SEED starting pixels, not 1.5M
+    rng = np.random.default_rng(0)
+    big = np.repeat(np.repeat(rng.integers(0, 30, (20, 30)), 50, 0), 50, 1).astype(np.int32)
+    s = object_seeds(big, 300)
+    assert len(s) == 300
+    assert (s.init_labels >= 0).sum() <= 2 * 300 * SAMPLES_PER_SEED
+    assert sample_stride(big.size, 300) > 1
 
 
 def test_more_components_than_k_keeps_the_object_budgets():
@@ -320,3 +350,33 @@ def test_with_more_pieces_than_k_seeds_go_to_bridge_groups_and_specks_get_none()
     asked = []
     allocate_component_seeds(comp_obj, comp_size, 100, groups=lambda: asked.append(1) or groups)
     assert asked == []
+
+
+@pytest.mark.parametrize("max_distance", [3.0, 1.0])
+def test_object_candidates_follow_the_block_rule(max_distance):
+    """candidates.object_candidates against a plain numpy reading of its rule: the pixels of one group in one block
+    of block_size(step) pixels get the ≤ 9 seeds of that group nearest to the block's centre (ties: lower index),
+    those beyond max_distance grid steps dropped except the nearest, in increasing seed index; uncertain pixels
+    search every seed."""
+    from spam_stream.candidates import object_candidates
+    from spam_stream.kernels.candidates import block_size
+    from helpers import voronoi_partition
+
+    part = voronoi_partition(37, 53, 5, seed=3)
+    s = object_seeds(part, 30)
+    groups, by_comp = s.candidate_groups(part)
+    table = object_candidates(groups, by_comp, max_distance).table.numpy()
+    h, w = part.shape
+    step = np.sqrt(h * w / len(s))
+    b = block_size(step)
+    flat = groups.ravel()
+    for p in range(h * w):
+        y, x = divmod(p, w)
+        y0, x0 = y // b * b, x // b * b
+        cy, cx = 0.5 * (y0 + min(y0 + b, h) - 1), 0.5 * (x0 + min(x0 + b, w) - 1)
+        mine = np.arange(len(s)) if flat[p] < 0 else np.flatnonzero(by_comp.obj == flat[p])
+        d = (by_comp.yx[mine, 0] - cy) ** 2 + (by_comp.yx[mine, 1] - cx) ** 2
+        order = np.lexsort((mine, d))[:9]
+        keep = [mine[j] for i, j in enumerate(order) if i == 0 or d[j] <= (max_distance * step) ** 2]
+        expected = sorted(keep) + [-1] * (9 - len(keep))
+        assert table[p].tolist() == expected, (p, table[p], expected)

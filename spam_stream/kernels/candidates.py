@@ -75,6 +75,12 @@ class Candidates:
         )
 
 
+def block_size(step: float) -> int:
+    """Side b of the blocks whose pixels of one object share a table row (object seeds), for a grid step
+    √(H·W/K): a third of it, at least 1 pixel. Shared by the CPU and device candidate tables."""
+    return max(1, int(step / 3))
+
+
 def grid_table(height: int, width: int, nh: int, nw: int, device=None) -> torch.Tensor:
     """The grid layout written out as a table: (N, 9) int32, -1 where a neighbour cell is outside the grid."""
     y = torch.arange(height, device=device).repeat_interleave(width)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, prange
 
 CONNECTIVITIES = (4, 8)
 
@@ -253,3 +253,39 @@ def label_components_torch(values: torch.Tensor, background=None, connectivity: 
     ids = torch.cumsum(is_root, 0)
     out = torch.where(flat_valid, ids[parent], 0).view(h, w)
     return (out, rounds) if return_rounds else out
+
+
+@njit(cache=True)
+def _present_ids(flat, hi):
+    present = np.zeros(hi + 1, np.bool_)
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if v >= 0:
+            present[v] = True
+    return present
+
+
+@njit(parallel=True, cache=True)
+def _apply_ids(flat, lut, out):
+    for i in prange(flat.shape[0]):
+        v = flat[i]
+        out[i] = lut[v] if v >= 0 else -1
+
+
+def consecutive_ids(values: np.ndarray) -> np.ndarray | None:
+    """(H, W) int32: the ids ≥ 0 of an integer map renumbered 0..M-1 in increasing order, every negative value -1
+    (what ``np.unique(..., return_inverse=True)`` gives, in linear time: one pass marks the ids present, one parallel
+    pass looks them up); None when no id is ≥ 0. Ids above a few times the pixel count fall back to np.unique."""
+    hi = int(values.max()) if values.size else -1
+    if hi < 0:
+        return None
+    if hi > 4 * values.size + 65536:
+        ids, inv = np.unique(np.where(values < 0, -1, values), return_inverse=True)
+        offset = 1 if ids[0] == -1 else 0
+        return (inv.reshape(values.shape) - offset).astype(np.int32)
+    flat = np.ascontiguousarray(values).reshape(-1)
+    present = _present_ids(flat, hi)
+    lut = (np.cumsum(present, dtype=np.int64) - 1).astype(np.int32)
+    out = np.empty(flat.shape[0], np.int32)
+    _apply_ids(flat, lut, out)
+    return out.reshape(values.shape)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from .candidates import N_SLOTS, Candidates
+from .candidates import N_SLOTS, Candidates, block_size
 from .nearest import build_seed_grid_torch, nearest_seeds_torch
 
 
@@ -159,6 +159,30 @@ def _initial_locals(coords, point_comp, local, comp_size, counts, seed: int):
     return comp, loc
 
 
+def sample_pixels_torch(comp: torch.Tensor, width: int, stride: int, counts: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of :func:`spam_stream.seeding.sample_pixels` from the component of every pixel (H*W,) (-1 uncertain):
+    each component's lattice pixels (y, x ≡ stride // 2 mod stride) plus its first pixel, or all its pixels when it
+    has fewer lattice pixels than seeds (``counts`` (C,)); (pixel (S,), component (S,)) int64, grouped by component
+    in raster order."""
+    dev = comp.device
+    n_comp = len(counts)
+    p = torch.arange(comp.numel(), device=dev)
+    inside = comp >= 0
+    off = stride // 2
+    on_lattice = inside & ((p // width) % stride == off) & ((p % width) % stride == off)
+    lattice = torch.bincount(comp[on_lattice], minlength=n_comp)
+    first = torch.full((n_comp,), comp.numel(), dtype=torch.int64, device=dev).scatter_reduce(
+        0, comp[inside], p[inside], "amin")
+    full = counts > lattice
+    c = comp.clamp(min=0)
+    take = inside & (on_lattice | (p == first[c]) | full[c])
+    pix = torch.nonzero(take).flatten()
+    order = torch.sort(comp[pix], stable=True).indices
+    pix = pix[order]
+    return pix, comp[pix]
+
+
 def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.ndarray | None = None,
                        kmeans_iterations: int = 5, seed: int = 0):
     """Twin of :func:`spam_stream.seeding.object_seeds` on ``partition``'s device: seeds inside the objects of an
@@ -166,7 +190,7 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
     refined by k-means inside their piece. Returns a :class:`~spam_stream.seeding.Seeds` whose arrays are tensors on
     that device — yx (K, 2) float64, obj / component (K,) int32, init_labels (H*W,) int32, component_map (H, W)
     int32 — equal to the CPU function's. ``density``: optional (n_objects,) numpy factors (host)."""
-    from ..seeding import Seeds, allocate_component_seeds, bridge_groups, candidate_group_targets
+    from ..seeding import Seeds, allocate_component_seeds, bridge_groups, candidate_group_targets, sample_stride
 
     if partition.ndim != 2:
         raise ValueError(f"the prior partition must be (H, W), got shape {tuple(partition.shape)}")
@@ -183,18 +207,18 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
         groups=lambda: bridge_groups(comp.cpu().numpy(), comp_obj_h, (h, w)))
     counts = torch.from_numpy(counts_h).to(dev)
     n_comp = len(comp_size_h)
-    # pixels grouped by component (row-major inside each); uncertain pixels (-1) come first and are skipped
-    n_unc = comp.numel() - int(comp_size_h.sum())
-    pix = torch.sort(comp, stable=True).indices[n_unc:]
+    total = int(counts_h.sum())
+    # the k-means sample of every component (seeding.sample_pixels' rule), grouped by component, raster order inside
+    pix, point_comp = sample_pixels_torch(comp, w, sample_stride(int(comp_size_h.sum()), total), counts)
+    sample_size = torch.bincount(point_comp, minlength=n_comp)
     coords = torch.stack([pix // w, pix % w], 1).to(torch.float64)
-    point_comp = torch.repeat_interleave(torch.arange(n_comp, device=dev), comp_size)
-    comp_first = torch.cumsum(comp_size, 0) - comp_size
+    comp_first = torch.cumsum(sample_size, 0) - sample_size
     local = torch.arange(len(pix), device=dev) - comp_first[point_comp]
-    seed_comp, seed_local = _initial_locals(coords, point_comp, local, comp_size, counts, seed)
+    seed_comp, seed_local = _initial_locals(coords, point_comp, local, sample_size, counts, seed)
     init_yx = coords[comp_first[seed_comp] + seed_local]
-    # k-means for all components at once, each pixel to the nearest seed of its own component
+    # k-means for all components at once on their samples, each to the nearest seed of its own component
     has_seed = counts[point_comp] > 0
-    step = math.sqrt(len(pix) / max(int(counts_h.sum()), 1))
+    step = math.sqrt(int(comp_size_h.sum()) / max(total, 1))
     yx, assign = kmeans_yx_torch(coords[has_seed], init_yx, kmeans_iterations, seed_comp, point_comp[has_seed],
                                  step)
     init = torch.full((h * w,), -1, dtype=torch.int32, device=dev)
@@ -209,9 +233,9 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
 def object_candidates_torch(partition: torch.Tensor, seeds, max_distance: float = 3.0) -> Candidates:
     """Twin of :func:`spam_stream.candidates.object_candidates` on ``partition``'s device: the table layout for
     seeds (a Seeds whose yx (K, 2) / obj (K,) are tensors or arrays) inside the objects of ``partition`` (H, W)
-    integer tensor — usually ``seeds.candidate_groups(partition)`` (the pieces) — each pixel's 9 nearest seeds of
-    its group within ``max_distance`` grid steps (uncertain pixels: of any group); (N, 9) int32 table, equal to
-    the CPU's."""
+    integer tensor — usually ``seeds.candidate_groups(partition)`` (the pieces) — the 9 seeds of a pixel's group
+    nearest to the centre of its block within ``max_distance`` grid steps (uncertain pixels: of any group); (N, 9)
+    int32 table, equal to the CPU's."""
     dev = partition.device
     h, w = partition.shape
     flat = partition.reshape(-1).to(torch.int64)
@@ -231,12 +255,21 @@ def object_candidates_torch(partition: torch.Tensor, seeds, max_distance: float 
     else:
         item_group = seed_obj + 1
     grid = build_seed_grid_torch(yx, item_seed, item_group, n_groups, step)
+    # one query per (block, group) pair (candidates.object_candidates' rule), each pixel takes its pair's row
+    b = block_size(step)
+    nbx = (w + b - 1) // b
     p = torch.arange(h * w, device=dev)
-    points = torch.stack([p // w, p % w], 1).to(torch.float64)
-    table = nearest_seeds_torch(points, flat + 1, grid, yx, k=min(N_SLOTS, n_seeds), limit=limit, width=N_SLOTS,
-                                dtype=torch.int32)
-    return Candidates(h, w, flat.to(torch.int32), seed_obj.to(torch.int32), table=table)
+    y, x = p // w, p % w
+    block = (y // b) * nbx + (x // b)
+    pair, inverse = torch.unique(block * n_groups + flat + 1, return_inverse=True)
+    q_block, q_group = pair // n_groups, pair % n_groups
+    y0, x0 = (q_block // nbx) * b, (q_block % nbx) * b
+    centre_y = 0.5 * (y0 + torch.clamp(y0 + b, max=h) - 1).to(torch.float64)
+    centre_x = 0.5 * (x0 + torch.clamp(x0 + b, max=w) - 1).to(torch.float64)
+    rows = nearest_seeds_torch(torch.stack([centre_y, centre_x], 1), q_group, grid, yx, k=min(N_SLOTS, n_seeds),
+                               limit=limit, width=N_SLOTS, dtype=torch.int32)
+    return Candidates(h, w, flat.to(torch.int32), seed_obj.to(torch.int32), table=rows[inverse])
 
 
 __all__ = ["grid_init_labels_torch", "grid_candidates_torch", "object_components_torch", "kmeans_yx_torch",
-           "object_seeds_torch", "object_candidates_torch"]
+           "sample_pixels_torch", "object_seeds_torch", "object_candidates_torch"]
