@@ -27,13 +27,17 @@ def initial_centroids(features: torch.Tensor, init_labels: torch.Tensor, n_super
     keep = init_labels >= 0
     if bool(keep.all()):  # no uncertain pixel (every grid seeding): no masked copies of the features
         idx, kept = init_labels.long(), features
-    else:
-        idx, kept = init_labels[keep].long(), features[keep]
+    else:  # e.g. object seeds: only their k-means sample starts in a seed; gather those rows alone
+        pos = torch.nonzero(keep).squeeze(1)
+        idx, kept = init_labels.index_select(0, pos).long(), features.index_select(0, pos)
     sums = torch.zeros(n_superpixels, features.shape[1], dtype=features.dtype, device=features.device)
     sums = sums.index_add(0, idx, kept)
     counts = torch.bincount(idx, minlength=n_superpixels).to(features.dtype)
+    means = sums / counts.clamp(min=1)[:, None]
+    if features.device.type == "cpu" and not bool((counts == 0).any()):
+        return means  # the fallback (a pass over every pixel) only when a seed has no starting pixel
     fallback = features.mean(0, keepdim=True).expand_as(sums)
-    return torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], fallback)
+    return torch.where(counts[:, None] > 0, means, fallback)
 
 
 def cluster_hard(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 10,

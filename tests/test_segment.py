@@ -121,3 +121,30 @@ def test_more_objects_than_k_gives_one_superpixel_per_object():
     labels = spam_stream.segment(img, 10, prior=prior, encoder=None)
     assert_superpixels_respect_prior(labels, prior)
     assert labels.max() + 1 >= 30
+
+
+def test_segment_takes_an_image_path_like_segment_batch(tmp_path):
+    from PIL import Image
+
+    from spam_stream.io import InputError
+
+    img = synthetic_image(40, 56, seed=4)
+    Image.fromarray(img).save(tmp_path / "photo.png")
+    by_path = spam_stream.segment(tmp_path / "photo.png", 20, encoder=None)
+    np.testing.assert_array_equal(by_path, spam_stream.segment(img, 20, encoder=None))
+    np.testing.assert_array_equal(spam_stream.segment(str(tmp_path / "photo.png"), 20, encoder=None), by_path)
+    with pytest.raises(InputError, match="missing.png"):
+        spam_stream.segment(tmp_path / "missing.png", 20, encoder=None)
+
+
+def test_memory_guard_refuses_a_frame_above_the_limit_before_any_work():
+    from spam_stream.model import MemoryLimitError
+
+    img = synthetic_image(120, 160)
+    model = SPAM(encoder=None, memory_limit=2**20)  # 1 MB: the memory model says ~2 MB for this frame
+    need = model.frame_bytes(120, 160, 50)
+    assert 2**20 < need < 2**23
+    with pytest.raises(MemoryLimitError, match="needs about") as info:
+        model.segment(img, 50)
+    assert "\n" not in str(info.value)
+    assert SPAM(encoder=None, memory_limit=2 * need).segment(img, 50).shape == (120, 160)
