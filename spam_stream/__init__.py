@@ -6,12 +6,14 @@
     >>> labels = spam_stream.segment(image, 400, prior="fastsam", prior_checkpoint="FastSAM-s.pt")
     >>> for index, frame, labels in spam_stream.segment_video("clip.mp4", 400): ...   # pipelined, coherent ids
     >>> for item in spam_stream.segment_batch(["a.jpg", "b.png"], 400): ...          # item.labels, item.error
+    >>> for index, labels in spam_stream.read_labels("out/clip_labels.mkv"): ...      # a video's labels, read back
 """
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import NamedTuple
 
+from .labelio import read_labels
 from .model import SPAM
 from .priors import Prior, Provider, make_provider
 
@@ -140,4 +142,4 @@ class BatchResult(NamedTuple):
 
 
 __all__ = ["SPAM", "Prior", "Provider", "make_provider", "segment", "segment_video", "segment_batch", "BatchResult",
-           "__version__"]
+           "read_labels", "__version__"]

@@ -48,6 +48,8 @@ class Stage:
             a failure such as a full disk concerns every later item); otherwise it is stored on the item.
         run_on_error: also call ``fn`` for items that already carry an error (writers record failures).
         threads: torch / numba threads this stage may use on a CPU (None = leave as is).
+        io: an I/O stage (a writer: encoders that release the GIL): always a thread of its own, never given compute
+            threads nor merged with other stages by the measured schedule (see the module docstring).
     """
 
     name: str
@@ -55,6 +57,7 @@ class Stage:
     fatal: bool = False
     run_on_error: bool = False
     threads: int | None = None
+    io: bool = False
 
 
 class PipelineError(RuntimeError):
