@@ -1,6 +1,7 @@
 """Sequential vs pipelined video throughput, per-stage times and the ratio to the bound; memory over a long stream.
 
     python benchmarks/bench_pipeline.py [--frames 40] [--prior-frames 12] [--no-fastsam] [--memory 10000]
+                                        [--encoder default none fast]
 
 Input: a 481x321 clip panning over a BSDS500 test image (or samples/coffee.jpg), encoded to H.264 first; each run
 decodes it, segments every frame (K=400, bundled encoder, coherent) and writes the overlay MP4 + label PNGs, so
@@ -30,11 +31,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from spam_stream import SPAM  # noqa: E402
-from spam_stream.pipelines.executor import Stage  # noqa: E402
 from spam_stream.pipelines.video import VideoOutputs, video_frames  # noqa: E402
 from spam_stream.videoio import VideoWriter  # noqa: E402
 
-STAGES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "write")
+STAGES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "overlay", "write")
 
 
 def source_image() -> tuple[np.ndarray, str]:
@@ -56,6 +56,23 @@ def make_clip(path: Path, n: int, h: int = 321, w: int = 481) -> None:
     writer.close()
 
 
+PLANS = []  # the executor's plan of each pipelined run
+
+
+def _record_plans():
+    """Keep the plan the measured schedule chose (Pipeline.plan) of every pipelined run."""
+    from spam_stream.pipelines import executor
+
+    original = executor.Pipeline._make_plan
+
+    def make_plan(self):
+        groups = original(self)
+        PLANS.append(" | ".join(f"{'+'.join(names)}:{threads or '-'}" for names, threads in self.plan))
+        return groups
+
+    executor.Pipeline._make_plan = make_plan
+
+
 def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int = 1):
     from spam_stream.videoio import VideoReader
 
@@ -63,7 +80,7 @@ def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int 
     outputs = VideoOutputs(out, clip.stem, reader.rate, reader.width, reader.height)
     t = time.perf_counter()
     frames = list(video_frames(model, clip, k, pipelined=pipelined, reader=reader, prior_every=prior_every,
-                               extra_stages=[Stage("write", outputs, fatal=True)]))
+                               extra_stages=outputs.stages()))
     wall = time.perf_counter() - t
     outputs.close()
     errors = [f.error for f in frames if f.error]
@@ -108,6 +125,7 @@ def compare(name, model, clip, n, k, tmp):
           f"{pip_fps / bound:.2f} |")
     same = all(np.array_equal(a.labels, b.labels) for a, b in zip(seq, pip))
     print(f"\nlabels of the pipelined run equal the sequential run's: {same}")
+    print(f"executor plan (stages of each thread, threads): {PLANS[-1] if PLANS else 'n/a'}")
     return pip_fps / seq_fps, pip_fps / bound
 
 
@@ -155,16 +173,22 @@ def main():
     ap.add_argument("--no-fastsam", action="store_true")
     ap.add_argument("--memory", type=int, default=0, metavar="N")
     ap.add_argument("--only-memory", action="store_true")
+    ap.add_argument("--encoder", nargs="+", default=["default"], metavar="NAME",
+                    help="encoders of the no-prior comparison: default, fast, none (default: default)")
     args = ap.parse_args()
     import torch
 
-    print(f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    _record_plans()
+    print(f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (before)")
     if not args.only_memory:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             clip = tmp / "clip.mp4"
             make_clip(clip, max(args.frames, args.prior_frames))
-            compare("no prior, bundled encoder", SPAM(), clip, args.frames, 400, tmp)
+            for encoder in args.encoder:
+                model = SPAM(encoder=None if encoder == "none" else encoder)
+                compare(f"no prior, encoder {encoder}", model, clip, args.frames, 400, tmp)
             if not args.no_fastsam:
                 sys.path.insert(0, str(HERE))
                 from bench_priors import random_fastsam
@@ -177,6 +201,7 @@ def main():
                         args.prior_frames, 400, tmp)
     if args.memory:
         memory(args.memory)
+    print(f"\nload average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (after)")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,33 @@
 * **Timing.** Each item's wall time per stage goes into ``item.timings`` (stage functions may add finer entries).
 * **Devices.** On CUDA each stage thread runs on its own ``torch.cuda.Stream``; an item carries a CUDA event
   recorded after the stage that produced it, and the next stage's stream waits on it, so frame t+1's prior overlaps
-  frame t's clustering while the data dependencies hold. On a CPU, :func:`cpu_thread_budget` splits the cores
-  between the stages' torch and numba thread pools.
+  frame t's clustering while the data dependencies hold.
+* **Cores by measured cost (CPU).** One thread per stage, each given ``cores / busy stages`` threads, starves the
+  stage that needs the cores (the encoder: 94 ms per 481×321 frame on both cores of the development machine, 155 ms
+  on one) and made a pipelined run *slower* than a sequential one (0.85× on an idle 2-core machine). With
+  ``schedule="measured"`` (the default off CUDA) the executor measures before it decides:
+
+  1. *Probe.* The first ``probe`` items (3) run one at a time in the consumer's thread with every core, as
+     :func:`run_sequential` does; for the items after the first (the first pays JIT compilation and cold starts)
+     each stage's wall time ``w`` and process CPU time ``c`` are recorded.
+  2. *Model.* A stage's single-thread work is ``a = max(w, c)``; Amdahl's law splits it into a serial part ``s`` and
+     a parallel part ``p`` with ``s + p = a`` and ``s + p / cores = w``, so its time on ``t`` threads is
+     ``s + p / t`` (:class:`StageCost`).
+  3. *Plan* (:func:`plan_cpu`). The compute stages (those not marked ``io``) are cut into at most ``cores`` runs of
+     consecutive stages; each run is one thread that does its stages in turn, and the cores are dealt out to the
+     runs (each one thread, then one more at a time to the run that is slowest). A plan's period is the slowest
+     run's time, and never less than the total work over the cores. The plan with one run holding every compute
+     stage on all cores is *sequential with overlapped I/O*: the source (decoding) and each ``io`` stage (writers)
+     still have threads of their own, so its period is the sequential run's minus the I/O, whatever the stages
+     cost. Another plan is taken only when the model says it is at least 10% faster (``margin``): the one-run
+     plan is the safe choice, its period measured rather than modelled.
+  4. *Run.* The remaining items go through the planned threads; each run thread sets its numba thread count, and
+     torch's process-wide intra-op pool gets the largest run's count (restored at the end).
+
+  So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run, and the rest
+  of the pipeline hides the I/O around it; stages of balanced serial cost (``--encoder none``) get a thread each.
+  ``Pipeline.plan`` records the choice (stage names and threads of each run) and ``Pipeline.costs`` the
+  measurements. ``schedule="stages"`` keeps one thread per stage with each stage's own ``threads``.
 
 Items are any objects with ``error`` and ``timings`` attributes (:class:`spam_stream.frame.Frame`).
 """
@@ -28,9 +53,11 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -87,10 +114,104 @@ def describe(exc: BaseException) -> str:
 
 
 def cpu_thread_budget(n_busy_stages: int, cores: int | None = None) -> int:
-    """Threads per busy stage when ``n_busy_stages`` compute stages share ``cores`` (default: this machine's)."""
+    """Threads per busy stage when ``n_busy_stages`` compute stages share ``cores`` (default: this machine's); the
+    split of ``schedule="stages"``."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = cpu_cores()
     return max(1, cores // max(1, n_busy_stages))
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """What one stage costs per item, measured on ``cores`` cores: ``wall`` and process ``cpu`` seconds.
+
+    ``work`` = max(wall, cpu) is its single-thread time (CPU time beyond ``cores × wall`` belongs to other
+    threads of the process, e.g. a video encoder's, and is not counted); :meth:`time` its modelled time on ``t``
+    threads, ``serial + parallel / t`` (Amdahl), exact at ``t = cores`` by construction."""
+
+    wall: float
+    cpu: float
+    cores: int
+
+    @property
+    def work(self) -> float:
+        return max(self.wall, min(self.cpu, self.cores * self.wall), 0.0)
+
+    @property
+    def parallel(self) -> float:
+        if self.cores <= 1:
+            return 0.0
+        return min(self.work, max(0.0, (self.work - self.wall) * self.cores / (self.cores - 1)))
+
+    def time(self, threads: int) -> float:
+        parallel = self.parallel
+        return self.work - parallel + parallel / max(1, threads)
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """The measured schedule's choice: ``runs`` of consecutive compute stage indices, ``threads`` per run, and the
+    modelled ``period`` (seconds per item) — see the module docstring."""
+
+    runs: tuple[tuple[int, ...], ...]
+    threads: tuple[int, ...]
+    period: float
+
+
+def _partitions(n: int, parts: int):
+    """Every way to cut range(n) into ``parts`` runs of consecutive indices."""
+    if parts == 1:
+        yield (tuple(range(n)),)
+        return
+    for first in range(1, n - parts + 2):
+        for rest in _partitions(n - first, parts - 1):
+            yield (tuple(range(first)),) + tuple(tuple(i + first for i in run) for run in rest)
+
+
+def _deal(costs: list[StageCost], runs, cores: int) -> tuple[tuple[int, ...], float]:
+    """Threads for each run (one each, then one more at a time to the slowest) and the slowest run's time."""
+    threads = [1] * len(runs)
+
+    def run_time(g):
+        return sum(costs[i].time(threads[g]) for i in runs[g])
+
+    for _ in range(cores - len(runs)):
+        g = max(range(len(runs)), key=run_time)
+        threads[g] += 1
+    return tuple(threads), max(run_time(g) for g in range(len(runs)))
+
+
+def plan_cpu(costs: list[StageCost], cores: int, io_work: float = 0.0, margin: float = 0.9,
+             max_enumerate: int = 10) -> CpuPlan:
+    """The runs of consecutive compute stages and their threads with the shortest modelled period (see the module
+    docstring); a plan of several runs only when its period is below ``margin`` × the one-run plan's.
+
+    ``costs``: the compute stages' costs, in pipeline order; ``io_work``: single-thread seconds per item of the
+    stages that always have their own threads (source, writers), which compete for the same ``cores``. More than
+    ``max_enumerate`` stages: only one run, or one run per stage, are compared."""
+    n, cores = len(costs), max(1, int(cores))
+    if n == 0:
+        return CpuPlan((), (), 0.0)
+    floor = (sum(c.work for c in costs) + io_work) / cores  # no plan beats the work spread over every core
+
+    def candidate(runs):
+        threads, slowest = _deal(costs, runs, cores)
+        return CpuPlan(runs, threads, max(slowest, floor))
+
+    one = candidate((tuple(range(n)),))
+    if cores == 1 or n == 1:
+        return one
+    if n <= max_enumerate:
+        plans = [candidate(runs) for parts in range(2, min(cores, n) + 1) for runs in _partitions(n, parts)]
+    else:
+        plans = [candidate(tuple((i,) for i in range(n)))] if n <= cores else []
+    best = min(plans, key=lambda p: (p.period, len(p.runs)), default=one)
+    return best if best.period < margin * one.period else one
 
 
 def _set_threads(n: int | None) -> None:
@@ -109,18 +230,29 @@ class Pipeline:
 
     Args:
         stages: the stages in order.
-        queue_size: capacity of each queue between stages (≥ 1): at most about
+        queue_size: capacity of each queue between threads (≥ 1): at most about
             ``(len(stages) + 1) * (queue_size + 1)`` items are alive at once.
         device: a torch device; on CUDA each stage gets its own stream (see the module docstring).
         poll: seconds between checks of the stop flag.
+        schedule: "measured" (off CUDA: probe the first items, then threads by measured cost, see the module
+            docstring) or "stages" (one thread per stage, each with its own ``threads``; always on CUDA).
+        probe: items run one at a time to measure the stages (the first one is not measured).
+        cores: the cores to plan for (default: those this process may use).
     """
 
-    def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1):
+    def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1,
+                 schedule: str = "measured", probe: int = 3, cores: int | None = None):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
+        if schedule not in ("measured", "stages"):
+            raise ValueError(f"unknown schedule {schedule!r}")
         self.stages, self.queue_size, self.poll = list(stages), max(1, int(queue_size)), poll
         self.cuda = device is not None and str(device).startswith("cuda")
         self.device = device
+        self.schedule = "stages" if self.cuda else schedule
+        self.probe, self.cores = max(0, int(probe)), cores or cpu_cores()
+        self.plan: list[tuple[tuple[str, ...], int | None]] | None = None  # (stage names, threads) per thread
+        self.costs: dict[str, StageCost] = {}
         self._stop = threading.Event()
         self._fatal: list[BaseException] = []
 
@@ -142,9 +274,7 @@ class Pipeline:
                 continue
         return _END
 
-    def _feed(self, source: Iterable, out: queue.Queue, make_error: Callable | None) -> None:
-        index = 0
-        it = iter(source)
+    def _feed(self, it: Iterator, out: queue.Queue, make_error: Callable | None, index: int) -> None:
         try:
             for item in it:
                 if not self._put(out, item):
@@ -157,18 +287,12 @@ class Pipeline:
                 self._fatal.append(exc)
                 self._stop.set()
         finally:
-            # a generator source (a video decoder) is closed here, in its own thread, so that its files and codec
-            # threads are released now rather than by the garbage collector during interpreter shutdown
-            close = getattr(it, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    pass
+            _close(it)
             self._put(out, _END)
 
-    def _work(self, stage: Stage, inq: queue.Queue, outq: queue.Queue) -> None:
-        _set_threads(stage.threads)
+    def _work(self, group: list[Stage], threads: int | None, inq: queue.Queue, outq: queue.Queue) -> None:
+        """One thread: each item through the ``group``'s stages in turn (one stage, or a run of the measured plan)."""
+        _set_threads(threads)
         stream = None
         if self.cuda:
             import torch
@@ -179,7 +303,9 @@ class Pipeline:
             if item is _END:
                 self._put(outq, _END)
                 return
-            if item.error is None or stage.run_on_error:
+            for stage in group:
+                if item.error is not None and not stage.run_on_error:
+                    continue
                 t, before = time.perf_counter(), item.timings.get(stage.name)
                 try:
                     if stream is not None:
@@ -211,6 +337,46 @@ class Pipeline:
         item.meta["cuda_event"] = done
         return item
 
+    def _probe(self, it: Iterator, make_error: Callable | None, ended: list) -> Iterator:
+        """The first ``probe`` items one at a time in this thread with every core (:func:`run_sequential`'s
+        loop), each stage's wall and CPU time summed over the items after the first into ``self._measured``."""
+        with _threads_everywhere(self.cores):
+            for position, item in enumerate(_sequential(self.stages, it, make_error, ended, limit=self.probe)):
+                if position > 0:
+                    for name, (wall, cpu) in item.meta.pop("_probe", {}).items():
+                        w, c, n = self._measured.get(name, (0.0, 0.0, 0))
+                        self._measured[name] = (w + wall, c + cpu, n + 1)
+                else:
+                    item.meta.pop("_probe", None)
+                yield item
+                if INTERRUPTED.is_set():
+                    raise KeyboardInterrupt
+
+    def _make_plan(self) -> list[tuple[list[Stage], int | None]]:
+        """The threads of the run after the probe: (stages, threads) per thread, in pipeline order."""
+        if self.schedule == "stages":
+            groups = [([stage], stage.threads) for stage in self.stages]
+        else:
+            self.costs = {name: StageCost(w / n, c / n, self.cores) for name, (w, c, n) in self._measured.items()}
+            compute = [i for i, s in enumerate(self.stages) if not s.io]
+            missing = StageCost(0.0, 0.0, self.cores)  # a stage no measured item reached (all failed earlier)
+            costs = [self.costs.get(self.stages[i].name, missing) for i in compute]
+            io_work = sum(self.costs.get(s.name, missing).work for s in self.stages if s.io)
+            plan = plan_cpu(costs, self.cores, io_work)
+            owner = {compute[i]: (r, plan.threads[r]) for r, run in enumerate(plan.runs) for i in run}
+            groups, last = [], None
+            for i, stage in enumerate(self.stages):
+                key = owner.get(i, ("io", i))
+                if key == last and not stage.io:
+                    groups[-1][0].append(stage)
+                else:
+                    groups.append(([stage], None if stage.io else key[1]))
+                last = key
+            torch_threads = max((t for _, t in groups if t is not None), default=None)
+            _set_torch_threads(torch_threads)
+        self.plan = [(tuple(s.name for s in stages), threads) for stages, threads in groups]
+        return groups
+
     def run(self, source: Iterable, make_error: Callable | None = None) -> Iterator:
         """Items of ``source`` after every stage, in input order.
 
@@ -219,15 +385,29 @@ class Pipeline:
         """
         self._stop.clear()
         self._fatal.clear()
-        queues = [queue.Queue(self.queue_size) for _ in range(len(self.stages) + 1)]
-        threads = [threading.Thread(target=self._feed, args=(source, queues[0], make_error), name="source",
-                                    daemon=True)]
-        for i, stage in enumerate(self.stages):
-            threads.append(threading.Thread(target=self._work, args=(stage, queues[i], queues[i + 1]),
-                                            name=f"stage-{stage.name}", daemon=True))
-        for t in threads:
-            t.start()
+        self._measured: dict[str, tuple[float, float, int]] = {}
+        it = iter(source)
+        threads: list[threading.Thread] = []
+        torch_before = _torch_threads()
+        started = False
         try:
+            index, ended = 0, []
+            if self.schedule == "measured" and self.probe:
+                for item in self._probe(it, make_error, ended):
+                    index += 1
+                    yield item
+                if ended:  # the source ran out (or failed) during the probe
+                    return
+            groups = self._make_plan()
+            queues = [queue.Queue(self.queue_size) for _ in range(len(groups) + 1)]
+            threads.append(threading.Thread(target=self._feed, args=(it, queues[0], make_error, index),
+                                            name="source", daemon=True))
+            for i, (stages, n) in enumerate(groups):
+                threads.append(threading.Thread(target=self._work, args=(stages, n, queues[i], queues[i + 1]),
+                                                name=f"stage-{'+'.join(s.name for s in stages)}", daemon=True))
+            started = True
+            for t in threads:
+                t.start()
             while True:
                 item = self._get(queues[-1])
                 if INTERRUPTED.is_set():  # an interrupt the main thread swallowed elsewhere (see the module doc)
@@ -241,12 +421,56 @@ class Pipeline:
             self._stop.set()
             for t in threads:
                 t.join(timeout=5.0)
+            if not started:
+                _close(it)  # the source thread closes it once started
+            _set_torch_threads(torch_before)
         if self._fatal:
             raise self._fatal[0]
 
     def stop(self) -> None:
         """Ask every stage to stop (from any thread)."""
         self._stop.set()
+
+
+def _close(it) -> None:
+    """Close a generator source (a video decoder) now, in this thread, so that its files and codec threads are
+    released now rather than by the garbage collector during interpreter shutdown."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            pass
+
+
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")  # never imported here just for this
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _set_torch_threads(n: int | None) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(int(n))
+
+
+@contextmanager
+def _threads_everywhere(cores: int):
+    """Every core for numba (this thread) and torch while the probe runs, as in a sequential run."""
+    try:
+        import numba
+
+        numba_before = numba.get_num_threads()
+    except Exception:  # pragma: no cover - numba missing
+        numba_before = None
+    torch_before = _torch_threads()
+    _set_threads(cores)
+    _set_torch_threads(cores)
+    try:
+        yield
+    finally:
+        _set_threads(numba_before)
+        _set_torch_threads(torch_before)
 
 
 def _record(item, name: str, before, elapsed: float) -> None:
@@ -263,14 +487,23 @@ def _name(item) -> str:
 
 def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable | None = None) -> Iterator:
     """The same stages one item at a time in the calling thread (the baseline the pipeline is measured against)."""
+    yield from _sequential(stages, iter(source), make_error, [])
+
+
+def _sequential(stages: list[Stage], it: Iterator, make_error: Callable | None, ended: list,
+                limit: int | None = None) -> Iterator:
+    """Items of ``it`` (at most ``limit``) through ``stages`` one at a time in this thread; each stage's process
+    CPU time goes into ``item.meta["cpu"]`` (with a ``limit``, the probe's, also (wall, CPU) into
+    ``item.meta["_probe"]``). Appends to ``ended`` when the source is exhausted or failed."""
     index = 0
-    it = iter(source)
-    while True:
+    while limit is None or index < limit:
         try:
             item = next(it)
         except StopIteration:
+            ended.append(True)
             return
         except Exception as exc:
+            ended.append(True)
             if make_error is None:
                 raise
             item = make_error(index, exc)
@@ -280,6 +513,7 @@ def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable |
             yield item
             return
         index += 1
+        probe = {}
         for stage in stages:
             if item.error is not None and not stage.run_on_error:
                 continue
@@ -290,7 +524,11 @@ def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable |
                 if stage.fatal:
                     raise PipelineError(f"{stage.name} failed on {_name(item)}: {describe(exc)}") from exc
                 item.error = f"{_name(item)}: {describe(exc)}"
-            _record(item, stage.name, before, time.perf_counter() - t)
+            wall = time.perf_counter() - t
+            _record(item, stage.name, before, wall)
             # one stage at a time: the process's CPU time is this stage's (all its threads), for the CPU bound
             item.meta.setdefault("cpu", {})[stage.name] = time.process_time() - cpu
+            probe[stage.name] = (wall, item.meta["cpu"][stage.name])
+        if limit is not None:
+            item.meta["_probe"] = probe
         yield item

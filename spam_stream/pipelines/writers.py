@@ -43,6 +43,7 @@ class VideoOutputs:
         if labels_format not in LABEL_FORMATS:
             raise ValueError(f"unknown labels format {labels_format!r}")
         self.outdir = Path(outdir)
+        self.outdir.mkdir(parents=True, exist_ok=True)
         self.stem, self.color, self.labels_format = stem, color, labels_format
         self.labels_dir = self.labels_video = None
         if labels and labels_format == "png":
