@@ -67,7 +67,7 @@ def _record_plans():
 
     def make_plan(self):
         groups = original(self)
-        PLANS.append(" | ".join(f"{'+'.join(names)}:{threads or '-'}" for names, threads in self.plan))
+        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}" for names, threads in self.plan))
         return groups
 
     executor.Pipeline._make_plan = make_plan

@@ -506,7 +506,7 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
     staging = None if remote is None else Path(tempfile.mkdtemp(prefix="spam-stream-staging-"))
     target = outdir if remote is None else staging
     writer = BatchWriter(target, color, manifest_name, remote=remote)
-    stage = Stage("write", writer, fatal=True, run_on_error=True)
+    stage = Stage("write", writer, fatal=True, run_on_error=True, io=True)
     try:
         if images or not videos:
             for frame in batch_frames(model, images, n_superpixels, pipelined=pipelined, extra_stages=[stage],
