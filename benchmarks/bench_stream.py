@@ -4,7 +4,8 @@
                                       [--encoder default] [-k 2000] [--size 1920x1080] [--trace trace.json]
 
 The clip is generated first: a pan over a BSDS500 test image (or samples/coffee.jpg) scaled to cover the frame,
-H.264 at 30 frames/s. Rows (each one process_video run, the code path of `spam-stream video`, writing the overlay
+H.264 at 30 frames/s. A first table times each write step alone on one thread (label PNG vs FFV1 label video,
+drawing the overlay, x264 presets), with the label map SPAM (`--encoder none`) makes of the first frame. Rows (each one process_video run, the code path of `spam-stream video`, writing the overlay
 MP4, the labels and the frames CSV into a temporary folder):
 
 * `io`: the I/O stages alone — decode, overlay (x264 --overlay-preset) and labels (--labels-format) — with a fixed
@@ -80,6 +81,50 @@ def make_clip(path: Path, n: int, w: int, h: int, rate: int = 30) -> None:
     writer.close()
 
 
+def write_costs(clip: Path, labels: np.ndarray, tmp: Path, n: int = 20) -> None:
+    """One thread, per frame of the clip: each label format (ms, KB), the overlay drawing, each x264 preset (CPU ms
+    of the process, x264's own threads included, and KB)."""
+    from spam_stream.io import overlay, write_labels
+    from spam_stream.labelio import LabelVideoWriter
+
+    images = [rgb for _, rgb in VideoReader(clip, max_frames=n)]
+    rows = []
+
+    def timed(name, fn, size):
+        fn(0)  # warm-up (first frame: encoder start)
+        t, cpu = time.perf_counter(), time.process_time()
+        for i in range(1, len(images)):
+            fn(i)
+        k = len(images) - 1
+        rows.append((name, 1e3 * (time.perf_counter() - t) / k, 1e3 * (time.process_time() - cpu) / k, size()))
+
+    folder = tmp / "png"
+    folder.mkdir()
+    timed("labels: uint16 PNG (compress level 1)", lambda i: write_labels(folder / f"{i:06d}.png", labels),
+          lambda: sum(p.stat().st_size for p in folder.glob("*.png")) / len(images) / 1e3)
+    writer = LabelVideoWriter(tmp / "x_labels.mkv", 30, labels.shape[1], labels.shape[0])
+    timed("labels: FFV1 gray16le in Matroska", lambda i: writer.write(i, labels), lambda: float("nan"))
+    writer.close()
+    rows[-1] = rows[-1][:3] + ((tmp / "x_labels.mkv").stat().st_size / len(images) / 1e3,)
+    timed("overlay: boundaries drawn (auto colour)", lambda i: overlay(images[i], labels, "auto"), lambda: float("nan"))
+    drawn = [overlay(img, labels, "auto") for img in images]
+    for preset in ("ultrafast", "superfast", "veryfast"):
+        path = tmp / f"o_{preset}.mp4"
+        video = VideoWriter(path, 30, labels.shape[1], labels.shape[0], preset)
+        timed(f"overlay: x264 {preset} (RGB in)", lambda i: video.write(drawn[i]), lambda: float("nan"))
+        t, cpu = time.perf_counter(), time.process_time()
+        video.close()  # the frames x264 still held: their cost belongs to the row
+        name, wall, cpu_ms, _ = rows[-1]
+        k = len(images) - 1
+        rows[-1] = (name, wall + 1e3 * (time.perf_counter() - t) / k, cpu_ms + 1e3 * (time.process_time() - cpu) / k,
+                    path.stat().st_size / len(images) / 1e3)
+    print(f"\n| write step, {labels.shape[1]}x{labels.shape[0]}, one thread | wall ms/frame | CPU ms/frame | KB/frame |")
+    print("|---|---|---|---|")
+    for name, wall, cpu, kb in rows:
+        print(f"| {name} | {wall:.1f} | {cpu:.1f} | {'' if kb != kb else f'{kb:.0f}'} |")
+    print(flush=True)
+
+
 def busy(timings: dict, wall: float) -> dict:
     return {name: timings.get(name, 0.0) / wall for name in STAGE_NAMES}
 
@@ -142,6 +187,7 @@ def main():
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="devices to run SPAM on, when available")
     ap.add_argument("--no-fastsam", action="store_true", help="skip the FastSAM rows")
     ap.add_argument("--no-spam", action="store_true", help="only the I/O rows")
+    ap.add_argument("--no-write-costs", action="store_true", help="skip the per-step write cost table")
     ap.add_argument("--imgsz", type=int, default=1024, help="FastSAM inference size (default 1024)")
     ap.add_argument("--trace", metavar="PATH", help="CUDA: torch profiler Chrome trace of the FastSAM run")
     args = ap.parse_args()
@@ -157,14 +203,16 @@ def main():
           + (f", {device_names['cuda']}" if "cuda" in device_names else ", no CUDA")
           + f"; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (before)\n", flush=True)
     head = " | ".join(STAGE_NAMES)
-    print(f"| run | device | frames | frames/s | CPU ms/frame | cores/CPU bound | {head} (busy) | executor plan |")
-    print("|---|---|---|---|---|---|" + "---|" * len(STAGE_NAMES) + "---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = tmp / "clip1080.mp4"
         make_clip(clip, max(args.frames + args.warmup, args.io_frames), w, h)
         first = next(iter(VideoReader(clip)))[1]
         labels = SPAM(encoder=None).segment(first, args.superpixels)
+        if not args.no_write_costs:
+            write_costs(clip, labels, tmp)
+        print(f"| run | device | frames | frames/s | CPU ms/frame | cores/CPU bound | {head} (busy) | executor plan |")
+        print("|---|---|---|---|---|---|" + "---|" * len(STAGE_NAMES) + "---|", flush=True)
         for preset, fmt in (("ultrafast", "ffv1"), ("veryfast", "png")):
             io_run(clip, tmp / "warm", labels, 3, preset, fmt)
             PLANS.clear()

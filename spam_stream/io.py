@@ -135,17 +135,20 @@ def overlay(image: np.ndarray, labels: np.ndarray, color=(255, 40, 40)) -> np.nd
 
     ``color="auto"`` draws yellow over dark pixels and dark blue over bright ones, so boundaries show on any
     image."""
-    image = np.ascontiguousarray(image)
+    image = np.ascontiguousarray(image, dtype=np.uint8)
     out = image.copy()
-    edge = np.flatnonzero(boundaries(labels))  # flat pixel indices: row gathers/scatters, far faster than 2-D masks
-    flat = out.reshape(-1, 3)
+    edge = np.flatnonzero(boundaries(labels))  # flat pixel indices: gathers/scatters far faster than 2-D masks
+    pixels = out.view(_RGB).reshape(-1)  # one 3-byte item per pixel
     if isinstance(color, str) and color == "auto":
-        px = np.take(image.reshape(-1, 3), edge, axis=0).astype(np.int32)  # the boundary pixels only
-        bright = px @ np.array([299, 587, 114], np.int32) >= 128_000  # luma 0.299 R + 0.587 G + 0.114 B >= 128
-        flat[edge] = np.asarray(AUTO_COLORS, np.uint8)[bright.astype(np.intp)]
+        px = image.view(_RGB).reshape(-1)[edge].view(np.uint8).reshape(-1, 3)  # the boundary pixels only
+        bright = px.astype(np.int32) @ np.array([299, 587, 114], np.int32) >= 128_000  # luma >= 128
+        pixels[edge] = np.asarray(AUTO_COLORS, np.uint8).view(_RGB).reshape(-1)[bright.astype(np.intp)]
     else:
-        flat[edge] = color
+        pixels[edge] = np.asarray(color, np.uint8).view(_RGB)[0]
     return out
+
+
+_RGB = np.dtype((np.void, 3))
 
 
 def boundaries(labels: np.ndarray) -> np.ndarray:
