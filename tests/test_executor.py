@@ -231,3 +231,42 @@ def test_the_measured_schedule_runs_the_plan_with_io_stages_on_their_own():
     fused = Pipeline(stages, cores=1)
     assert [f.index for f in fused.run(frames(6))] == list(range(6))
     assert fused.plan == [(("a", "b"), 1), (("write",), None)]
+
+
+def test_the_probe_keeps_the_pipeline_contract():
+    """Errors and ends inside the probe (the first items, run in the consumer's thread) behave as in the threads:
+    a failing source ends with one error item, a fatal writer error is raised, an early exit closes the source."""
+    def source():
+        yield from frames(2)
+        raise OSError("disk gone")
+
+    def make_error(index, exc):
+        f = Frame(index=index, key="src")
+        f.error = f"src: {exc}"
+        return f
+
+    out = list(Pipeline([Stage("a", jitter("a"))], probe=3).run(source(), make_error))
+    assert [f.index for f in out] == [0, 1, 2] and out[-1].error == "src: disk gone"
+
+    def writer(frame):
+        if frame.index == 1:
+            raise OSError("No space left on device")
+        return frame
+
+    with pytest.raises(PipelineError, match="No space left"):
+        list(Pipeline([Stage("a", jitter("a")), Stage("write", writer, fatal=True, io=True)], probe=3)
+             .run(frames(10)))
+
+    closed = []
+
+    def tracked():
+        try:
+            yield from frames(100)
+        finally:
+            closed.append(True)
+
+    it = Pipeline([Stage("a", jitter("a"))], probe=3).run(tracked())
+    next(it)
+    it.close()
+    assert closed == [True]
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-") or t.name == "source"]
