@@ -10,12 +10,21 @@
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import NamedTuple
+import os as _os
 
-from .labelio import read_labels
-from .model import SPAM
-from .priors import Prior, Provider, make_provider
+# OpenMP worker threads (torch's intra-op pool, numba's "omp" layer) spin after every parallel region by default. In a
+# pipeline several threads are busy at once, and on a shared machine other processes are: the spinning then takes the
+# cores the working threads need (2-core machine at load 7, `bench_pipeline.py --encoder none`: sequential 5.3 → 45
+# frames/s, CPU per frame 92 → 16 ms with PASSIVE). Read once when torch / numba load the OpenMP runtime, so it is set
+# before they are imported here; a value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from functools import lru_cache  # noqa: E402
+from typing import NamedTuple  # noqa: E402
+
+from .labelio import read_labels  # noqa: E402
+from .model import SPAM  # noqa: E402
+from .priors import Prior, Provider, make_provider  # noqa: E402
 
 __version__ = "0.1.0"
 

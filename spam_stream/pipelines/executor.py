@@ -47,7 +47,10 @@
   So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run, and the rest
   of the pipeline hides the I/O around it; stages of balanced serial cost (``--encoder none``) get a thread each.
   ``Pipeline.plan`` records the choice (stage names and threads of each run) and ``Pipeline.costs`` the
-  measurements. ``schedule="stages"`` keeps one thread per stage with each stage's own ``threads``.
+  measurements. ``schedule="stages"`` keeps one thread per stage with each stage's own ``threads``. For
+  comparisons (benchmarks on an idle machine) the probe's plan can be forced: ``"fused"`` (always the one run),
+  ``"split"`` (the best plan of several runs, even when modelled slower) and ``"oversubscribed"`` (that plan with
+  every run on all cores, the OS sharing them); the ``SPAM_SCHEDULE`` environment variable sets the default.
 
 Items are any objects with ``error`` and ``timings`` attributes (:class:`spam_stream.frame.Frame`).
 """
@@ -64,6 +67,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 _END = object()  # end of input marker, passes through every queue
+SCHEDULES = ("measured", "stages", "fused", "split", "oversubscribed")
 
 
 @dataclass
@@ -237,17 +241,19 @@ class Pipeline:
         device: a torch device; on CUDA each stage gets its own stream (see the module docstring).
         poll: seconds between checks of the stop flag.
         schedule: "measured" (off CUDA: probe the first items, then threads by measured cost, see the module
-            docstring) or "stages" (one thread per stage, each with its own ``threads``; always on CUDA).
+            docstring), "stages" (one thread per stage, each with its own ``threads``; always on CUDA), or a forced
+            plan after the probe: "fused", "split", "oversubscribed". Default: ``$SPAM_SCHEDULE`` or "measured".
         probe: items run one at a time to measure the stages (the first one is not measured).
         cores: the cores to plan for (default: those this process may use).
     """
 
     def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1,
-                 schedule: str = "measured", probe: int = 3, cores: int | None = None):
+                 schedule: str | None = None, probe: int = 3, cores: int | None = None):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
-        if schedule not in ("measured", "stages"):
-            raise ValueError(f"unknown schedule {schedule!r}")
+        schedule = schedule or os.environ.get("SPAM_SCHEDULE") or "measured"
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
         self.stages, self.queue_size, self.poll = list(stages), max(1, int(queue_size)), poll
         self.cuda = device is not None and str(device).startswith("cuda")
         self.device = device
@@ -369,7 +375,10 @@ class Pipeline:
             missing = StageCost(0.0, 0.0, self.cores)  # a stage no measured item reached (all failed earlier)
             costs = [self.costs.get(self.stages[i].name, missing) for i in compute]
             io_work = sum(self.costs.get(s.name, missing).work for s in self.stages if s.io)
-            plan = plan_cpu(costs, self.cores, io_work)
+            margin = {"fused": 0.0, "split": float("inf"), "oversubscribed": float("inf")}.get(self.schedule, 0.9)
+            plan = plan_cpu(costs, self.cores, io_work, margin)
+            if self.schedule == "oversubscribed":
+                plan = CpuPlan(plan.runs, (self.cores,) * len(plan.runs), plan.period)
             owner = {compute[i]: (r, plan.threads[r]) for r, run in enumerate(plan.runs) for i in run}
             groups, last = [], None
             for i, stage in enumerate(self.stages):
@@ -399,7 +408,7 @@ class Pipeline:
         started = False
         try:
             index, ended = 0, []
-            if self.schedule == "measured" and self.probe:
+            if self.schedule != "stages" and self.probe:
                 for item in self._probe(it, make_error, ended):
                     index += 1
                     yield item
