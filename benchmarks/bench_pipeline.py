@@ -34,9 +34,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from spam_stream import SPAM  # noqa: E402
 from spam_stream.pipelines.video import VideoOutputs, video_frames  # noqa: E402
+from spam_stream.pipelines.writers import STAGE_NAMES as STAGES  # noqa: E402
 from spam_stream.videoio import VideoWriter  # noqa: E402
-
-STAGES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "overlay", "write")
 
 
 def source_image() -> tuple[np.ndarray, str]:

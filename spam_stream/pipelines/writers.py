@@ -4,9 +4,9 @@ the per-frame CSV of one input video.
 At video rate the write side is CPU work the size of a SPAM stage (1920×1080 on the 2-core development machine:
 drawing the overlay ≈ 10 ms, x264 ``ultrafast`` ≈ 15 ms of CPU, ``veryfast`` ≈ 30 ms; labels as FFV1 ≈ 22 ms, as
 a uint16 PNG ≈ 32 ms). One writer thread doing all of it caps a stream at ≈ 12 frames/s, so
-:meth:`VideoOutputs.stages` gives the executor two stages, each its own thread: ``overlay`` (draw the boundaries and
-encode the overlay MP4) and ``write`` (the label map, then the frame's CSV row). PyAV and Pillow release the GIL
-while they encode, so the two run in parallel on frames t and t-1.
+:meth:`VideoOutputs.stages` gives the executor three stages, each its own thread: ``overlay`` (draw the
+boundaries), ``encode`` (x264, the overlay MP4) and ``write`` (the label map, then the frame's CSV row). numpy,
+PyAV and Pillow release the GIL while they work, so the three run in parallel on consecutive frames.
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from ..labelio import DEFAULT_LABEL_FORMAT, LABEL_FORMATS, LabelVideoWriter, lab
 from ..videoio import VideoWriter
 from .executor import Stage
 
-STAGE_NAMES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "overlay", "write")
+STAGE_NAMES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "overlay", "encode",
+               "write")
 OVERLAY_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 DEFAULT_OVERLAY_PRESET = "ultrafast"  # 1080p: ≈ 15 ms of CPU a frame (veryfast ≈ 30 ms), files ≈ 2–3× larger
 
 
 class VideoOutputs:
     """The outputs of one input video: call :meth:`stages` for the executor's writer stages (or use the object
-    itself as one stage, which does both in turn), then :meth:`close` (or :meth:`abort` when interrupted).
+    itself as one stage, which does all of it in turn), then :meth:`close` (or :meth:`abort` when interrupted).
 
     Writes ``OUTDIR/<stem>_overlay.mp4`` (boundaries drawn on every frame; same frame count and rate as the input;
     x264 at ``preset``), the labels as ``OUTDIR/<stem>_labels.mkv`` (``labels_format="ffv1"``: one lossless 16-bit
@@ -63,18 +64,30 @@ class VideoOutputs:
         self.written = 0
 
     def stages(self) -> list[Stage]:
-        """The executor stages that write a frame: ``overlay`` then ``write`` (labels and the CSV row), both fatal
-        (a full disk concerns every later frame) and run on failed frames too (recorded in the CSV)."""
-        return [Stage("overlay", self.write_overlay, fatal=True, run_on_error=True, io=True),
+        """The executor stages that write a frame: ``overlay`` (draw), ``encode`` (x264), ``write`` (labels and the
+        CSV row), all fatal (a full disk concerns every later frame) and run on failed frames too (recorded in the
+        CSV)."""
+        return [Stage("overlay", self.draw_overlay, fatal=True, run_on_error=True, io=True),
+                Stage("encode", self.write_overlay, fatal=True, run_on_error=True, io=True),
                 Stage("write", self, fatal=True, run_on_error=True, io=True)]
 
-    def write_overlay(self, frame: Frame) -> Frame:
-        """Draw and encode frame's overlay (nothing for a failed frame or without an overlay video)."""
-        if frame.error is None and self.writer is not None and not frame.meta.get("overlay_written"):
+    def draw_overlay(self, frame: Frame) -> Frame:
+        """The frame's overlay image into ``frame.meta["overlay"]`` (nothing for a failed frame or without an
+        overlay video)."""
+        if frame.error is None and self.writer is not None and "overlay" not in frame.meta:
             t = time.perf_counter()
-            self.writer.write(overlay(frame.image, frame.labels, self.color))
-            frame.meta["overlay_written"] = True
+            frame.meta["overlay"] = overlay(frame.image, frame.labels, self.color)
             frame.timings["overlay"] = frame.timings.get("overlay", 0.0) + time.perf_counter() - t
+        return frame
+
+    def write_overlay(self, frame: Frame) -> Frame:
+        """Encode the frame's overlay (drawn here when :meth:`draw_overlay` did not run as a stage of its own)."""
+        if frame.error is None and self.writer is not None and not frame.meta.get("overlay_written"):
+            self.draw_overlay(frame)
+            t = time.perf_counter()
+            self.writer.write(frame.meta.pop("overlay"))
+            frame.meta["overlay_written"] = True
+            frame.timings["encode"] = frame.timings.get("encode", 0.0) + time.perf_counter() - t
         return frame
 
     def __call__(self, frame: Frame) -> Frame:
