@@ -270,3 +270,30 @@ def test_the_probe_keeps_the_pipeline_contract():
     it.close()
     assert closed == [True]
     assert not [t for t in threading.enumerate() if t.name.startswith("stage-") or t.name == "source"]
+
+
+def test_a_plan_slower_than_one_run_is_dropped_after_the_guard_items():
+    """Three stages of equal cost in the probe: the model splits them over 2 cores. But stage b is slow whenever it
+    runs in another thread than stage a (as OpenMP teams of two threads slow each other down): after the guard
+    items the pipeline goes back to one run of the compute stages, where b is fast again; every item in order."""
+    last_a = {}
+
+    def a(frame):
+        time.sleep(0.01)
+        last_a["thread"] = threading.get_ident()
+        return frame
+
+    def b(frame):
+        time.sleep(0.01 if last_a.get("thread") == threading.get_ident() else 0.1)
+        return frame
+
+    stages = [Stage("a", a), Stage("b", b), Stage("c", lambda f: time.sleep(0.01) or f)]
+    pipeline = Pipeline(stages, cores=2, probe=3, guard=4)
+    out = list(pipeline.run(frames(12)))
+    assert [f.index for f in out] == list(range(12))
+    assert pipeline.switched and pipeline.plan == [(("a", "b", "c"), 2)]
+    assert out[-1].timings["b"] < 0.05  # fast again in the one run
+
+    steady = Pipeline([Stage(s, lambda f: time.sleep(0.02) or f) for s in "abcd"], cores=2, probe=3, guard=4)
+    assert [f.index for f in steady.run(frames(12))] == list(range(12))
+    assert not steady.switched and len(steady.plan) == 2  # the split is as fast as modelled: it stays

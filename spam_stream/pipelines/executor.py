@@ -43,6 +43,10 @@
      plan is the safe choice, its period measured rather than modelled.
   4. *Run.* The remaining items go through the planned threads; each run thread sets its numba thread count, and
      torch's process-wide intra-op pool gets the largest run's count (restored at the end).
+  5. *Guard.* A plan of several compute threads rests on the model (OpenMP teams or the GIL can make threads
+     slower together than the model says): it runs ``guard`` items (8), and when its measured period is longer
+     than the one-run plan's (the sequential period the probe measured) the pipeline drains and goes on with the
+     one run (``Pipeline.switched``). So a plan never stays slower than sequential with overlapped I/O.
 
   So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run, and the rest
   of the pipeline hides the I/O around it; stages of balanced serial cost (``--encoder none``) get a thread each.
@@ -245,10 +249,12 @@ class Pipeline:
             plan after the probe: "fused", "split", "oversubscribed". Default: ``$SPAM_SCHEDULE`` or "measured".
         probe: items run one at a time to measure the stages (the first one is not measured).
         cores: the cores to plan for (default: those this process may use).
+        guard: items a plan of several compute threads runs before it is checked against the one-run plan's
+            period (0: never checked; see the module docstring).
     """
 
     def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1,
-                 schedule: str | None = None, probe: int = 3, cores: int | None = None):
+                 schedule: str | None = None, probe: int = 3, cores: int | None = None, guard: int = 8):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         schedule = schedule or os.environ.get("SPAM_SCHEDULE") or "measured"
@@ -258,7 +264,7 @@ class Pipeline:
         self.cuda = device is not None and str(device).startswith("cuda")
         self.device = device
         self.schedule = "stages" if self.cuda else schedule
-        self.probe, self.cores = max(0, int(probe)), cores or cpu_cores()
+        self.probe, self.cores, self.guard = max(0, int(probe)), cores or cpu_cores(), max(0, int(guard))
         self.plan: list[tuple[tuple[str, ...], int | None]] | None = None  # (stage names, threads) per thread
         self.costs: dict[str, StageCost] = {}
         self._stop = threading.Event()
@@ -282,20 +288,32 @@ class Pipeline:
                 continue
         return _END
 
-    def _feed(self, it: Iterator, out: queue.Queue, make_error: Callable | None, index: int) -> None:
+    def _feed(self, it: Iterator, out: queue.Queue, make_error: Callable | None, index: int,
+              limit: int | None = None) -> None:
+        """Put the items of ``it`` (at most ``limit``) on ``out``, then the end marker; the source is closed (and
+        ``self._source_done`` set) once it is exhausted or failed, or when the pipeline stops."""
+        count = 0
         try:
-            for item in it:
+            while limit is None or count < limit:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    self._source_done = True
+                    break
                 if not self._put(out, item):
                     return
                 index += 1
+                count += 1
         except BaseException as exc:  # a source that fails (a damaged video) ends the input with one error item
+            self._source_done = True
             if make_error is not None:
                 self._put(out, make_error(index, exc))
             else:
                 self._fatal.append(exc)
                 self._stop.set()
         finally:
-            _close(it)
+            if self._source_done or self._stop.is_set():
+                _close(it)
             self._put(out, _END)
 
     def _work(self, group: list[Stage], threads: int | None, inq: queue.Queue, outq: queue.Queue) -> None:
@@ -365,9 +383,11 @@ class Pipeline:
                 if INTERRUPTED.is_set():
                     raise KeyboardInterrupt
 
-    def _make_plan(self) -> list[tuple[list[Stage], int | None]]:
-        """The threads of the run after the probe: (stages, threads) per thread, in pipeline order."""
-        if self.schedule == "stages":
+    def _make_plan(self, force: str | None = None) -> list[tuple[list[Stage], int | None]]:
+        """The threads of the run after the probe: (stages, threads) per thread, in pipeline order (``force``: a
+        schedule other than ``self.schedule``)."""
+        schedule = force or self.schedule
+        if schedule == "stages":
             groups = [([stage], stage.threads) for stage in self.stages]
         else:
             self.costs = {name: StageCost(w / n, c / n, self.cores) for name, (w, c, n) in self._measured.items()}
@@ -375,9 +395,10 @@ class Pipeline:
             missing = StageCost(0.0, 0.0, self.cores)  # a stage no measured item reached (all failed earlier)
             costs = [self.costs.get(self.stages[i].name, missing) for i in compute]
             io_work = sum(self.costs.get(s.name, missing).work for s in self.stages if s.io)
-            margin = {"fused": 0.0, "split": float("inf"), "oversubscribed": float("inf")}.get(self.schedule, 0.9)
+            margin = {"fused": 0.0, "split": float("inf"), "oversubscribed": float("inf")}.get(schedule, 0.9)
             plan = plan_cpu(costs, self.cores, io_work, margin)
-            if self.schedule == "oversubscribed":
+            self._one_run_period = plan_cpu(costs, self.cores, io_work, 0.0).period
+            if schedule == "oversubscribed":
                 plan = CpuPlan(plan.runs, (self.cores,) * len(plan.runs), plan.period)
             owner = {compute[i]: (r, plan.threads[r]) for r, run in enumerate(plan.runs) for i in run}
             groups, last = [], None
@@ -402,10 +423,9 @@ class Pipeline:
         self._stop.clear()
         self._fatal.clear()
         self._measured: dict[str, tuple[float, float, int]] = {}
+        self._source_done, self._threads, self.switched = False, [], False
         it = iter(source)
-        threads: list[threading.Thread] = []
         torch_before = _torch_threads()
-        started = False
         try:
             index, ended = 0, []
             if self.schedule != "stages" and self.probe:
@@ -415,33 +435,53 @@ class Pipeline:
                 if ended:  # the source ran out (or failed) during the probe
                     return
             groups = self._make_plan()
-            queues = [queue.Queue(self.queue_size) for _ in range(len(groups) + 1)]
-            threads.append(threading.Thread(target=self._feed, args=(it, queues[0], make_error, index),
-                                            name="source", daemon=True))
-            for i, (stages, n) in enumerate(groups):
-                threads.append(threading.Thread(target=self._work, args=(stages, n, queues[i], queues[i + 1]),
-                                                name=f"stage-{'+'.join(s.name for s in stages)}", daemon=True))
-            started = True
-            for t in threads:
-                t.start()
-            while True:
-                item = self._get(queues[-1])
-                if INTERRUPTED.is_set():  # an interrupt the main thread swallowed elsewhere (see the module doc)
-                    raise KeyboardInterrupt
-                if item is _END:
-                    break
-                if self.cuda and "cuda_event" in item.meta:
-                    item.meta.pop("cuda_event").synchronize()
-                yield item
+            if self.schedule == "measured" and self.guard and sum(t is not None for _, t in groups) > 1:
+                # several compute threads rest on the model: run them for ``guard`` items, and go back to the one
+                # run on every core (the sequential run's period, measured by the probe) if they are slower
+                stamps = []
+                for item in self._threaded(it, groups, make_error, index, self.guard):
+                    index += 1
+                    stamps.append(time.perf_counter())
+                    yield item
+                if self._source_done or self._fatal or self._stop.is_set():
+                    return
+                if len(stamps) > 2 and (stamps[-1] - stamps[0]) / (len(stamps) - 1) > self._one_run_period:
+                    groups, self.switched = self._make_plan("fused"), True
+            yield from self._threaded(it, groups, make_error, index)
         finally:
             self._stop.set()
-            for t in threads:
+            for t in self._threads:
                 t.join(timeout=5.0)
-            if not started:
-                _close(it)  # the source thread closes it once started
+            if not self._threads or not self._source_done:
+                _close(it)  # (a no-op when a source thread closed it)
             _set_torch_threads(torch_before)
         if self._fatal:
             raise self._fatal[0]
+
+    def _threaded(self, it: Iterator, groups, make_error: Callable | None, index: int,
+                  limit: int | None = None) -> Iterator:
+        """Items of ``it`` (at most ``limit``) through the threads of ``groups``, in order; the threads have ended
+        when this returns."""
+        queues = [queue.Queue(self.queue_size) for _ in range(len(groups) + 1)]
+        threads = [threading.Thread(target=self._feed, args=(it, queues[0], make_error, index, limit),
+                                    name="source", daemon=True)]
+        for i, (stages, n) in enumerate(groups):
+            threads.append(threading.Thread(target=self._work, args=(stages, n, queues[i], queues[i + 1]),
+                                            name=f"stage-{'+'.join(s.name for s in stages)}", daemon=True))
+        self._threads += threads
+        for t in threads:
+            t.start()
+        while True:
+            item = self._get(queues[-1])
+            if INTERRUPTED.is_set():  # an interrupt the main thread swallowed elsewhere (see the module doc)
+                raise KeyboardInterrupt
+            if item is _END:
+                break
+            if self.cuda and "cuda_event" in item.meta:
+                item.meta.pop("cuda_event").synchronize()
+            yield item
+        for t in threads:  # the end marker went through every thread: they are returning
+            t.join(timeout=5.0)
 
     def stop(self) -> None:
         """Ask every stage to stop (from any thread)."""
