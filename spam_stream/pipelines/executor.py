@@ -4,8 +4,8 @@
 
 * **Backpressure.** Every queue holds at most ``queue_size`` items, so memory stays bounded whatever the input
   length: a slow stage stalls the ones before it.
-* **Order.** Each stage is one thread that takes items first-in first-out, so items leave in the order they came
-  (a stage may keep state from one item to the next: a video's previous frame).
+* **Order.** Each thread (one stage, or a run of consecutive stages, see below) takes items first-in first-out, so
+  items leave in the order they came (a stage may keep state from one item to the next: a video's previous frame).
 * **Errors.** An exception raised by a stage on one item is caught and stored on the item (``item.error``, one line
   naming the item); later stages pass such items through untouched, and the consumer sees them in order. An
   exception raised by the *source* iterator becomes one last error item and ends the input.
@@ -30,9 +30,11 @@
   1. *Probe.* The first ``probe`` items (3) run one at a time in the consumer's thread with every core, as
      :func:`run_sequential` does; for the items after the first (the first pays JIT compilation and cold starts)
      each stage's wall time ``w`` and process CPU time ``c`` are recorded.
-  2. *Model.* A stage's single-thread work is ``a = max(w, c)``; Amdahl's law splits it into a serial part ``s`` and
-     a parallel part ``p`` with ``s + p = a`` and ``s + p / cores = w``, so its time on ``t`` threads is
-     ``s + p / t`` (:class:`StageCost`).
+  2. *Model.* A stage's single-thread work is ``a = max(w, min(c, cores · w))`` (CPU time beyond that belongs to
+     other threads of the process); Amdahl's law splits it into a serial part ``s`` and a parallel part ``p`` with
+     ``s + p = a`` and ``s + p / cores = w``, so its time on ``t`` threads is ``s + p / t`` (:class:`StageCost`).
+     Two probe items are few: a stage whose cost varies from item to item (``--prior-every N``: the prior runs on
+     one frame in N) is planned from the items the probe saw; the guard below catches a plan that loses.
   3. *Plan* (:func:`plan_cpu`). The compute stages (those not marked ``io``) are cut into at most ``cores`` runs of
      consecutive stages; each run is one thread that does its stages in turn, and the cores are dealt out to the
      runs (each one thread, then one more at a time to the run that is slowest). A plan's period is the slowest
