@@ -8,7 +8,8 @@ A video's per-frame labels are written in one of two formats (:data:`LABEL_FORMA
   PyAV's ``frame.to_ndarray()`` gives (H, W) uint16). Written by :class:`LabelVideoWriter` under a temporary name
   and renamed when complete. Frame ``i`` of the input is stored at time ``i / rate`` (the frames of a ``--start``
   range keep their input numbers; a frame that failed leaves a gap in time, not a shifted frame), and the rate is
-  kept in the stream's ``SPAM_RATE`` tag, so that :func:`read_labels` returns each map with its input frame number.
+  kept in the stream's ``SPAM_RATE`` tag, so that :func:`read_labels` returns each map with its input frame number
+  (Matroska keeps times in milliseconds: exact for inputs up to 500 frames/s).
 * ``png``: a folder ``<stem>_labels/`` of uint16 PNGs named by input frame number (``000000.png`` …), each written
   atomically (:func:`spam_stream.io.write_labels`).
 
