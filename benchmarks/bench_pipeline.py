@@ -1,6 +1,8 @@
 """Sequential vs pipelined video throughput, per-stage times and the ratio to the bound; memory over a long stream.
 
     python benchmarks/bench_pipeline.py [--frames 40] [--prior-frames 12] [--no-fastsam] [--memory 10000]
+                                        [--encoder default none fast] [--size 1280x720]
+                                        [--schedules measured fused split oversubscribed stages]
 
 Input: a 481x321 clip panning over a BSDS500 test image (or samples/coffee.jpg), encoded to H.264 first; each run
 decodes it, segments every frame (K=400, bundled encoder, coherent) and writes the overlay MP4 + label PNGs, so
@@ -8,9 +10,10 @@ decode, prior, features, seeds, clustering, connectivity, ids and write all coun
 FastSAM-s architecture with random weights (imgsz 640; nothing downloaded). Sequential and pipelined runs of the
 same clip in the same process, after a warm-up.
 
-Bound (frames/s) = min(1 / slowest stage, cores / total CPU time per frame): the slowest stage's mean wall time is
-taken from the pipelined run, the CPU time per frame from the sequential run (process CPU time of each stage, all
-its threads). `--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
+Bound (frames/s) = cores / total CPU time per frame of the sequential run (process CPU time of each stage, all its
+threads). `--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py:
+measured = the default, fused / split / oversubscribed = forced plans after the probe, stages = the old one thread
+per stage with the cores split evenly), each against the same sequential run; the plan each one ran is printed. `--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
 frame 1,000 and at frame N.
 """
 from __future__ import annotations
@@ -30,11 +33,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from spam_stream import SPAM  # noqa: E402
-from spam_stream.pipelines.executor import Stage  # noqa: E402
 from spam_stream.pipelines.video import VideoOutputs, video_frames  # noqa: E402
+from spam_stream.pipelines.writers import STAGE_NAMES as STAGES  # noqa: E402
 from spam_stream.videoio import VideoWriter  # noqa: E402
-
-STAGES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "write")
 
 
 def source_image() -> tuple[np.ndarray, str]:
@@ -47,13 +48,31 @@ def source_image() -> tuple[np.ndarray, str]:
 
 def make_clip(path: Path, n: int, h: int = 321, w: int = 481) -> None:
     img, _ = source_image()
-    big = np.asarray(Image.fromarray(img).resize((int(img.shape[1] * 1.6), int(img.shape[0] * 1.6))))
+    scale = max(1.6, 1.25 * w / img.shape[1], 1.25 * h / img.shape[0])  # room to pan at any size
+    big = np.asarray(Image.fromarray(img).resize((int(img.shape[1] * scale), int(img.shape[0] * scale))))
     writer = VideoWriter(path, 25, w, h, preset="veryfast")
     for i in range(n):
         y = min(big.shape[0] - h, i * 2)
         x = min(big.shape[1] - w, i * 3)
         writer.write(np.ascontiguousarray(big[y:y + h, x:x + w]))
     writer.close()
+
+
+PLANS = []  # the executor's plan of each pipelined run
+
+
+def _record_plans():
+    """Keep the plan the measured schedule chose (Pipeline.plan) of every pipelined run."""
+    from spam_stream.pipelines import executor
+
+    original = executor.Pipeline._make_plan
+
+    def make_plan(self):
+        groups = original(self)
+        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}" for names, threads in self.plan))
+        return groups
+
+    executor.Pipeline._make_plan = make_plan
 
 
 def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int = 1):
@@ -63,7 +82,7 @@ def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int 
     outputs = VideoOutputs(out, clip.stem, reader.rate, reader.width, reader.height)
     t = time.perf_counter()
     frames = list(video_frames(model, clip, k, pipelined=pipelined, reader=reader, prior_every=prior_every,
-                               extra_stages=[Stage("write", outputs, fatal=True)]))
+                               extra_stages=outputs.stages()))
     wall = time.perf_counter() - t
     outputs.close()
     errors = [f.error for f in frames if f.error]
@@ -81,34 +100,41 @@ def stage_means(frames, key="timings"):
     return rows
 
 
-def compare(name, model, clip, n, k, tmp):
+def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321"):
     cores = len(os.sched_getaffinity(0))
     run(model, clip, tmp / "warm", k, pipelined=False)  # warm-up: numba compile, caches
     seq, seq_wall = run(model, clip, tmp / "seq", k, pipelined=False)
-    pip, pip_wall = run(model, clip, tmp / "pip", k, pipelined=True)
-    seq_fps, pip_fps = n / seq_wall, n / pip_wall
+    pipelined = []
+    for schedule in schedules:
+        os.environ["SPAM_SCHEDULE"] = schedule
+        PLANS.clear()
+        frames, wall = run(model, clip, tmp / f"pip-{schedule}", k, pipelined=True)
+        pipelined.append((schedule, frames, wall, PLANS[-1] if PLANS else "n/a"))
+    os.environ.pop("SPAM_SCHEDULE", None)
+    seq_fps = n / seq_wall
+    pip = pipelined[0][1]
     wall_pip = stage_means(pip)
     cpu_seq = stage_means(seq, "cpu")
-    slowest = max(wall_pip, key=wall_pip.get)
-    bound_stage = 1 / wall_pip[slowest]
     total_cpu = sum(cpu_seq.values())
-    bound_cpu = cores / total_cpu
-    bound = min(bound_stage, bound_cpu)
-    print(f"\n### {name}: {n} frames 481x321, K={k}\n")
-    print("| stage | sequential wall (ms) | sequential CPU (ms) | pipelined wall (ms) |")
+    bound = cores / total_cpu  # the issue's bound: cores / CPU time per frame of the sequential run
+    print(f"\n### {name}: {n} frames {size}, K={k}\n")
+    print(f"| stage | sequential wall (ms) | sequential CPU (ms) | pipelined ({pipelined[0][0]}) wall (ms) |")
     print("|---|---|---|---|")
     wall_seq = stage_means(seq)
     for s in STAGES:
         print(f"| {s} | {1e3 * wall_seq[s]:.1f} | {1e3 * cpu_seq[s]:.1f} | {1e3 * wall_pip[s]:.1f} |")
-    print(f"\n| run | frames/s | vs sequential | bound (frames/s) | vs bound |")
+    print(f"\nbound: {cores} cores / sequential CPU time {1e3 * total_cpu:.0f} ms per frame = {bound:.2f} frames/s\n")
+    print("| run | frames/s | vs sequential | vs bound | executor plan (stages of each thread: threads) |")
     print("|---|---|---|---|---|")
-    print(f"| sequential | {seq_fps:.2f} | 1.00 | | |")
-    print(f"| pipelined | {pip_fps:.2f} | {pip_fps / seq_fps:.2f} | {bound:.2f} (1/slowest stage '{slowest}' "
-          f"{bound_stage:.2f}; {cores} cores / CPU time {1e3 * total_cpu:.0f} ms = {bound_cpu:.2f}) | "
-          f"{pip_fps / bound:.2f} |")
-    same = all(np.array_equal(a.labels, b.labels) for a, b in zip(seq, pip))
-    print(f"\nlabels of the pipelined run equal the sequential run's: {same}")
-    return pip_fps / seq_fps, pip_fps / bound
+    print(f"| sequential | {seq_fps:.2f} | 1.00 | {seq_fps / bound:.2f} | |")
+    ratios = []
+    for schedule, frames, wall, plan in pipelined:
+        fps = n / wall
+        ratios.append((fps / seq_fps, fps / bound))
+        same = all(np.array_equal(a.labels, b.labels) for a, b in zip(seq, frames))
+        print(f"| pipelined, {schedule} | {fps:.2f} | {fps / seq_fps:.2f} | {fps / bound:.2f} | {plan}"
+              f"{'' if same else ' (LABELS DIFFER from the sequential run)'} |")
+    return ratios
 
 
 def rss_mb() -> float:
@@ -155,28 +181,41 @@ def main():
     ap.add_argument("--no-fastsam", action="store_true")
     ap.add_argument("--memory", type=int, default=0, metavar="N")
     ap.add_argument("--only-memory", action="store_true")
+    ap.add_argument("--encoder", nargs="+", default=["default"], metavar="NAME",
+                    help="encoders of the no-prior comparison: default, fast, none (default: default)")
+    ap.add_argument("--schedules", nargs="+", default=["measured"], metavar="S",
+                    help="executor schedules of the pipelined runs (measured, fused, split, oversubscribed, stages; "
+                         "default: measured), each compared with the same sequential run")
+    ap.add_argument("--size", default="481x321", help="clip size WxH (default 481x321)")
     args = ap.parse_args()
     import torch
 
-    print(f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    _record_plans()
+    print(f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (before)")
     if not args.only_memory:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             clip = tmp / "clip.mp4"
-            make_clip(clip, max(args.frames, args.prior_frames))
-            compare("no prior, bundled encoder", SPAM(), clip, args.frames, 400, tmp)
+            w, h = (int(v) for v in args.size.lower().split("x"))
+            make_clip(clip, max(args.frames, args.prior_frames), h, w)
+            for encoder in args.encoder:
+                model = SPAM(encoder=None if encoder == "none" else encoder)
+                compare(f"no prior, encoder {encoder}", model, clip, args.frames, 400, tmp, args.schedules,
+                        args.size)
             if not args.no_fastsam:
                 sys.path.insert(0, str(HERE))
                 from bench_priors import random_fastsam
                 from spam_stream.priors import make_provider
 
                 clip2 = tmp / "clip12.mp4"
-                make_clip(clip2, args.prior_frames)
+                make_clip(clip2, args.prior_frames, h, w)
                 provider = make_provider("fastsam", random_fastsam(tmp), imgsz=640)
                 compare("FastSAM-s prior (random weights, imgsz 640), bundled encoder", SPAM(prior=provider), clip2,
-                        args.prior_frames, 400, tmp)
+                        args.prior_frames, 400, tmp, args.schedules, args.size)
     if args.memory:
         memory(args.memory)
+    print(f"\nload average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (after)")
 
 
 if __name__ == "__main__":

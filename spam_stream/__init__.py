@@ -6,14 +6,25 @@
     >>> labels = spam_stream.segment(image, 400, prior="fastsam", prior_checkpoint="FastSAM-s.pt")
     >>> for index, frame, labels in spam_stream.segment_video("clip.mp4", 400): ...   # pipelined, coherent ids
     >>> for item in spam_stream.segment_batch(["a.jpg", "b.png"], 400): ...          # item.labels, item.error
+    >>> for index, labels in spam_stream.read_labels("out/clip_labels.mkv"): ...      # a video's labels, read back
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import NamedTuple
+import os as _os
 
-from .model import SPAM
-from .priors import Prior, Provider, make_provider
+# OpenMP worker threads (torch's intra-op pool, numba's "omp" layer) spin after every parallel region by default. In a
+# pipeline several threads are busy at once, and on a shared machine other processes are: the spinning then takes the
+# cores the working threads need (2-core machine at load 7, `bench_pipeline.py --encoder none`: sequential 5.3 → 45
+# frames/s, CPU per frame 92 → 16 ms with PASSIVE). Read once when torch / numba load the OpenMP runtime, so it is set
+# before they are imported here; a value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from functools import lru_cache  # noqa: E402
+from typing import NamedTuple  # noqa: E402
+
+from .labelio import read_labels  # noqa: E402
+from .model import SPAM  # noqa: E402
+from .priors import Prior, Provider, make_provider  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -140,4 +151,4 @@ class BatchResult(NamedTuple):
 
 
 __all__ = ["SPAM", "Prior", "Provider", "make_provider", "segment", "segment_video", "segment_batch", "BatchResult",
-           "__version__"]
+           "read_labels", "__version__"]

@@ -134,7 +134,7 @@ def test_bad_specs_are_one_line_errors(tmp_path, capsys):
         main(["batch", str(empty), "-o", str(tmp_path / "o"), "--shard", "3/3"])
 
 
-VIDEO_ARGS = ["-k", "16", "--encoder", "none"]
+VIDEO_ARGS = ["-k", "16", "--encoder", "none", "--labels-format", "png"]  # label PNGs: per-frame checks
 
 
 def _stamps(folder: Path):
@@ -235,7 +235,7 @@ def test_a_video_killed_mid_way_is_redone_on_resume_although_its_old_line_says_o
     src.mkdir()
     write_index_video(src / "long.mkv", n, codec="ffv1")
     out = tmp_path / "out"
-    args = ["batch", str(src), "-o", str(out), "-k", "24", "--encoder", "none"]
+    args = ["batch", str(src), "-o", str(out), "-k", "24", "--encoder", "none", "--labels-format", "png"]
     assert main(args) == 0
     labels, csv = out / "long" / "long_labels", out / "long" / "long_frames.csv"
     first = label_frames(labels)

@@ -149,3 +149,151 @@ def test_an_interrupt_swallowed_where_it_landed_still_stops_the_pipeline():
     finally:
         signal.signal(signal.SIGINT, before)
         executor.INTERRUPTED.clear()
+
+
+# --- the measured schedule: how the cores are shared (the model, deterministic; see the executor's docstring) ---
+
+from spam_stream.pipelines.executor import StageCost, _partitions, plan_cpu  # noqa: E402
+
+
+def test_stage_cost_model_is_amdahl_through_the_measurement():
+    encoder = StageCost(wall=0.094, cpu=0.155, cores=2)  # the bundled encoder, 481x321, both cores busy
+    assert encoder.time(2) == pytest.approx(0.094)  # the measurement itself
+    assert encoder.time(1) == pytest.approx(0.155)
+    serial = StageCost(wall=0.03, cpu=0.01, cores=2)  # waits (I/O, GIL): as long on any number of threads
+    assert serial.time(1) == serial.time(4) == pytest.approx(0.03)
+    assert StageCost(0.01, 0.04, 4).time(1) == pytest.approx(0.04)  # fully parallel: the CPU time on one thread
+
+
+def test_partitions_are_every_cut_into_consecutive_runs():
+    from math import comb
+
+    for n in range(1, 7):
+        for parts in range(1, n + 1):
+            cuts = list(_partitions(n, parts))
+            assert len(cuts) == len(set(cuts)) == comb(n - 1, parts - 1)
+            assert all(sum(cuts_, ()) == tuple(range(n)) and all(cuts_) for cuts_ in cuts)
+
+
+def test_a_dominant_parallel_stage_keeps_every_core_with_the_others():
+    """The case that made pipelining lose on 2 cores: the encoder gets both cores, as when sequential, and the
+    compute stages form one run (sequential with overlapped I/O)."""
+    costs = [StageCost(0.0001, 0.0001, 2), StageCost(0.094, 0.155, 2), StageCost(0.025, 0.045, 2),
+             StageCost(0.002, 0.002, 2)]  # seeds, features, cluster, connectivity
+    plan = plan_cpu(costs, 2, io_work=0.013)
+    assert plan.runs == ((0, 1, 2, 3),) and plan.threads == (2,)
+    assert plan.period == pytest.approx(sum(c.wall for c in costs))  # = the sequential run's compute time
+
+
+def test_balanced_serial_stages_get_a_thread_each():
+    costs = [StageCost(0.02, 0.02, 2), StageCost(0.02, 0.02, 2), StageCost(0.02, 0.02, 2),
+             StageCost(0.02, 0.02, 2)]
+    plan = plan_cpu(costs, 2)
+    assert plan.runs == ((0, 1), (2, 3)) and plan.threads == (1, 1)
+    assert plan.period == pytest.approx(0.04)
+    plan = plan_cpu(costs, 4)
+    assert len(plan.runs) == 4 and plan.period == pytest.approx(0.02)
+
+
+def test_a_plan_is_never_modelled_slower_than_one_run_and_uses_at_most_the_cores():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        cores = int(rng.integers(1, 9))
+        n = int(rng.integers(1, 8))
+        costs = []
+        for _ in range(n):
+            wall = float(rng.exponential(0.05))
+            costs.append(StageCost(wall, wall * float(rng.uniform(0.2, cores + 1)), cores))
+        io_work = float(rng.exponential(0.01))
+        plan = plan_cpu(costs, cores, io_work)
+        one = plan_cpu(costs, cores, io_work, margin=0.0)  # margin 0: always the one run
+        assert len(one.runs) == 1 and one.threads == (cores,)
+        assert plan.period <= one.period + 1e-12
+        assert one.period == pytest.approx(max(sum(c.wall for c in costs),  # what a sequential run measures
+                                               (sum(c.work for c in costs) + io_work) / cores))
+        assert sum(plan.threads) <= cores and min(plan.threads) >= 1 and len(plan.runs) <= cores
+        assert sum(plan.runs, ()) == tuple(range(n))
+        assert plan.period >= (sum(c.work for c in costs) + io_work) / cores - 1e-12  # never beyond the work
+
+
+def test_the_measured_schedule_runs_the_plan_with_io_stages_on_their_own():
+    """Two sleeping stages of equal cost on 2 cores: one thread each after the probe; a writer marked io keeps its
+    own thread; every item in order, the probe's ones first."""
+    stages = [Stage("a", lambda f: time.sleep(0.03) or f), Stage("b", lambda f: time.sleep(0.03) or f),
+              Stage("write", jitter("write"), io=True)]
+    pipeline = Pipeline(stages, cores=2, probe=3)
+    out = list(pipeline.run(frames(12)))
+    assert [f.index for f in out] == list(range(12)) and all(f.meta["path"] == ["write"] for f in out)
+    assert pipeline.plan == [(("a",), 1), (("b",), 1), (("write",), None)]
+    assert set(pipeline.costs) == {"a", "b", "write"}
+    short = Pipeline(stages, cores=2, probe=3)  # fewer items than the probe: all of them, sequentially
+    assert [f.index for f in short.run(frames(2))] == [0, 1] and short.plan is None
+    fused = Pipeline(stages, cores=1)
+    assert [f.index for f in fused.run(frames(6))] == list(range(6))
+    assert fused.plan == [(("a", "b"), 1), (("write",), None)]
+
+
+def test_the_probe_keeps_the_pipeline_contract():
+    """Errors and ends inside the probe (the first items, run in the consumer's thread) behave as in the threads:
+    a failing source ends with one error item, a fatal writer error is raised, an early exit closes the source."""
+    def source():
+        yield from frames(2)
+        raise OSError("disk gone")
+
+    def make_error(index, exc):
+        f = Frame(index=index, key="src")
+        f.error = f"src: {exc}"
+        return f
+
+    out = list(Pipeline([Stage("a", jitter("a"))], probe=3).run(source(), make_error))
+    assert [f.index for f in out] == [0, 1, 2] and out[-1].error == "src: disk gone"
+
+    def writer(frame):
+        if frame.index == 1:
+            raise OSError("No space left on device")
+        return frame
+
+    with pytest.raises(PipelineError, match="No space left"):
+        list(Pipeline([Stage("a", jitter("a")), Stage("write", writer, fatal=True, io=True)], probe=3)
+             .run(frames(10)))
+
+    closed = []
+
+    def tracked():
+        try:
+            yield from frames(100)
+        finally:
+            closed.append(True)
+
+    it = Pipeline([Stage("a", jitter("a"))], probe=3).run(tracked())
+    next(it)
+    it.close()
+    assert closed == [True]
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-") or t.name == "source"]
+
+
+def test_a_plan_slower_than_one_run_is_dropped_after_the_guard_items():
+    """Three stages of equal cost in the probe: the model splits them over 2 cores. But stage b is slow whenever it
+    runs in another thread than stage a (as OpenMP teams of two threads slow each other down): after the guard
+    items the pipeline goes back to one run of the compute stages, where b is fast again; every item in order."""
+    last_a = {}
+
+    def a(frame):
+        time.sleep(0.01)
+        last_a["thread"] = threading.get_ident()
+        return frame
+
+    def b(frame):
+        time.sleep(0.01 if last_a.get("thread") == threading.get_ident() else 0.1)
+        return frame
+
+    stages = [Stage("a", a), Stage("b", b), Stage("c", lambda f: time.sleep(0.01) or f)]
+    pipeline = Pipeline(stages, cores=2, probe=3, guard=4)
+    out = list(pipeline.run(frames(12)))
+    assert [f.index for f in out] == list(range(12))
+    assert pipeline.switched and pipeline.plan == [(("a", "b", "c"), 2)]
+    assert out[-1].timings["b"] < 0.05  # fast again in the one run
+
+    steady = Pipeline([Stage(s, lambda f: time.sleep(0.02) or f) for s in "abcd"], cores=2, probe=3, guard=4)
+    assert [f.index for f in steady.run(frames(12))] == list(range(12))
+    assert not steady.switched and len(steady.plan) == 2  # the split is as fast as modelled: it stays

@@ -249,6 +249,7 @@ def test_fastsam_prior_on_a_video_uses_network_resolution_masks(tmp_path, fastsa
     resolution (no full-resolution stack is ever made), each frame's superpixels stay inside that frame's FastSAM
     objects, and the frame count survives."""
     pytest.importorskip("av")
+    from spam_stream.labelio import read_labels
     from video_helpers import decode_all, write_index_video
 
     made = []
@@ -261,9 +262,8 @@ def test_fastsam_prior_on_a_video_uses_network_resolution_masks(tmp_path, fastsa
                  "--prior-checkpoint", str(fastsam_checkpoint), "--imgsz", "320", "--no-overlay"]) == 0
     assert made == []
     frames, _ = decode_all(src)
-    pngs = sorted((out / "clip_labels").glob("*.png"))
-    assert len(pngs) == len(frames) == 5
-    for frame, png in zip(frames, pngs):
-        labels = np.asarray(Image.open(png)).astype(np.int64)
+    maps = [labels for _, labels in read_labels(out / "clip_labels.mkv")]  # the default: one label video
+    assert len(maps) == len(frames) == 5
+    for frame, labels in zip(frames, maps):
         assert_superpixels_respect_prior(labels, fastsam(frame).partition)
         assert_connected(np.unique(labels, return_inverse=True)[1].reshape(labels.shape))  # ids tracked: not 0..n-1

@@ -114,7 +114,7 @@ def test_ray_engine_runs_each_video_as_one_task_like_the_local_engine(tmp_path, 
     src = make_video_batch(tmp_path / "src")
     make_images(src, 2)
     local, remote = tmp_path / "local", tmp_path / "ray"
-    args = [str(src), "-k", "16", "--encoder", "none"]
+    args = [str(src), "-k", "16", "--encoder", "none", "--labels-format", "png"]
     assert main(["batch", *args, "-o", str(local)]) == 1
     assert main(["batch", *args, "-o", str(remote), "--engine", "ray", "--workers", "2"]) == 1
     err = capsys.readouterr().err
@@ -172,7 +172,7 @@ def test_ray_engine_writes_to_a_uri_outdir(tmp_path, local_ray, capsys):
     write_index_video(src / "clip.mkv", 6, codec="ffv1")
     local, remote = tmp_path / "local", tmp_path / "ray"
     uri = remote.as_uri()
-    args = [str(src), "-k", "16", "--encoder", "none"]
+    args = [str(src), "-k", "16", "--encoder", "none", "--labels-format", "png"]
     assert main(["batch", *args, "-o", str(local)]) == 1
     assert main(["batch", *args, "-o", uri, "--engine", "ray", "--workers", "2"]) == 1
     assert "processed 5 image(s) and 1 video(s)" in capsys.readouterr().err
@@ -333,7 +333,7 @@ def test_a_worker_killed_in_the_middle_of_a_video_redoes_it_from_its_first_frame
     out = tmp_path / "out"
     labels_dir = out / "clip" / "clip_labels"
     cmd = [sys.executable, "-m", "spam_stream.cli", "batch", str(src), "-o", str(out), "-k", "24", "--encoder",
-           "none", "--engine", "ray"]
+           "none", "--engine", "ray", "--labels-format", "png"]  # one file per frame: progress is visible
     job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "job.log", "w"),
                            env=_cluster_env(), start_new_session=True)
     killed = None

@@ -9,6 +9,7 @@ from PIL import Image
 import spam_stream
 from spam_stream.cli import main
 from spam_stream.io import InputError
+from spam_stream.labelio import label_frame_count
 
 from helpers import assert_connected
 from video_helpers import TS_PACKET, decode_all, index_frame, read_index, write_index_video, write_ts_video
@@ -30,10 +31,9 @@ def _leftovers(folder):
 def test_video_command_keeps_every_frame_in_order_at_the_input_rate(odd_video, tmp_path):
     out = tmp_path / "out"
     assert main(["video", str(odd_video), "-o", str(out), "-k", "24", "--encoder", "none"]) == 0
-    pngs = sorted((out / "clip_labels").glob("*.png"))
-    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(N)]
-    first = np.asarray(Image.open(pngs[0]))
-    assert first.dtype == np.uint16 and first.shape == (67, 99)  # labels never padded nor cropped
+    labels = list(spam_stream.read_labels(out / "clip_labels.mkv"))  # the default: one lossless label video
+    assert [i for i, _ in labels] == list(range(N))
+    assert labels[0][1].shape == (67, 99)  # labels never padded nor cropped
     frames, rate = decode_all(out / "clip_overlay.mp4")
     assert len(frames) == N and rate == RATE
     assert frames[0].shape[:2] == (68, 100)  # padded to even for H.264
@@ -46,7 +46,7 @@ def test_video_command_keeps_every_frame_in_order_at_the_input_rate(odd_video, t
 def test_independent_labels_equal_segment_of_each_decoded_frame(odd_video, tmp_path):
     out = tmp_path / "out"
     assert main(["video", str(odd_video), "-o", str(out), "-k", "24", "--encoder", "none", "--independent",
-                 "--max-frames", "12", "--start", "5", "--no-overlay"]) == 0
+                 "--max-frames", "12", "--start", "5", "--no-overlay", "--labels-format", "png"]) == 0
     assert not (out / "clip_overlay.mp4").exists()
     model = spam_stream.SPAM(encoder=None)
     frames, _ = decode_all(odd_video)
@@ -76,7 +76,7 @@ def test_corrupt_video_is_one_line_error_and_other_inputs_still_run(odd_video, t
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "broken.mp4" in line]
     assert lines and all("\n" not in line for line in lines)
-    assert len(list((out / "clip_labels").glob("*.png"))) == 10
+    assert label_frame_count(out / "clip_labels.mkv") == 10
     assert not (out / "broken_overlay.mp4").exists() and not _leftovers(out)
 
 
@@ -90,7 +90,7 @@ def test_mkv_cut_in_the_middle_keeps_the_frames_before_the_damage(tmp_path, caps
     assert main(["video", str(cut), "-o", str(out), "-k", "16", "--encoder", "none"]) == 1
     err = capsys.readouterr().err
     assert "cut.mkv" in err and "Traceback" not in err
-    written = sorted((out / "cut_labels").glob("*.png"))
+    written = list(spam_stream.read_labels(out / "cut_labels.mkv"))
     assert 10 < len(written) < 120
     frames, _ = decode_all(out / "cut_overlay.mp4")  # a complete, playable file with the good frames
     assert len(frames) == len(written)
@@ -140,8 +140,8 @@ def test_transport_stream_cut_keeps_every_complete_frame_and_reports_known_damag
         assert code == 1
         lines = [line for line in err.splitlines() if "cut.ts" in line and "error" in line]
         assert lines and ("damaged" in lines[0] or "ends" in lines[0])
-    written = sorted((out / "cut_labels").glob("*.png"))
-    assert [p.name for p in written] == [f"{i:06d}.png" for i in range(TS_CUT_AT)]
+    written = [index for index, _ in spam_stream.read_labels(out / "cut_labels.mkv")]
+    assert written == list(range(TS_CUT_AT))
     frames, _ = decode_all(out / "cut_overlay.mp4")
     assert [read_index(f) for f in frames] == list(range(TS_CUT_AT))
     rows = (out / "cut_frames.csv").read_text().splitlines()
@@ -196,7 +196,8 @@ def test_ctrl_c_stops_within_a_second_and_leaves_only_complete_files(long_video,
 
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", str(long_video), "-o", str(out), "-k",
-                             "24", "--encoder", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "24", "--encoder", "none", "--labels-format", "png"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("clip_labels/*.png"))) < 20:
         time.sleep(0.02)

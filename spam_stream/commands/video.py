@@ -7,7 +7,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..io import InputError
+from ..labelio import DEFAULT_LABEL_FORMAT, LABEL_FORMATS
 from ..pipelines.video import VideoOptions, expected_frames, process_video
+from ..pipelines.writers import DEFAULT_OVERLAY_PRESET, OVERLAY_PRESETS
 from ..videoio import VideoReader
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
                      positive_int, prepare_outdir, report_failures, resolve_prior_arguments)
@@ -15,8 +17,10 @@ from .common import (add_model_arguments, add_output_arguments, add_prior_argume
 DESCRIPTION = """\
 Segment every frame of one or more videos (any container/codec PyAV's ffmpeg reads). For each IN writes
 OUTDIR/<stem>_overlay.mp4 (H.264, boundaries drawn, same frame count and frame rate as IN; odd sizes are padded
-to even, never cropped), OUTDIR/<stem>_labels/000000.png ... (uint16 superpixel ids, one PNG per frame) and
-OUTDIR/<stem>_frames.csv (frame, K', milliseconds per stage). Audio is not copied.
+to even, never cropped), OUTDIR/<stem>_labels.mkv (superpixel ids 0..65535 as one lossless 16-bit video: FFV1
+gray16le in Matroska, frame i of IN at time i/rate; --labels-format png writes OUTDIR/<stem>_labels/000000.png ...
+instead, one uint16 PNG per frame; spam_stream.read_labels(path) reads either back) and OUTDIR/<stem>_frames.csv
+(frame, K', milliseconds per stage). Audio is not copied.
 
 Decoding, the prior, the encoder, clustering and writing run as a pipeline (threads on a CPU, CUDA streams on a
 GPU). Frames are temporally coherent: each frame starts from the previous one's superpixels (fewer iterations) and
@@ -50,7 +54,14 @@ def add_video_arguments(g) -> None:
     g.add_argument("--start", type=int, default=0, metavar="FRAME", help="first frame to process (default 0)")
     g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
     g.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
-    g.add_argument("--no-labels", action="store_true", help="do not write the per-frame label PNGs")
+    g.add_argument("--no-labels", action="store_true", help="do not write the label maps")
+    g.add_argument("--labels-format", choices=LABEL_FORMATS, default=DEFAULT_LABEL_FORMAT,
+                   help="ffv1 = one lossless 16-bit video per input, <stem>_labels.mkv (FFV1 gray16le in Matroska; "
+                        "the default: faster to write and smaller than PNGs); png = <stem>_labels/000000.png ... "
+                        "(uint16, one per frame). spam_stream.read_labels(path) reads either back")
+    g.add_argument("--overlay-preset", choices=OVERLAY_PRESETS, default=DEFAULT_OVERLAY_PRESET, metavar="PRESET",
+                   help=f"x264 speed preset of the overlay video: {', '.join(OVERLAY_PRESETS)} (default "
+                        f"{DEFAULT_OVERLAY_PRESET}: the fastest to encode, larger files)")
 
 
 def _formatter():
@@ -84,7 +95,8 @@ def video_options(args) -> VideoOptions:
     """The per-video options the flags ask for (shared with ``spam-stream batch``)."""
     return VideoOptions(prior_every=args.prior_every, coherent=not args.independent,
                         warm_iterations=args.warm_iterations, start=args.start, max_frames=args.max_frames,
-                        overlay_video=not args.no_overlay, labels=not args.no_labels)
+                        overlay_video=not args.no_overlay, labels=not args.no_labels,
+                        labels_format=args.labels_format, overlay_preset=args.overlay_preset)
 
 
 def _one_video(model, attention, path: Path, args):

@@ -6,13 +6,14 @@
   with a video suffix (:data:`BATCH_VIDEO_SUFFIXES`: .mp4 .mkv .avi .mov .webm .ts …; a .gif stays an image) is a
   **video**: one unit of work, processed by :func:`~spam_stream.pipelines.video.process_video` (the code path of
   ``spam-stream video``) into its own folder ``OUTDIR/<relative path without suffix>/`` (``<stem>_overlay.mp4``,
-  ``<stem>_labels/NNNNNN.png``, ``<stem>_frames.csv``), with one manifest line.
+  ``<stem>_labels.mkv`` or ``<stem>_labels/NNNNNN.png``, ``<stem>_frames.csv``), with one manifest line.
 * **Sharding** (:func:`shard`): ``--shard I/N`` keeps the items whose relative path hashes to I modulo N: N machines
   with the same inputs cover every item exactly once without talking to each other.
 * **Resume**: outputs are written under temporary names and renamed, so an output that exists is complete;
   ``resume=True`` skips images whose outputs all exist. A video has many outputs, written one after the other: it
   is skipped only when its manifest line says ok and its outputs are complete (the frames CSV, written last, and
-  the overlay exist, and the label PNGs are as many as the line's frames). A video about to be (re)done first loses
+  the overlay exist, and the labels hold as many frames as the line says: label PNGs, or the frames of the
+  ``_labels.mkv``). A video about to be (re)done first loses
   what an earlier run left of it, CSV first (:func:`clear_video_outputs`), so a run killed mid-video never leaves
   outputs that pass for complete.
 * **Manifest**: ``manifest.jsonl``, one JSON line per item (input, outputs, K', ms per stage, status, error); lines
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from ..frame import Frame
 from ..io import IMAGE_SUFFIXES, InputError, atomic_path, read_image, write_labels, write_overlay
+from ..labelio import label_frame_count, labels_path
 from ..videoio import VIDEO_SUFFIXES
 from .executor import Pipeline, Stage, describe, run_sequential
 from .outputs import Listing, RemoteManifest, RemoteOutputs, resolve_outdir
@@ -172,7 +174,9 @@ def is_complete(item: BatchItem, outdir: Path | Listing, entry: dict | None = No
                 video_options: VideoOptions | None = None) -> bool:
     """Whether ``resume`` may skip the item: an image whose outputs exist (each is written atomically); a video
     whose manifest ``entry`` says ok and whose outputs (for ``video_options``) are complete: the frames CSV (written
-    last) and the overlay (when frames were written) exist, and the labels folder holds the entry's frame count.
+    last) and the overlay (when frames were written) exist, and the labels hold the entry's frame count (label PNGs
+    in the folder; frames of a local ``_labels.mkv``, counted without decoding; under a URI OUTDIR the label video
+    is trusted when it exists under its final name, which it gets only once complete).
     ``outdir``: the local output folder, or the :class:`~spam_stream.pipelines.outputs.Listing` of a URI OUTDIR."""
     if isinstance(outdir, Listing):
         outputs = item.outputs(Path(), video_options)
@@ -189,7 +193,13 @@ def is_complete(item: BatchItem, outdir: Path | Listing, entry: dict | None = No
         return False
     if "overlay" in outputs and frames > 0 and not is_file(outputs["overlay"]):
         return False
-    if "labels" in outputs and png_count(outputs["labels"]) != frames:
+    labels = outputs.get("labels")
+    if labels is not None and labels.suffix == ".mkv":  # one label video: complete when renamed into place; a local
+        if frames > 0 and not is_file(labels):          # one is also checked for its frame count (a cut copy)
+            return False
+        if frames > 0 and not isinstance(outdir, Listing) and label_frame_count(labels) != frames:
+            return False
+    elif labels is not None and png_count(labels) != frames:
         return False
     return True
 
@@ -208,17 +218,19 @@ def output_names(item: BatchItem, outdir, video_options: VideoOptions | None = N
 
 def clear_video_outputs(item: BatchItem, outdir: Path) -> None:
     """Remove what an earlier run left of a video's outputs before it is (re)done: the frames CSV first (its
-    presence is what marks a finished video), then the overlay, the label PNGs and temporary files of this video's
-    stem. Other files in the folder are left alone."""
+    presence is what marks a finished video), then the overlay, the labels (video or PNGs, whichever format) and
+    temporary files of this video's stem. Other files in the folder are left alone."""
     folder, stem = item.video_folder(outdir), item.rel.stem
     if not folder.is_dir():
         return
     paths = video_output_paths(folder, stem)
-    doomed = [paths["frames_csv"], paths["overlay"]]
+    pngs = labels_path(folder, stem, "png")
+    doomed = [paths["frames_csv"], paths["overlay"], labels_path(folder, stem, "ffv1")]
     doomed += folder.glob(f".{stem}_frames.*.part.csv")
     doomed += folder.glob(f".{stem}_overlay.*.part.mp4")
-    if paths["labels"].is_dir():
-        doomed += paths["labels"].glob("*.png")
+    doomed += folder.glob(f".{stem}_labels.*.part.mkv")
+    if pngs.is_dir():  # labels of either format: an earlier run may have used the other one
+        doomed += pngs.glob("*.png")
     for p in doomed:
         try:
             p.unlink()
@@ -269,10 +281,13 @@ def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
 
 def upload_video(remote: RemoteOutputs, staging: Path, outputs: dict[str, Path]) -> dict[str, str]:
     """Upload a video's outputs from the staging folder (paths under ``staging``, as :func:`process_video` returns
-    them) to the same relative paths in OUTDIR: the label PNGs in frame order, the overlay, the frames CSV last (its
+    them) to the same relative paths in OUTDIR: the label video (or PNGs in frame order), the overlay, the frames
+    CSV last (its
     presence marks a finished video). Returns the manifest's ``outputs`` (URLs, in the order given)."""
     rel = {key: path.relative_to(staging) for key, path in outputs.items()}
-    if "labels" in outputs:
+    if "labels" in outputs and outputs["labels"].is_file():  # one label video
+        remote.upload(outputs["labels"], rel["labels"])
+    elif "labels" in outputs:
         for png in sorted(p for p in outputs["labels"].glob("*.png") if not p.name.startswith(".")):
             remote.upload(png, rel["labels"] / png.name)
     for key in ("overlay", "frames_csv"):
@@ -520,7 +535,7 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
     staging = None if remote is None else Path(tempfile.mkdtemp(prefix="spam-stream-staging-"))
     target = outdir if remote is None else staging
     writer = BatchWriter(target, color, manifest_name, remote=remote)
-    stage = Stage("write", writer, fatal=True, run_on_error=True)
+    stage = Stage("write", writer, fatal=True, run_on_error=True, io=True)
     try:
         if images or not videos:
             for frame in batch_frames(model, images, n_superpixels, pipelined=pipelined, extra_stages=[stage],

@@ -4,8 +4,8 @@
 
 * **Backpressure.** Every queue holds at most ``queue_size`` items, so memory stays bounded whatever the input
   length: a slow stage stalls the ones before it.
-* **Order.** Each stage is one thread that takes items first-in first-out, so items leave in the order they came
-  (a stage may keep state from one item to the next: a video's previous frame).
+* **Order.** Each thread (one stage, or a run of consecutive stages, see below) takes items first-in first-out, so
+  items leave in the order they came (a stage may keep state from one item to the next: a video's previous frame).
 * **Errors.** An exception raised by a stage on one item is caught and stored on the item (``item.error``, one line
   naming the item); later stages pass such items through untouched, and the consumer sees them in order. An
   exception raised by the *source* iterator becomes one last error item and ends the input.
@@ -19,8 +19,44 @@
 * **Timing.** Each item's wall time per stage goes into ``item.timings`` (stage functions may add finer entries).
 * **Devices.** On CUDA each stage thread runs on its own ``torch.cuda.Stream``; an item carries a CUDA event
   recorded after the stage that produced it, and the next stage's stream waits on it, so frame t+1's prior overlaps
-  frame t's clustering while the data dependencies hold. On a CPU, :func:`cpu_thread_budget` splits the cores
-  between the stages' torch and numba thread pools.
+  frame t's clustering while the data dependencies hold. A stage marked ``io`` (a writer, which reads the frame's
+  host arrays) first waits on the host for that event, so a stage may copy results back asynchronously
+  (``non_blocking`` into pinned memory) without a writer reading them early.
+* **Cores by measured cost (CPU).** One thread per stage, each given ``cores / busy stages`` threads, starves the
+  stage that needs the cores (the encoder: 94 ms per 481×321 frame on both cores of the development machine, 155 ms
+  on one) and made a pipelined run *slower* than a sequential one (0.85× on an idle 2-core machine). With
+  ``schedule="measured"`` (the default off CUDA) the executor measures before it decides:
+
+  1. *Probe.* The first ``probe`` items (3) run one at a time in the consumer's thread with every core, as
+     :func:`run_sequential` does; for the items after the first (the first pays JIT compilation and cold starts)
+     each stage's wall time ``w`` and process CPU time ``c`` are recorded.
+  2. *Model.* A stage's single-thread work is ``a = max(w, min(c, cores · w))`` (CPU time beyond that belongs to
+     other threads of the process); Amdahl's law splits it into a serial part ``s`` and a parallel part ``p`` with
+     ``s + p = a`` and ``s + p / cores = w``, so its time on ``t`` threads is ``s + p / t`` (:class:`StageCost`).
+     Two probe items are few: a stage whose cost varies from item to item (``--prior-every N``: the prior runs on
+     one frame in N) is planned from the items the probe saw; the guard below catches a plan that loses.
+  3. *Plan* (:func:`plan_cpu`). The compute stages (those not marked ``io``) are cut into at most ``cores`` runs of
+     consecutive stages; each run is one thread that does its stages in turn, and the cores are dealt out to the
+     runs (each one thread, then one more at a time to the run that is slowest). A plan's period is the slowest
+     run's time, and never less than the total work over the cores. The plan with one run holding every compute
+     stage on all cores is *sequential with overlapped I/O*: the source (decoding) and each ``io`` stage (writers)
+     still have threads of their own, so its period is the sequential run's minus the I/O, whatever the stages
+     cost. Another plan is taken only when the model says it is at least 10% faster (``margin``): the one-run
+     plan is the safe choice, its period measured rather than modelled.
+  4. *Run.* The remaining items go through the planned threads; each run thread sets its numba thread count, and
+     torch's process-wide intra-op pool gets the largest run's count (restored at the end).
+  5. *Guard.* A plan of several compute threads rests on the model (OpenMP teams or the GIL can make threads
+     slower together than the model says): it runs ``guard`` items (8), and when its measured period is longer
+     than the one-run plan's (the sequential period the probe measured) the pipeline drains and goes on with the
+     one run (``Pipeline.switched``). So a plan never stays slower than sequential with overlapped I/O.
+
+  So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run, and the rest
+  of the pipeline hides the I/O around it; stages of balanced serial cost (``--encoder none``) get a thread each.
+  ``Pipeline.plan`` records the choice (stage names and threads of each run) and ``Pipeline.costs`` the
+  measurements. ``schedule="stages"`` keeps one thread per stage with each stage's own ``threads``. For
+  comparisons (benchmarks on an idle machine) the probe's plan can be forced: ``"fused"`` (always the one run),
+  ``"split"`` (the best plan of several runs, even when modelled slower) and ``"oversubscribed"`` (that plan with
+  every run on all cores, the OS sharing them); the ``SPAM_SCHEDULE`` environment variable sets the default.
 
 Items are any objects with ``error`` and ``timings`` attributes (:class:`spam_stream.frame.Frame`).
 """
@@ -28,13 +64,16 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 _END = object()  # end of input marker, passes through every queue
+SCHEDULES = ("measured", "stages", "fused", "split", "oversubscribed")
 
 
 @dataclass
@@ -48,6 +87,8 @@ class Stage:
             a failure such as a full disk concerns every later item); otherwise it is stored on the item.
         run_on_error: also call ``fn`` for items that already carry an error (writers record failures).
         threads: torch / numba threads this stage may use on a CPU (None = leave as is).
+        io: an I/O stage (a writer: encoders that release the GIL): always a thread of its own, never given compute
+            threads nor merged with other stages by the measured schedule (see the module docstring).
     """
 
     name: str
@@ -55,6 +96,7 @@ class Stage:
     fatal: bool = False
     run_on_error: bool = False
     threads: int | None = None
+    io: bool = False
 
 
 class PipelineError(RuntimeError):
@@ -84,10 +126,104 @@ def describe(exc: BaseException) -> str:
 
 
 def cpu_thread_budget(n_busy_stages: int, cores: int | None = None) -> int:
-    """Threads per busy stage when ``n_busy_stages`` compute stages share ``cores`` (default: this machine's)."""
+    """Threads per busy stage when ``n_busy_stages`` compute stages share ``cores`` (default: this machine's); the
+    split of ``schedule="stages"``."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = cpu_cores()
     return max(1, cores // max(1, n_busy_stages))
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """What one stage costs per item, measured on ``cores`` cores: ``wall`` and process ``cpu`` seconds.
+
+    ``work`` = max(wall, cpu) is its single-thread time (CPU time beyond ``cores × wall`` belongs to other
+    threads of the process, e.g. a video encoder's, and is not counted); :meth:`time` its modelled time on ``t``
+    threads, ``serial + parallel / t`` (Amdahl), exact at ``t = cores`` by construction."""
+
+    wall: float
+    cpu: float
+    cores: int
+
+    @property
+    def work(self) -> float:
+        return max(self.wall, min(self.cpu, self.cores * self.wall), 0.0)
+
+    @property
+    def parallel(self) -> float:
+        if self.cores <= 1:
+            return 0.0
+        return min(self.work, max(0.0, (self.work - self.wall) * self.cores / (self.cores - 1)))
+
+    def time(self, threads: int) -> float:
+        parallel = self.parallel
+        return self.work - parallel + parallel / max(1, threads)
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """The measured schedule's choice: ``runs`` of consecutive compute stage indices, ``threads`` per run, and the
+    modelled ``period`` (seconds per item) — see the module docstring."""
+
+    runs: tuple[tuple[int, ...], ...]
+    threads: tuple[int, ...]
+    period: float
+
+
+def _partitions(n: int, parts: int):
+    """Every way to cut range(n) into ``parts`` runs of consecutive indices."""
+    if parts == 1:
+        yield (tuple(range(n)),)
+        return
+    for first in range(1, n - parts + 2):
+        for rest in _partitions(n - first, parts - 1):
+            yield (tuple(range(first)),) + tuple(tuple(i + first for i in run) for run in rest)
+
+
+def _deal(costs: list[StageCost], runs, cores: int) -> tuple[tuple[int, ...], float]:
+    """Threads for each run (one each, then one more at a time to the slowest) and the slowest run's time."""
+    threads = [1] * len(runs)
+
+    def run_time(g):
+        return sum(costs[i].time(threads[g]) for i in runs[g])
+
+    for _ in range(cores - len(runs)):
+        g = max(range(len(runs)), key=run_time)
+        threads[g] += 1
+    return tuple(threads), max(run_time(g) for g in range(len(runs)))
+
+
+def plan_cpu(costs: list[StageCost], cores: int, io_work: float = 0.0, margin: float = 0.9,
+             max_enumerate: int = 10) -> CpuPlan:
+    """The runs of consecutive compute stages and their threads with the shortest modelled period (see the module
+    docstring); a plan of several runs only when its period is below ``margin`` × the one-run plan's.
+
+    ``costs``: the compute stages' costs, in pipeline order; ``io_work``: single-thread seconds per item of the
+    stages that always have their own threads (source, writers), which compete for the same ``cores``. More than
+    ``max_enumerate`` stages: only one run, or one run per stage, are compared."""
+    n, cores = len(costs), max(1, int(cores))
+    if n == 0:
+        return CpuPlan((), (), 0.0)
+    floor = (sum(c.work for c in costs) + io_work) / cores  # no plan beats the work spread over every core
+
+    def candidate(runs):
+        threads, slowest = _deal(costs, runs, cores)
+        return CpuPlan(runs, threads, max(slowest, floor))
+
+    one = candidate((tuple(range(n)),))
+    if cores == 1 or n == 1:
+        return one
+    if n <= max_enumerate:
+        plans = [candidate(runs) for parts in range(2, min(cores, n) + 1) for runs in _partitions(n, parts)]
+    else:
+        plans = [candidate(tuple((i,) for i in range(n)))] if n <= cores else []
+    best = min(plans, key=lambda p: (p.period, len(p.runs)), default=one)
+    return best if best.period < margin * one.period else one
 
 
 def _set_threads(n: int | None) -> None:
@@ -106,18 +242,33 @@ class Pipeline:
 
     Args:
         stages: the stages in order.
-        queue_size: capacity of each queue between stages (≥ 1): at most about
+        queue_size: capacity of each queue between threads (≥ 1): at most about
             ``(len(stages) + 1) * (queue_size + 1)`` items are alive at once.
         device: a torch device; on CUDA each stage gets its own stream (see the module docstring).
         poll: seconds between checks of the stop flag.
+        schedule: "measured" (off CUDA: probe the first items, then threads by measured cost, see the module
+            docstring), "stages" (one thread per stage, each with its own ``threads``; always on CUDA), or a forced
+            plan after the probe: "fused", "split", "oversubscribed". Default: ``$SPAM_SCHEDULE`` or "measured".
+        probe: items run one at a time to measure the stages (the first one is not measured).
+        cores: the cores to plan for (default: those this process may use).
+        guard: items a plan of several compute threads runs before it is checked against the one-run plan's
+            period (0: never checked; see the module docstring).
     """
 
-    def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1):
+    def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1,
+                 schedule: str | None = None, probe: int = 3, cores: int | None = None, guard: int = 8):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
+        schedule = schedule or os.environ.get("SPAM_SCHEDULE") or "measured"
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
         self.stages, self.queue_size, self.poll = list(stages), max(1, int(queue_size)), poll
         self.cuda = device is not None and str(device).startswith("cuda")
         self.device = device
+        self.schedule = "stages" if self.cuda else schedule
+        self.probe, self.cores, self.guard = max(0, int(probe)), cores or cpu_cores(), max(0, int(guard))
+        self.plan: list[tuple[tuple[str, ...], int | None]] | None = None  # (stage names, threads) per thread
+        self.costs: dict[str, StageCost] = {}
         self._stop = threading.Event()
         self._fatal: list[BaseException] = []
 
@@ -139,33 +290,37 @@ class Pipeline:
                 continue
         return _END
 
-    def _feed(self, source: Iterable, out: queue.Queue, make_error: Callable | None) -> None:
-        index = 0
-        it = iter(source)
+    def _feed(self, it: Iterator, out: queue.Queue, make_error: Callable | None, index: int,
+              limit: int | None = None) -> None:
+        """Put the items of ``it`` (at most ``limit``) on ``out``, then the end marker; the source is closed (and
+        ``self._source_done`` set) once it is exhausted or failed, or when the pipeline stops."""
+        count = 0
         try:
-            for item in it:
+            while limit is None or count < limit:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    self._source_done = True
+                    break
                 if not self._put(out, item):
                     return
                 index += 1
+                count += 1
         except BaseException as exc:  # a source that fails (a damaged video) ends the input with one error item
+            self._source_done = True
             if make_error is not None:
                 self._put(out, make_error(index, exc))
             else:
                 self._fatal.append(exc)
                 self._stop.set()
         finally:
-            # a generator source (a video decoder) is closed here, in its own thread, so that its files and codec
-            # threads are released now rather than by the garbage collector during interpreter shutdown
-            close = getattr(it, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    pass
+            if self._source_done or self._stop.is_set():
+                _close(it)
             self._put(out, _END)
 
-    def _work(self, stage: Stage, inq: queue.Queue, outq: queue.Queue) -> None:
-        _set_threads(stage.threads)
+    def _work(self, group: list[Stage], threads: int | None, inq: queue.Queue, outq: queue.Queue) -> None:
+        """One thread: each item through the ``group``'s stages in turn (one stage, or a run of the measured plan)."""
+        _set_threads(threads)
         stream = None
         if self.cuda:
             import torch
@@ -176,10 +331,17 @@ class Pipeline:
             if item is _END:
                 self._put(outq, _END)
                 return
-            if item.error is None or stage.run_on_error:
+            for stage in group:
+                if item.error is not None and not stage.run_on_error:
+                    continue
                 t, before = time.perf_counter(), item.timings.get(stage.name)
                 try:
-                    if stream is not None:
+                    if stream is not None and stage.io:  # a writer reads host arrays: the frame's work must be
+                        event = item.meta.pop("cuda_event", None)  # done, not merely queued (an async copy back)
+                        if event is not None:
+                            event.synchronize()
+                        item = stage.fn(item)
+                    elif stream is not None:
                         item = self._run_on_stream(stage, item, stream)
                     else:
                         item = stage.fn(item)
@@ -208,6 +370,52 @@ class Pipeline:
         item.meta["cuda_event"] = done
         return item
 
+    def _probe(self, it: Iterator, make_error: Callable | None, ended: list) -> Iterator:
+        """The first ``probe`` items one at a time in this thread with every core (:func:`run_sequential`'s
+        loop), each stage's wall and CPU time summed over the items after the first into ``self._measured``."""
+        with _threads_everywhere(self.cores):
+            for position, item in enumerate(_sequential(self.stages, it, make_error, ended, limit=self.probe)):
+                if position > 0:
+                    for name, (wall, cpu) in item.meta.pop("_probe", {}).items():
+                        w, c, n = self._measured.get(name, (0.0, 0.0, 0))
+                        self._measured[name] = (w + wall, c + cpu, n + 1)
+                else:
+                    item.meta.pop("_probe", None)
+                yield item
+                if INTERRUPTED.is_set():
+                    raise KeyboardInterrupt
+
+    def _make_plan(self, force: str | None = None) -> list[tuple[list[Stage], int | None]]:
+        """The threads of the run after the probe: (stages, threads) per thread, in pipeline order (``force``: a
+        schedule other than ``self.schedule``)."""
+        schedule = force or self.schedule
+        if schedule == "stages":
+            groups = [([stage], stage.threads) for stage in self.stages]
+        else:
+            self.costs = {name: StageCost(w / n, c / n, self.cores) for name, (w, c, n) in self._measured.items()}
+            compute = [i for i, s in enumerate(self.stages) if not s.io]
+            missing = StageCost(0.0, 0.0, self.cores)  # a stage no measured item reached (all failed earlier)
+            costs = [self.costs.get(self.stages[i].name, missing) for i in compute]
+            io_work = sum(self.costs.get(s.name, missing).work for s in self.stages if s.io)
+            margin = {"fused": 0.0, "split": float("inf"), "oversubscribed": float("inf")}.get(schedule, 0.9)
+            plan = plan_cpu(costs, self.cores, io_work, margin)
+            self._one_run_period = plan_cpu(costs, self.cores, io_work, 0.0).period
+            if schedule == "oversubscribed":
+                plan = CpuPlan(plan.runs, (self.cores,) * len(plan.runs), plan.period)
+            owner = {compute[i]: (r, plan.threads[r]) for r, run in enumerate(plan.runs) for i in run}
+            groups, last = [], None
+            for i, stage in enumerate(self.stages):
+                key = owner.get(i, ("io", i))
+                if key == last and not stage.io:
+                    groups[-1][0].append(stage)
+                else:
+                    groups.append(([stage], None if stage.io else key[1]))
+                last = key
+            torch_threads = max((t for _, t in groups if t is not None), default=None)
+            _set_torch_threads(torch_threads)
+        self.plan = [(tuple(s.name for s in stages), threads) for stages, threads in groups]
+        return groups
+
     def run(self, source: Iterable, make_error: Callable | None = None) -> Iterator:
         """Items of ``source`` after every stage, in input order.
 
@@ -216,34 +424,111 @@ class Pipeline:
         """
         self._stop.clear()
         self._fatal.clear()
-        queues = [queue.Queue(self.queue_size) for _ in range(len(self.stages) + 1)]
-        threads = [threading.Thread(target=self._feed, args=(source, queues[0], make_error), name="source",
-                                    daemon=True)]
-        for i, stage in enumerate(self.stages):
-            threads.append(threading.Thread(target=self._work, args=(stage, queues[i], queues[i + 1]),
-                                            name=f"stage-{stage.name}", daemon=True))
-        for t in threads:
-            t.start()
+        self._measured: dict[str, tuple[float, float, int]] = {}
+        self._source_done, self._threads, self.switched = False, [], False
+        it = iter(source)
+        torch_before = _torch_threads()
         try:
-            while True:
-                item = self._get(queues[-1])
-                if INTERRUPTED.is_set():  # an interrupt the main thread swallowed elsewhere (see the module doc)
-                    raise KeyboardInterrupt
-                if item is _END:
-                    break
-                if self.cuda and "cuda_event" in item.meta:
-                    item.meta.pop("cuda_event").synchronize()
-                yield item
+            index, ended = 0, []
+            if self.schedule != "stages" and self.probe:
+                for item in self._probe(it, make_error, ended):
+                    index += 1
+                    yield item
+                if ended:  # the source ran out (or failed) during the probe
+                    return
+            groups = self._make_plan()
+            if self.schedule == "measured" and self.guard and sum(t is not None for _, t in groups) > 1:
+                # several compute threads rest on the model: run them for ``guard`` items, and go back to the one
+                # run on every core (the sequential run's period, measured by the probe) if they are slower
+                stamps = []
+                for item in self._threaded(it, groups, make_error, index, self.guard):
+                    index += 1
+                    stamps.append(time.perf_counter())
+                    yield item
+                if self._source_done or self._fatal or self._stop.is_set():
+                    return
+                if len(stamps) > 2 and (stamps[-1] - stamps[0]) / (len(stamps) - 1) > self._one_run_period:
+                    groups, self.switched = self._make_plan("fused"), True
+            yield from self._threaded(it, groups, make_error, index)
         finally:
             self._stop.set()
-            for t in threads:
+            for t in self._threads:
                 t.join(timeout=5.0)
+            if not self._threads or not self._source_done:
+                _close(it)  # (a no-op when a source thread closed it)
+            _set_torch_threads(torch_before)
         if self._fatal:
             raise self._fatal[0]
+
+    def _threaded(self, it: Iterator, groups, make_error: Callable | None, index: int,
+                  limit: int | None = None) -> Iterator:
+        """Items of ``it`` (at most ``limit``) through the threads of ``groups``, in order; the threads have ended
+        when this returns."""
+        queues = [queue.Queue(self.queue_size) for _ in range(len(groups) + 1)]
+        threads = [threading.Thread(target=self._feed, args=(it, queues[0], make_error, index, limit),
+                                    name="source", daemon=True)]
+        for i, (stages, n) in enumerate(groups):
+            threads.append(threading.Thread(target=self._work, args=(stages, n, queues[i], queues[i + 1]),
+                                            name=f"stage-{'+'.join(s.name for s in stages)}", daemon=True))
+        self._threads += threads
+        for t in threads:
+            t.start()
+        while True:
+            item = self._get(queues[-1])
+            if INTERRUPTED.is_set():  # an interrupt the main thread swallowed elsewhere (see the module doc)
+                raise KeyboardInterrupt
+            if item is _END:
+                break
+            if self.cuda and "cuda_event" in item.meta:
+                item.meta.pop("cuda_event").synchronize()
+            yield item
+        for t in threads:  # the end marker went through every thread: they are returning
+            t.join(timeout=5.0)
 
     def stop(self) -> None:
         """Ask every stage to stop (from any thread)."""
         self._stop.set()
+
+
+def _close(it) -> None:
+    """Close a generator source (a video decoder) now, in this thread, so that its files and codec threads are
+    released now rather than by the garbage collector during interpreter shutdown."""
+    close = getattr(it, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            pass
+
+
+def _torch_threads() -> int | None:
+    torch = sys.modules.get("torch")  # never imported here just for this
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _set_torch_threads(n: int | None) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(int(n))
+
+
+@contextmanager
+def _threads_everywhere(cores: int):
+    """Every core for numba (this thread) and torch while the probe runs, as in a sequential run."""
+    try:
+        import numba
+
+        numba_before = numba.get_num_threads()
+    except Exception:  # pragma: no cover - numba missing
+        numba_before = None
+    torch_before = _torch_threads()
+    _set_threads(cores)
+    _set_torch_threads(cores)
+    try:
+        yield
+    finally:
+        _set_threads(numba_before)
+        _set_torch_threads(torch_before)
 
 
 def _record(item, name: str, before, elapsed: float) -> None:
@@ -260,14 +545,23 @@ def _name(item) -> str:
 
 def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable | None = None) -> Iterator:
     """The same stages one item at a time in the calling thread (the baseline the pipeline is measured against)."""
+    yield from _sequential(stages, iter(source), make_error, [])
+
+
+def _sequential(stages: list[Stage], it: Iterator, make_error: Callable | None, ended: list,
+                limit: int | None = None) -> Iterator:
+    """Items of ``it`` (at most ``limit``) through ``stages`` one at a time in this thread; each stage's process
+    CPU time goes into ``item.meta["cpu"]`` (with a ``limit``, the probe's, also (wall, CPU) into
+    ``item.meta["_probe"]``). Appends to ``ended`` when the source is exhausted or failed."""
     index = 0
-    it = iter(source)
-    while True:
+    while limit is None or index < limit:
         try:
             item = next(it)
         except StopIteration:
+            ended.append(True)
             return
         except Exception as exc:
+            ended.append(True)
             if make_error is None:
                 raise
             item = make_error(index, exc)
@@ -277,6 +571,7 @@ def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable |
             yield item
             return
         index += 1
+        probe = {}
         for stage in stages:
             if item.error is not None and not stage.run_on_error:
                 continue
@@ -287,7 +582,11 @@ def run_sequential(stages: list[Stage], source: Iterable, make_error: Callable |
                 if stage.fatal:
                     raise PipelineError(f"{stage.name} failed on {_name(item)}: {describe(exc)}") from exc
                 item.error = f"{_name(item)}: {describe(exc)}"
-            _record(item, stage.name, before, time.perf_counter() - t)
+            wall = time.perf_counter() - t
+            _record(item, stage.name, before, wall)
             # one stage at a time: the process's CPU time is this stage's (all its threads), for the CPU bound
             item.meta.setdefault("cpu", {})[stage.name] = time.process_time() - cpu
+            probe[stage.name] = (wall, item.meta["cpu"][stage.name])
+        if limit is not None:
+            item.meta["_probe"] = probe
         yield item

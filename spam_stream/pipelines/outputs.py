@@ -8,7 +8,8 @@ environment as pyarrow reads them: ``AWS_*`` / ``~/.aws`` / instance roles for S
 for GCS, on every machine that writes). Each item is then written exactly as to a local OUTDIR, into a local
 **staging** folder (a temporary folder of the process that runs it: one item at a time), and its files are
 **uploaded** one by one and deleted from staging (:meth:`RemoteOutputs.upload`): an image's labels then overlay, a
-video's label PNGs, overlay and, last, its frames CSV. An output that exists under its final name is complete:
+video's label video (or PNGs), overlay and, last, its frames CSV. An output that exists under its final name is
+complete:
 
 * on object stores whose objects appear only once their upload completes (S3: PutObject / CompleteMultipartUpload;
   GCS: a finalised upload) a file is written straight to its final name;
@@ -212,13 +213,14 @@ class RemoteOutputs:
     def clear_video(self, folder, stem: str) -> None:
         """What an earlier run left of a video's outputs in OUTDIR/``folder``, removed before the video is (re)done,
         in the local order (:func:`spam_stream.pipelines.batch.clear_video_outputs`): the frames CSV first (its
-        presence marks a finished video), the overlay, the label PNGs, temporary files of this stem."""
+        presence marks a finished video), the overlay, the label video and PNGs, temporary files of this stem."""
         folder = PurePosixPath(folder)
         files = self.listing(folder).files
-        csv, mp4 = f"{folder / stem}_frames.csv", f"{folder / stem}_overlay.mp4"
+        csv, mp4, mkv = f"{folder / stem}_frames.csv", f"{folder / stem}_overlay.mp4", f"{folder / stem}_labels.mkv"
         labels = f"{folder / stem}_labels/"
-        temporary = re.compile(re.escape(f"{folder}/.{stem}_") + r"(frames\.\w+\.part\.csv|overlay\.\w+\.part\.mp4)$")
-        doomed = [p for p in (csv, mp4) if p in files]
+        temporary = re.compile(re.escape(f"{folder}/.{stem}_") +
+                               r"(frames\.\w+\.part\.csv|overlay\.\w+\.part\.mp4|labels\.\w+\.part\.mkv)$")
+        doomed = [p for p in (csv, mp4, mkv) if p in files]
         doomed += sorted(p for p in files if (p.startswith(labels) and "/" not in p[len(labels):]
                                               and p.endswith(".png")) or temporary.match(p))
         self.delete(doomed)

@@ -1,13 +1,13 @@
 """Video, frame by frame: decode (PyAV, in the source thread) → SPAM stages → write, pipelined.
 
 :func:`video_frames` yields the finished :class:`~spam_stream.frame.Frame` of every frame in order;
-:class:`VideoOutputs` is the writer stage of ``spam-stream video`` (labels PNGs, overlay MP4, per-frame CSV);
+:class:`~.writers.VideoOutputs` gives the writer stages of ``spam-stream video`` (overlay MP4, labels as one FFV1
+video or PNGs, per-frame CSV);
 :func:`process_video` is one whole video, reader to outputs: the one code path of ``spam-stream video`` and of the
 videos of ``spam-stream batch`` (both engines).
 """
 from __future__ import annotations
 
-import csv
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from ..frame import Frame
-from ..io import InputError, atomic_path, overlay, write_labels
-from ..videoio import VideoReader, VideoWriter
+from ..io import InputError
+from ..labelio import DEFAULT_LABEL_FORMAT, labels_path
+from ..videoio import VideoReader
 from .executor import Pipeline, PipelineError, Stage, run_sequential
 from .stages import configure_threads, queue_size_for, spam_stages
-
-STAGE_NAMES = ("decode", "prior", "seeds", "features", "cluster", "connectivity", "ids", "write")
+from .writers import DEFAULT_OVERLAY_PRESET, STAGE_NAMES, VideoOutputs  # noqa: F401 (STAGE_NAMES: re-exported)
 
 
 @contextmanager
@@ -90,73 +90,12 @@ def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1,
             yield from run_sequential(stages, source, make_error)
 
 
-class VideoOutputs:
-    """The writer stage of ``spam-stream video`` for one input video.
-
-    Writes ``OUTDIR/<stem>_labels/000000.png …`` (uint16 ids, one per frame, each written atomically),
-    ``OUTDIR/<stem>_overlay.mp4`` (boundaries drawn on every frame; same frame count and rate as the input; written
-    under a temporary name and renamed by :meth:`close`) and ``OUTDIR/<stem>_frames.csv`` (frame, K', ms per stage,
-    error) at :meth:`close`. Frames that failed are recorded in the CSV and skipped in the outputs.
-    """
-
-    def __init__(self, outdir, stem: str, rate, width: int, height: int, overlay_video: bool = True,
-                 labels: bool = True, color="auto", preset: str = "veryfast"):
-        self.outdir = Path(outdir)
-        self.stem, self.color = stem, color
-        self.labels_dir = self.outdir / f"{stem}_labels" if labels else None
-        if self.labels_dir is not None:
-            self.labels_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = VideoWriter(self.outdir / f"{stem}_overlay.mp4", rate, width, height, preset) \
-            if overlay_video else None
-        self.rows: list[dict] = []
-        self.errors: list[str] = []
-        self.written = 0
-
-    def __call__(self, frame: Frame) -> Frame:
-        t = time.perf_counter()
-        row = {"frame": frame.index, "superpixels": frame.meta.get("n_superpixels", "")}
-        if frame.error is None:
-            if self.labels_dir is not None:
-                write_labels(self.labels_dir / f"{frame.index:06d}.png", frame.labels)
-            if self.writer is not None:
-                self.writer.write(overlay(frame.image, frame.labels, self.color))
-            self.written += 1
-            if row["superpixels"] == "":
-                row["superpixels"] = int(frame.labels.max()) + 1
-        else:
-            self.errors.append(frame.error)
-        row.update({f"ms_{name}": round(1e3 * frame.timings[name], 3) for name in STAGE_NAMES
-                    if name in frame.timings})
-        row["ms_write"] = round(1e3 * (time.perf_counter() - t), 3)
-        row["error"] = frame.error or ""
-        self.rows.append(row)
-        return frame
-
-    def close(self) -> None:
-        """Finish the overlay video and write the CSV (both atomically)."""
-        if self.writer is not None:
-            if self.written:
-                self.writer.close()
-            else:
-                self.writer.abort()
-        fields = ["frame", "superpixels"] + [f"ms_{n}" for n in STAGE_NAMES] + ["error"]
-        with atomic_path(self.outdir / f"{self.stem}_frames.csv") as tmp:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=fields, restval="")
-                w.writeheader()
-                w.writerows(self.rows)
-
-    def abort(self) -> None:
-        """Interrupted: drop the unfinished overlay video (label PNGs already written are complete files)."""
-        if self.writer is not None:
-            self.writer.abort()
-
-
 @dataclass(frozen=True)
 class VideoOptions:
     """The per-video options of ``spam-stream video`` (and of the videos of ``spam-stream batch``): temporal
     coherence (``prior_every``, ``coherent``, ``warm_iterations``), the frame range (``start``, ``max_frames``) and
-    which outputs to write (``overlay_video``, ``labels``; the frames CSV is always written)."""
+    which outputs to write (``overlay_video``, ``labels``; the frames CSV is always written), the labels' format
+    (``labels_format``: "ffv1" one lossless video, or "png" one file per frame) and the overlay's x264 preset."""
 
     prior_every: int = 1
     coherent: bool = True
@@ -165,13 +104,15 @@ class VideoOptions:
     max_frames: int | None = None
     overlay_video: bool = True
     labels: bool = True
+    labels_format: str = DEFAULT_LABEL_FORMAT
+    overlay_preset: str = DEFAULT_OVERLAY_PRESET
 
 
 def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()) -> dict[str, Path]:
-    """What :class:`VideoOutputs` writes for ``options``: ``overlay`` (MP4), ``labels`` (folder of PNGs) and
-    ``frames_csv`` (written last, by :meth:`VideoOutputs.close`)."""
+    """What :class:`VideoOutputs` writes for ``options``: ``overlay`` (MP4), ``labels`` (``<stem>_labels.mkv``, or
+    the folder of PNGs ``<stem>_labels``) and ``frames_csv`` (written last, by :meth:`VideoOutputs.close`)."""
     outdir = Path(outdir)
-    paths = {"overlay": outdir / f"{stem}_overlay.mp4", "labels": outdir / f"{stem}_labels",
+    paths = {"overlay": outdir / f"{stem}_overlay.mp4", "labels": labels_path(outdir, stem, options.labels_format),
              "frames_csv": outdir / f"{stem}_frames.csv"}
     if not options.overlay_video:
         del paths["overlay"]
@@ -220,14 +161,16 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
                   stem: str | None = None, attention=None, attention_ratio: float = 2.5, focus=None,
                   pipelined: bool = True, color="auto", reader: VideoReader | None = None,
                   on_frame=None) -> VideoResult:
-    """One video, reader to outputs: :func:`video_frames` with :class:`VideoOutputs` as the writer stage, writing
-    ``OUTDIR/<stem>_overlay.mp4``, ``OUTDIR/<stem>_labels/NNNNNN.png`` and ``OUTDIR/<stem>_frames.csv``.
+    """One video, reader to outputs: :func:`video_frames` with :class:`VideoOutputs`' writer stages, writing
+    ``OUTDIR/<stem>_overlay.mp4``, ``OUTDIR/<stem>_labels.mkv`` (or ``OUTDIR/<stem>_labels/NNNNNN.png``) and
+    ``OUTDIR/<stem>_frames.csv``.
 
     A frame that fails, or a damaged / cut file (the frames before the damage are written), is reported in the
     result (``result.error``), never raised. A file that cannot be opened raises :class:`InputError` (nothing
     written); so does a request the frames cannot satisfy, after the outputs are dropped. A writer failure drops the
-    unfinished overlay video and is ``result.fatal``. An interruption (Ctrl-C) drops the unfinished overlay video
-    and propagates: the label PNGs written are complete files, the frames CSV (written last) is not there.
+    unfinished overlay and label videos and is ``result.fatal``. An interruption (Ctrl-C) drops the unfinished
+    overlay and label videos and propagates: label PNGs written are complete files, the frames CSV (written last)
+    is not there.
 
     ``on_frame(frame, message)``: called with every finished frame and its error line (None when it went through);
     ``reader``: an opened :class:`VideoReader` of ``path`` (default: opened here with ``options``' frame range).
@@ -237,14 +180,15 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
     stem = stem or path.stem
     Path(outdir).mkdir(parents=True, exist_ok=True)
     outputs = VideoOutputs(outdir, stem, reader.rate, reader.width, reader.height,
-                           overlay_video=options.overlay_video, labels=options.labels, color=color)
+                           overlay_video=options.overlay_video, labels=options.labels, color=color,
+                           preset=options.overlay_preset, labels_format=options.labels_format)
     result = VideoResult(path, Fraction(reader.rate))
     try:
         frames = video_frames(model, path, n_superpixels, prior_every=options.prior_every,
                               coherent=options.coherent, warm_iterations=options.warm_iterations,
                               attention=attention, attention_ratio=attention_ratio, focus=focus,
                               pipelined=pipelined, reader=reader,
-                              extra_stages=[Stage("write", outputs, fatal=True, run_on_error=True)])
+                              extra_stages=outputs.stages())
         for frame in frames:
             message = None
             if frame.error is not None:
@@ -260,7 +204,7 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
         result.written, result.fatal = outputs.written, f"{path}: {exc}"
         return result
     except BaseException:
-        outputs.abort()  # Ctrl-C: drop the unfinished overlay video; the label PNGs written are complete
+        outputs.abort()  # Ctrl-C: drop the unfinished videos; label PNGs written are complete
         raise
     outputs.close()
     result.written = outputs.written
