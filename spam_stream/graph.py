@@ -2,8 +2,8 @@
 
 What users build on superpixels — graph neural networks (superpixels as nodes), superpixel tokenizers for vision
 transformers (one pooled embedding per superpixel), region tracking — all start from the same per-superpixel
-reductions. Here they are scatter reductions in torch on the labels' device (CPU or CUDA), one pass each, no Python
-loop over superpixels:
+reductions. Here they run on the labels' device, with no Python loop over superpixels: torch scatter reductions
+(CUDA, and :func:`tokens`, which must be differentiable) or one fused numba scan over the pixels (CPU):
 
 * :func:`region_graph` — one label map → :class:`RegionGraph`: per node ``area``, ``centroid``, ``bbox``,
   ``mean_rgb``, ``mean_features``, ``object``; per edge (two 4-adjacent superpixels) ``boundary`` and
@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .kernels.regions import compact_labels
+
 PYG_MISSING = "to_pyg() needs PyTorch Geometric: pip install 'spam-stream[graph]' (or pip install torch_geometric)"
 
 
@@ -34,21 +36,6 @@ def _as_tensor(array, device=None) -> torch.Tensor:
         array = array.copy()  # torch warns on read-only buffers (e.g. arrays decoded by Pillow or loaded from .mat)
     t = torch.as_tensor(array)
     return t if device is None else t.to(device)
-
-
-def _compact(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted distinct values (K,), index of each element's value (N,)), both int64: a bincount lookup table when
-    the values span less than a few times N (O(N), no sort), else ``torch.unique``."""
-    flat = keys.reshape(-1).long()
-    lo, hi = int(flat.min()), int(flat.max())
-    span = hi - lo + 1
-    if span <= 4 * flat.numel() + 4096:
-        shifted = flat - lo
-        present = torch.bincount(shifted, minlength=span) > 0
-        lut = torch.cumsum(present, 0) - 1
-        return torch.nonzero(present)[:, 0] + lo, lut[shifted]
-    ids, inverse = torch.unique(flat, return_inverse=True)
-    return ids, inverse
 
 
 def _resized(features, height: int, width: int, device) -> torch.Tensor:
@@ -62,15 +49,6 @@ def _resized(features, height: int, width: int, device) -> torch.Tensor:
         f = F.interpolate(f[None] if squeeze else f, size=(height, width), mode="bilinear", align_corners=False)
         f = f[0] if squeeze else f
     return f
-
-
-def _adjacent_pairs(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lo, hi) node indices of every 4-adjacent pixel pair whose nodes differ, lo < hi. idx: (H, W) int64."""
-    a = torch.cat([idx[:, :-1].reshape(-1), idx[:-1, :].reshape(-1)])
-    b = torch.cat([idx[:, 1:].reshape(-1), idx[1:, :].reshape(-1)])
-    cut = a != b
-    a, b = a[cut], b[cut]
-    return torch.minimum(a, b), torch.maximum(a, b)
 
 
 @dataclass
@@ -169,7 +147,8 @@ def region_graph(labels, image=None, features=None, prior=None) -> RegionGraph:
     """The region adjacency graph of ``labels`` with per-superpixel statistics, computed on the labels' device.
 
     Args:
-        labels: (H, W) integer label map (numpy array or tensor; a tensor's device is where everything runs).
+        labels: (H, W) integer label map (numpy array or tensor; a tensor's device is where everything runs:
+            one fused numba scan on the CPU, torch scatter reductions on CUDA, see :mod:`spam_stream.kernels.regions`).
         image: optional (H, W, 3) image (uint8 or float) for ``mean_rgb``.
         features: optional (C, h, w) feature map (e.g. an encoder's output); bilinearly resized to (H, W) when its
             size differs, then averaged per superpixel (``mean_features``).
@@ -177,70 +156,39 @@ def region_graph(labels, image=None, features=None, prior=None) -> RegionGraph:
     Returns:
         :class:`RegionGraph` (shapes and dtypes there).
     """
+    from . import kernels  # device dispatch lives there
+
     lab = _as_tensor(labels)
     if lab.dim() != 2:
         raise ValueError(f"labels must be an (H, W) map, got shape {tuple(lab.shape)}")
     if lab.is_floating_point() or lab.dtype == torch.bool:
         raise ValueError(f"labels must be integers, got dtype {lab.dtype}")
+    if lab.numel() == 0:
+        raise ValueError("labels must hold at least one pixel")
     device = lab.device
     h, w = lab.shape
-    ids, idx = _compact(lab)
-    k = int(ids.shape[0])
-    area = torch.bincount(idx, minlength=k)
-    pix = torch.arange(h * w, device=device)
-    y, x = pix // w, pix % w
-    inv_area = 1.0 / area.double()
-    centroid = torch.stack([torch.bincount(idx, y.double(), k), torch.bincount(idx, x.double(), k)], 1)
-    centroid = (centroid * inv_area[:, None]).float()
-    big = h * w
-    bbox = torch.stack([
-        torch.full((k,), big, dtype=torch.int64, device=device).scatter_reduce(0, idx, y, "amin"),
-        torch.full((k,), big, dtype=torch.int64, device=device).scatter_reduce(0, idx, x, "amin"),
-        torch.full((k,), -1, dtype=torch.int64, device=device).scatter_reduce(0, idx, y, "amax") + 1,
-        torch.full((k,), -1, dtype=torch.int64, device=device).scatter_reduce(0, idx, x, "amax") + 1], 1)
-
-    mean_rgb = None
+    img = feats = part = None
     if image is not None:
         img = _as_tensor(image, device)
+        if img.dim() == 2:
+            img = img[:, :, None]
         if img.dim() != 3 or tuple(img.shape[:2]) != (h, w):
             raise ValueError(f"image of shape {tuple(img.shape)} does not match labels of shape {(h, w)}")
-        img = img.reshape(h * w, -1)[:, :3].double()
-        sums = torch.zeros(k, img.shape[1], dtype=torch.float64, device=device).index_add_(0, idx, img)
-        mean_rgb = (sums * inv_area[:, None]).float()
-
-    mean_features = None
+        img = img[:, :, :3]
     if features is not None:
-        f = _resized(features, h, w, device)
-        if f.dim() != 3:
-            raise ValueError(f"features must be a (C, h, w) map, got shape {tuple(f.shape)}")
-        rows = f.reshape(f.shape[0], -1).t()
-        sums = torch.zeros(k, f.shape[0], dtype=torch.float64, device=device).index_add_(0, idx, rows.double())
-        mean_features = (sums * inv_area[:, None]).float()
-
-    lo, hi = _adjacent_pairs(idx.view(h, w))
-    if k * k <= 4 * h * w + 4096:
-        counts = torch.bincount(lo * k + hi, minlength=k * k)
-        keys = torch.nonzero(counts)[:, 0]
-        boundary = counts[keys]
-    else:
-        keys, boundary = torch.unique(lo * k + hi, return_counts=True)
-    edges = torch.stack([keys // k, keys % k], 1)
-
-    obj = torch.full((k,), -1, dtype=torch.int64, device=device)
+        feats = _resized(features, h, w, device)
+        if feats.dim() != 3:
+            raise ValueError(f"features must be a (C, h, w) map, got shape {tuple(feats.shape)}")
     if prior is not None:
-        part = _as_tensor(prior, device).long()
-        if tuple(part.shape) != (h, w):
+        part = _as_tensor(prior, device)
+        if tuple(part.shape) != (h, w) or part.is_floating_point():
             raise ValueError(f"prior of shape {tuple(part.shape)} does not match labels of shape {(h, w)}")
-        known = part.reshape(-1) >= 0
-        node, value = idx[known], part.reshape(-1)[known]
-        top = torch.full((k,), -1, dtype=torch.int64, device=device).scatter_reduce(0, node, value, "amax")
-        bottom = torch.full((k,), -1, dtype=torch.int64, device=device).scatter_reduce(0, node, value, "amin",
-                                                                                     include_self=False)
-        obj = torch.where(top == bottom, top, obj)
+    s = kernels.region_stats(lab, img, feats, part)
+    obj, edges = s["object"], s["edges"]
     same = (obj[edges[:, 0]] == obj[edges[:, 1]]) & (obj[edges[:, 0]] >= 0)
-    return RegionGraph(ids=ids, area=area, centroid=centroid, bbox=bbox, mean_rgb=mean_rgb,
-                       mean_features=mean_features, object=obj, edges=edges, boundary=boundary, same_object=same,
-                       shape=(int(h), int(w)))
+    return RegionGraph(ids=s["ids"], area=s["area"], centroid=s["centroid"], bbox=s["bbox"], mean_rgb=s["mean_rgb"],
+                       mean_features=s["mean_features"], object=obj, edges=edges, boundary=s["boundary"],
+                       same_object=same, shape=(int(h), int(w)))
 
 
 class Tokens(NamedTuple):
@@ -284,7 +232,7 @@ def tokens(features, labels, reduce: str = "mean") -> Tokens:
     lo = int(lab.min())
     span = int(lab.max()) - lo + 1
     batch = torch.arange(b, device=device)
-    keys, idx = _compact((lab - lo) + batch[:, None, None] * span)  # distinct (image, label) pairs, image-major
+    keys, idx = compact_labels((lab - lo) + batch[:, None, None] * span)  # distinct (image, label) pairs, image-major
     image_of = keys // span
     per_image = torch.bincount(image_of, minlength=b)
     k_max = int(per_image.max())

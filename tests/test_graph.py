@@ -1,6 +1,8 @@
 """spam_stream.graph: every array of the region graph against a plain numpy / scikit-image computation; tokens
 against a per-image loop and gradcheck; the .npz writer; PyG round trip and its one-line error."""
 import builtins
+import os
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -44,9 +46,26 @@ def reference_graph(labels, image=None, features=None, prior=None):
     return out
 
 
+@contextmanager
+def kernels_env(name):
+    old = os.environ.get("SPAM_KERNELS")
+    os.environ["SPAM_KERNELS"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("SPAM_KERNELS") if old is None else os.environ.__setitem__("SPAM_KERNELS", old)
+
+
 def assert_graph_equal(labels, image=None, features=None, prior=None):
-    g = region_graph(labels, image, features, prior).to_numpy()
+    """Both implementations (numba scan, torch reference) against :func:`reference_graph`."""
     ref = reference_graph(labels, image, features, prior)
+    for name in ("reference", "cpu"):
+        with kernels_env(name):
+            g = assert_one_graph_equal(region_graph(labels, image, features, prior).to_numpy(), ref, labels)
+    return g
+
+
+def assert_one_graph_equal(g, ref, labels):
     for name in ("ids", "area", "bbox", "object", "edges", "boundary", "same_object"):
         np.testing.assert_array_equal(g[name], ref[name], err_msg=name)
     np.testing.assert_allclose(g["centroid"], ref["centroid"], rtol=1e-6, atol=1e-4)

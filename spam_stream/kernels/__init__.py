@@ -17,6 +17,9 @@ GPU-resident frames: :func:`resident_frame` says whether a model's per-frame sta
 :func:`resident_features`, :func:`resident_grid_candidates`, :func:`resident_object_seeds`,
 :func:`resident_object_candidates`, :func:`resident_connectivity` are those stages' device implementations
 (:mod:`.features`, :mod:`.seeding` with :mod:`.nearest`, :mod:`.connectivity`).
+
+Superpixel graphs (:mod:`spam_stream.graph`): :func:`region_stats` (:mod:`.regions`: numba scan on the CPU, torch
+reference elsewhere).
 """
 from __future__ import annotations
 
@@ -179,7 +182,18 @@ def resident_connectivity(cluster_labels, partition, min_size: int, device, retu
     return out.cpu().numpy()
 
 
+def region_stats(labels: torch.Tensor, image=None, features=None, prior=None) -> dict:
+    """Per-superpixel statistics and adjacency of an (H, W) label tensor on its device (:mod:`.regions`): the fused
+    numba scan for CPU tensors, the torch reference otherwise (CUDA, or ``SPAM_KERNELS=reference``)."""
+    from . import regions
+
+    if labels.device.type == "cpu" and backend_name(labels.device) == "cpu":
+        return regions.region_stats_cpu(labels, image, features, prior)
+    return regions.region_stats_torch(labels, image, features, prior)
+
+
 __all__ = [
+    "region_stats",
     "resident_frame", "resident_features", "resident_grid_candidates", "resident_object_seeds",
     "resident_object_candidates", "resident_connectivity",
     "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",

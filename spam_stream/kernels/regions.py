@@ -1,0 +1,214 @@
+"""Per-superpixel reductions of a label map (the arrays of :class:`spam_stream.graph.RegionGraph`), two twins:
+
+* :func:`region_stats_torch` — whole-image torch ops (``bincount``, ``index_add``, ``scatter_reduce``) on the
+  labels' device: the reference, and the implementation for CUDA tensors;
+* :func:`region_stats_cpu` — one fused numba pass over the pixels (compaction table, then every statistic and the
+  adjacent pairs in one raster scan): the default for CPU tensors (≈ 10× fewer passes over a 1080p frame).
+
+Both take the same arguments and return the same arrays (tested equal, and against scikit-image):
+
+    labels (H, W) integer; image (H, W, c) or None; features (C, H, W) float (already at the labels' size) or
+    None; prior (H, W) integer (-1 = uncertain) or None →
+    dict: ids (K,) int64, area (K,) int64, centroid (K, 2) float32, bbox (K, 4) int64 (end-exclusive),
+    mean_rgb (K, c) float32 | None, mean_features (K, C) float32 | None, object (K,) int64, edges (E, 2) int64
+    (i < j, sorted), boundary (E,) int64.
+
+Nodes are the distinct label values in increasing order; ``object`` is the one object id ≥ 0 of a node's known
+pixels, -1 when it has none or several.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+
+def _dense_enough(span: int, n: int) -> bool:
+    return span <= 4 * n + 4096
+
+
+def compact_labels(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted distinct values (K,), index of each element's value (N,)), both int64: a bincount lookup table when
+    the values span less than a few times N (O(N), no sort), else ``torch.unique``."""
+    flat = keys.reshape(-1).long()
+    lo, hi = int(flat.min()), int(flat.max())
+    span = hi - lo + 1
+    if _dense_enough(span, flat.numel()):
+        shifted = flat - lo
+        present = torch.bincount(shifted, minlength=span) > 0
+        lut = torch.cumsum(present, 0) - 1
+        return torch.nonzero(present)[:, 0] + lo, lut[shifted]
+    return torch.unique(flat, return_inverse=True)
+
+
+def _edge_counts_torch(lo: torch.Tensor, hi: torch.Tensor, k: int, n: int):
+    if k * k <= 4 * n + 4096:
+        counts = torch.bincount(lo * k + hi, minlength=k * k)
+        keys = torch.nonzero(counts)[:, 0]
+        boundary = counts[keys]
+    else:
+        keys, boundary = torch.unique(lo * k + hi, return_counts=True)
+    return torch.stack([keys // k, keys % k], 1), boundary
+
+
+def region_stats_torch(labels: torch.Tensor, image=None, features=None, prior=None) -> dict:
+    """The reference (any device): see the module docstring."""
+    device = labels.device
+    h, w = labels.shape
+    ids, idx = compact_labels(labels)
+    k = int(ids.shape[0])
+    area = torch.bincount(idx, minlength=k)
+    pix = torch.arange(h * w, device=device)
+    y, x = pix // w, pix % w
+    inv_area = 1.0 / area.double()
+    centroid = torch.stack([torch.bincount(idx, y.double(), k), torch.bincount(idx, x.double(), k)], 1)
+    out = {"ids": ids, "area": area, "centroid": (centroid * inv_area[:, None]).float()}
+    big = torch.full((k,), h * w, dtype=torch.int64, device=device)
+    low = torch.full((k,), -1, dtype=torch.int64, device=device)
+    out["bbox"] = torch.stack([big.scatter_reduce(0, idx, y, "amin"), big.scatter_reduce(0, idx, x, "amin"),
+                               low.scatter_reduce(0, idx, y, "amax") + 1, low.scatter_reduce(0, idx, x, "amax") + 1], 1)
+    out["mean_rgb"] = out["mean_features"] = None
+    if image is not None:
+        img = image.reshape(h * w, -1).double()
+        sums = torch.zeros(k, img.shape[1], dtype=torch.float64, device=device).index_add_(0, idx, img)
+        out["mean_rgb"] = (sums * inv_area[:, None]).float()
+    if features is not None:
+        rows = features.reshape(features.shape[0], -1).t().double()
+        sums = torch.zeros(k, rows.shape[1], dtype=torch.float64, device=device).index_add_(0, idx, rows)
+        out["mean_features"] = (sums * inv_area[:, None]).float()
+    idx2 = idx.view(h, w)
+    a = torch.cat([idx2[:, :-1].reshape(-1), idx2[:-1, :].reshape(-1)])
+    b = torch.cat([idx2[:, 1:].reshape(-1), idx2[1:, :].reshape(-1)])
+    cut = a != b
+    a, b = a[cut], b[cut]
+    out["edges"], out["boundary"] = _edge_counts_torch(torch.minimum(a, b), torch.maximum(a, b), k, h * w)
+    obj = low.clone()
+    if prior is not None:
+        part = prior.reshape(-1).long()
+        known = part >= 0
+        node, value = idx[known], part[known]
+        top = low.scatter_reduce(0, node, value, "amax")
+        bottom = low.scatter_reduce(0, node, value, "amin", include_self=False)
+        obj = torch.where(top == bottom, top, obj)
+    out["object"] = obj
+    return out
+
+
+@numba.njit(cache=True)
+def _lookup(flat, lo, span):
+    """Compaction table of dense labels: (ids (K,), idx (N,)) int64."""
+    present = np.zeros(span, np.bool_)
+    for p in range(flat.shape[0]):
+        present[flat[p] - lo] = True
+    lut = np.empty(span, np.int64)
+    k = 0
+    for v in range(span):
+        lut[v] = k
+        k += present[v]
+    ids = np.empty(k, np.int64)
+    for v in range(span):
+        if present[v]:
+            ids[lut[v]] = v + lo
+    idx = np.empty(flat.shape[0], np.int64)
+    for p in range(flat.shape[0]):
+        idx[p] = lut[flat[p] - lo]
+    return ids, idx
+
+
+@numba.njit(cache=True)
+def _scan(idx, h, w, k, image, has_image, prior, has_prior):
+    """One raster scan: area, coordinate sums, bbox, colour sums, object min/max and the keys lo·K + hi of the
+    4-adjacent pairs across superpixels."""
+    area = np.zeros(k, np.int64)
+    sums = np.zeros((k, 2), np.float64)
+    bbox = np.empty((k, 4), np.int64)
+    bbox[:, 0] = h
+    bbox[:, 1] = w
+    bbox[:, 2] = 0
+    bbox[:, 3] = 0
+    c = image.shape[2]
+    rgb = np.zeros((k, c), np.float64)
+    omin = np.full(k, np.iinfo(np.int64).max, np.int64)
+    omax = np.full(k, -1, np.int64)
+    keys = np.empty(2 * h * w, np.int64)
+    n = 0
+    for y in range(h):
+        row = y * w
+        for x in range(w):
+            i = idx[row + x]
+            area[i] += 1
+            sums[i, 0] += y
+            sums[i, 1] += x
+            if y < bbox[i, 0]:
+                bbox[i, 0] = y
+            if x < bbox[i, 1]:
+                bbox[i, 1] = x
+            if y + 1 > bbox[i, 2]:
+                bbox[i, 2] = y + 1
+            if x + 1 > bbox[i, 3]:
+                bbox[i, 3] = x + 1
+            if has_image:
+                for ch in range(c):
+                    rgb[i, ch] += image[y, x, ch]
+            if has_prior:
+                o = prior[y, x]
+                if o >= 0:
+                    if o < omin[i]:
+                        omin[i] = o
+                    if o > omax[i]:
+                        omax[i] = o
+            if x + 1 < w:
+                j = idx[row + x + 1]
+                if j != i:
+                    keys[n] = min(i, j) * k + max(i, j)
+                    n += 1
+            if y + 1 < h:
+                j = idx[row + w + x]
+                if j != i:
+                    keys[n] = min(i, j) * k + max(i, j)
+                    n += 1
+    obj = np.where(omin == omax, omax, -1)
+    return area, sums, bbox, rgb, obj, keys[:n]
+
+
+@numba.njit(cache=True)
+def _feature_sums(idx, features, k):
+    """(K, C) float64 sums of (C, N) features per node, channel by channel (contiguous reads)."""
+    c = features.shape[0]
+    out = np.zeros((k, c), np.float64)
+    for ch in range(c):
+        f = features[ch]
+        for p in range(idx.shape[0]):
+            out[idx[p], ch] += f[p]
+    return out
+
+
+def region_stats_cpu(labels: torch.Tensor, image=None, features=None, prior=None) -> dict:
+    """The CPU implementation (numba, one scan): see the module docstring. Tensors on the CPU."""
+    h, w = labels.shape
+    flat = labels.reshape(-1).numpy()
+    lo, hi = int(flat.min()), int(flat.max())
+    if _dense_enough(hi - lo + 1, flat.size):
+        ids, idx = _lookup(flat.astype(np.int64, copy=False), lo, hi - lo + 1)
+    else:
+        ids, idx = np.unique(flat.astype(np.int64, copy=False), return_inverse=True)
+        idx = idx.reshape(-1).astype(np.int64, copy=False)
+    k = len(ids)
+    img = np.zeros((1, 1, 1), np.uint8) if image is None else np.ascontiguousarray(image.numpy())
+    part = np.zeros((1, 1), np.int64) if prior is None else np.ascontiguousarray(prior.numpy())
+    area, sums, bbox, rgb, obj, keys = _scan(idx, h, w, k, img, image is not None, part, prior is not None)
+    if k * k <= 4 * h * w + 4096:
+        counts = np.bincount(keys, minlength=k * k)
+        uniq = np.flatnonzero(counts)
+        boundary = counts[uniq]
+    else:
+        uniq, boundary = np.unique(keys, return_counts=True)
+    inv_area = 1.0 / area
+    out = {"ids": ids, "area": area, "centroid": (sums * inv_area[:, None]).astype(np.float32), "bbox": bbox,
+           "mean_rgb": None if image is None else (rgb * inv_area[:, None]).astype(np.float32),
+           "mean_features": None, "object": obj, "edges": np.stack([uniq // k, uniq % k], 1).astype(np.int64),
+           "boundary": boundary.astype(np.int64)}
+    if features is not None:
+        f = np.ascontiguousarray(features.reshape(features.shape[0], -1).numpy())
+        out["mean_features"] = (_feature_sums(idx, f, k) * inv_area[:, None]).astype(np.float32)
+    return {name: None if v is None else torch.from_numpy(np.ascontiguousarray(v)) for name, v in out.items()}
