@@ -6,12 +6,15 @@
     >>> labels = spam_stream.segment(image, 400, prior="fastsam", prior_checkpoint="FastSAM-s.pt")
     >>> for index, frame, labels in spam_stream.segment_video("clip.mp4", 400): ...   # pipelined, coherent ids
     >>> for item in spam_stream.segment_batch(["a.jpg", "b.png"], 400): ...          # item.labels, item.error
+    >>> graph = spam_stream.region_graph(labels, image).to_pyg()                      # superpixels as graph nodes
+    >>> out = spam_stream.tokens(features, batch_labels)         # (B, K_max, C) pooled tokens, mask, centroids
 """
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import NamedTuple
 
+from .graph import RegionGraph, Tokens, region_graph, tokens
 from .model import SPAM
 from .priors import Prior, Provider, make_provider
 
@@ -39,8 +42,9 @@ def _provider(name, checkpoint, sam_model, masks, options) -> Provider | None:
 def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float | None = None,
             color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5, device: str = "cpu",
             seed: int = 0, density=None, prior_checkpoint=None, sam_model: str = "vit_h", prior_masks=None,
-            prior_options: dict | None = None, attention=None, attention_ratio: float = 2.5, focus=None):
-    """SPAM superpixels of one image: (H, W) int32 labels 0..K'-1.
+            prior_options: dict | None = None, attention=None, attention_ratio: float = 2.5, focus=None,
+            start_label: int = 0):
+    """SPAM superpixels of one image: (H, W) int32 labels start_label..start_label+K'-1 (0..K'-1 by default).
 
     Args:
         image: (H, W, 3) uint8 RGB array (grayscale / RGBA / float [0, 1] are converted).
@@ -57,6 +61,8 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
             image → map): objects with mean saliency > 0.1 get ``attention_ratio`` (2.5)× the seeds per pixel.
         focus: [(x, y, factor), ...] user-driven mode: the object under each point gets ``factor``× the density.
         density: explicit per-object density factors (multiplied with the modes above).
+        start_label: the first label (0). scikit-image's ``regionprops`` skips label 0: pass 1 to keep every
+            superpixel there.
     The model (and a prior model named by string) is cached across calls with the same settings; for many images,
     :class:`SPAM` with ``prior=make_provider(...)`` is explicit.
     """
@@ -65,7 +71,7 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
     if isinstance(prior, str):
         prior = _provider(prior, prior_checkpoint, sam_model, prior_masks, dict(prior_options or {}))
     return model.segment(image, n_superpixels, prior, density=density, attention=attention,
-                         attention_ratio=attention_ratio, focus=focus)
+                         attention_ratio=attention_ratio, focus=focus, start_label=start_label)
 
 
 def _resolve(prior, encoder, compactness, color_scale, iterations, min_size_factor, device, seed, prior_checkpoint,
@@ -140,4 +146,4 @@ class BatchResult(NamedTuple):
 
 
 __all__ = ["SPAM", "Prior", "Provider", "make_provider", "segment", "segment_video", "segment_batch", "BatchResult",
-           "__version__"]
+           "region_graph", "RegionGraph", "tokens", "Tokens", "__version__"]

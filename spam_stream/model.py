@@ -61,6 +61,13 @@ def check_prior(prior, shape) -> np.ndarray | None:
     return out
 
 
+def check_start_label(start_label) -> int:
+    """``start_label`` as an int ≥ 0 (ValueError otherwise)."""
+    if isinstance(start_label, bool) or int(start_label) != start_label or start_label < 0:
+        raise ValueError(f"start_label must be an integer >= 0, got {start_label!r}")
+    return int(start_label)
+
+
 def prior_partition(prior, image: np.ndarray, key=None) -> np.ndarray | None:
     """The one place where a prior of any kind becomes a checked partition for ``image`` (H, W, 3).
 
@@ -270,7 +277,7 @@ class SPAM:
         return self.connectivity_stage(frame)
 
     def segment(self, image, n_superpixels: int = 400, prior=None, density=None, *, attention=None,
-                attention_ratio: float = 2.5, focus=None, key=None) -> np.ndarray:
+                attention_ratio: float = 2.5, focus=None, key=None, start_label: int = 0) -> np.ndarray:
         """Superpixels of one image.
 
         Args:
@@ -284,8 +291,13 @@ class SPAM:
                 image → map: objects with mean saliency > 0.1 get ``attention_ratio``× the seeds per pixel.
             focus: [(x, y, factor), ...]: the object under each point gets ``factor``× the seeds per pixel.
             key: the input's name (file stem) or frame index, for providers that read one prior file per input.
+            start_label: the first label (default 0). scikit-image's ``regionprops`` skips label 0: pass 1 to give
+                it every superpixel (as ``skimage.segmentation.slic`` numbers them).
         Returns:
-            (H, W) int32 labels 0..K'-1; every superpixel is 4-connected and inside one prior object.
+            (H, W) int32 labels start_label..start_label+K'-1; every superpixel is 4-connected and inside one prior
+            object.
         """
+        start = check_start_label(start_label)
         frame = self.frame(image, n_superpixels, prior, density, key=key)
-        return self.run_stages(frame, attention, attention_ratio, focus).labels
+        labels = self.run_stages(frame, attention, attention_ratio, focus).labels
+        return labels + np.int32(start) if start else labels

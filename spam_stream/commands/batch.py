@@ -18,7 +18,7 @@ DESCRIPTION = """\
 Segment many images and videos. INPUTS are image or video files, folders (searched recursively), glob patterns
 ('photos/**/*.jpg', quoted) or text files (.txt/.lst) listing one path per line. Outputs are mirrored under OUTDIR
 by each input's path relative to the folder / pattern / list it came from. An image gets <stem>_labels.png (uint16
-labels) and <stem>_overlay.png. A video (.mp4 .mkv .avi .mov .webm .ts ...) is one unit of work and gets a folder
+labels) and <stem>_overlay.png (and <stem>_graph.npz with --graph). A video (.mp4 .mkv .avi .mov .webm .ts ...) is one unit of work and gets a folder
 <stem>/ holding what 'spam-stream video' writes: <stem>_overlay.mp4, <stem>_labels/000000.png ... and
 <stem>_frames.csv (the video options below apply to every video). OUTDIR/manifest.jsonl has one JSON line per
 image (input, outputs, K', ms per stage, status, error) and one per video (input, kind, outputs, frames, fps,

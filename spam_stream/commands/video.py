@@ -16,7 +16,8 @@ DESCRIPTION = """\
 Segment every frame of one or more videos (any container/codec PyAV's ffmpeg reads). For each IN writes
 OUTDIR/<stem>_overlay.mp4 (H.264, boundaries drawn, same frame count and frame rate as IN; odd sizes are padded
 to even, never cropped), OUTDIR/<stem>_labels/000000.png ... (uint16 superpixel ids, one PNG per frame) and
-OUTDIR/<stem>_frames.csv (frame, K', milliseconds per stage). Audio is not copied.
+OUTDIR/<stem>_frames.csv (frame, K', milliseconds per stage); with --graph also OUTDIR/<stem>_graph.npz (every
+frame's superpixel graph, node ids = the label PNGs' ids). Audio is not copied.
 
 Decoding, the prior, the encoder, clustering and writing run as a pipeline (threads on a CPU, CUDA streams on a
 GPU). Frames are temporally coherent: each frame starts from the previous one's superpixels (fewer iterations) and
@@ -84,7 +85,8 @@ def video_options(args) -> VideoOptions:
     """The per-video options the flags ask for (shared with ``spam-stream batch``)."""
     return VideoOptions(prior_every=args.prior_every, coherent=not args.independent,
                         warm_iterations=args.warm_iterations, start=args.start, max_frames=args.max_frames,
-                        overlay_video=not args.no_overlay, labels=not args.no_labels)
+                        overlay_video=not args.no_overlay, labels=not args.no_labels, graph=args.graph,
+                        start_label=args.start_label)
 
 
 def _one_video(model, attention, path: Path, args):

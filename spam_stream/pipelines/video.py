@@ -96,11 +96,18 @@ class VideoOutputs:
     ``OUTDIR/<stem>_overlay.mp4`` (boundaries drawn on every frame; same frame count and rate as the input; written
     under a temporary name and renamed by :meth:`close`) and ``OUTDIR/<stem>_frames.csv`` (frame, K', ms per stage,
     error) at :meth:`close`. Frames that failed are recorded in the CSV and skipped in the outputs.
+    With ``graph``, also ``OUTDIR/<stem>_graph.npz`` at :meth:`close` (before the CSV): every frame's region graph
+    stacked (:func:`spam_stream.graph.graph_arrays`; node ``ids`` are the ids of the label PNGs, ``frame`` columns).
+    ``start_label`` is added to every id written.
     """
 
     def __init__(self, outdir, stem: str, rate, width: int, height: int, overlay_video: bool = True,
-                 labels: bool = True, color="auto", preset: str = "veryfast"):
+                 labels: bool = True, color="auto", preset: str = "veryfast", graph: bool = False,
+                 start_label: int = 0):
         self.outdir = Path(outdir)
+        self.start_label = int(start_label)
+        self.graphs: list | None = [] if graph else None
+        self.graph_frames: list[int] = []
         self.stem, self.color = stem, color
         self.labels_dir = self.outdir / f"{stem}_labels" if labels else None
         if self.labels_dir is not None:
@@ -115,8 +122,14 @@ class VideoOutputs:
         t = time.perf_counter()
         row = {"frame": frame.index, "superpixels": frame.meta.get("n_superpixels", "")}
         if frame.error is None:
+            labels = frame.labels + self.start_label if self.start_label else frame.labels
             if self.labels_dir is not None:
-                write_labels(self.labels_dir / f"{frame.index:06d}.png", frame.labels)
+                write_labels(self.labels_dir / f"{frame.index:06d}.png", labels)
+            if self.graphs is not None:
+                from ..graph import region_graph
+
+                self.graphs.append(region_graph(labels, frame.image, prior=frame.partition))
+                self.graph_frames.append(frame.index)
             if self.writer is not None:
                 self.writer.write(overlay(frame.image, frame.labels, self.color))
             self.written += 1
@@ -138,6 +151,10 @@ class VideoOutputs:
                 self.writer.close()
             else:
                 self.writer.abort()
+        if self.graphs is not None and self.graphs:
+            from ..graph import save_graph
+
+            save_graph(self.outdir / f"{self.stem}_graph.npz", self.graphs, self.graph_frames)
         fields = ["frame", "superpixels"] + [f"ms_{n}" for n in STAGE_NAMES] + ["error"]
         with atomic_path(self.outdir / f"{self.stem}_frames.csv") as tmp:
             with open(tmp, "w", newline="") as fh:
@@ -155,7 +172,8 @@ class VideoOutputs:
 class VideoOptions:
     """The per-video options of ``spam-stream video`` (and of the videos of ``spam-stream batch``): temporal
     coherence (``prior_every``, ``coherent``, ``warm_iterations``), the frame range (``start``, ``max_frames``) and
-    which outputs to write (``overlay_video``, ``labels``; the frames CSV is always written)."""
+    which outputs to write (``overlay_video``, ``labels``, ``graph``; the frames CSV is always written) and the
+    first id written (``start_label``)."""
 
     prior_every: int = 1
     coherent: bool = True
@@ -164,11 +182,13 @@ class VideoOptions:
     max_frames: int | None = None
     overlay_video: bool = True
     labels: bool = True
+    graph: bool = False
+    start_label: int = 0
 
 
 def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()) -> dict[str, Path]:
-    """What :class:`VideoOutputs` writes for ``options``: ``overlay`` (MP4), ``labels`` (folder of PNGs) and
-    ``frames_csv`` (written last, by :meth:`VideoOutputs.close`)."""
+    """What :class:`VideoOutputs` writes for ``options``: ``overlay`` (MP4), ``labels`` (folder of PNGs), ``graph``
+    (.npz, with ``options.graph``) and ``frames_csv`` (written last, by :meth:`VideoOutputs.close`)."""
     outdir = Path(outdir)
     paths = {"overlay": outdir / f"{stem}_overlay.mp4", "labels": outdir / f"{stem}_labels",
              "frames_csv": outdir / f"{stem}_frames.csv"}
@@ -176,6 +196,9 @@ def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()
         del paths["overlay"]
     if not options.labels:
         del paths["labels"]
+    if options.graph:
+        paths = {**{k: v for k, v in paths.items() if k != "frames_csv"}, "graph": outdir / f"{stem}_graph.npz",
+                 "frames_csv": paths["frames_csv"]}
     return paths
 
 
@@ -236,7 +259,8 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
     stem = stem or path.stem
     Path(outdir).mkdir(parents=True, exist_ok=True)
     outputs = VideoOutputs(outdir, stem, reader.rate, reader.width, reader.height,
-                           overlay_video=options.overlay_video, labels=options.labels, color=color)
+                           overlay_video=options.overlay_video, labels=options.labels, color=color,
+                           graph=options.graph, start_label=options.start_label)
     result = VideoResult(path, Fraction(reader.rate))
     try:
         frames = video_frames(model, path, n_superpixels, prior_every=options.prior_every,
