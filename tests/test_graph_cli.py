@@ -96,3 +96,19 @@ def test_video_graph_ids_match_label_maps_frame_by_frame(tmp_path):
     # a persistent id's track: every row with that id, one per frame while it lives
     ids, counts = np.unique(g["ids"], return_counts=True)
     assert counts.max() == 6 and (counts <= 6).all()
+
+
+def test_readme_pyg_lines_load_a_graph_file(tmp_path):
+    torch_geometric = pytest.importorskip("torch_geometric", reason="PyTorch Geometric is not installed")
+    import torch
+
+    labels = spam_stream.segment(synthetic_image(40, 56), 30, encoder=None)
+    graph = spam_stream.region_graph(labels, synthetic_image(40, 56))
+    from spam_stream.graph import save_graph
+
+    save_graph(tmp_path / "photo_graph.npz", graph)
+    z = np.load(tmp_path / "photo_graph.npz")  # the README's three lines
+    data = torch_geometric.data.Data(x=torch.from_numpy(z["mean_rgb"]), pos=torch.from_numpy(z["centroid"]),
+                                     edge_index=torch_geometric.utils.to_undirected(torch.from_numpy(z["edges"]).T))
+    ref = graph.to_pyg()
+    assert data.num_nodes == ref.num_nodes and torch.equal(data.edge_index, torch_geometric.utils.coalesce(ref.edge_index))
