@@ -61,6 +61,11 @@ def check_prior(prior, shape) -> np.ndarray | None:
     return out
 
 
+def is_batch(image) -> bool:
+    """Whether ``image`` is a batch of images: 4 dimensions ((B, H, W, 3) or a (B, 3, H, W) tensor)."""
+    return getattr(image, "ndim", np.ndim(image)) == 4
+
+
 def check_start_label(start_label) -> int:
     """``start_label`` as an int ≥ 0 (ValueError otherwise)."""
     if isinstance(start_label, bool) or int(start_label) != start_label or start_label < 0:
@@ -179,6 +184,9 @@ class SPAM:
         ``frame.density`` of the attention / user-driven modes."""
         with frame.timed("prior"):
             source = self.prior if frame.prior is None else frame.prior
+            if "tiles" in frame.meta and (source is not None or attention is not None or focus):
+                raise ValueError("a batch of images segmented as tiles takes no prior (nor attention / focus): "
+                                 "segment those images one by one")
             if source is None and (attention is not None or focus):
                 raise ValueError("the attention and focus modes weight prior objects: they need a prior")
             frame.partition = prior_partition(source, frame.image, frame.key)
@@ -197,7 +205,11 @@ class SPAM:
         with frame.timed("seeds"):
             h, w = frame.image.shape[:2]
             k = frame.n_superpixels
-            if frame.partition is None:
+            if "tiles" in frame.meta:  # a batch as one frame of tiles: each tile its own grid and "object"
+                from .tiles import tile_seeds
+
+                frame.seeds, frame.cands, frame.partition = tile_seeds(frame, self.device)
+            elif frame.partition is None:
                 frame.seeds = grid_seeds(h, w, k)
                 if kernels.resident_frame(self.device):  # the candidate layout's tensors made on the device
                     frame.cands = kernels.resident_grid_candidates(h, w, frame.seeds.grid, self.device)
@@ -222,7 +234,11 @@ class SPAM:
         from . import kernels  # device dispatch lives there
 
         with frame.timed("features"):
-            if kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
+            if "tiles" in frame.meta:  # tile by tile, each by this same stage
+                from .tiles import tile_features
+
+                frame.features = tile_features(self, frame)
+            elif kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
                 frame.features = kernels.resident_features(frame.image, frame.n_superpixels, self.encoder,
                                                            self.color_scale, self.compactness, self.device)
             else:
@@ -254,7 +270,8 @@ class SPAM:
         ``frame.label_source`` (K',) int64, the cluster each superpixel keeps (-1: a fragment kept on its own)."""
         with frame.timed("connectivity"):
             h, w = frame.cluster_labels.shape
-            min_size = max(1, int(self.min_size_factor * h * w / frame.n_superpixels))
+            tile_h = h // frame.meta.get("tiles", 1)  # a batch of tiles: the fragment size of one tile
+            min_size = max(1, int(self.min_size_factor * tile_h * w / frame.n_superpixels))
             from . import kernels  # device dispatch lives there
 
             if kernels.resident_frame(self.device):  # components on the device, labels come back once
@@ -278,10 +295,13 @@ class SPAM:
 
     def segment(self, image, n_superpixels: int = 400, prior=None, density=None, *, attention=None,
                 attention_ratio: float = 2.5, focus=None, key=None, start_label: int = 0) -> np.ndarray:
-        """Superpixels of one image.
+        """Superpixels of one image, or of a batch of same-sized images.
 
         Args:
-            image: (H, W, 3) uint8 RGB (grayscale, RGBA and float [0, 1] images are converted).
+            image: (H, W, 3) uint8 RGB (grayscale, RGBA and float [0, 1] images are converted); or a batch: a
+                (B, H, W, 3) array or tensor, or a (B, 3, H, W) tensor, segmented as one frame of B tiles (one
+                clustering and one connectivity call for the whole batch, candidates kept inside each tile; see
+                :mod:`spam_stream.tiles`) — labels (B, H, W) equal to segmenting each image alone; no prior.
             n_superpixels: K, the requested number of superpixels (1 ≤ K ≤ H·W).
             prior: (H, W) integer object partition (ids ≥ 0, -1 = uncertain), a Prior, a Provider, or None (then
                 the constructor's provider, if any).
@@ -294,10 +314,17 @@ class SPAM:
             start_label: the first label (default 0). scikit-image's ``regionprops`` skips label 0: pass 1 to give
                 it every superpixel (as ``skimage.segmentation.slic`` numbers them).
         Returns:
-            (H, W) int32 labels start_label..start_label+K'-1; every superpixel is 4-connected and inside one prior
-            object.
+            (H, W) int32 labels start_label..start_label+K'-1 ((B, H, W) for a batch, numbered per image); every
+            superpixel is 4-connected and inside one prior object.
         """
         start = check_start_label(start_label)
-        frame = self.frame(image, n_superpixels, prior, density, key=key)
-        labels = self.run_stages(frame, attention, attention_ratio, focus).labels
+        if is_batch(image):
+            from .tiles import split_tiles, tile_frame
+
+            frame = tile_frame(image, n_superpixels)
+            frame.prior, frame.density = prior, density
+            labels = split_tiles(self.run_stages(frame, attention, attention_ratio, focus).labels, frame.meta["tiles"])
+        else:
+            frame = self.frame(image, n_superpixels, prior, density, key=key)
+            labels = self.run_stages(frame, attention, attention_ratio, focus).labels
         return labels + np.int32(start) if start else labels
