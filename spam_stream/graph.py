@@ -229,29 +229,30 @@ def tokens(features, labels, reduce: str = "mean") -> Tokens:
     h, w = lab.shape[1:]
     device = feats.device
     lab = lab.long()
-    lo = int(lab.min())
-    span = int(lab.max()) - lo + 1
+    lo, hi = torch.aminmax(lab)
+    lo, span = int(lo), int(hi) - int(lo) + 1
     batch = torch.arange(b, device=device)
     keys, idx = compact_labels((lab - lo) + batch[:, None, None] * span)  # distinct (image, label) pairs, image-major
     image_of = keys // span
-    per_image = torch.bincount(image_of, minlength=b)
+    per_image = torch.zeros(b, dtype=torch.int64, device=device).index_add_(0, image_of, torch.ones_like(image_of))
     k_max = int(per_image.max())
     start = torch.cumsum(per_image, 0) - per_image
     slot_of_key = image_of * k_max + (torch.arange(keys.shape[0], device=device) - start[image_of])
     slot = slot_of_key[idx]                                   # (B·H·W,) row of each pixel in (B·K_max, C)
 
     rows = _resized(feats, h, w, device).permute(0, 2, 3, 1).reshape(-1, c)
-    area = torch.bincount(slot, minlength=b * k_max)
+    n_slots = b * k_max
+    pix = torch.arange(h * w, device=device, dtype=torch.float64)
+    stats = torch.stack([torch.ones_like(pix), torch.div(pix, w, rounding_mode="floor"), torch.remainder(pix, w)], 1)
+    stats = torch.zeros(n_slots, 3, dtype=torch.float64, device=device).index_add_(0, slot, stats.repeat(b, 1))
+    area = stats[:, 0]
     if reduce == "mean":
-        pooled = torch.zeros(b * k_max, c, dtype=rows.dtype, device=device).index_add(0, slot, rows)
+        pooled = torch.zeros(n_slots, c, dtype=rows.dtype, device=device).index_add(0, slot, rows)
         pooled = pooled / area.clamp(min=1).to(rows.dtype)[:, None]
     else:
-        pooled = torch.zeros(b * k_max, c, dtype=rows.dtype, device=device).scatter_reduce(
+        pooled = torch.zeros(n_slots, c, dtype=rows.dtype, device=device).scatter_reduce(
             0, slot[:, None].expand(-1, c), rows, "amax", include_self=False)
-    pix = torch.arange(h * w, device=device).repeat(b)
-    yx = torch.stack([torch.bincount(slot, (pix // w).double(), b * k_max),
-                      torch.bincount(slot, (pix % w).double(), b * k_max)], 1)
-    centroids = (yx / area.clamp(min=1).double()[:, None]).float()
+    centroids = (stats[:, 1:] / area.clamp(min=1)[:, None]).float()
     ids = torch.full((b * k_max,), -1, dtype=torch.int64, device=device)
     ids[slot_of_key] = keys % span + lo
     return Tokens(pooled.view(b, k_max, c), (area > 0).view(b, k_max), centroids.view(b, k_max, 2),

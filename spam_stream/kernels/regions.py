@@ -28,8 +28,12 @@ def _dense_enough(span: int, n: int) -> bool:
 
 
 def compact_labels(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted distinct values (K,), index of each element's value (N,)), both int64: a bincount lookup table when
-    the values span less than a few times N (O(N), no sort), else ``torch.unique``."""
+    """(sorted distinct values (K,), index of each element's value (N,)), both int64 on ``keys``' device: a lookup
+    table when the values span less than a few times N (O(N), no sort; one numba pass for CPU tensors), else
+    ``torch.unique``."""
+    if keys.device.type == "cpu":
+        ids, idx = _compact_numpy(keys.reshape(-1).numpy())
+        return torch.from_numpy(ids), torch.from_numpy(idx)
     flat = keys.reshape(-1).long()
     lo, hi = int(flat.min()), int(flat.max())
     span = hi - lo + 1
@@ -183,16 +187,20 @@ def _feature_sums(idx, features, k):
     return out
 
 
+def _compact_numpy(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`compact_labels` of a numpy array: the numba lookup table, or ``np.unique`` for sparse values."""
+    flat = flat.astype(np.int64, copy=False)
+    lo, hi = int(flat.min()), int(flat.max())
+    if _dense_enough(hi - lo + 1, flat.size):
+        return _lookup(flat, lo, hi - lo + 1)
+    ids, idx = np.unique(flat, return_inverse=True)
+    return ids, idx.reshape(-1).astype(np.int64, copy=False)
+
+
 def region_stats_cpu(labels: torch.Tensor, image=None, features=None, prior=None) -> dict:
     """The CPU implementation (numba, one scan): see the module docstring. Tensors on the CPU."""
     h, w = labels.shape
-    flat = labels.reshape(-1).numpy()
-    lo, hi = int(flat.min()), int(flat.max())
-    if _dense_enough(hi - lo + 1, flat.size):
-        ids, idx = _lookup(flat.astype(np.int64, copy=False), lo, hi - lo + 1)
-    else:
-        ids, idx = np.unique(flat.astype(np.int64, copy=False), return_inverse=True)
-        idx = idx.reshape(-1).astype(np.int64, copy=False)
+    ids, idx = _compact_numpy(labels.reshape(-1).numpy())
     k = len(ids)
     img = np.zeros((1, 1, 1), np.uint8) if image is None else np.ascontiguousarray(image.numpy())
     part = np.zeros((1, 1), np.int64) if prior is None else np.ascontiguousarray(prior.numpy())
