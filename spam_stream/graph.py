@@ -191,6 +191,33 @@ def region_graph(labels, image=None, features=None, prior=None) -> RegionGraph:
                        same_object=same, shape=(int(h), int(w)))
 
 
+POOL_MATRIX_LIMIT = 2**26  # entries of the (B, K_max, h·w) pooling matrix of low-resolution features (256 MB f32)
+
+
+def _source_index(out_size: int, in_size: int, device):
+    """Bilinear source taps of ``F.interpolate(align_corners=False)`` along one axis: (i0, i1, w0, w1), each (out,)."""
+    src = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    w1 = src - i0
+    return i0, i1, 1.0 - w1, w1
+
+
+def _pooling_matrix(slot, b: int, k_max: int, h: int, w: int, fh: int, fw: int, dtype):
+    """(B, K_max, fh·fw): entry [i, k, q] = Σ over the pixels p of token k of image i of p's bilinear weight on
+    feature cell q, so that ``matrix @ features`` sums the upsampled features over each token."""
+    device = slot.device
+    y0, y1, wy0, wy1 = _source_index(h, fh, device)
+    x0, x1, wx0, wx1 = _source_index(w, fw, device)
+    acc = torch.zeros(b * k_max * fh * fw, dtype=torch.float64, device=device)
+    base = (slot * (fh * fw)).view(b, h, w)
+    for yi, wy in ((y0, wy0), (y1, wy1)):
+        for xi, wx in ((x0, wx0), (x1, wx1)):
+            cell = (yi[:, None] * fw + xi[None, :])[None]
+            acc.index_add_(0, (base + cell).reshape(-1), (wy[:, None] * wx[None, :]).expand(b, h, w).reshape(-1))
+    return acc.to(dtype).view(b, k_max, fh * fw)
+
+
 class Tokens(NamedTuple):
     """Pooled superpixel vectors of a batch (:func:`tokens`); K_max = the most superpixels of any image.
 
@@ -209,8 +236,10 @@ def tokens(features, labels, reduce: str = "mean") -> Tokens:
     """One vector per superpixel for a batch: the features pooled inside each superpixel (superpixel tokenizers).
 
     Args:
-        features: (B, C, h, w) float tensor (any device); resized bilinearly to the labels' (H, W) when its size
-            differs (memory B·C·H·W), so a superpixel smaller than a feature cell still gets its own vector.
+        features: (B, C, h, w) float tensor (any device), e.g. a ViT's patch embeddings; pooled as if resized
+            bilinearly to the labels' (H, W) when its size differs, so a superpixel smaller than a feature cell still
+            gets its own vector. "mean" does it without the upsampled copy (a (B, K_max, h·w) weight matrix, one
+            batched matmul; while that matrix has ≤ 2^26 entries); "max" upsamples (memory B·C·H·W).
         labels: (B, H, W) integer labels (numpy or tensor; moved to the features' device). Each image's distinct
             values, in increasing order, are its tokens (for SPAM's labels token k is superpixel k).
         reduce: "mean" or "max" over the superpixel's pixels.
@@ -240,16 +269,24 @@ def tokens(features, labels, reduce: str = "mean") -> Tokens:
     slot_of_key = image_of * k_max + (torch.arange(keys.shape[0], device=device) - start[image_of])
     slot = slot_of_key[idx]                                   # (B·H·W,) row of each pixel in (B·K_max, C)
 
-    rows = _resized(feats, h, w, device).permute(0, 2, 3, 1).reshape(-1, c)
     n_slots = b * k_max
     pix = torch.arange(h * w, device=device, dtype=torch.float64)
     stats = torch.stack([torch.ones_like(pix), torch.div(pix, w, rounding_mode="floor"), torch.remainder(pix, w)], 1)
     stats = torch.zeros(n_slots, 3, dtype=torch.float64, device=device).index_add_(0, slot, stats.repeat(b, 1))
     area = stats[:, 0]
-    if reduce == "mean":
+    fh, fw = feats.shape[2:]
+    if reduce == "mean" and (fh, fw) != (h, w) and n_slots * fh * fw <= POOL_MATRIX_LIMIT:
+        # low-resolution features: mean of the bilinear upsampling = a (K_max, h·w) weight matrix per image times
+        # the features, without the (B, C, H, W) upsampled copy
+        weights = _pooling_matrix(slot, b, k_max, h, w, fh, fw, feats.dtype)
+        pooled = torch.bmm(weights, feats.reshape(b, c, fh * fw).transpose(1, 2)).reshape(n_slots, c)
+        pooled = pooled / area.clamp(min=1).to(pooled.dtype)[:, None]
+    elif reduce == "mean":
+        rows = _resized(feats, h, w, device).permute(0, 2, 3, 1).reshape(-1, c)
         pooled = torch.zeros(n_slots, c, dtype=rows.dtype, device=device).index_add(0, slot, rows)
         pooled = pooled / area.clamp(min=1).to(rows.dtype)[:, None]
     else:
+        rows = _resized(feats, h, w, device).permute(0, 2, 3, 1).reshape(-1, c)
         pooled = torch.zeros(n_slots, c, dtype=rows.dtype, device=device).scatter_reduce(
             0, slot[:, None].expand(-1, c), rows, "amax", include_self=False)
     centroids = (stats[:, 1:] / area.clamp(min=1)[:, None]).float()

@@ -270,3 +270,24 @@ def test_tokens_bad_arguments():
         tokens(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), "sum")
     with pytest.raises(ValueError, match="B = 2"):
         tokens(torch.zeros(2, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long))
+
+
+def test_low_resolution_mean_tokens_use_the_weight_matrix_and_equal_upsampling(monkeypatch):
+    """Patch-level features (B, C, 14, 14) for (B, 224, 224) labels: equal to pooling the upsampled map."""
+    import spam_stream.graph as graph
+
+    rng = np.random.default_rng(1)
+    labels = torch.from_numpy(np.kron(rng.integers(0, 30, (2, 16, 16)), np.ones((1, 14, 14), np.int64)))
+    feats = torch.randn(2, 8, 14, 14, dtype=torch.float64, requires_grad=True)
+    fast = tokens(feats, labels)
+    monkeypatch.setattr(graph, "POOL_MATRIX_LIMIT", 0)  # force the upsampling path
+    slow = tokens(feats, labels)
+    torch.testing.assert_close(fast.tokens, slow.tokens)
+    g1 = torch.autograd.grad(fast.tokens.sum(), feats)[0]
+    g2 = torch.autograd.grad((slow.tokens * 1).sum(), feats)[0]
+    torch.testing.assert_close(g1, g2)
+    odd = torch.randn(2, 3, 5, 7, dtype=torch.float64)   # non-integer ratios, edge clamping
+    monkeypatch.undo()
+    a = tokens(odd, labels[:, :37, :41])
+    monkeypatch.setattr(graph, "POOL_MATRIX_LIMIT", 0)
+    torch.testing.assert_close(a.tokens, tokens(odd, labels[:, :37, :41]).tokens)
