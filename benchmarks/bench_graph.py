@@ -106,12 +106,19 @@ def batch_rows(args, model):
     results.append(("SPAM batched + region_graph per image",
                     median_ms(lambda: [region_graph(lab, im) for lab, im in zip(batched(), images)],
                               args.repeats)))
+    from spam_stream import tokens
+
+    labels = torch.from_numpy(batched())
+    vit = torch.randn(args.batch, 384, 14, 14)  # ViT-S/16 patch embeddings of 224×224 images
+    t_tok = median_ms(lambda: tokens(vit, labels), args.repeats)
     best = results[0][1]
     print(f"\n224×224, K={k}, B={args.batch}, --encoder none; batched labels equal to the loop's: {equal}")
     print("\n| method | ms per batch | images/s | batched SPAM's speed-up |")
     print("|---|---|---|---|")
     for name, ms in results:
         print(f"| {name} | {ms:.0f} | {1e3 * args.batch / ms:.1f} | {ms / best:.2f}× |")
+    print(f"\ntokens of ViT-S/16 patch features ({args.batch}, 384, 14, 14) pooled into those superpixels (mean, "
+          f"padded to K_max={int(labels.amax((1, 2)).max()) + 1}): {t_tok:.1f} ms per batch")
 
 
 def main(argv=None):

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .kernels.regions import compact_labels
 
 PYG_MISSING = "to_pyg() needs PyTorch Geometric: pip install 'spam-stream[graph]' (or pip install torch_geometric)"
 
@@ -194,30 +193,6 @@ def region_graph(labels, image=None, features=None, prior=None) -> RegionGraph:
 POOL_MATRIX_LIMIT = 2**26  # entries of the (B, K_max, h·w) pooling matrix of low-resolution features (256 MB f32)
 
 
-def _source_index(out_size: int, in_size: int, device):
-    """Bilinear source taps of ``F.interpolate(align_corners=False)`` along one axis: (i0, i1, w0, w1), each (out,)."""
-    src = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=in_size - 1)
-    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
-    w1 = src - i0
-    return i0, i1, 1.0 - w1, w1
-
-
-def _pooling_matrix(slot, b: int, k_max: int, h: int, w: int, fh: int, fw: int, dtype):
-    """(B, K_max, fh·fw): entry [i, k, q] = Σ over the pixels p of token k of image i of p's bilinear weight on
-    feature cell q, so that ``matrix @ features`` sums the upsampled features over each token."""
-    device = slot.device
-    y0, y1, wy0, wy1 = _source_index(h, fh, device)
-    x0, x1, wx0, wx1 = _source_index(w, fw, device)
-    acc = torch.zeros(b * k_max * fh * fw, dtype=torch.float64, device=device)
-    base = (slot * (fh * fw)).view(b, h, w)
-    for yi, wy in ((y0, wy0), (y1, wy1)):
-        for xi, wx in ((x0, wx0), (x1, wx1)):
-            cell = (yi[:, None] * fw + xi[None, :])[None]
-            acc.index_add_(0, (base + cell).reshape(-1), (wy[:, None] * wx[None, :]).expand(b, h, w).reshape(-1))
-    return acc.to(dtype).view(b, k_max, fh * fw)
-
-
 class Tokens(NamedTuple):
     """Pooled superpixel vectors of a batch (:func:`tokens`); K_max = the most superpixels of any image.
 
@@ -254,31 +229,18 @@ def tokens(features, labels, reduce: str = "mean") -> Tokens:
     lab = _as_tensor(labels, feats.device)
     if lab.dim() != 3 or lab.shape[0] != feats.shape[0]:
         raise ValueError(f"labels must be (B, H, W) with B = {feats.shape[0]}, got shape {tuple(lab.shape)}")
+    from . import kernels  # device dispatch lives there
+
     b, c = feats.shape[:2]
     h, w = lab.shape[1:]
     device = feats.device
-    lab = lab.long()
-    lo, hi = torch.aminmax(lab)
-    lo, span = int(lo), int(hi) - int(lo) + 1
-    batch = torch.arange(b, device=device)
-    keys, idx = compact_labels((lab - lo) + batch[:, None, None] * span)  # distinct (image, label) pairs, image-major
-    image_of = keys // span
-    per_image = torch.zeros(b, dtype=torch.int64, device=device).index_add_(0, image_of, torch.ones_like(image_of))
-    k_max = int(per_image.max())
-    start = torch.cumsum(per_image, 0) - per_image
-    slot_of_key = image_of * k_max + (torch.arange(keys.shape[0], device=device) - start[image_of])
-    slot = slot_of_key[idx]                                   # (B·H·W,) row of each pixel in (B·K_max, C)
-
+    slot, k_max, ids, area, sums = kernels.token_layout(lab)  # slot: (B·H·W,) row of each pixel in (B·K_max, C)
     n_slots = b * k_max
-    pix = torch.arange(h * w, device=device, dtype=torch.float64)
-    stats = torch.stack([torch.ones_like(pix), torch.div(pix, w, rounding_mode="floor"), torch.remainder(pix, w)], 1)
-    stats = torch.zeros(n_slots, 3, dtype=torch.float64, device=device).index_add_(0, slot, stats.repeat(b, 1))
-    area = stats[:, 0]
     fh, fw = feats.shape[2:]
     if reduce == "mean" and (fh, fw) != (h, w) and n_slots * fh * fw <= POOL_MATRIX_LIMIT:
         # low-resolution features: mean of the bilinear upsampling = a (K_max, h·w) weight matrix per image times
         # the features, without the (B, C, H, W) upsampled copy
-        weights = _pooling_matrix(slot, b, k_max, h, w, fh, fw, feats.dtype)
+        weights = kernels.pooling_matrix(slot, b, k_max, h, w, fh, fw).to(feats.dtype)
         pooled = torch.bmm(weights, feats.reshape(b, c, fh * fw).transpose(1, 2)).reshape(n_slots, c)
         pooled = pooled / area.clamp(min=1).to(pooled.dtype)[:, None]
     elif reduce == "mean":
@@ -289,9 +251,7 @@ def tokens(features, labels, reduce: str = "mean") -> Tokens:
         rows = _resized(feats, h, w, device).permute(0, 2, 3, 1).reshape(-1, c)
         pooled = torch.zeros(n_slots, c, dtype=rows.dtype, device=device).scatter_reduce(
             0, slot[:, None].expand(-1, c), rows, "amax", include_self=False)
-    centroids = (stats[:, 1:] / area.clamp(min=1)[:, None]).float()
-    ids = torch.full((b * k_max,), -1, dtype=torch.int64, device=device)
-    ids[slot_of_key] = keys % span + lo
+    centroids = (sums / area.clamp(min=1)[:, None]).float()
     return Tokens(pooled.view(b, k_max, c), (area > 0).view(b, k_max), centroids.view(b, k_max, 2),
                   ids.view(b, k_max))
 

@@ -234,9 +234,11 @@ def token_loop(features, labels, reduce):
     return out
 
 
+@pytest.mark.parametrize("impl", ["cpu", "reference"])
 @pytest.mark.parametrize("reduce", ["mean", "max"])
 @pytest.mark.parametrize("size", [(12, 10), (6, 5)])
-def test_tokens_equal_a_loop_and_padding(reduce, size):
+def test_tokens_equal_a_loop_and_padding(reduce, size, impl, monkeypatch):
+    monkeypatch.setenv("SPAM_KERNELS", impl)
     rng = np.random.default_rng(0)
     labels = torch.from_numpy(rng.integers(0, 6, (3, 12, 10)))
     labels[1] = labels[1] % 2 + 40                       # fewer superpixels, other ids: padding
@@ -265,6 +267,18 @@ def test_tokens_gradcheck(reduce):
     assert torch.autograd.gradcheck(lambda f: tokens(f, labels, reduce).tokens, (small,))
 
 
+def test_token_layout_twins_agree_with_sparse_ids():
+    from spam_stream.kernels import regions
+
+    labels = torch.tensor([[[5, 5, 9], [1000, 9, 5]], [[7, 7, 7], [7, 7, 7]]])
+    for impl in (regions.token_layout_cpu, regions.token_layout_torch):
+        slot, k_max, ids, area, sums = impl(labels)
+        assert k_max == 3 and ids.tolist() == [5, 9, 1000, 7, -1, -1]
+        assert area.tolist() == [3, 2, 1, 6, 0, 0] and slot.tolist() == [0, 0, 1, 2, 1, 0] + [3] * 6
+    sparse = torch.tensor([[[0, 10**9]]])
+    assert regions.token_layout_cpu(sparse)[2].tolist() == [0, 10**9]
+
+
 def test_tokens_bad_arguments():
     with pytest.raises(ValueError, match="reduce"):
         tokens(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), "sum")
@@ -272,10 +286,12 @@ def test_tokens_bad_arguments():
         tokens(torch.zeros(2, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long))
 
 
-def test_low_resolution_mean_tokens_use_the_weight_matrix_and_equal_upsampling(monkeypatch):
+@pytest.mark.parametrize("impl", ["cpu", "reference"])
+def test_low_resolution_mean_tokens_use_the_weight_matrix_and_equal_upsampling(impl, monkeypatch):
     """Patch-level features (B, C, 14, 14) for (B, 224, 224) labels: equal to pooling the upsampled map."""
     import spam_stream.graph as graph
 
+    monkeypatch.setenv("SPAM_KERNELS", impl)
     rng = np.random.default_rng(1)
     labels = torch.from_numpy(np.kron(rng.integers(0, 30, (2, 16, 16)), np.ones((1, 14, 14), np.int64)))
     feats = torch.randn(2, 8, 14, 14, dtype=torch.float64, requires_grad=True)
@@ -287,7 +303,7 @@ def test_low_resolution_mean_tokens_use_the_weight_matrix_and_equal_upsampling(m
     g2 = torch.autograd.grad((slow.tokens * 1).sum(), feats)[0]
     torch.testing.assert_close(g1, g2)
     odd = torch.randn(2, 3, 5, 7, dtype=torch.float64)   # non-integer ratios, edge clamping
-    monkeypatch.undo()
+    monkeypatch.setattr(graph, "POOL_MATRIX_LIMIT", 2**26)
     a = tokens(odd, labels[:, :37, :41])
     monkeypatch.setattr(graph, "POOL_MATRIX_LIMIT", 0)
     torch.testing.assert_close(a.tokens, tokens(odd, labels[:, :37, :41]).tokens)

@@ -13,6 +13,10 @@ Both take the same arguments and return the same arrays (tested equal, and again
     mean_rgb (K, c) float32 | None, mean_features (K, C) float32 | None, object (K,) int64, edges (E, 2) int64
     (i < j, sorted), boundary (E,) int64.
 
+Tokens (:func:`spam_stream.graph.tokens`) use the same split for their non-differentiable part: the token layout of a
+batch (:func:`token_layout_torch` / :func:`token_layout_cpu`) and the bilinear pooling matrix of low-resolution
+features (:func:`pooling_matrix_torch` / :func:`pooling_matrix_cpu`).
+
 Nodes are the distinct label values in increasing order; ``object`` is the one object id ≥ 0 of a node's known
 pixels, -1 when it has none or several.
 """
@@ -220,3 +224,123 @@ def region_stats_cpu(labels: torch.Tensor, image=None, features=None, prior=None
         f = np.ascontiguousarray(features.reshape(features.shape[0], -1).numpy())
         out["mean_features"] = (_feature_sums(idx, f, k) * inv_area[:, None]).astype(np.float32)
     return {name: None if v is None else torch.from_numpy(np.ascontiguousarray(v)) for name, v in out.items()}
+
+
+# ---- tokens (spam_stream.graph.tokens): the non-differentiable layout of a batch, and the pooling matrix ------------
+
+def token_layout_torch(labels: torch.Tensor):
+    """(B, H, W) integer labels → ``(slot, k_max, ids, area, sums)``: slot (B·H·W,) int64 the row of each pixel in
+    a (B·K_max, ·) token table (image b's distinct labels, increasing, at rows b·K_max …), K_max, ids (B·K_max,)
+    int64 (-1 = padding), area (B·K_max,) float64, sums (B·K_max, 2) float64 of the pixels' (y, x)."""
+    b, h, w = labels.shape
+    device = labels.device
+    lab = labels.long()
+    lo, hi = torch.aminmax(lab)
+    lo, span = int(lo), int(hi) - int(lo) + 1
+    keys, idx = compact_labels((lab - lo) + torch.arange(b, device=device)[:, None, None] * span)
+    image_of = keys // span
+    per_image = torch.zeros(b, dtype=torch.int64, device=device).index_add_(0, image_of, torch.ones_like(image_of))
+    k_max = int(per_image.max())
+    start = torch.cumsum(per_image, 0) - per_image
+    slot_of_key = image_of * k_max + (torch.arange(keys.shape[0], device=device) - start[image_of])
+    slot = slot_of_key[idx]
+    pix = torch.arange(h * w, device=device, dtype=torch.float64)
+    stats = torch.stack([torch.ones_like(pix), torch.div(pix, w, rounding_mode="floor"), torch.remainder(pix, w)], 1)
+    stats = torch.zeros(b * k_max, 3, dtype=torch.float64, device=device).index_add_(0, slot, stats.repeat(b, 1))
+    ids = torch.full((b * k_max,), -1, dtype=torch.int64, device=device)
+    ids[slot_of_key] = keys % span + lo
+    return slot, k_max, ids, stats[:, 0], stats[:, 1:]
+
+
+@numba.njit(cache=True)
+def _token_layout(lab, lo, span, h, w):
+    b, n = lab.shape
+    lut = np.full((b, span), -1, np.int64)
+    count = np.zeros(b, np.int64)
+    for i in range(b):
+        for p in range(n):
+            lut[i, lab[i, p] - lo] = 0
+        k = 0
+        for v in range(span):
+            if lut[i, v] == 0:
+                lut[i, v] = k
+                k += 1
+        count[i] = k
+    k_max = count.max()
+    ids = np.full(b * k_max, -1, np.int64)
+    for i in range(b):
+        for v in range(span):
+            if lut[i, v] >= 0:
+                ids[i * k_max + lut[i, v]] = v + lo
+    slot = np.empty(b * n, np.int64)
+    area = np.zeros(b * k_max, np.float64)
+    sums = np.zeros((b * k_max, 2), np.float64)
+    for i in range(b):
+        for p in range(n):
+            s = i * k_max + lut[i, lab[i, p] - lo]
+            slot[i * n + p] = s
+            area[s] += 1.0
+            sums[s, 0] += p // w
+            sums[s, 1] += p % w
+    return slot, k_max, ids, area, sums
+
+
+def token_layout_cpu(labels: torch.Tensor):
+    """:func:`token_layout_torch` in two numba passes (CPU tensors; sparse label values go to the torch twin)."""
+    b, h, w = labels.shape
+    lab = labels.reshape(b, h * w).numpy().astype(np.int64, copy=False)
+    lo, hi = int(lab.min()), int(lab.max())
+    if b * (hi - lo + 1) > 4 * lab.size + 4096:
+        return token_layout_torch(labels)
+    slot, k_max, ids, area, sums = _token_layout(np.ascontiguousarray(lab), lo, hi - lo + 1, h, w)
+    return torch.from_numpy(slot), int(k_max), torch.from_numpy(ids), torch.from_numpy(area), torch.from_numpy(sums)
+
+
+def _source_index(out_size: int, in_size: int, device):
+    """Bilinear source taps of ``F.interpolate(align_corners=False)`` along one axis: (i0, i1, w0, w1), each (out,)."""
+    src = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    w1 = src - i0
+    return i0, i1, 1.0 - w1, w1
+
+
+def pooling_matrix_torch(slot: torch.Tensor, b: int, k_max: int, h: int, w: int, fh: int, fw: int) -> torch.Tensor:
+    """(B, K_max, fh·fw) float64: entry [i, k, q] = Σ over the pixels of token k of image i of their bilinear
+    weights (``F.interpolate(align_corners=False)`` from fh×fw to h×w) on feature cell q, so that ``matrix @
+    features`` sums the upsampled features over each token."""
+    device = slot.device
+    y0, y1, wy0, wy1 = _source_index(h, fh, device)
+    x0, x1, wx0, wx1 = _source_index(w, fw, device)
+    acc = torch.zeros(b * k_max * fh * fw, dtype=torch.float64, device=device)
+    base = (slot * (fh * fw)).view(b, h, w)
+    for yi, wy in ((y0, wy0), (y1, wy1)):
+        for xi, wx in ((x0, wx0), (x1, wx1)):
+            cell = (yi[:, None] * fw + xi[None, :])[None]
+            acc.index_add_(0, (base + cell).reshape(-1), (wy[:, None] * wx[None, :]).expand(b, h, w).reshape(-1))
+    return acc.view(b, k_max, fh * fw)
+
+
+@numba.njit(cache=True)
+def _pooling_matrix(slot, b, k_max, h, w, fh, fw, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
+    acc = np.zeros(b * k_max * fh * fw, np.float64)
+    cells = fh * fw
+    for i in range(b):
+        for y in range(h):
+            r0, r1, a0, a1 = y0[y] * fw, y1[y] * fw, wy0[y], wy1[y]
+            for x in range(w):
+                base = slot[(i * h + y) * w + x] * cells
+                c0, c1, b0, b1 = x0[x], x1[x], wx0[x], wx1[x]
+                acc[base + r0 + c0] += a0 * b0
+                acc[base + r0 + c1] += a0 * b1
+                acc[base + r1 + c0] += a1 * b0
+                acc[base + r1 + c1] += a1 * b1
+    return acc
+
+
+def pooling_matrix_cpu(slot: torch.Tensor, b: int, k_max: int, h: int, w: int, fh: int, fw: int) -> torch.Tensor:
+    """:func:`pooling_matrix_torch` in one numba pass (CPU tensors)."""
+    ty = [t.numpy() for t in _source_index(h, fh, "cpu")]
+    tx = [t.numpy() for t in _source_index(w, fw, "cpu")]
+    acc = _pooling_matrix(slot.numpy(), b, k_max, h, w, fh, fw, *ty, *tx)
+    return torch.from_numpy(acc).view(b, k_max, fh * fw)
