@@ -112,3 +112,14 @@ def test_readme_pyg_lines_load_a_graph_file(tmp_path):
                                      edge_index=torch_geometric.utils.to_undirected(torch.from_numpy(z["edges"]).T))
     ref = graph.to_pyg()
     assert data.num_nodes == ref.num_nodes and torch.equal(data.edge_index, torch_geometric.utils.coalesce(ref.edge_index))
+
+
+def test_segment_batch_and_segment_video_start_label(tmp_path):
+    images = [synthetic_image(30, 40, seed=i) for i in range(2)]
+    plain = [r.labels for r in spam_stream.segment_batch(images, 12, encoder=None)]
+    shifted = [r.labels for r in spam_stream.segment_batch(images, 12, encoder=None, start_label=3)]
+    assert all((s == p + 3).all() for s, p in zip(shifted, plain))
+    clip = write_index_video(tmp_path / "c.mkv", 3, codec="ffv1")
+    plain = [lab for _, _, lab in spam_stream.segment_video(clip, 12, encoder=None)]
+    shifted = [lab for _, _, lab in spam_stream.segment_video(clip, 12, encoder=None, start_label=1)]
+    assert len(plain) == 3 and all((s == p + 1).all() for s, p in zip(shifted, plain))
