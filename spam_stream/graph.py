@@ -183,11 +183,7 @@ def region_graph(labels, image=None, features=None, prior=None) -> RegionGraph:
         if tuple(part.shape) != (h, w) or part.is_floating_point():
             raise ValueError(f"prior of shape {tuple(part.shape)} does not match labels of shape {(h, w)}")
     s = kernels.region_stats(lab, img, feats, part)
-    obj, edges = s["object"], s["edges"]
-    same = (obj[edges[:, 0]] == obj[edges[:, 1]]) & (obj[edges[:, 0]] >= 0)
-    return RegionGraph(ids=s["ids"], area=s["area"], centroid=s["centroid"], bbox=s["bbox"], mean_rgb=s["mean_rgb"],
-                       mean_features=s["mean_features"], object=obj, edges=edges, boundary=s["boundary"],
-                       same_object=same, shape=(int(h), int(w)))
+    return RegionGraph(**s, shape=(int(h), int(w)))
 
 
 POOL_MATRIX_LIMIT = 2**26  # entries of the (B, K_max, h·w) pooling matrix of low-resolution features (256 MB f32)

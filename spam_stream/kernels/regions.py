@@ -11,7 +11,7 @@ Both take the same arguments and return the same arrays (tested equal, and again
     None; prior (H, W) integer (-1 = uncertain) or None →
     dict: ids (K,) int64, area (K,) int64, centroid (K, 2) float32, bbox (K, 4) int64 (end-exclusive),
     mean_rgb (K, c) float32 | None, mean_features (K, C) float32 | None, object (K,) int64, edges (E, 2) int64
-    (i < j, sorted), boundary (E,) int64.
+    (i < j, sorted), boundary (E,) int64, same_object (E,) bool.
 
 Tokens (:func:`spam_stream.graph.tokens`) use the same split for their non-differentiable part: the token layout of a
 batch (:func:`token_layout_torch` / :func:`token_layout_cpu`) and the bilinear pooling matrix of low-resolution
@@ -99,7 +99,21 @@ def region_stats_torch(labels: torch.Tensor, image=None, features=None, prior=No
         bottom = low.scatter_reduce(0, node, value, "amin", include_self=False)
         obj = torch.where(top == bottom, top, obj)
     out["object"] = obj
+    e = out["edges"]
+    out["same_object"] = (obj[e[:, 0]] == obj[e[:, 1]]) & (obj[e[:, 0]] >= 0)
     return out
+
+
+@numba.njit(cache=True)
+def _min_max(flat):
+    lo = hi = np.int64(flat[0])
+    for p in range(1, flat.shape[0]):
+        v = np.int64(flat[p])
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+    return lo, hi
 
 
 @numba.njit(cache=True)
@@ -193,11 +207,12 @@ def _feature_sums(idx, features, k):
 
 def _compact_numpy(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`compact_labels` of a numpy array: the numba lookup table, or ``np.unique`` for sparse values."""
-    flat = flat.astype(np.int64, copy=False)
-    lo, hi = int(flat.min()), int(flat.max())
+    if flat.dtype not in (np.int32, np.int64):  # the numba pass reads SPAM's int32 labels as they are
+        flat = flat.astype(np.int64)
+    lo, hi = _min_max(flat)
     if _dense_enough(hi - lo + 1, flat.size):
         return _lookup(flat, lo, hi - lo + 1)
-    ids, idx = np.unique(flat, return_inverse=True)
+    ids, idx = np.unique(flat.astype(np.int64), return_inverse=True)
     return ids, idx.reshape(-1).astype(np.int64, copy=False)
 
 
@@ -209,12 +224,7 @@ def region_stats_cpu(labels: torch.Tensor, image=None, features=None, prior=None
     img = np.zeros((1, 1, 1), np.uint8) if image is None else np.ascontiguousarray(image.numpy())
     part = np.zeros((1, 1), np.int64) if prior is None else np.ascontiguousarray(prior.numpy())
     area, sums, bbox, rgb, obj, keys = _scan(idx, h, w, k, img, image is not None, part, prior is not None)
-    if k * k <= 4 * h * w + 4096:
-        counts = np.bincount(keys, minlength=k * k)
-        uniq = np.flatnonzero(counts)
-        boundary = counts[uniq]
-    else:
-        uniq, boundary = np.unique(keys, return_counts=True)
+    uniq, boundary = np.unique(keys, return_counts=True)  # boundary pairs only (~7% of a 1080p frame's at K=2000)
     inv_area = 1.0 / area
     out = {"ids": ids, "area": area, "centroid": (sums * inv_area[:, None]).astype(np.float32), "bbox": bbox,
            "mean_rgb": None if image is None else (rgb * inv_area[:, None]).astype(np.float32),
@@ -223,6 +233,8 @@ def region_stats_cpu(labels: torch.Tensor, image=None, features=None, prior=None
     if features is not None:
         f = np.ascontiguousarray(features.reshape(features.shape[0], -1).numpy())
         out["mean_features"] = (_feature_sums(idx, f, k) * inv_area[:, None]).astype(np.float32)
+    e = out["edges"]  # numpy, not torch: a torch op right after a numba pass can wait on torch's idle OpenMP pool
+    out["same_object"] = (obj[e[:, 0]] == obj[e[:, 1]]) & (obj[e[:, 0]] >= 0)
     return {name: None if v is None else torch.from_numpy(np.ascontiguousarray(v)) for name, v in out.items()}
 
 
