@@ -234,10 +234,12 @@ class SPAM:
         from . import kernels  # device dispatch lives there
 
         with frame.timed("features"):
-            if "tiles" in frame.meta:  # tile by tile, each by this same stage
-                from .tiles import tile_features
+            if "tiles" in frame.meta:  # Lab in one pass, positions and encoder per tile
+                from .tiles import tile_features, tile_initial_centroids
 
                 frame.features = tile_features(self, frame)
+                if frame.seeds is not None and frame.init_centroids is None and self.device.type == "cpu":
+                    frame.init_centroids = tile_initial_centroids(frame)
             elif kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
                 frame.features = kernels.resident_features(frame.image, frame.n_superpixels, self.encoder,
                                                            self.color_scale, self.compactness, self.device)
@@ -319,11 +321,17 @@ class SPAM:
         """
         start = check_start_label(start_label)
         if is_batch(image):
-            from .tiles import split_tiles, tile_frame
+            from .tiles import as_tiles, split_tiles, tile_frame, tiles_per_frame
 
-            frame = tile_frame(image, n_superpixels)
-            frame.prior, frame.density = prior, density
-            labels = split_tiles(self.run_stages(frame, attention, attention_ratio, focus).labels, frame.meta["tiles"])
+            tiles = as_tiles(image)
+            step = tiles_per_frame(self.device, *tiles.shape[1:3])
+            parts = []
+            for i in range(0, len(tiles), step):
+                frame = tile_frame(tiles[i:i + step], n_superpixels)
+                frame.prior, frame.density = prior, density
+                self.run_stages(frame, attention, attention_ratio, focus)
+                parts.append(split_tiles(frame.labels, frame.meta["tiles"]))
+            labels = np.concatenate(parts)
         else:
             frame = self.frame(image, n_superpixels, prior, density, key=key)
             labels = self.run_stages(frame, attention, attention_ratio, focus).labels

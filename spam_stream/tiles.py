@@ -3,7 +3,8 @@
 
 The B images (H, W each) are stacked into one (B·H, W) frame and run through SPAM's per-frame stages once: one
 clustering call (one parallel loop on the CPU, one kernel launch per iteration on CUDA) and one connectivity pass
-for the whole batch, instead of B calls each paying its fixed costs. Nothing crosses a tile:
+for the whole batch, instead of B calls each paying its fixed costs (on the CPU the batch is cut into frames of
+≈ 2^18 pixels, :func:`tiles_per_frame`, so that the clustering passes stay in the cache). Nothing crosses a tile:
 
 * **seeds** — each tile gets the grid seeds of one H×W image; the stacked frame's grid is (B·nh, nw), and pixel
   ``(b·H + y, x)`` falls in cell ``(b·nh + y·nh // H, x·nw // W)`` — exactly its own tile's cell (the grid layout of
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 import torch
 
@@ -52,6 +54,18 @@ def as_tiles(images) -> np.ndarray:
     if arr.dtype == np.uint8 and arr.shape[-1] == 3:
         return np.ascontiguousarray(arr)
     return np.stack([as_rgb(a) for a in arr])
+
+
+CPU_FRAME_PIXELS = 2**18  # pixels per tile frame on the CPU (5 images of 224×224: features stay in cache)
+
+
+def tiles_per_frame(device, height: int, width: int) -> int:
+    """How many H×W images one tile frame takes: the whole batch on a GPU (one launch per iteration); on the CPU
+    about :data:`CPU_FRAME_PIXELS` pixels — the clustering passes then read features that stay in the cache (64
+    tiles of 224×224 in one frame ran at ≈ 0.6× the images/s of frames of 4–8 tiles on a 2-core VM)."""
+    if torch.device(device).type != "cpu":
+        return 2**31
+    return max(1, CPU_FRAME_PIXELS // (height * width))
 
 
 def tile_frame(images, n_superpixels: int) -> Frame:
@@ -123,6 +137,39 @@ def tile_features(model, frame: Frame) -> torch.Tensor:
             sl = slice(i * h, (i + 1) * h)
             encode_learned(model.encoder, out[:3, sl], out[5:, sl], None, model.memory_budget, factor)
     return out
+
+
+@numba.njit(cache=True)
+def _cell_sums(planes, n_cols, n_pixels, init, k):
+    """Per-cell float32 sums of (D, n_cols) channel planes, pixel after pixel (the order of torch's ``index_add``)
+    and pixel counts."""
+    d_count = planes.shape[0] // n_cols
+    sums = np.zeros((k, d_count), np.float32)
+    counts = np.zeros(k, np.int64)
+    for p in range(n_pixels):
+        c = init[p]
+        counts[c] += 1
+        for d in range(d_count):
+            sums[c, d] += planes[d * n_cols + p]
+    return sums, counts
+
+
+def tile_initial_centroids(frame: Frame) -> torch.Tensor | None:
+    """The starting centroids of a CPU tile frame: each grid cell's mean feature, as
+    :func:`spam_stream.clustering.initial_centroids` computes them (float32 sums in pixel order, then one float32
+    division), in one numba pass over the channel planes instead of torch's index_add over a strided view. None
+    when the features are not in the CPU kernels' layout or a cell is empty (clustering then computes them)."""
+    from .kernels.cpu import _channel_rows
+
+    lanes = _channel_rows(frame.features.reshape(frame.features.shape[0], -1).t())
+    if lanes is None:
+        return None
+    planes, n_cols = lanes
+    init = frame.seeds.init_labels
+    sums, counts = _cell_sums(planes, n_cols, init.shape[0], init, len(frame.seeds))
+    if (counts == 0).any():
+        return None
+    return torch.from_numpy(sums / counts.astype(np.float32)[:, None])
 
 
 def split_tiles(labels: np.ndarray, n_tiles: int) -> np.ndarray:

@@ -64,3 +64,25 @@ def test_batch_rejects_a_prior_and_bad_shapes():
         model.segment(batch(2, 4, 4), 17)
     with pytest.raises(ValueError, match="batch"):
         model.segment(np.zeros((2, 5, 5, 2), np.uint8), 4)
+
+
+def test_batch_cut_into_several_tile_frames(monkeypatch):
+    import spam_stream.tiles as tiles
+
+    monkeypatch.setattr(tiles, "CPU_FRAME_PIXELS", 2 * 30 * 26)  # 2 tiles per frame: 5 images in 3 frames
+    model = SPAM(encoder=None)
+    images = batch(5, 30, 26, seed=7)
+    assert tiles.tiles_per_frame("cpu", 30, 26) == 2 and tiles.tiles_per_frame("cuda", 30, 26) > 5
+    assert np.array_equal(model.segment(images, 15), per_image(model, images, 15))
+
+
+def test_tile_initial_centroids_equal_clustering_s():
+    from spam_stream.clustering import as_pixel_rows, initial_centroids
+    from spam_stream.tiles import tile_frame, tile_initial_centroids
+
+    model = SPAM(encoder="default")
+    frame = tile_frame(batch(3, 29, 31), 20)
+    model.seed_stage(frame)
+    model.feature_stage(frame)
+    ref = initial_centroids(as_pixel_rows(frame.features), torch.from_numpy(frame.seeds.init_labels), len(frame.seeds))
+    assert torch.equal(frame.init_centroids, ref)
