@@ -89,7 +89,7 @@ def batch_rows(args, model):
         return [slic(im, n_segments=k, start_label=1) for im in images]
 
     equal = np.array_equal(batched(), loop())
-    results = [("SPAM batched (one frame of B tiles)", median_ms(batched, args.repeats))]
+    results = [("SPAM batched (frames of tiles, spam_stream.tiles)", median_ms(batched, args.repeats))]
     results.append(("SPAM per-image loop", median_ms(loop, args.repeats)))
     results.append(("skimage slic per image", median_ms(slic_loop, args.repeats)))
     try:
