@@ -123,3 +123,21 @@ def test_segment_batch_and_segment_video_start_label(tmp_path):
     plain = [lab for _, _, lab in spam_stream.segment_video(clip, 12, encoder=None)]
     shifted = [lab for _, _, lab in spam_stream.segment_video(clip, 12, encoder=None, start_label=1)]
     assert len(plain) == 3 and all((s == p + 1).all() for s, p in zip(shifted, plain))
+
+
+def test_batch_video_graph_in_manifest_and_resume(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_index_video(src / "clip.mkv", 4, codec="ffv1")
+    Image.fromarray(synthetic_image(30, 40)).save(src / "im.png")
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out), "-k", "12", "--encoder", "none", "--graph", "--no-overlay"]
+    assert main(args) == 0
+    lines = {json.loads(line)["input"]: json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()}
+    video = lines[str(src / "clip.mkv")]
+    g = load(video["outputs"]["graph"])
+    assert video["outputs"]["graph"].endswith("clip/clip_graph.npz") and sorted(set(g["frame"])) == [0, 1, 2, 3]
+    # a finished video missing its graph is redone by --resume
+    (out / "clip" / "clip_graph.npz").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert (out / "clip" / "clip_graph.npz").is_file()
