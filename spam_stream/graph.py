@@ -2,8 +2,9 @@
 
 What users build on superpixels — graph neural networks (superpixels as nodes), superpixel tokenizers for vision
 transformers (one pooled embedding per superpixel), region tracking — all start from the same per-superpixel
-reductions. Here they run on the labels' device, with no Python loop over superpixels: torch scatter reductions
-(CUDA, and :func:`tokens`, which must be differentiable) or one fused numba scan over the pixels (CPU):
+reductions. Here they run on the labels' device, with no Python loop over superpixels: numba passes over the pixels
+for CPU tensors, torch scatter reductions elsewhere (:mod:`spam_stream.kernels.regions`, the two twins); the pooling
+of :func:`tokens` is torch on any device, so that it is differentiable:
 
 * :func:`region_graph` — one label map → :class:`RegionGraph`: per node ``area``, ``centroid``, ``bbox``,
   ``mean_rgb``, ``mean_features``, ``object``; per edge (two 4-adjacent superpixels) ``boundary`` and
@@ -61,7 +62,8 @@ class RegionGraph:
         area: (K,) int64 pixels.
         centroid: (K, 2) float32 mean (y, x) of the pixels, in pixels.
         bbox: (K, 4) int64 (y0, x0, y1, x1), end-exclusive (scikit-image's ``regionprops(...).bbox``).
-        mean_rgb: (K, 3) float32 mean colour (the image's values, 0..255 for uint8), or None without an image.
+        mean_rgb: (K, 3) float32 mean colour (the image's values, 0..255 for uint8; (K, 1) for a grayscale
+            (H, W) image), or None without an image.
         mean_features: (K, C) float32 mean of the feature map (resized to the labels' size), or None.
         object: (K,) int64 prior object of the superpixel: the one object id (≥ 0) its pixels of known object
             carry, -1 when it has none (no prior, or only uncertain pixels) or pixels of several objects (never with
