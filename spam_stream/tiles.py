@@ -111,31 +111,45 @@ def tile_features(model, frame: Frame) -> torch.Tensor:
     """(D, B·H, W) float32 features of a tile frame on the model's device, in the layout the device's kernels read;
     each tile's equal to that image's own features.
 
-    On the CPU: Lab of the whole stacked frame in one parallel pass, the position rows rewritten per tile (the
-    same float32 products ``y·s``), the encoder tile by tile (its zero padding at each image's border). On a
-    resident (CUDA) frame: the model's feature stage on each tile."""
+    Lab of the whole stacked frame in one pass (pixelwise, so each tile's equals its image's), the position rows
+    rewritten per tile (the same float32 products ``f32(y)·f32(s)``), the encoder tile by tile (its zero padding at
+    each image's border): on the CPU with the numba Lab kernel into the CPU kernels' channel planes, on a resident
+    (CUDA) frame with the torch twin after one upload of the whole batch (as ``pixel_features_torch``). Another
+    device without a resident frame: the model's feature stage on each tile."""
     from . import kernels
     from .color import lab_yx_features
     from .encoder import encode_learned
     from .features import COLOR_SCALE, position_scale
+    from .kernels.features import lab_yx_torch, upload_image
 
     b = frame.meta["tiles"]
     h, w = frame.image.shape[0] // b, frame.image.shape[1]
-    out = kernels.empty_features(b * h, w, model.n_features, model.device)
-    if kernels.resident_frame(model.device) or out.device.type != "cpu":
+    d, device = model.n_features, model.device
+    s = position_scale(h, w, frame.n_superpixels, model.compactness)
+    budget = model.memory_budget
+    if kernels.resident_frame(device):  # (D, H, W) view of an (H, W, D) buffer, as pixel_features_torch
+        img = upload_image(frame.image, device)
+        out = torch.empty((b * h, w, d), dtype=torch.float32, device=img.device).permute(2, 0, 1)
+        lab_yx_torch(img, model.color_scale, s, out=out[:5])
+        budget = None  # the encoder's activation budget as kernels.resident_features picks it
+        if model.encoder is not None and torch.device(device).type == "cuda":
+            budget = torch.cuda.mem_get_info(torch.device(device))[0] // 4
+    elif torch.device(device).type == "cpu":
+        out = kernels.empty_features(b * h, w, d, device)
+        lab_yx_features(frame.image, model.color_scale, s, out=out[:5].numpy())
+    else:
+        out = kernels.empty_features(b * h, w, d, device)
         for i in range(b):
             one = Frame(image=frame.image[i * h:(i + 1) * h], n_superpixels=frame.n_superpixels)
             out[:, i * h:(i + 1) * h] = model.feature_stage(one).features
         return out
-    s = position_scale(h, w, frame.n_superpixels, model.compactness)
-    lab_yx_features(frame.image, model.color_scale, s, out=out[:5].numpy())
-    rows = torch.arange(h, dtype=torch.float32) * torch.tensor(s, dtype=torch.float32)  # as the kernel: f32(y)·f32(s)
-    out[3] = rows.repeat(b)[:, None]
+    rows = torch.arange(h, dtype=torch.float32) * torch.tensor(s, dtype=torch.float32)  # as the kernels: f32(y)·f32(s)
+    out[3] = rows.repeat(b).to(out.device)[:, None]
     if model.encoder is not None:
         factor = getattr(model.encoder, "input_color_scale", COLOR_SCALE) / model.color_scale
         for i in range(b):
             sl = slice(i * h, (i + 1) * h)
-            encode_learned(model.encoder, out[:3, sl], out[5:, sl], None, model.memory_budget, factor)
+            encode_learned(model.encoder, out[:3, sl], out[5:, sl], None, budget, factor)
     return out
 
 

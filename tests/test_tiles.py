@@ -46,12 +46,13 @@ def test_tiny_tiles_and_many_superpixels():
     assert np.array_equal(model.segment(one, 12)[0], model.segment(one[0], 12))
 
 
-@pytest.mark.parametrize("env", [{"SPAM_DEVICE_FRAME": "1"}, {"SPAM_KERNELS": "triton", "SPAM_DEVICE_FRAME": "1"}])
-def test_device_frame_path_equals_per_image(env, monkeypatch):
+@pytest.mark.parametrize("env,encoder", [({"SPAM_DEVICE_FRAME": "1"}, None), ({"SPAM_DEVICE_FRAME": "1"}, "default"),
+                                         ({"SPAM_KERNELS": "triton", "SPAM_DEVICE_FRAME": "1"}, None)])
+def test_device_frame_path_equals_per_image(env, encoder, monkeypatch):
     """The resident (CUDA) code path on CPU tensors, with the reference or the Triton kernels (interpreted)."""
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    model = SPAM(encoder=None)
+    model = SPAM(encoder=encoder)
     images = batch(2, 24, 20, seed=3)
     assert np.array_equal(model.segment(images, 12), per_image(model, images, 12))
 
