@@ -321,17 +321,9 @@ class SPAM:
         """
         start = check_start_label(start_label)
         if is_batch(image):
-            from .tiles import as_tiles, split_tiles, tile_frame, tiles_per_frame
+            from .tiles import segment_tiles
 
-            tiles = as_tiles(image)
-            step = tiles_per_frame(self.device, *tiles.shape[1:3])
-            parts = []
-            for i in range(0, len(tiles), step):
-                frame = tile_frame(tiles[i:i + step], n_superpixels)
-                frame.prior, frame.density = prior, density
-                self.run_stages(frame, attention, attention_ratio, focus)
-                parts.append(split_tiles(frame.labels, frame.meta["tiles"]))
-            labels = np.concatenate(parts)
+            labels = segment_tiles(self, image, n_superpixels, prior, density, attention, attention_ratio, focus)
         else:
             frame = self.frame(image, n_superpixels, prior, density, key=key)
             labels = self.run_stages(frame, attention, attention_ratio, focus).labels

@@ -192,3 +192,19 @@ def split_tiles(labels: np.ndarray, n_tiles: int) -> np.ndarray:
     tiles = labels.reshape(n_tiles, -1, labels.shape[1])
     first = tiles.reshape(n_tiles, -1).min(1)
     return (tiles - first[:, None, None]).astype(np.int32)
+
+
+def segment_tiles(model, images, n_superpixels: int, prior=None, density=None, attention=None,
+                  attention_ratio: float = 2.5, focus=None) -> np.ndarray:
+    """(B, H, W) int32 labels of a batch (any form :func:`as_tiles` takes), each image's 0..K'_b-1: the model's
+    stages (``run_stages``) on tile frames of :func:`tiles_per_frame` images. ``prior``, ``attention``, ``focus``
+    must be None (ValueError otherwise: one line)."""
+    tiles = as_tiles(images)
+    step = tiles_per_frame(model.device, *tiles.shape[1:3])
+    parts = []
+    for i in range(0, len(tiles), step):
+        frame = tile_frame(tiles[i:i + step], n_superpixels)
+        frame.prior, frame.density = prior, density
+        model.run_stages(frame, attention, attention_ratio, focus)
+        parts.append(split_tiles(frame.labels, frame.meta["tiles"]))
+    return np.concatenate(parts)
