@@ -77,9 +77,9 @@ def test_batch_cut_into_several_tile_frames(monkeypatch):
     assert np.array_equal(model.segment(images, 15), per_image(model, images, 15))
 
 
-def test_tile_initial_centroids_equal_clustering_s():
+def test_tile_initial_centroids_equal_those_clustering_computes():
     from spam_stream.clustering import as_pixel_rows, initial_centroids
-    from spam_stream.tiles import tile_frame, tile_initial_centroids
+    from spam_stream.tiles import tile_frame
 
     model = SPAM(encoder="default")
     frame = tile_frame(batch(3, 29, 31), 20)
