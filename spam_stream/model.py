@@ -93,6 +93,18 @@ def check_prior(prior, shape) -> np.ndarray | None:
     return out
 
 
+def is_batch(image) -> bool:
+    """Whether ``image`` is a batch of images: 4 dimensions ((B, H, W, 3) or a (B, 3, H, W) tensor)."""
+    return getattr(image, "ndim", np.ndim(image)) == 4
+
+
+def check_start_label(start_label) -> int:
+    """``start_label`` as an int ≥ 0 (ValueError otherwise)."""
+    if isinstance(start_label, bool) or int(start_label) != start_label or start_label < 0:
+        raise ValueError(f"start_label must be an integer >= 0, got {start_label!r}")
+    return int(start_label)
+
+
 def prior_partition(prior, image: np.ndarray, key=None) -> np.ndarray | None:
     """The one place where a prior of any kind becomes a checked partition for ``image`` (H, W, 3).
 
@@ -249,6 +261,9 @@ class SPAM:
         ``frame.density`` of the attention / user-driven modes."""
         with frame.timed("prior"):
             source = self.prior if frame.prior is None else frame.prior
+            if "tiles" in frame.meta and (source is not None or attention is not None or focus):
+                raise ValueError("a batch of images segmented as tiles takes no prior (nor attention / focus): "
+                                 "segment those images one by one")
             if source is None and (attention is not None or focus):
                 raise ValueError("the attention and focus modes weight prior objects: they need a prior")
             frame.partition = prior_partition(source, frame.image, frame.key)
@@ -267,7 +282,11 @@ class SPAM:
         with frame.timed("seeds"):
             h, w = frame.image.shape[:2]
             k = frame.n_superpixels
-            if frame.partition is None:
+            if "tiles" in frame.meta:  # a batch as one frame of tiles: each tile its own grid and "object"
+                from .tiles import tile_seeds
+
+                frame.seeds, frame.cands, frame.partition = tile_seeds(frame, self.device)
+            elif frame.partition is None:
                 frame.seeds = grid_seeds(h, w, k)
                 if kernels.resident_frame(self.device):  # the candidate layout's tensors made on the device
                     frame.cands = kernels.resident_grid_candidates(h, w, frame.seeds.grid, self.device)
@@ -292,7 +311,13 @@ class SPAM:
         from . import kernels  # device dispatch lives there
 
         with frame.timed("features"):
-            if kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
+            if "tiles" in frame.meta:  # Lab in one pass, positions and encoder per tile
+                from .tiles import tile_features, tile_initial_centroids
+
+                frame.features = tile_features(self, frame)
+                if frame.seeds is not None and frame.init_centroids is None and self.device.type == "cpu":
+                    frame.init_centroids = tile_initial_centroids(frame)
+            elif kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
                 frame.features = kernels.resident_features(frame.image, frame.n_superpixels, self.encoder,
                                                            self.color_scale, self.compactness, self.device)
             else:
@@ -324,7 +349,8 @@ class SPAM:
         ``frame.label_source`` (K',) int64, the cluster each superpixel keeps (-1: a fragment kept on its own)."""
         with frame.timed("connectivity"):
             h, w = frame.cluster_labels.shape
-            min_size = max(1, int(self.min_size_factor * h * w / frame.n_superpixels))
+            tile_h = h // frame.meta.get("tiles", 1)  # a batch of tiles: the fragment size of one tile
+            min_size = max(1, int(self.min_size_factor * tile_h * w / frame.n_superpixels))
             from . import kernels  # device dispatch lives there
 
             if kernels.resident_frame(self.device):  # components on the device, labels come back once
@@ -347,11 +373,14 @@ class SPAM:
         return self.connectivity_stage(frame)
 
     def segment(self, image, n_superpixels: int = 400, prior=None, density=None, *, attention=None,
-                attention_ratio: float = 2.5, focus=None, key=None) -> np.ndarray:
-        """Superpixels of one image.
+                attention_ratio: float = 2.5, focus=None, key=None, start_label: int = 0) -> np.ndarray:
+        """Superpixels of one image, or of a batch of same-sized images.
 
         Args:
-            image: (H, W, 3) uint8 RGB (grayscale, RGBA and float [0, 1] images are converted).
+            image: (H, W, 3) uint8 RGB (grayscale, RGBA and float [0, 1] images are converted); or a batch: a
+                (B, H, W, 3) array or tensor, or a (B, 3, H, W) tensor, segmented as one frame of B tiles (one
+                clustering and one connectivity call for the whole batch, candidates kept inside each tile; see
+                :mod:`spam_stream.tiles`) — labels (B, H, W) equal to segmenting each image alone; no prior.
             n_superpixels: K, the requested number of superpixels (1 ≤ K ≤ H·W).
             prior: (H, W) integer object partition (ids ≥ 0, -1 = uncertain), a Prior, a Provider, or None (then
                 the constructor's provider, if any).
@@ -361,8 +390,18 @@ class SPAM:
                 image → map: objects with mean saliency > 0.1 get ``attention_ratio``× the seeds per pixel.
             focus: [(x, y, factor), ...]: the object under each point gets ``factor``× the seeds per pixel.
             key: the input's name (file stem) or frame index, for providers that read one prior file per input.
+            start_label: the first label (default 0). scikit-image's ``regionprops`` skips label 0: pass 1 to give
+                it every superpixel (as ``skimage.segmentation.slic`` numbers them).
         Returns:
-            (H, W) int32 labels 0..K'-1; every superpixel is 4-connected and inside one prior object.
+            (H, W) int32 labels start_label..start_label+K'-1 ((B, H, W) for a batch, numbered per image); every
+            superpixel is 4-connected and inside one prior object.
         """
-        frame = self.frame(image, n_superpixels, prior, density, key=key)
-        return self.run_stages(frame, attention, attention_ratio, focus).labels
+        start = check_start_label(start_label)
+        if is_batch(image):
+            from .tiles import segment_tiles
+
+            labels = segment_tiles(self, image, n_superpixels, prior, density, attention, attention_ratio, focus)
+        else:
+            frame = self.frame(image, n_superpixels, prior, density, key=key)
+            labels = self.run_stages(frame, attention, attention_ratio, focus).labels
+        return labels + np.int32(start) if start else labels

@@ -18,12 +18,13 @@ DESCRIPTION = """\
 Segment many images and videos. INPUTS are image or video files, folders (searched recursively), glob patterns
 ('photos/**/*.jpg', quoted) or text files (.txt/.lst) listing one path per line. Outputs are mirrored under OUTDIR
 by each input's path relative to the folder / pattern / list it came from; outputs never leave OUTDIR: a list
-entry outside the list's folder (../x.jpg, /elsewhere/x.jpg) goes to OUTDIR/_outside/<its absolute path>. An image gets <stem>_labels.png (uint16
-labels) and <stem>_overlay.png. A video (.mp4 .mkv .avi .mov .webm .ts ...) is one unit of work and gets a folder
-<stem>/ holding what 'spam-stream video' writes: <stem>_overlay.mp4, <stem>_labels.mkv (or, with
---labels-format png, <stem>_labels/000000.png ...) and <stem>_frames.csv (the video options below apply to every
-video). OUTDIR/manifest.jsonl has one JSON line per image (input, outputs, K', ms per stage, status, error) and
-one per video (input, kind, outputs, frames, fps, ms, status, error). OUTDIR may also be a URI that pyarrow.fs opens (s3://bucket/prefix, gs://..., file:///...;
+entry outside the list's folder (../x.jpg, /elsewhere/x.jpg) goes to OUTDIR/_outside/<its absolute path>. An image
+gets <stem>_labels.png (uint16 labels) and <stem>_overlay.png (and <stem>_graph.npz with --graph). A video (.mp4
+.mkv .avi .mov .webm .ts ...) is one unit of work and gets a folder <stem>/ holding what 'spam-stream video' writes:
+<stem>_overlay.mp4, <stem>_labels.mkv (or, with --labels-format png, <stem>_labels/000000.png ...) and
+<stem>_frames.csv (the video options below apply to every video). OUTDIR/manifest.jsonl has one JSON line per
+image (input, outputs, K', ms per stage, status, error) and one per video (input, kind, outputs, frames, fps, ms,
+status, error). OUTDIR may also be a URI that pyarrow.fs opens (s3://bucket/prefix, gs://..., file:///...;
 needs pyarrow, which the ray extra has; credentials from the environment, as pyarrow reads them): each item is
 written to a local temporary folder, then uploaded file by file.
 

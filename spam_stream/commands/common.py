@@ -193,6 +193,20 @@ def add_output_arguments(p: argparse.ArgumentParser, outdir_type=Path, outdir_he
                    help="colour of the superpixel boundaries in overlays: auto (yellow on dark pixels, dark blue on "
                         "bright ones: shows on any image; the default), a name (red, green, blue, yellow, magenta, "
                         "cyan, white, black), R,G,B or #RRGGBB")
+    p.add_argument("--start-label", type=non_negative_int, default=0, metavar="N",
+                   help="first label written (default 0: labels 0..K'-1). scikit-image's regionprops skips label 0, "
+                        "so use --start-label 1 for label PNGs that go to regionprops")
+    p.add_argument("--graph", action="store_true",
+                   help="also write <stem>_graph.npz: the superpixels' region adjacency graph (per node: ids, area, "
+                        "centroid, bbox, mean_rgb, object; per edge: edges, boundary, same_object; for a video one "
+                        "file per clip with 'frame' / 'edge_frame' columns, node ids = the label PNGs' ids)")
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def report_failures(failures: list[str], done: int, total: int, what: str, where) -> int:

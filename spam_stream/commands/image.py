@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..graph import region_graph, save_graph
 from ..io import InputError, read_image, write_labels, write_overlay
 from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
                      prepare_outdir, report_failures, resolve_prior_arguments)
@@ -14,7 +15,8 @@ from .common import (add_model_arguments, add_output_arguments, add_prior_argume
 def add_parser(sub) -> None:
     p = sub.add_parser("image", help="superpixels of one or more images",
                        description="Segment images into superpixels. Writes OUTDIR/<stem>_labels.png (uint16 labels) "
-                                   "and OUTDIR/<stem>_overlay.png (boundaries drawn on the image). For folders, "
+                                   "and OUTDIR/<stem>_overlay.png (boundaries drawn on the image), and with --graph "
+                                   "OUTDIR/<stem>_graph.npz (the superpixel graph). For folders, "
                                    "globs, resumable and sharded jobs use 'spam-stream batch'.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files (videos: 'spam-stream video')")
     add_output_arguments(p)
@@ -34,12 +36,16 @@ def run(args) -> int:
         try:
             image = read_image(path)
             try:
-                labels = model.segment(image, args.superpixels, key=path.stem, attention=attention,
-                                       attention_ratio=args.attention_ratio, focus=args.focus)
+                frame = model.run_stages(model.frame(image, args.superpixels, key=path.stem), attention=attention,
+                                         attention_ratio=args.attention_ratio, focus=args.focus)
+                labels = frame.labels + args.start_label
+                write_labels(args.output / f"{path.stem}_labels.png", labels)
             except (ValueError, InputError) as exc:
                 raise InputError(f"{path}: {exc}") from None
-            write_labels(args.output / f"{path.stem}_labels.png", labels)
             write_overlay(args.output / f"{path.stem}_overlay.png", image, labels, args.boundary_color)
+            if args.graph:
+                save_graph(args.output / f"{path.stem}_graph.npz",
+                           region_graph(labels, frame.image, prior=frame.partition))
         except InputError as exc:
             failures.append(str(exc))
             tqdm.write(f"error: {exc}", file=sys.stderr)

@@ -20,7 +20,8 @@ OUTDIR/<stem>_overlay.mp4 (H.264, boundaries drawn, same frame count and frame r
 to even, never cropped), OUTDIR/<stem>_labels.mkv (superpixel ids 0..65535 as one lossless 16-bit video: FFV1
 gray16le in Matroska, frame i of IN at time i/rate; --labels-format png writes OUTDIR/<stem>_labels/000000.png ...
 instead, one uint16 PNG per frame; spam_stream.read_labels(path) reads either back) and OUTDIR/<stem>_frames.csv
-(frame, K', milliseconds per stage). Audio is not copied.
+(frame, K', milliseconds per stage); with --graph also OUTDIR/<stem>_graph.npz (every frame's superpixel graph,
+node ids = the label maps' ids). Audio is not copied.
 
 Decoding, the prior, the encoder, clustering and writing run as a pipeline (threads on a CPU, CUDA streams on a
 GPU). Frames are temporally coherent: each frame starts from the previous one's superpixels (fewer iterations) and
@@ -96,7 +97,8 @@ def video_options(args) -> VideoOptions:
     return VideoOptions(prior_every=args.prior_every, coherent=not args.independent,
                         warm_iterations=args.warm_iterations, start=args.start, max_frames=args.max_frames,
                         overlay_video=not args.no_overlay, labels=not args.no_labels,
-                        labels_format=args.labels_format, overlay_preset=args.overlay_preset)
+                        labels_format=args.labels_format, overlay_preset=args.overlay_preset, graph=args.graph,
+                        start_label=args.start_label)
 
 
 def _one_video(model, attention, path: Path, args):

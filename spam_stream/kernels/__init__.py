@@ -17,6 +17,9 @@ GPU-resident frames: :func:`resident_frame` says whether a model's per-frame sta
 :func:`resident_features`, :func:`resident_grid_candidates`, :func:`resident_object_seeds`,
 :func:`resident_object_candidates`, :func:`resident_connectivity` are those stages' device implementations
 (:mod:`.features`, :mod:`.seeding` with :mod:`.nearest`, :mod:`.connectivity`).
+
+Superpixel graphs and tokens (:mod:`spam_stream.graph`): :func:`region_stats`, :func:`token_layout`,
+:func:`pooling_matrix` (:mod:`.regions`: numba on the CPU, the torch reference elsewhere).
 """
 from __future__ import annotations
 
@@ -203,7 +206,38 @@ def resident_connectivity(cluster_labels, partition, min_size: int, device, retu
     return out.cpu().numpy()
 
 
+def region_stats(labels: torch.Tensor, image=None, features=None, prior=None) -> dict:
+    """Per-superpixel statistics and adjacency of an (H, W) label tensor on its device (:mod:`.regions`): the fused
+    numba scan for CPU tensors, the torch reference otherwise (CUDA, or ``SPAM_KERNELS=reference``)."""
+    from . import regions
+
+    if labels.device.type == "cpu" and backend_name(labels.device) == "cpu":
+        return regions.region_stats_cpu(labels, image, features, prior)
+    return regions.region_stats_torch(labels, image, features, prior)
+
+
+def _cpu_twin(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == "cpu" and backend_name(tensor.device) == "cpu"
+
+
+def token_layout(labels: torch.Tensor):
+    """The token table layout of a (B, H, W) label batch (:func:`.regions.token_layout_torch`), numba on the CPU."""
+    from . import regions
+
+    return (regions.token_layout_cpu if _cpu_twin(labels) else regions.token_layout_torch)(labels)
+
+
+def pooling_matrix(slot: torch.Tensor, b: int, k_max: int, h: int, w: int, fh: int, fw: int) -> torch.Tensor:
+    """(B, K_max, fh·fw) bilinear pooling weights of low-resolution features (:func:`.regions.pooling_matrix_torch`),
+    numba on the CPU."""
+    from . import regions
+
+    impl = regions.pooling_matrix_cpu if _cpu_twin(slot) else regions.pooling_matrix_torch
+    return impl(slot, b, k_max, h, w, fh, fw)
+
+
 __all__ = [
+    "region_stats", "token_layout", "pooling_matrix",
     "resident_frame", "resident_features", "resident_grid_candidates", "resident_object_seeds",
     "resident_object_candidates", "resident_connectivity",
     "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",

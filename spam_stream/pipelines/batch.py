@@ -70,7 +70,10 @@ class BatchItem:
         if self.is_video:
             return video_output_paths(self.video_folder(outdir), self.rel.stem, video_options or VideoOptions())
         base = Path(outdir) / self.rel.parent
-        return {"labels": base / f"{self.rel.stem}_labels.png", "overlay": base / f"{self.rel.stem}_overlay.png"}
+        paths = {"labels": base / f"{self.rel.stem}_labels.png", "overlay": base / f"{self.rel.stem}_overlay.png"}
+        if video_options is not None and video_options.graph:
+            paths["graph"] = base / f"{self.rel.stem}_graph.npz"
+        return paths
 
 
 def _is_glob(text: str) -> bool:
@@ -201,6 +204,8 @@ def is_complete(item: BatchItem, outdir: Path | Listing, entry: dict | None = No
             return False
     elif labels is not None and png_count(labels) != frames:
         return False
+    if "graph" in outputs and frames > 0 and not is_file(outputs["graph"]):
+        return False
     return True
 
 
@@ -223,9 +228,10 @@ def clear_video_outputs(item: BatchItem, outdir: Path) -> None:
     folder, stem = item.video_folder(outdir), item.rel.stem
     if not folder.is_dir():
         return
-    paths = video_output_paths(folder, stem)
+    paths = video_output_paths(folder, stem, VideoOptions(graph=True))
     pngs = labels_path(folder, stem, "png")
-    doomed = [paths["frames_csv"], paths["overlay"], labels_path(folder, stem, "ffv1")]
+    doomed = [paths["frames_csv"], paths["overlay"], paths["graph"], labels_path(folder, stem, "ffv1")]
+    doomed += folder.glob(f".{stem}_graph.*.part.npz")
     doomed += folder.glob(f".{stem}_frames.*.part.csv")
     doomed += folder.glob(f".{stem}_overlay.*.part.mp4")
     doomed += folder.glob(f".{stem}_labels.*.part.mkv")
@@ -290,7 +296,7 @@ def upload_video(remote: RemoteOutputs, staging: Path, outputs: dict[str, Path])
     elif "labels" in outputs:
         for png in sorted(p for p in outputs["labels"].glob("*.png") if not p.name.startswith(".")):
             remote.upload(png, rel["labels"] / png.name)
-    for key in ("overlay", "frames_csv"):
+    for key in ("overlay", "graph", "frames_csv"):
         if key in outputs:
             remote.upload(outputs[key], rel[key])
     return {key: remote.url(path) for key, path in rel.items()}
@@ -323,11 +329,15 @@ class BatchWriter:
     ``remote``: a URI OUTDIR (:class:`~spam_stream.pipelines.outputs.RemoteOutputs`): ``outdir`` is then a local
     staging folder (None: this writer only records entries, the Ray driver); each item's outputs are written there,
     uploaded (labels, then overlay) and deleted, and named by URL; an upload failure is the item's error. The
-    manifest goes to OUTDIR through :class:`~spam_stream.pipelines.outputs.RemoteManifest`."""
+    manifest goes to OUTDIR through :class:`~spam_stream.pipelines.outputs.RemoteManifest`.
+
+    ``options`` (:class:`~spam_stream.pipelines.video.VideoOptions`): ``graph`` adds each image's
+    ``<stem>_graph.npz`` (:func:`spam_stream.graph.region_graph`), ``start_label`` is added to the labels written."""
 
     def __init__(self, outdir: Path | None, color="auto", manifest_name: str | None = "manifest.jsonl",
-                 remote: RemoteOutputs | None = None):
+                 remote: RemoteOutputs | None = None, options: VideoOptions | None = None):
         self.outdir = None if outdir is None else Path(outdir)
+        self.options = options or VideoOptions()
         self.color = color
         self.remote = remote
         self.entries: list[dict] = []
@@ -341,18 +351,24 @@ class BatchWriter:
     def __call__(self, frame: Frame) -> Frame:
         item: BatchItem = frame.meta["item"]
         t = time.perf_counter()
-        outputs = item.outputs(self.outdir)
-        entry = {"input": str(item.path), "outputs": output_names(item, self.remote or self.outdir)}
+        outputs = item.outputs(self.outdir, self.options)
+        entry = {"input": str(item.path), "outputs": output_names(item, self.remote or self.outdir, self.options)}
         if frame.error is None:
             outputs["labels"].parent.mkdir(parents=True, exist_ok=True)
             try:
-                write_labels(outputs["labels"], frame.labels)
+                start = self.options.start_label
+                labels = frame.labels + start if start else frame.labels
+                write_labels(outputs["labels"], labels)
                 write_overlay(outputs["overlay"], frame.image, frame.labels, self.color)
+                if "graph" in outputs:
+                    from ..graph import region_graph, save_graph
+
+                    save_graph(outputs["graph"], region_graph(labels, frame.image, prior=frame.partition))
             except ValueError as exc:  # e.g. more labels than a uint16 PNG holds
                 frame.error = f"{item.path}: {exc}"
             if self.remote is not None and frame.error is None:
-                try:  # labels, then overlay: an item counts as done once both exist
-                    for key, rel in item.outputs(Path()).items():
+                try:  # labels, then overlay (then graph): an item counts as done once all exist
+                    for key, rel in item.outputs(Path(), self.options).items():
                         self.remote.upload(outputs[key], rel)
                 except OSError as exc:
                     frame.error = f"{item.path}: upload to {self.remote}: {describe(exc)}"
@@ -534,7 +550,7 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
         on_start(len(todo))
     staging = None if remote is None else Path(tempfile.mkdtemp(prefix="spam-stream-staging-"))
     target = outdir if remote is None else staging
-    writer = BatchWriter(target, color, manifest_name, remote=remote)
+    writer = BatchWriter(target, color, manifest_name, remote=remote, options=video_options)
     stage = Stage("write", writer, fatal=True, run_on_error=True, io=True)
     try:
         if images or not videos:

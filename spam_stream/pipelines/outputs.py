@@ -213,14 +213,17 @@ class RemoteOutputs:
     def clear_video(self, folder, stem: str) -> None:
         """What an earlier run left of a video's outputs in OUTDIR/``folder``, removed before the video is (re)done,
         in the local order (:func:`spam_stream.pipelines.batch.clear_video_outputs`): the frames CSV first (its
-        presence marks a finished video), the overlay, the label video and PNGs, temporary files of this stem."""
+        presence marks a finished video), the overlay, the graph, the label video and PNGs, temporary files of this
+        stem."""
         folder = PurePosixPath(folder)
         files = self.listing(folder).files
         csv, mp4, mkv = f"{folder / stem}_frames.csv", f"{folder / stem}_overlay.mp4", f"{folder / stem}_labels.mkv"
+        graph = f"{folder / stem}_graph.npz"
         labels = f"{folder / stem}_labels/"
         temporary = re.compile(re.escape(f"{folder}/.{stem}_") +
-                               r"(frames\.\w+\.part\.csv|overlay\.\w+\.part\.mp4|labels\.\w+\.part\.mkv)$")
-        doomed = [p for p in (csv, mp4, mkv) if p in files]
+                               r"(frames\.\w+\.part\.csv|overlay\.\w+\.part\.mp4|labels\.\w+\.part\.mkv"
+                               r"|graph\.\w+\.part\.npz)$")
+        doomed = [p for p in (csv, mp4, mkv, graph) if p in files]
         doomed += sorted(p for p in files if (p.startswith(labels) and "/" not in p[len(labels):]
                                               and p.endswith(".png")) or temporary.match(p))
         self.delete(doomed)

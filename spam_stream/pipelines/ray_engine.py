@@ -155,7 +155,7 @@ class SpamWorker:
         if item.is_video:
             return video_entry(self.model, item, outdir, self.n_superpixels, self.video_options,
                                color=self.color, pipelined=False, remote=self.remote, **self.options)
-        writer = BatchWriter(outdir, self.color, manifest_name=None, remote=self.remote)
+        writer = BatchWriter(outdir, self.color, manifest_name=None, remote=self.remote, options=self.video_options)
         stage = Stage("write", writer, fatal=True, run_on_error=True)
         for _ in batch_frames(self.model, [item], self.n_superpixels, pipelined=False, extra_stages=[stage],
                               **self.options):

@@ -94,8 +94,9 @@ def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1,
 class VideoOptions:
     """The per-video options of ``spam-stream video`` (and of the videos of ``spam-stream batch``): temporal
     coherence (``prior_every``, ``coherent``, ``warm_iterations``), the frame range (``start``, ``max_frames``) and
-    which outputs to write (``overlay_video``, ``labels``; the frames CSV is always written), the labels' format
-    (``labels_format``: "ffv1" one lossless video, or "png" one file per frame) and the overlay's x264 preset."""
+    which outputs to write (``overlay_video``, ``labels``, ``graph``; the frames CSV is always written), the labels'
+    format (``labels_format``: "ffv1" one lossless video, or "png" one file per frame), the overlay's x264 preset and
+    the first id written (``start_label``)."""
 
     prior_every: int = 1
     coherent: bool = True
@@ -106,11 +107,14 @@ class VideoOptions:
     labels: bool = True
     labels_format: str = DEFAULT_LABEL_FORMAT
     overlay_preset: str = DEFAULT_OVERLAY_PRESET
+    graph: bool = False
+    start_label: int = 0
 
 
 def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()) -> dict[str, Path]:
     """What :class:`VideoOutputs` writes for ``options``: ``overlay`` (MP4), ``labels`` (``<stem>_labels.mkv``, or
-    the folder of PNGs ``<stem>_labels``) and ``frames_csv`` (written last, by :meth:`VideoOutputs.close`)."""
+    the folder of PNGs ``<stem>_labels``), ``graph`` (.npz, with ``options.graph``) and ``frames_csv`` (written last,
+    by :meth:`VideoOutputs.close`)."""
     outdir = Path(outdir)
     paths = {"overlay": outdir / f"{stem}_overlay.mp4", "labels": labels_path(outdir, stem, options.labels_format),
              "frames_csv": outdir / f"{stem}_frames.csv"}
@@ -118,6 +122,9 @@ def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()
         del paths["overlay"]
     if not options.labels:
         del paths["labels"]
+    if options.graph:
+        paths = {**{k: v for k, v in paths.items() if k != "frames_csv"}, "graph": outdir / f"{stem}_graph.npz",
+                 "frames_csv": paths["frames_csv"]}
     return paths
 
 
@@ -181,7 +188,8 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
     Path(outdir).mkdir(parents=True, exist_ok=True)
     outputs = VideoOutputs(outdir, stem, reader.rate, reader.width, reader.height,
                            overlay_video=options.overlay_video, labels=options.labels, color=color,
-                           preset=options.overlay_preset, labels_format=options.labels_format)
+                           preset=options.overlay_preset, labels_format=options.labels_format,
+                           graph=options.graph, start_label=options.start_label)
     result = VideoResult(path, Fraction(reader.rate))
     try:
         frames = video_frames(model, path, n_superpixels, prior_every=options.prior_every,

@@ -36,14 +36,20 @@ class VideoOutputs:
     atomically), and ``OUTDIR/<stem>_frames.csv`` (frame, K', ms per stage, error) at :meth:`close`. The two videos
     are written under temporary names and renamed by :meth:`close`. Frames that failed are recorded in the CSV and
     skipped in the outputs. See :mod:`spam_stream.labelio` for the label formats and reading them back.
+    With ``graph``, also ``OUTDIR/<stem>_graph.npz`` at :meth:`close` (before the CSV): every frame's region graph
+    stacked (:func:`spam_stream.graph.graph_arrays`; node ``ids`` are the ids of the label maps, ``frame`` columns).
+    ``start_label`` is added to every id written.
     """
 
     def __init__(self, outdir, stem: str, rate, width: int, height: int, overlay_video: bool = True,
                  labels: bool = True, color="auto", preset: str = DEFAULT_OVERLAY_PRESET,
-                 labels_format: str = DEFAULT_LABEL_FORMAT):
+                 labels_format: str = DEFAULT_LABEL_FORMAT, graph: bool = False, start_label: int = 0):
         if labels_format not in LABEL_FORMATS:
             raise ValueError(f"unknown labels format {labels_format!r}")
         self.outdir = Path(outdir)
+        self.start_label = int(start_label)
+        self.graphs: list | None = [] if graph else None
+        self.graph_frames: list[int] = []
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.stem, self.color, self.labels_format = stem, color, labels_format
         self.labels_dir = self.labels_video = None
@@ -97,10 +103,16 @@ class VideoOutputs:
         t = time.perf_counter()
         row = {"frame": frame.index, "superpixels": frame.meta.get("n_superpixels", "")}
         if frame.error is None:
+            labels = frame.labels + self.start_label if self.start_label else frame.labels
             if self.labels_dir is not None:
-                write_labels(self.labels_dir / f"{frame.index:06d}.png", frame.labels)
+                write_labels(self.labels_dir / f"{frame.index:06d}.png", labels)
             elif self.labels_video is not None:
-                self.labels_video.write(frame.index, frame.labels)
+                self.labels_video.write(frame.index, labels)
+            if self.graphs is not None:
+                from ..graph import region_graph
+
+                self.graphs.append(region_graph(labels, frame.image, prior=frame.partition))
+                self.graph_frames.append(frame.index)
             self.written += 1
             if row["superpixels"] == "":
                 row["superpixels"] = int(frame.labels.max()) + 1
@@ -121,6 +133,10 @@ class VideoOutputs:
                     writer.close()
                 else:
                     writer.abort()
+        if self.graphs:
+            from ..graph import save_graph
+
+            save_graph(self.outdir / f"{self.stem}_graph.npz", self.graphs, self.graph_frames)
         fields = ["frame", "superpixels"] + [f"ms_{n}" for n in STAGE_NAMES] + ["error"]
         with atomic_path(self.outdir / f"{self.stem}_frames.csv") as tmp:
             with open(tmp, "w", newline="") as fh:
