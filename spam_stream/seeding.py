@@ -205,6 +205,20 @@ def _k_nearest(py, px, group, yx, origin, cell, shape, offset, start, items, k, 
                            limit2, out)
 
 
+@njit(cache=True)
+def _k_nearest_serial(py, px, group, yx, origin, cell, shape, offset, start, items, k, limit2, out):
+    """:func:`_k_nearest` in the calling thread: for the few thousand points of a k-means sample or of the block
+    queries, waking a thread team costs more than the search (passive OpenMP waits)."""
+    best_d = np.empty(k)
+    best_i = np.empty(k, np.int64)
+    for i in range(py.shape[0]):
+        _k_nearest_one(i, best_d, best_i, py, px, group, yx, origin, cell, shape, offset, start, items, k, limit2,
+                       out)
+
+
+PARALLEL_POINTS = 2048  # nearest-seed searches over fewer points run in one thread (one chunk)
+
+
 @njit(inline="always")
 def _k_nearest_one(i, best_d, best_i, py, px, group, yx, origin, cell, shape, offset, start, items, k, limit2, out):
     g = group[i]
@@ -265,7 +279,7 @@ def nearest_seeds(points: np.ndarray, group: np.ndarray, grid: SeedGrid, yx: np.
     """(n, width) ``dtype``: per point (n, 2) yx, the ≤k nearest seeds of its grid group within ``limit`` (the nearest
     is always kept), in increasing seed index, -1 padded to ``width`` (default k) columns."""
     out = np.empty((len(points), k if width is None else width), dtype)
-    _k_nearest(np.ascontiguousarray(points[:, 0], np.float64), np.ascontiguousarray(points[:, 1], np.float64),
+    (_k_nearest if len(points) > PARALLEL_POINTS else _k_nearest_serial)(np.ascontiguousarray(points[:, 0], np.float64), np.ascontiguousarray(points[:, 1], np.float64),
                np.asarray(group, np.int64), np.ascontiguousarray(yx, np.float64), grid.origin, grid.cell, grid.shape,
                grid.offset, grid.start, grid.items, k, float(limit) ** 2, out)
     return out
