@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .io import InputError
+from .scales import COLOR_SCALE
 from .kernels.resize import bilinear_gather
 from .kernels.upsample import guided_gather
 
@@ -381,8 +382,6 @@ def encode_learned(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | N
             small = small[:c]
         scale = 0.0
         if mode == "guided":
-            from .features import COLOR_SCALE  # features imports this module
-
             # σ in Lab units → the units of ``colour`` (Lab · λc, with λc = input_color_scale / colour_factor)
             sigma = float(getattr(encoder, "sigma", DEFAULT_SIGMA)) * getattr(encoder, "input_color_scale",
                                                                                 COLOR_SCALE) / colour_factor

@@ -18,31 +18,11 @@ from .connectivity import enforce_connectivity
 from .encoder import Encoder, estimate_frame_bytes, fold_batchnorm, load_encoder, tile_for_budget
 from .frame import Frame
 from .features import COLOR_SCALE, default_spatial_scale, pixel_features
-from .io import InputError, read_image
+from .io import InputError, as_rgb, read_image  # noqa: F401  (as_rgb: model.as_rgb, as before)
 from .priors.base import Prior, Provider
 from .seeding import grid_seeds, object_seeds
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "spam_encoder.pt"
-
-
-def as_rgb(image) -> np.ndarray:
-    """Any image array → (H, W, 3) uint8 RGB. Grayscale (H, W) or (H, W, 1) is repeated, RGBA drops alpha,
-    float images are taken as values in [0, 1]."""
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 2:
-        img = np.stack([img] * 3, -1)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
-    img = img[:, :, :3]
-    if img.shape[0] < 1 or img.shape[1] < 1:
-        raise ValueError(f"empty image of shape {img.shape}")
-    if np.issubdtype(img.dtype, np.floating):
-        img = np.clip(np.nan_to_num(img) * 255.0 + 0.5, 0, 255)
-    elif img.dtype != np.uint8:
-        img = np.clip(img, 0, 255)
-    return np.ascontiguousarray(img.astype(np.uint8))
 
 
 def available_memory() -> int | None:

@@ -38,7 +38,7 @@ def as_tiles(images) -> np.ndarray:
     """A batch as (B, H, W, 3) uint8: from a (B, H, W, 3) array / tensor, or a (B, 3, H, W) tensor (a tensor whose
     dimension 1 is 3 and last is not is read channels-first); float values are taken in [0, 1], grayscale
     (B, H, W) is repeated. ValueError for anything else."""
-    from .model import as_rgb
+    from .io import as_rgb
 
     if isinstance(images, torch.Tensor):
         t = images.detach().cpu()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..color import rgb_to_lab_torch
+from ..scales import COLOR_SCALE, SPATIAL_SCALE, position_scale
 
 
 def upload_image(image, device) -> torch.Tensor:
@@ -62,7 +63,6 @@ def pixel_features_torch(image, n_superpixels: int, encoder=None, color_scale: f
 
     ``image`` (H, W, 3) uint8, an array (uploaded once) or a tensor already on ``device``."""
     from ..encoder import encode_learned
-    from ..features import COLOR_SCALE, SPATIAL_SCALE, position_scale
 
     color_scale = COLOR_SCALE if color_scale is None else color_scale
     spatial_scale = SPATIAL_SCALE if spatial_scale is None else spatial_scale
