@@ -20,6 +20,27 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mts", ".m2ts
                   ".wmv", ".ogv", ".3gp", ".y4m", ".gif"}
 
 
+def is_live(source) -> bool:
+    """True for a source that is not a file: ``-`` (standard input), a URL (``rtsp://``, ``udp://``, ``tcp://``,
+    ``http(s)://`` …, anything ffmpeg opens) or a device (``/dev/video0``). Such a source has no known length."""
+    text = str(source)
+    return text == "-" or "://" in text or text.startswith("/dev/")
+
+
+def source_stem(source) -> str:
+    """The name the outputs of ``source`` are called by: a file's stem, ``stdin`` for ``-``, else the URL or device
+    with every character outside [A-Za-z0-9._-] replaced by ``_`` (``udp://127.0.0.1:5000`` → ``udp_127.0.0.1_5000``)."""
+    import re
+
+    text = str(source)
+    if not is_live(text):
+        return Path(text).stem
+    if text == "-":
+        return "stdin"
+    text = text.split("?", 1)[0].replace("://", "_").replace("/dev/", "")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "stream"
+
+
 def _av():
     import av
 
@@ -27,7 +48,7 @@ def _av():
 
 
 class VideoReader:
-    """Frames of a video file, decoded in order.
+    """Frames of a video file or live source, decoded in order.
 
     ``for index, rgb in VideoReader(path)``: index counts decoded frames from 0 (``start`` frames are skipped but
     still counted), rgb is (H, W, 3) uint8. Opening a file that is missing, not a video or has no video stream
@@ -35,21 +56,36 @@ class VideoReader:
     or truncated), raises :class:`InputError` after the last good frame.
 
     Attributes (after opening): ``rate`` (Fraction, frames per second), ``width``, ``height``, ``n_frames`` (the
-    container's count, 0 when unknown), ``duration`` (seconds, or None).
+    container's count, 0 when unknown), ``duration`` (seconds, or None), ``live`` (:func:`is_live`: no length is
+    assumed, no end is checked), ``last_time`` (presentation time in seconds of the frame last yielded, or None).
+
+    Live sources: ``path`` is ``-`` (standard input: MPEG-TS, Matroska, y4m …), a URL or a device, opened by PyAV
+    with ``input_format`` (e.g. ``v4l2``, ``mpegts``; None lets ffmpeg probe) and ``options`` (ffmpeg's, as
+    strings); ``timeout`` seconds for opening it.
     """
 
-    def __init__(self, path, start: int = 0, max_frames: int | None = None, threads: bool = True):
+    def __init__(self, path, start: int = 0, max_frames: int | None = None, threads: bool = True,
+                 input_format: str | None = None, options: dict | None = None, timeout: float | None = 30.0):
         av = _av()
-        self.path = Path(path)
+        self.live = is_live(path)
+        self.path = str(path) if self.live else Path(path)
         self.start, self.max_frames = max(0, int(start)), max_frames
-        if not self.path.exists():
+        if not self.live and not self.path.exists():
             raise InputError(f"{self.path}: no such file")
-        if self.path.is_dir():
+        if not self.live and self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, not a video")
         try:
-            self.container = av.open(str(self.path))
+            if self.live:
+                import sys
+
+                target = sys.stdin.buffer if self.path == "-" else self.path
+                self.container = av.open(target, format=input_format, options=dict(options or {}),
+                                         timeout=None if timeout is None else (timeout, None))
+            else:
+                self.container = av.open(str(self.path), format=input_format, options=dict(options or {}))
         except Exception as exc:
-            raise InputError(f"{self.path}: not a readable video ({_short(exc)})") from None
+            what = "not a readable video" if not self.live else "cannot open the stream"
+            raise InputError(f"{self.path}: {what} ({_short(exc)})") from None
         if not self.container.streams.video:
             self.container.close()
             raise InputError(f"{self.path}: no video stream")
@@ -72,6 +108,12 @@ class VideoReader:
         self.decoded = 0
         self._last_time = None
 
+    @property
+    def last_time(self) -> float | None:
+        """Presentation time (seconds) of the frame last yielded, from the stream's timestamps (None if it has
+        none)."""
+        return self._last_time
+
     def __iter__(self):
         av = _av()
         index = 0
@@ -89,7 +131,8 @@ class VideoReader:
             raise InputError(f"{self.path}: damaged video after frame {index - 1} ({_short(exc)})") from None
         finally:
             self.close()
-        self._check_complete(index)
+        if not self.live:
+            self._check_complete(index)
 
     def _check_complete(self, n: int) -> None:
         """Raise when the file ends clearly before what its header promises (a cut download, a truncated copy).
