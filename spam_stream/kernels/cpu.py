@@ -430,9 +430,10 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
     assignment, all in one call: one parallel region per pass, no Python in between. Returns the rounds run.
 
     Convergence: a round whose assignment changed at most ``max_changed`` pixels' labels (compared with the round
-    before; the first round too when ``compare_first``, ``labels`` then holding the labels to compare with) is the
-    last one; with ``max_changed`` < 0 every round runs. ``max_changed`` = 0 stops only at a fixed point (the
-    same labels give the same centroids), which changes nothing in the result.
+    before; the first round too when ``compare_first``, ``labels`` then holding the labels to compare with) ends
+    the loop: its labels (the nearest centroids of c) and c are the result, no final assignment. With
+    ``max_changed`` < 0 every round runs; ``max_changed`` = 0 stops only at a fixed point (the same labels give
+    the same centroids), which changes nothing in the result.
 
     Per chunk, the float64 sums live in ``part[t]`` ((K, D, 8) lane pairs, only touched rows are ever nonzero);
     at the end of the pass the chunk folds its touched rows into ``sums[t]`` ((K, D), the 8 lane pairs added in
@@ -475,6 +476,11 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
             n_touched[t] = n_t
         if final:
             return it
+        if (it > 0 or compare_first) and n_changed.sum() <= max_changed:
+            for t in range(n_chunks):  # converged: these labels are the nearest to c, the result
+                for i in range(n_touched[t]):
+                    counts[t, touched[t, i]] = 0
+            return it + 1
         for t in range(n_chunks):
             for i in range(n_touched[t]):
                 k = touched[t, i]
@@ -489,8 +495,6 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
                     c[k, d] = np.float32(total[k, d]) / cnt
                     total[k, d] = 0.0
                 total_counts[k] = 0
-        if (it > 0 or compare_first) and n_changed.sum() <= max_changed:
-            final = True
         it += 1
         if it >= n_iter:
             final = True
@@ -572,8 +576,8 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
 
 
 def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
-    """(labels (N,) int32, centroids (K, D), rounds run): at most ``max_iter`` fused assign+accumulate passes,
-    the last being the first whose labels changed on at most ``tol`` · N pixels, then a final assign — the twin
+    """(labels (N,) int32, centroids (K, D), rounds run): at most ``max_iter`` fused assign+accumulate passes and a
+    final assign; a pass whose labels changed on at most ``tol`` · N pixels ends them with its labels — the twin
     of :func:`.reference.hard_converge` (same labels and centroids, same rounds).
 
     ``features`` (N, D) float32: read in place when stored channel-major (:func:`empty_features`, the layout

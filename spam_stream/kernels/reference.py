@@ -125,10 +125,11 @@ def max_changed(tol: float, n_pixels: int) -> int:
 
 
 def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
-    """Hard iterations until convergence: rounds of (assign, recompute centroids), at most ``max_iter``, the last
-    one being the first whose assignment changed the label of at most ``tol`` · N pixels (:func:`max_changed`)
+    """Hard iterations until convergence: rounds of (assign, recompute centroids), at most ``max_iter``, then a
+    final assignment. A round whose assignment changed the label of at most ``tol`` · N pixels (:func:`max_changed`)
     compared with the round before — the first round too when ``prev_labels`` ((N,) int32, e.g. the previous
-    frame's) is given; then a final assignment.
+    frame's) is given — ends them: its labels and the centroids they were assigned to are the result (no update,
+    no final assignment; an unchanged video frame keeps its labels exactly).
 
     ``tol`` = 0 stops only at a fixed point (unchanged labels give unchanged centroids: the result is that of all
     ``max_iter`` rounds); ``tol`` < 0 runs every round. Returns (labels (N,) int32, centroids (K, D) float32,
@@ -139,12 +140,12 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
     run = 0
     while run < max_iter:
         labels = assign(features, centroids, cands)
+        run += 1
+        if prev is not None and int((labels != prev.to(labels.device)).sum()) <= limit:
+            return labels, centroids, run  # converged: the labels of these centroids are the result
         sums, counts = centroid_sums_hard(features, labels, cands.n_superpixels)
         centroids = new_centroids(sums, counts, centroids)
-        stop = prev is not None and int((labels != prev.to(labels.device)).sum()) <= limit
-        prev, run = labels, run + 1
-        if stop:
-            break
+        prev = labels
     return assign(features, centroids, cands), centroids, run
 
 

@@ -398,8 +398,8 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
 def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
     """At most ``max_iter`` fused passes (assign + Σf/count, :data:`CENTROID_UPDATE`), each followed by
     centroids = Σf / count on the device (:func:`.reference.new_centroids`: an empty superpixel keeps its centroid),
-    the last being the first whose labels changed on at most ``tol`` · N pixels (one count and one device sync per
-    pass), then a final assignment — the twin of :func:`.reference.hard_converge`.
+    then a final assignment; a pass whose labels changed on at most ``tol`` · N pixels (one count and one device
+    sync per pass) ends them with its labels — the twin of :func:`.reference.hard_converge`.
 
     Returns (labels (N,) int32, centroids (K, D) float32, passes run).
     """
@@ -415,14 +415,14 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
         sums.zero_()
         counts.zero_()
         _candidate_pass(features, c, cands, OUT_LABEL, labels, sums, counts)
-        c = reference.new_centroids(sums, counts, c)
         run += 1
-        if limit >= 0 and run < max_iter:
+        if limit >= 0:
             if prev is not None and int(torch.count_nonzero(labels != prev)) <= limit:
-                break
+                return labels, c, run  # converged: these labels of c are the result
             if prev is None:
                 prev = torch.empty_like(labels)
             prev.copy_(labels)
+        c = reference.new_centroids(sums, counts, c)
     _candidate_pass(features, c, cands, OUT_LABEL, labels)
     return labels, c, run
 

@@ -37,12 +37,19 @@ STILL_TOL = 0.005
 
 
 def grey_small(image: np.ndarray, factor: int) -> np.ndarray:
-    """(H // factor, W // factor) float32 grey of an (H, W, 3) uint8 image, by block means."""
+    """(H // factor, W // factor) float32 grey (R + 2G + B) of an (H, W, 3) uint8 image, by block sums."""
     h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
-    grey = image[:h, :w].astype(np.float32).mean(-1)
+    img = image[:h, :w]
     if factor > 1:
-        grey = grey.reshape(h // factor, factor, w // factor, factor).mean((1, 3))
-    return grey
+        img = img.reshape(h // factor, factor, w // factor, factor, 3).sum((1, 3), dtype=np.uint32)
+    return (img[..., 0] + 2 * img[..., 1].astype(np.uint32) + img[..., 2]).astype(np.float32)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int):
+    """The parts of ``b`` and ``a`` that show the same content when b's content is a's moved by (dy, dx)."""
+    h, w = a.shape[:2]
+    return (b[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)],
+            a[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)])
 
 
 class MotionEstimator:
@@ -50,38 +57,43 @@ class MotionEstimator:
     since the previous image (``image[y, x] ≈ previous[y - dy, x - dx]``), or None for the first image or a new
     size.
 
-    Phase correlation (:func:`skimage.registration.phase_cross_correlation`) of grey frames block-averaged to about
-    ``side`` pixels on their short side, refined to half a pixel of the full frame. A shift that does not make the
-    frames more alike than no shift does (a cut, a flash, motion that is not global) counts as no motion.
+    Phase correlation (:func:`skimage.registration.phase_cross_correlation`) of grey frames block-summed to about
+    ``side`` pixels on their short side, then refined to half a pixel on a full-resolution central crop of about
+    ``side`` pixels (a few milliseconds in all). A shift that does not make the small frames more alike than no
+    shift does (a cut, a flash, motion that is not global) counts as no motion.
     """
 
-    def __init__(self, side: int = 160):
+    def __init__(self, side: int = 128):
         self.side = int(side)
-        self._prev: np.ndarray | None = None
-        self._shape = None
+        self._prev: tuple | None = None  # (small grey, image)
 
     def estimate(self, image: np.ndarray):
         from skimage.registration import phase_cross_correlation
 
-        factor = max(1, min(image.shape[:2]) // self.side)
-        grey = grey_small(image, factor)
-        prev, self._prev = self._prev, grey
-        same = self._shape == image.shape
-        self._shape = image.shape
-        if prev is None or not same or min(grey.shape) < 8:
+        h, w = image.shape[:2]
+        factor = max(1, -(-min(h, w) // self.side))
+        small = grey_small(image, factor)
+        prev, self._prev = self._prev, (small, image)
+        if prev is None or prev[1].shape != image.shape or min(small.shape) < 8:
             return None
-        shift = phase_cross_correlation(prev, grey, upsample_factor=2 * factor)[0]
-        dy, dx = -float(shift[0]) * factor, -float(shift[1]) * factor  # the shift that registers grey onto prev
+        coarse = -phase_cross_correlation(prev[0], small, upsample_factor=1 if factor > 1 else 2)[0]
+        sy, sx = int(round(coarse[0])), int(round(coarse[1]))
+        if abs(sy) >= small.shape[0] // 2 or abs(sx) >= small.shape[1] // 2:
+            return 0.0, 0.0
+        moved, before = _overlap(prev[0], small, sy, sx)
+        if (sy or sx) and np.abs(moved - before).mean() >= np.abs(small - prev[0]).mean():
+            return 0.0, 0.0  # the shift explains nothing
+        dy, dx = float(coarse[0]) * factor, float(coarse[1]) * factor
+        if factor > 1:  # refine on a full-resolution crop around the centre, offset by the coarse shift
+            c = min(self.side, h // 2, w // 2)
+            y0, x0 = (h - c) // 2, (w - c) // 2
+            oy, ox = int(round(dy)), int(round(dx))
+            y1, x1 = min(max(0, y0 + oy), h - c), min(max(0, x0 + ox), w - c)
+            a = grey_small(prev[1][y0:y0 + c, x0:x0 + c], 1)
+            b = grey_small(image[y1:y1 + c, x1:x1 + c], 1)
+            fine = -phase_cross_correlation(a, b, upsample_factor=2)[0]
+            dy, dx = (y1 - y0) + float(fine[0]), (x1 - x0) + float(fine[1])
         if abs(dy) < 0.5 and abs(dx) < 0.5:
-            return 0.0, 0.0
-        sy, sx = int(round(-shift[0])), int(round(-shift[1]))
-        h, w = grey.shape
-        if abs(sy) >= h // 2 or abs(sx) >= w // 2:
-            return 0.0, 0.0
-        moved = grey[max(0, sy):h + min(0, sy), max(0, sx):w + min(0, sx)]
-        before = prev[max(0, -sy):h + min(0, -sy), max(0, -sx):w + min(0, -sx)]
-        still = np.abs(grey - prev).mean()
-        if np.abs(moved - before).mean() >= still:  # the shift explains nothing: treat as no motion
             return 0.0, 0.0
         return dy, dx
 
@@ -336,6 +348,34 @@ def follow_motion(centroids: torch.Tensor, features: torch.Tensor, init_labels, 
     return start, origin
 
 
+def follow_motion_grid(centroids: torch.Tensor, features: torch.Tensor, init_labels, grid: tuple[int, int],
+                       shape: tuple[int, int], pos_scale: float, motion: tuple[float, float], cells: tuple[int, int]):
+    """:func:`follow_motion` for grid seeds under a global motion: every centroid is moved with the content and the
+    clusters are handed on together, ``cells`` (rows, columns) grid cells at once, so that the hand-over is one to
+    one: cluster (r, c) continues as cluster (r + rows, c + cols); the cells that came into view start from their
+    own pixels and the clusters pushed out of the grid end. Returns ((K, D) centroids, (K,) int64 origin)."""
+    from ..clustering import initial_centroids
+
+    nh, nw = grid
+    k = nh * nw
+    init_labels = torch.as_tensor(init_labels, device=features.device)
+    old = centroids.to(features.device, features.dtype)
+    start = old.clone()
+    start[:, 3] += float(motion[0]) * pos_scale
+    start[:, 4] += float(motion[1]) * pos_scale
+    rows, cols = cells
+    r, c = np.divmod(np.arange(k), nw)
+    src_r, src_c = r - rows, c - cols
+    ok = (src_r >= 0) & (src_r < nh) & (src_c >= 0) & (src_c < nw)
+    origin = np.where(ok, src_r * nw + src_c, -1).astype(np.int64)
+    if rows or cols:
+        start = start[torch.as_tensor(np.maximum(origin, 0), device=start.device)]
+        if not ok.all():
+            fresh = torch.as_tensor(np.flatnonzero(~ok), device=start.device)
+            start[fresh] = initial_centroids(features, init_labels, k)[fresh]
+    return start, origin
+
+
 class WarmCluster:
     """Cluster stage that starts from the previous frame's centroids (same seeds only), moved with the content.
 
@@ -352,6 +392,7 @@ class WarmCluster:
         self.tol = tol
         self._centroids = None
         self._labels = None
+        self._offset = np.zeros(2)  # content displacement (y, x) since the grid's clusters were last handed on
 
     def _tol(self, default: float) -> float:
         if self.tol is not None:
@@ -372,13 +413,26 @@ class WarmCluster:
                 from ..features import position_scale
 
                 h, w = frame.image.shape[:2]
+                scale = position_scale(h, w, frame.n_superpixels, self.model.compactness)
+                rows = as_pixel_rows(frame.features)
+                grid = frame.seeds.grid
                 with frame.timed("cluster"):
-                    frame.init_centroids, frame.meta["cluster_origin"] = follow_motion(
-                        self._centroids, as_pixel_rows(frame.features), frame.seeds.init_labels, (h, w),
-                        frame.n_superpixels, position_scale(h, w, frame.n_superpixels, self.model.compactness),
-                        motion)
+                    if grid is not None and frame.seeds.grid[0] * frame.seeds.grid[1] == frame.cands.n_superpixels:
+                        cell = np.array([h / grid[0], w / grid[1]])
+                        self._offset += np.asarray(motion, np.float64)
+                        cells = np.rint(self._offset / cell).astype(int)
+                        self._offset -= cells * cell
+                        frame.init_centroids, frame.meta["cluster_origin"] = follow_motion_grid(
+                            self._centroids, rows, frame.seeds.init_labels, grid, (h, w), scale, motion,
+                            (int(cells[0]), int(cells[1])))
+                    else:
+                        frame.init_centroids, frame.meta["cluster_origin"] = follow_motion(
+                            self._centroids, rows, frame.seeds.init_labels, (h, w), frame.n_superpixels, scale,
+                            motion)
                 frame.iterations = max(self.model.iterations, self.warm_iterations)
                 frame.tol = self._tol(MOVING_TOL)
+        else:
+            self._offset[:] = 0.0
         self.model.cluster_stage(frame)
         self._centroids, self._labels = frame.centroids, frame.cluster_labels
         return frame
