@@ -176,31 +176,50 @@ class VideoWriter:
     """H.264 MP4 writer: ``write(rgb)`` frames of one size, then ``close()`` (renames the finished file into place)
     or ``abort()`` (deletes it).
 
-    Frames get consecutive presentation times at ``rate`` frames per second, so the frame count and rate survive.
-    Odd sizes are padded by repeating the last row / column (the picture is never cropped); ``preset`` trades
-    encoding speed for size (libx264's "veryfast" by default: the writer must not be the slowest stage).
+    Frames get consecutive presentation times at ``rate`` frames per second, so the frame count and rate survive
+    (``write(rgb, time)``: the source's time in seconds instead, so that a video with dropped frames keeps its
+    timing). Odd sizes are padded by repeating the last row / column (the picture is never cropped); ``preset``
+    trades encoding speed for size (libx264's "veryfast" by default: the writer must not be the slowest stage).
+
+    ``path`` may be a URL (:func:`is_live`, e.g. ``udp://127.0.0.1:5000``): the video is sent there as it is made,
+    in ``format`` (default MPEG-TS), with no temporary file.
     """
 
-    def __init__(self, path, rate, width: int, height: int, preset: str = "veryfast", crf: int = 20):
+    def __init__(self, path, rate, width: int, height: int, preset: str = "veryfast", crf: int = 20,
+                 format: str | None = None):
         av = _av()
-        self.path = Path(path)
-        self.tmp = self.path.parent / f".{self.path.stem}.{uuid.uuid4().hex[:12]}.part{self.path.suffix}"
+        self.live = is_live(path)
+        self.path = str(path) if self.live else Path(path)
         self.width, self.height = int(width), int(height)
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        if self.live:
+            self.tmp = None
+            try:
+                self.container = av.open(self.path, mode="w", format=format or "mpegts")
+            except Exception as exc:
+                raise InputError(f"{self.path}: cannot send the video there ({_short(exc)})") from None
+        else:
+            self.tmp = self.path.parent / f".{self.path.stem}.{uuid.uuid4().hex[:12]}.part{self.path.suffix}"
+            self.container = av.open(str(self.tmp), mode="w", format=format or "mp4")
         self.stream = self.container.add_stream("libx264", rate=Fraction(rate))
         self.stream.width, self.stream.height = self.width + self.width % 2, self.height + self.height % 2
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = {"preset": preset, "crf": str(crf)}
         self.count = 0
+        self.rate = Fraction(rate)
+        self._pts, self._t0 = -1, None
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, time: float | None = None) -> None:
         av = _av()
         if rgb.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame of size {rgb.shape[1]}x{rgb.shape[0]} in a {self.width}x{self.height} video")
         if self.width % 2 or self.height % 2:
             rgb = np.pad(rgb, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = self.count
+        pts = self._pts + 1
+        if time is not None:
+            self._t0 = time if self._t0 is None else self._t0
+            pts = max(pts, int(round((time - self._t0) * self.rate)))
+        frame.pts = self._pts = pts
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
         self.count += 1
@@ -212,7 +231,8 @@ class VideoWriter:
                 self.container.mux(packet)
         finally:
             self.container.close()
-        os.replace(self.tmp, self.path)
+        if self.tmp is not None:
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         """Stop without keeping anything."""
@@ -220,6 +240,8 @@ class VideoWriter:
             self.container.close()
         except Exception:
             pass
+        if self.tmp is None:
+            return
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:

@@ -279,19 +279,21 @@ class VideoOutputs:
 
     Writes ``OUTDIR/<stem>_labels/000000.png …`` (uint16 ids, one per frame, each written atomically),
     ``OUTDIR/<stem>_overlay.mp4`` (boundaries drawn on every frame; same frame count and rate as the input; written
-    under a temporary name and renamed by :meth:`close`) and ``OUTDIR/<stem>_frames.csv`` (frame, K', ms per stage,
-    error) at :meth:`close`. Frames that failed are recorded in the CSV and skipped in the outputs.
+    under a temporary name and renamed by :meth:`close`; or sent to ``overlay_url`` as MPEG-TS instead) and
+    ``OUTDIR/<stem>_frames.csv`` (frame, K', ms per stage, source time in seconds, frames dropped just before it by
+    ``--realtime``, clustering rounds, error) at :meth:`close`. Frames that failed are recorded in the CSV and
+    skipped in the outputs. The overlay keeps the source's timestamps.
     """
 
     def __init__(self, outdir, stem: str, rate, width: int, height: int, overlay_video: bool = True,
-                 labels: bool = True, color="auto", preset: str = "veryfast"):
+                 labels: bool = True, color="auto", preset: str = "veryfast", overlay_url: str | None = None):
         self.outdir = Path(outdir)
         self.stem, self.color = stem, color
         self.labels_dir = self.outdir / f"{stem}_labels" if labels else None
         if self.labels_dir is not None:
             self.labels_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = VideoWriter(self.outdir / f"{stem}_overlay.mp4", rate, width, height, preset) \
-            if overlay_video else None
+        target = overlay_url or self.outdir / f"{stem}_overlay.mp4"
+        self.writer = VideoWriter(target, rate, width, height, preset) if overlay_video else None
         self.rows: list[dict] = []
         self.errors: list[str] = []
         self.written = 0
@@ -303,7 +305,7 @@ class VideoOutputs:
             if self.labels_dir is not None:
                 write_labels(self.labels_dir / f"{frame.index:06d}.png", frame.labels)
             if self.writer is not None:
-                self.writer.write(overlay(frame.image, frame.labels, self.color))
+                self.writer.write(overlay(frame.image, frame.labels, self.color), frame.meta.get("time"))
             self.written += 1
             if row["superpixels"] == "":
                 row["superpixels"] = int(frame.labels.max()) + 1
@@ -312,6 +314,10 @@ class VideoOutputs:
         row.update({f"ms_{name}": round(1e3 * frame.timings[name], 3) for name in STAGE_NAMES
                     if name in frame.timings})
         row["ms_write"] = round(1e3 * (time.perf_counter() - t), 3)
+        stamp = frame.meta.get("time")
+        row["time"] = "" if stamp is None else round(stamp, 6)
+        row["dropped"] = frame.meta.get("dropped", 0)
+        row["iterations"] = frame.meta.get("iterations", "")
         row["error"] = frame.error or ""
         self.rows.append(row)
         return frame
@@ -323,7 +329,8 @@ class VideoOutputs:
                 self.writer.close()
             else:
                 self.writer.abort()
-        fields = ["frame", "superpixels"] + [f"ms_{n}" for n in STAGE_NAMES] + ["error"]
+        fields = ["frame", "superpixels"] + [f"ms_{n}" for n in STAGE_NAMES] + ["time", "dropped", "iterations",
+                                                                                 "error"]
         with atomic_path(self.outdir / f"{self.stem}_frames.csv") as tmp:
             with open(tmp, "w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=fields, restval="")
@@ -349,6 +356,9 @@ class VideoOptions:
     max_frames: int | None = None
     overlay_video: bool = True
     labels: bool = True
+    realtime: bool = False
+    overlay_url: str | None = None
+    input_format: str | None = None
 
 
 def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()) -> dict[str, Path]:
@@ -357,7 +367,7 @@ def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()
     outdir = Path(outdir)
     paths = {"overlay": outdir / f"{stem}_overlay.mp4", "labels": outdir / f"{stem}_labels",
              "frames_csv": outdir / f"{stem}_frames.csv"}
-    if not options.overlay_video:
+    if not options.overlay_video or options.overlay_url:
         del paths["overlay"]
     if not options.labels:
         del paths["labels"]
@@ -377,7 +387,8 @@ def expected_frames(reader: VideoReader, options: VideoOptions = VideoOptions())
 class VideoResult:
     """What :func:`process_video` did: ``written`` frames (in the outputs), the input's frame ``rate``, the error
     line of each failed frame (``errors``; a damaged or cut file: the last one), ``fatal`` (a writer failure: the
-    outputs were dropped), ``timings`` (seconds per stage, summed over the frames) and the ``outputs`` written."""
+    outputs were dropped), ``timings`` (seconds per stage, summed over the frames) and the ``outputs`` written;
+    ``dropped``: frames ``realtime`` dropped; ``stopped``: asked to stop (``stop``) before the source ended."""
 
     path: Path
     rate: Fraction
@@ -386,6 +397,8 @@ class VideoResult:
     fatal: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
+    dropped: int = 0
+    stopped: bool = False
 
     @property
     def error(self) -> str | None:
@@ -394,7 +407,7 @@ class VideoResult:
             return self.fatal
         if not self.errors:
             return None
-        stem = Path(self.path).stem
+        stem = source_stem(self.path)
         more = f" (and {len(self.errors) - 1} more frame error(s), see {stem}_frames.csv)" if len(self.errors) > 1 \
             else ""
         return self.errors[-1] + more
@@ -403,7 +416,7 @@ class VideoResult:
 def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoOptions = VideoOptions(), *,
                   stem: str | None = None, attention=None, attention_ratio: float = 2.5, focus=None,
                   pipelined: bool = True, color="auto", reader: VideoReader | None = None,
-                  on_frame=None) -> VideoResult:
+                  on_frame=None, stop=None) -> VideoResult:
     """One video, reader to outputs: :func:`video_frames` with :class:`VideoOutputs` as the writer stage, writing
     ``OUTDIR/<stem>_overlay.mp4``, ``OUTDIR/<stem>_labels/NNNNNN.png`` and ``OUTDIR/<stem>_frames.csv``.
 
@@ -415,19 +428,23 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
 
     ``on_frame(frame, message)``: called with every finished frame and its error line (None when it went through);
     ``reader``: an opened :class:`VideoReader` of ``path`` (default: opened here with ``options``' frame range).
+    ``path`` may be a live source or an iterable of frames (:func:`open_source`). ``stop``: a ``threading.Event``
+    that ends the input early (a live source's Ctrl-C or SIGTERM): the frames in flight finish and every output is
+    closed as at the end of the stream.
     """
-    path = Path(path)
-    reader = reader or VideoReader(path, start=options.start, max_frames=options.max_frames)
-    stem = stem or path.stem
+    reader = reader or open_source(path, options.start, options.max_frames, options.input_format)
+    path = reader.path
+    stem = stem or source_stem(path)
     Path(outdir).mkdir(parents=True, exist_ok=True)
     outputs = VideoOutputs(outdir, stem, reader.rate, reader.width, reader.height,
-                           overlay_video=options.overlay_video, labels=options.labels, color=color)
+                           overlay_video=options.overlay_video, labels=options.labels, color=color,
+                           overlay_url=options.overlay_url)
     result = VideoResult(path, Fraction(reader.rate))
     try:
         frames = video_frames(model, path, n_superpixels, prior_every=options.prior_every,
                               coherent=options.coherent, warm_iterations=options.warm_iterations,
                               attention=attention, attention_ratio=attention_ratio, focus=focus,
-                              pipelined=pipelined, reader=reader,
+                              pipelined=pipelined, reader=reader, stop=stop, realtime=options.realtime,
                               extra_stages=[Stage("write", outputs, fatal=True, run_on_error=True)])
         for frame in frames:
             message = None
@@ -437,6 +454,7 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
                 result.errors.append(message)
             for name, seconds in frame.timings.items():
                 result.timings[name] = result.timings.get(name, 0.0) + seconds
+            result.dropped += int(frame.meta.get("dropped", 0))
             if on_frame is not None:
                 on_frame(frame, message)
     except PipelineError as exc:
@@ -448,5 +466,6 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
         raise
     outputs.close()
     result.written = outputs.written
+    result.stopped = stop is not None and stop.is_set()
     result.outputs = {name: p for name, p in video_output_paths(outdir, stem, options).items() if p.exists()}
     return result
