@@ -21,7 +21,8 @@ to even, never cropped), OUTDIR/<stem>_labels/000000.png ... (uint16 superpixel 
 OUTDIR/<stem>_frames.csv (frame, K', milliseconds per stage). Audio is not copied.
 
 Decoding, the prior, the encoder, clustering and writing run as a pipeline (threads on a CPU, CUDA streams on a
-GPU). Frames are temporally coherent: each frame starts from the previous one's superpixels (fewer iterations) and
+GPU). Frames are temporally coherent: each frame starts from the previous one's superpixels, moved with the
+picture when it moved (phase correlation), with fewer iterations, and
 a superpixel keeps its id while its content stays in view (new superpixels get new ids); --independent segments
 every frame from scratch with ids 0..K'-1. A damaged or cut file keeps the frames decoded before the damage and
 is reported; the other inputs are still processed (exit code 1 when any input failed).
@@ -70,7 +71,9 @@ def add_video_arguments(g) -> None:
     g.add_argument("--independent", action="store_true",
                    help="no temporal coherence: every frame from scratch, labels 0..K'-1 per frame")
     g.add_argument("--warm-iterations", type=positive_int, default=3, metavar="N",
-                   help="clustering iterations of a frame that starts from the previous frame (default 3)")
+                   help="at most N clustering iterations of a still frame, which starts from the previous frame's "
+                        "superpixels and stops once they stop changing (default 3; a frame whose picture moved "
+                        "runs up to --iterations, until converged)")
     g.add_argument("--start", type=int, default=0, metavar="FRAME", help="first frame to process (default 0)")
     g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
     g.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
