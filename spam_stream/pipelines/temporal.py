@@ -203,7 +203,7 @@ class WarmFeatures:
         changed = set()
         motion = frame.meta.get("motion")
         shift = (0, 0) if motion is None else (int(round(motion[0])), int(round(motion[1])))
-        if self._features is not None and sig == self._sig and shift != (0, 0) and self._moved(frame, shift):
+        if self._features is not None and sig == self._sig and shift != (0, 0) and self._moved_timed(frame, shift):
             self._refs = {core: image[win].astype(np.int16) for core, win in self._windows(h, w)}
             self._features, self._image = frame.features, image
             return frame
@@ -225,6 +225,10 @@ class WarmFeatures:
                     self._refs[core] = image[win].astype(np.int16)
         self._features, self._sig, self._image = frame.features, sig, image
         return frame
+
+    def _moved_timed(self, frame: Frame, shift: tuple[int, int]) -> bool:
+        with frame.timed("features"):
+            return self._moved(frame, shift)
 
     def _moved(self, frame: Frame, shift: tuple[int, int]) -> bool:
         """Features of a frame whose picture moved by ``shift`` (dy, dx) whole pixels: the previous learned
@@ -260,26 +264,25 @@ class WarmFeatures:
         area = (band_y * w + band_x * h) / (h * w) + len(changed) / max(1, len(self._refs))
         if area > self.max_changed:
             return False
-        with frame.timed("features"):
-            out = kernels.empty_features(h, w, self._features.shape[0], self._features.device)
-            if out.device.type == "cpu":
-                scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
-            else:
-                out[:5] = scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness)
-            out[5:, ys, xs] = self._features[5:, yp, xp]
-            factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
-            if band_y:  # one row of tiles as high as the band, only those overlapping it
-                top = dy > 0
-                encode_tiled(enc, out[:3], out[5:], tile=(band_y, w), colour_factor=factor,
-                             skip=lambda c0, c1, d0, d1: (c0 >= band_y) if top else (c1 <= h - band_y))
-            if band_x:
-                left = dx > 0
-                encode_tiled(enc, out[:3], out[5:], tile=(h, band_x), colour_factor=factor,
-                             skip=lambda c0, c1, d0, d1: (d0 >= band_x) if left else (d1 <= w - band_x))
-            if changed:
-                encode_tiled(enc, out[:3], out[5:], tile=self.tile, colour_factor=factor,
-                             skip=lambda c0, c1, d0, d1: (c0, c1, d0, d1) not in changed)
-            frame.features = out
+        out = kernels.empty_features(h, w, self._features.shape[0], self._features.device)
+        if out.device.type == "cpu":
+            scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
+        else:
+            out[:5] = scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness)
+        out[5:, ys, xs] = self._features[5:, yp, xp]
+        factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
+        if band_y:  # one row of tiles as high as the band, only those overlapping it
+            top = dy > 0
+            encode_tiled(enc, out[:3], out[5:], tile=(band_y, w), colour_factor=factor,
+                         skip=lambda c0, c1, d0, d1: (c0 >= band_y) if top else (c1 <= h - band_y))
+        if band_x:
+            left = dx > 0
+            encode_tiled(enc, out[:3], out[5:], tile=(h, band_x), colour_factor=factor,
+                         skip=lambda c0, c1, d0, d1: (d0 >= band_x) if left else (d1 <= w - band_x))
+        if changed:
+            encode_tiled(enc, out[:3], out[5:], tile=self.tile, colour_factor=factor,
+                         skip=lambda c0, c1, d0, d1: (c0, c1, d0, d1) not in changed)
+        frame.features = out
         frame.meta["tiles_recomputed"] = min(1.0, area)
         return True
 
