@@ -103,3 +103,20 @@ def test_model_reports_rounds_and_auto_segments_images():
     assert 1 <= frame_f.meta["iterations"] <= 10
     assert 2 <= frame_a.meta["iterations"] <= AUTO_ITERATIONS
     assert frame_a.labels.shape == image.shape[:2] and frame_a.labels.min() == 0
+
+
+def test_cli_iterations_auto_and_tol(tmp_path):
+    from PIL import Image
+
+    from spam_stream.cli import main
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "img.png"
+    Image.fromarray(np.kron(rng.integers(0, 255, (5, 6, 3)), np.ones((10, 10, 1))).astype(np.uint8)).save(path)
+    assert main(["image", str(path), "-o", str(tmp_path / "a"), "-k", "20", "--encoder", "none",
+                 "--iterations", "auto"]) == 0
+    assert main(["image", str(path), "-o", str(tmp_path / "b"), "-k", "20", "--encoder", "none",
+                 "--iterations", "30", "--tol", "0.01"]) == 0
+    for bad in (["--iterations", "often"], ["--tol", "1.5"], ["--tol", "x"]):
+        with pytest.raises(SystemExit):
+            main(["image", str(path), "-o", str(tmp_path / "c"), *bad])

@@ -19,7 +19,7 @@ import torch
 
 from ..frame import Frame
 from ..io import InputError, atomic_path, overlay, write_labels
-from ..videoio import VideoReader, VideoWriter, is_live, source_stem
+from ..videoio import VideoReader, VideoWriter, source_stem
 from .executor import Pipeline, PipelineError, Stage, run_sequential
 from .stages import configure_threads, queue_size_for, spam_stages
 
