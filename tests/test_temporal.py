@@ -205,3 +205,21 @@ def test_moved_features_reuse_the_previous_ones_and_stay_close_to_a_fresh_comput
     assert torch.allclose(band, fresh[5:, :, -40:], atol=1e-4)
     err = (moved.features[5:] - fresh[5:]).abs().mean() / fresh[5:].abs().mean()
     assert err < 0.1  # the moved ones differ only by the encoder's pooling phase and border context
+
+
+def test_a_pan_with_a_fixed_prior_follows_the_motion_inside_the_objects():
+    """Object seeds (a prior) are not a grid: each centroid is moved and handed to the seed region it now lies in."""
+    from spam_stream.pipelines.video import video_frames
+
+    frames = pan_frames(6, 3, "x")
+    h, w = frames[0].shape[:2]
+    prior = np.zeros((h, w), np.int32)
+    prior[:, w // 2:] = 1
+    out = list(video_frames(SPAM(encoder=None), iter(frames), 60, pipelined=False, fixed_prior=prior))
+    assert all(f.error is None for f in out)
+    assert all(f.meta.get("cluster_origin") is not None for f in out[1:])
+    for f in out:  # superpixels never cross the prior
+        for sp in np.unique(f.labels):
+            assert len(np.unique(prior[f.labels == sp])) == 1
+    cons = [moved_consistency(a.labels, b.labels, 0, -3) for a, b in zip(out, out[1:])]
+    assert np.mean(cons) >= 0.7
