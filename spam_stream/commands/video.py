@@ -159,7 +159,7 @@ def _one_video(model, attention, path: str, args):
         bar = tqdm(total=expected_frames(reader, options), desc=name, unit="frame", dynamic_ncols=True)
 
         def on_frame(frame, message):
-            bar.update(0 if frame.meta.get("fatal") else 1)
+            bar.update(0 if frame.meta.get("fatal") else 1 + frame.meta.get("dropped", 0))  # drops: frames read
             if frame.meta.get("dropped"):
                 bar.set_postfix(dropped=result_dropped.append(frame.meta["dropped"]) or sum(result_dropped))
             if message is not None and not frame.meta.get("fatal"):
