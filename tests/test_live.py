@@ -122,7 +122,8 @@ def test_frames_given_as_arrays():
     assert [read_index(f.image) for f in out] == list(range(12))
 
 
-def test_sigterm_mid_stream_leaves_a_playable_overlay_matching_the_csv(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stop_mid_stream_leaves_a_playable_overlay_matching_the_csv(tmp_path, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", "-", "-o", str(out), "-k", "24",
                              "--encoder", "none", "--input-format", "mpegts"], stdin=subprocess.PIPE,
@@ -134,7 +135,7 @@ def test_sigterm_mid_stream_leaves_a_playable_overlay_matching_the_csv(tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("stdin_labels/*.png"))) < 8:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=60)
     finally:
