@@ -1,12 +1,13 @@
 """Temporal coherence on pans with known motion: coherent frames vs --independent, in one run.
 
-    python benchmarks/bench_temporal.py [--images 5] [--frames 12] [--speeds 2,8] [--encoder default|none] [-k 400]
+    python benchmarks/bench_temporal.py [--images 5] [--frames 12] [--speeds 2,8] [--directions x,y,-x,-y]
+                                        [--encoder default|none] [-k 400] [--threads 1]
 
 Clips are made here, losslessly, from BSDS500 test images (the first --images; samples/coffee.jpg without the
 dataset, then with no ground truth): a window of (H − 96) x (W − 96) pixels that pans by S px/frame to the right
-(``x``) or down (``y``) — "both directions" — for each speed S in --speeds, plus a still clip (the window does not
-move). The ground truths are cropped alike. The frames go to ``video_frames`` as arrays (no codec), one frame at a
-time (``pipelined=False``), coherent and independent on the same frames.
+(``x``) or down (``y``), and back (``-x``, ``-y``), for each speed S in --speeds, plus a still clip (the window
+does not move). The ground truths are cropped alike. The frames go to ``video_frames`` as arrays (no codec), one
+frame at a time (``pipelined=False``), coherent and independent on the same frames.
 
 Reported per clip kind (averaged over the images): label consistency under the known motion (the fraction of the
 pixels present in both frames whose id in frame t+1 equals the id of the same content in frame t), mean per-frame
@@ -51,7 +52,11 @@ def sources(n: int):
 
 
 def pan(image, gts, n: int, speed: int, axis: str):
-    """n frames (and cropped ground truths) of a window moving ``speed`` px/frame along ``axis`` ('x', 'y', 'still')."""
+    """n frames (and cropped ground truths) of a window moving ``speed`` px/frame along ``axis`` ('x', 'y', 'still';
+    '-x', '-y': the other way)."""
+    if axis.startswith("-"):
+        frames, truths = pan(image, gts, n, speed, axis[1:])
+        return frames[::-1], truths[::-1]
     h, w = image.shape[0] - MARGIN, image.shape[1] - MARGIN
     frames, truths = [], []
     for i in range(n):
@@ -76,8 +81,9 @@ def run(model, frames, truths, k, coherent, step):
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     cons = [consistency(a.labels, b.labels, *step) for a, b in zip(out, out[1:])]
     scores = [np.mean([asa(f.labels, g) for g in gt]) for f, gt in zip(out, truths) if gt]
-    return {"fps": len(out) / wall, "cpu_fps": len(out) / cpu, "cons": statistics.mean(cons), "asa": statistics.mean(scores) if scores else
-            float("nan"), "rounds": statistics.mean(f.meta.get("iterations", 0) for f in out[1:]),
+    return {"fps": len(out) / wall, "cpu_fps": len(out) / cpu, "cons": statistics.mean(cons),
+            "asa": statistics.mean(scores) if scores else float("nan"),
+            "rounds": statistics.mean(f.meta.get("iterations", 0) for f in out[1:]),
             "tiles": statistics.mean(f.meta.get("tiles_recomputed", 1.0) for f in out[1:])}
 
 
@@ -86,6 +92,7 @@ def main():
     ap.add_argument("--images", type=int, default=5)
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--speeds", default="2,8")
+    ap.add_argument("--directions", default="x,y,-x,-y", help="x: window moving right, y: down, -x / -y: back")
     ap.add_argument("-k", "--superpixels", type=int, default=400)
     ap.add_argument("--encoder", default="default")
     ap.add_argument("--threads", type=int, default=1,
@@ -98,7 +105,7 @@ def main():
     numba.set_num_threads(args.threads)
     model = SPAM(encoder=args.encoder)
     kinds = [("still", 0, "still")] + [(f"{s} px/frame {a}", s, a) for s in map(int, args.speeds.split(","))
-                                      for a in ("x", "y")]
+                                      for a in args.directions.split(",")]
     imgs = sources(args.images)
     f0, _ = pan(imgs[0][1], imgs[0][2], 3, 2, "x")
     list(video_frames(model, iter(f0), args.superpixels, pipelined=False))  # warm-up (numba, torch)
@@ -106,12 +113,14 @@ def main():
     for name, image, gts in imgs:
         for kind, speed, axis in kinds:
             frames, truths = pan(image, gts, args.frames, speed, axis)
-            step = (-speed, 0) if axis == "y" else (0, -speed) if axis == "x" else (0, 0)  # the content moves back
+            sign = 1 if axis.startswith("-") else -1  # the window moves one way, the content the other
+            step = (sign * speed, 0) if axis.endswith("y") else (0, sign * speed) if axis.endswith("x") else (0, 0)
             ind = run(model, frames, truths, args.superpixels, False, step)
             coh = run(model, frames, truths, args.superpixels, True, step)
             rows.setdefault(kind, []).append((ind, coh))
     print(f"{len(imgs)} images ({', '.join(n for n, _, _ in imgs)}), {args.frames} frames each, window "
-          f"(H-{MARGIN})x(W-{MARGIN}), K={args.superpixels}, encoder {args.encoder}, one frame at a time, {args.threads} thread(s); "
+          f"(H-{MARGIN})x(W-{MARGIN}), K={args.superpixels}, encoder {args.encoder}, one frame at a time, "
+          f"{args.threads} thread(s); "
           f"load average {os.getloadavg()[0]:.2f}\n")
     print("| clip | consistency coherent / independent | ASA coherent | ASA independent | ΔASA | frames/s coherent "
           "| frames/s independent | speed-up (wall) | speed-up (CPU time) | rounds / frame coherent / independent "
@@ -126,7 +135,8 @@ def main():
                for i, side in enumerate(("ind", "coh"))}
         print(f"| {kind} | {m['coh']['cons']:.3f} / {m['ind']['cons']:.3f} | {m['coh']['asa']:.4f} | "
               f"{m['ind']['asa']:.4f} | {m['coh']['asa'] - m['ind']['asa']:+.4f} | {fps['coh']:.2f} | "
-              f"{fps['ind']:.2f} | {fps['coh'] / fps['ind']:.2f}x | {cpu['coh'] / cpu['ind']:.2f}x | {m['coh']['rounds']:.1f} / "
+              f"{fps['ind']:.2f} | {fps['coh'] / fps['ind']:.2f}x | {cpu['coh'] / cpu['ind']:.2f}x | "
+              f"{m['coh']['rounds']:.1f} / "
               f"{m['ind']['rounds']:.1f} | {m['coh']['tiles']:.2f} |")
 
 
