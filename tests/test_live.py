@@ -228,3 +228,12 @@ def test_unreachable_stream_is_one_line(tmp_path, source):
         return
     with pytest.raises(InputError, match="cannot open the stream"):
         VideoReader(source, timeout=5)
+
+
+def test_segment_video_takes_an_iterator_of_frames():
+    import spam_stream
+
+    frames = (index_frame(i, H, W) for i in range(6))
+    out = list(spam_stream.segment_video(frames, 24, encoder=None, iterations="auto"))
+    assert [i for i, _, _ in out] == list(range(6))
+    assert all(labels.shape == (H, W) and read_index(img) == i for i, img, labels in out)
