@@ -237,3 +237,17 @@ def test_segment_video_takes_an_iterator_of_frames():
     out = list(spam_stream.segment_video(frames, 24, encoder=None, iterations="auto"))
     assert [i for i, _, _ in out] == list(range(6))
     assert all(labels.shape == (H, W) and read_index(img) == i for i, img, labels in out)
+
+
+def test_realtime_reads_a_file_at_its_frame_rate(tmp_path):
+    """--realtime on a file: frames are delivered as a live source would (by their timestamps), not all at once."""
+    from spam_stream.pipelines.video import decoded_frames
+    from spam_stream.videoio import VideoReader
+
+    clip = write_index_video(tmp_path / "clip.mkv", 10, Fraction(20), codec="ffv1")
+    t = time.perf_counter()
+    frames = list(decoded_frames(VideoReader(clip), 24, realtime=True))
+    elapsed = time.perf_counter() - t
+    assert elapsed >= 0.9 * 9 / 20  # the 10th frame is due 0.45 s after the first
+    assert [f.meta["time"] for f in frames] == sorted(f.meta["time"] for f in frames)
+    assert len(frames) + sum(f.meta["dropped"] for f in frames) == 10
