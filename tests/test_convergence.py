@@ -66,8 +66,8 @@ def test_cpu_backend_matches_reference_rounds(tol, prev):
     torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("tol", [0.0, 0.05])
-def test_triton_backend_matches_reference_rounds(tol):
+@pytest.mark.parametrize("tol,prev", [(0.0, False), (0.0, True), (0.05, False), (0.05, True)])
+def test_triton_backend_matches_reference_rounds(tol, prev):
     pytest.importorskip("triton")
     import os
 
@@ -77,10 +77,15 @@ def test_triton_backend_matches_reference_rounds(tol):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     f, c, cands = smooth_case(seed=4)
-    got = tk.hard_converge(f.to(device), c.to(device), cands.to(device), 30, tol)
-    ref = reference.hard_converge(f, c, cands, 30, tol)
-    assert got[2] == ref[2]
+    prev_labels = reference.assign(f, c, cands) if prev else None
+    got = tk.hard_converge(f.to(device), c.to(device), cands.to(device), 30, tol,
+                           None if prev_labels is None else prev_labels.to(device))
+    ref = reference.hard_converge(f, c, cands, 30, tol, prev_labels)
     assert torch.equal(got[0].cpu(), ref[0])
+    if tol > 0 or prev:
+        assert got[2] == ref[2]
+    else:  # tol = 0: no per-pass count on the GPU, every pass runs (a fixed point changes nothing)
+        assert got[2] == 30 and ref[2] < 30
 
 
 def test_resolve_iterations():

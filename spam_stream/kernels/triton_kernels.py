@@ -399,13 +399,17 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
     """At most ``max_iter`` fused passes (assign + Σf/count, :data:`CENTROID_UPDATE`), each followed by
     centroids = Σf / count on the device (:func:`.reference.new_centroids`: an empty superpixel keeps its centroid),
     then a final assignment; a pass whose labels changed on at most ``tol`` · N pixels (one count and one device
-    sync per pass) ends them with its labels — the twin of :func:`.reference.hard_converge`.
+    sync per pass) ends them with its labels — the twin of :func:`.reference.hard_converge`. With ``tol`` = 0 and
+    no ``prev_labels`` nothing is counted (all ``max_iter`` passes run, asynchronously): the same result as the
+    reference's, which may report fewer rounds when it reaches a fixed point.
 
     Returns (labels (N,) int32, centroids (K, D) float32, passes run).
     """
     c = _f32(centroids).clone()
     n = features.shape[0]
-    limit = reference.max_changed(tol, n)
+    # tol = 0 without previous labels: no count (and no device sync) per pass — an exact fixed point, the only stop
+    # it could make, changes nothing in the result, so the passes stay asynchronous as before
+    limit = reference.max_changed(tol, n) if (tol > 0 or prev_labels is not None) else -1
     labels = torch.empty(n, dtype=torch.int32, device=features.device)
     prev = None if prev_labels is None else prev_labels.to(features.device, torch.int32).clone()
     sums = torch.empty_like(c)
