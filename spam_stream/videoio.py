@@ -79,7 +79,9 @@ class VideoReader:
                 import sys
 
                 target = sys.stdin.buffer if self.path == "-" else self.path
-                self.container = av.open(target, format=input_format, options=dict(options or {}),
+                # start as soon as the first frames tell the stream's size, not after seconds of probing
+                opts = {"probesize": "8192", "analyzeduration": "0", **dict(options or {})}
+                self.container = av.open(target, format=input_format, options=opts,
                                          timeout=None if timeout is None else (timeout, None))
             else:
                 self.container = av.open(str(self.path), format=input_format, options=dict(options or {}))
@@ -90,8 +92,8 @@ class VideoReader:
             self.container.close()
             raise InputError(f"{self.path}: no video stream")
         self.stream = self.container.streams.video[0]
-        if threads:
-            self.stream.thread_type = "AUTO"
+        if threads:  # frame threads hold frames back: a live source decodes with slice threads only (low latency)
+            self.stream.thread_type = "SLICE" if self.live else "AUTO"
         ctx = self.stream.codec_context
         self.width, self.height = int(ctx.width), int(ctx.height)
         if self.width <= 0 or self.height <= 0:  # ffmpeg probed something (random bytes as a JPEG) with no frame size

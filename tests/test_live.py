@@ -251,3 +251,30 @@ def test_realtime_reads_a_file_at_its_frame_rate(tmp_path):
     assert elapsed >= 0.9 * 9 / 20  # the 10th frame is due 0.45 s after the first
     assert [f.meta["time"] for f in frames] == sorted(f.meta["time"] for f in frames)
     assert len(frames) + sum(f.meta["dropped"] for f in frames) == 10
+
+
+def test_sigterm_while_the_source_waits_for_data_still_closes_everything(tmp_path):
+    """The source sends a few frames and then nothing (pipe left open): SIGTERM must not wait for more data."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", "-", "-o", str(out), "-k", "24",
+                             "--encoder", "none", "--input-format", "mpegts"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    import io
+
+    data = io.BytesIO()
+    send_frames(*mpegts_writer(data), range(12))  # a complete stream of 12 frames ...
+    proc.stdin.write(data.getvalue())  # ... sent, then nothing more with the pipe still open
+    proc.stdin.flush()
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("stdin_labels/*.png"))) < 3:
+        time.sleep(0.05)
+    time.sleep(1.0)  # whatever was decodable is processed; the reader now waits for data
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()[-800:]
+    rows = csv_rows(out / "stdin_frames.csv")
+    assert 3 <= len(rows) <= 12
+    assert overlay_indices(out / "stdin_overlay.mp4") == [int(r["frame"]) for r in rows]
