@@ -75,7 +75,8 @@ def test_stdin_pipe_is_segmented_frame_by_frame(tmp_path):
     out = tmp_path / "out"
     with open(clip, "rb") as fh:
         proc = subprocess.run([sys.executable, "-m", "spam_stream.cli", "video", "-", "-o", str(out), "-k", "24",
-                               "--encoder", "none"], stdin=fh, capture_output=True, timeout=180, cwd=ROOT)
+                               "--encoder", "none", "--input-option", "probesize=65536"], stdin=fh,
+                              capture_output=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr.decode()[-800:]
     rows = csv_rows(out / "stdin_frames.csv")
     assert [int(r["frame"]) for r in rows] == list(range(24))

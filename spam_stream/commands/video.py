@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
     g.add_argument("--input-format", default=None, metavar="FORMAT",
                    help="ffmpeg input format of a live source, e.g. v4l2 for a camera, mpegts for a pipe "
                         "(default: probed)")
+    g.add_argument("--input-option", type=_key_value, action="append", default=None, metavar="KEY=VALUE",
+                   help="an ffmpeg option for opening a live source, repeatable (e.g. video_size=1280x720 for a "
+                        "camera, rtsp_transport=tcp; a live source is probed briefly, probesize=8192 and "
+                        "analyzeduration=0, so that it starts at once: raise them for a stream that needs more)")
     g.add_argument("--realtime", action="store_true",
                    help="keep up with a live source: frames that arrive while the pipeline is busy are dropped "
                         "before any expensive stage (counted in the CSV's dropped column and the final line); "
@@ -78,6 +82,15 @@ def add_video_arguments(g) -> None:
     g.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
     g.add_argument("--no-overlay", action="store_true", help="do not write the overlay video")
     g.add_argument("--no-labels", action="store_true", help="do not write the per-frame label PNGs")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    import argparse
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def _formatter():
@@ -113,7 +126,8 @@ def video_options(args) -> VideoOptions:
                         warm_iterations=args.warm_iterations, start=args.start, max_frames=args.max_frames,
                         overlay_video=not args.no_overlay, labels=not args.no_labels,
                         realtime=getattr(args, "realtime", False), overlay_url=getattr(args, "overlay_url", None),
-                        input_format=getattr(args, "input_format", None))
+                        input_format=getattr(args, "input_format", None),
+                        input_options=tuple(getattr(args, "input_option", None) or ()) or None)
 
 
 class graceful_stop:
@@ -154,7 +168,8 @@ def _one_video(model, attention, path: str, args):
     stop = threading.Event()
     with graceful_stop(stop, ctrl_c=is_live(path)):
         source = path if is_live(path) else Path(path)
-        reader = open_source(source, args.start, args.max_frames, options.input_format)
+        reader = open_source(source, args.start, args.max_frames, options.input_format,
+                             input_options=dict(options.input_options or ()))
         name = Path(path).name if not is_live(path) else source_stem(path)
         bar = tqdm(total=expected_frames(reader, options), desc=name, unit="frame", dynamic_ncols=True)
 

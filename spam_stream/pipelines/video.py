@@ -217,11 +217,13 @@ def decoded_frames(reader, n_superpixels: int, key_prefix: str | None = None, pr
 
 
 def open_source(source, start: int = 0, max_frames: int | None = None, input_format: str | None = None,
-                rate=None):
+                rate=None, input_options: dict | None = None):
     """A reader of ``source``: a file path, ``-`` (standard input), a URL or device (:class:`VideoReader`, opened
-    with ``input_format``), or an iterable of (H, W, 3) frames (:class:`ArrayFrames` at ``rate``, default 25)."""
+    with ``input_format`` and ffmpeg's ``input_options``), or an iterable of (H, W, 3) frames (:class:`ArrayFrames`
+    at ``rate``, default 25)."""
     if isinstance(source, (str, Path)):
-        return VideoReader(source, start=start, max_frames=max_frames, input_format=input_format)
+        return VideoReader(source, start=start, max_frames=max_frames, input_format=input_format,
+                           options=input_options)
     return ArrayFrames(source, rate or 25, start=start, max_frames=max_frames)
 
 
@@ -359,6 +361,7 @@ class VideoOptions:
     realtime: bool = False
     overlay_url: str | None = None
     input_format: str | None = None
+    input_options: tuple[tuple[str, str], ...] | None = None
 
 
 def video_output_paths(outdir, stem: str, options: VideoOptions = VideoOptions()) -> dict[str, Path]:
@@ -432,7 +435,8 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
     that ends the input early (a live source's Ctrl-C or SIGTERM): the frames in flight finish and every output is
     closed as at the end of the stream.
     """
-    reader = reader or open_source(path, options.start, options.max_frames, options.input_format)
+    reader = reader or open_source(path, options.start, options.max_frames, options.input_format,
+                                   input_options=dict(options.input_options or ()))
     path = reader.path
     stem = stem or source_stem(path)
     Path(outdir).mkdir(parents=True, exist_ok=True)
