@@ -98,13 +98,20 @@ def _resolve(prior, encoder, compactness, color_scale, iterations, min_size_fact
 
 
 def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="default", compactness: float | None = None,
-                  color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5,
+                  color_scale: float = 0.26, iterations: int | str = 10, min_size_factor: float = 0.5,
                   device: str = "cpu", seed: int = 0, prior_checkpoint=None, sam_model: str = "vit_h",
                   prior_masks=None, prior_options: dict | None = None, prior_every: int = 1,
                   independent: bool = False, warm_iterations: int = 3, start: int = 0, max_frames: int | None = None,
                   attention=None, attention_ratio: float = 2.5, focus=None, pipelined: bool = True,
-                  start_label: int = 0):
-    """Superpixels of every frame of a video file, pipelined: yields ``(index, frame, labels)`` in frame order.
+                  start_label: int = 0, tol: float | None = None, input_format: str | None = None,
+                  realtime: bool = False, stop=None):
+    """Superpixels of every frame of a video, pipelined: yields ``(index, frame, labels)`` in frame order.
+
+    ``path``: a video file, ``"-"`` (standard input), a URL or device PyAV opens (``input_format`` e.g. ``"v4l2"``),
+    or an iterable of (H, W, 3) uint8 frames (arrays, e.g. a generator; 25 frames/s assumed for timestamps).
+    ``realtime``: frames arriving faster than they are processed are dropped before any stage (indices skip them);
+    ``stop``: a ``threading.Event`` that ends a live source after the frames in flight. ``iterations`` may be
+    ``"auto"`` and ``tol`` the convergence tolerance (:class:`SPAM`). ``start_label`` is added to every label.
 
     ``frame`` is (H, W, 3) uint8 RGB, ``labels`` (H, W) int32. Frames are temporally coherent (warm starts; an id
     names the same superpixel from frame to frame while its content stays in view) unless ``independent=True``
@@ -120,10 +127,15 @@ def segment_video(path, n_superpixels: int = 400, prior=None, *, encoder="defaul
     start_label = check_start_label(start_label)
     model, prior = _resolve(prior, encoder, compactness, color_scale, iterations, min_size_factor, device, seed,
                             prior_checkpoint, sam_model, prior_masks, prior_options)
+    if tol is not None:
+        from .model import resolve_iterations
+
+        model.iterations, model.tol = resolve_iterations(iterations, tol)
     fixed = None if isinstance(prior, Provider) else prior
     frames = video_frames(model, path, n_superpixels, prior_every=prior_every, coherent=not independent,
                           warm_iterations=warm_iterations, attention=attention, attention_ratio=attention_ratio,
-                          focus=focus, start=start, max_frames=max_frames, pipelined=pipelined, fixed_prior=fixed)
+                          focus=focus, start=start, max_frames=max_frames, pipelined=pipelined, fixed_prior=fixed,
+                          input_format=input_format, realtime=realtime, stop=stop)
     for frame in frames:
         if frame.error is not None:
             frames.close()

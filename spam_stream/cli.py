@@ -61,17 +61,23 @@ def console_main() -> None:
 
     After Ctrl-C the pipeline has already stopped and only complete files remain; the process then leaves at once
     (``os._exit``), because an interpreter shutdown can still meet torch / numba / ffmpeg worker threads of the
-    interrupted run and crash in native code on the way out."""
+    interrupted run and crash in native code on the way out. The same after a live source was stopped while its
+    reading thread still waits for data."""
     import os
 
     from .pipelines.executor import interrupt_on_sigint
 
     interrupt_on_sigint()  # Ctrl-C reaches the pipelines even if Python swallows it where it landed
     code = main()
-    if code == 130:
+    import threading
+
+    # a live source stopped by Ctrl-C / SIGTERM may leave its reading thread blocked in ffmpeg (waiting for data on
+    # a socket or stdin): the outputs are closed already, and an interpreter shutdown would meet that thread
+    reader_left = any(t.name == "source-reader" and t.is_alive() for t in threading.enumerate())
+    if code == 130 or reader_left:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(code)
     sys.exit(code)
 
 

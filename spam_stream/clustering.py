@@ -46,14 +46,27 @@ def cluster_hard(features: torch.Tensor, cands: Candidates, init_labels: torch.T
 
     ``features`` (N, D) float32; ``init_labels`` (N,) int32 starting superpixel of each pixel; ``centroids``
     optional (K, D) starting centroids (e.g. a video's previous frame), used instead of the seeds' cell means when
-    given with the right shape.
+    given with the right shape. :func:`cluster_converge` with ``tol`` = 0 (the same result).
+    """
+    return cluster_converge(features, cands, init_labels, iterations, centroids=centroids)[:2]
+
+
+def cluster_converge(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, max_iter: int = 10,
+                     tol: float = 0.0, centroids: torch.Tensor | None = None, prev_labels: torch.Tensor | None = None):
+    """Hard clustering until convergence: (labels (N,) int32, centroids (K, D), rounds run).
+
+    The iterations stop after the first round that changes the label of at most ``tol`` · N pixels (a fraction;
+    0: only at a fixed point, which is the result of all ``max_iter`` rounds), and after ``max_iter`` rounds at
+    most. ``prev_labels`` (N,) int32: labels the first round is compared with (a video's previous frame, whose
+    centroids start this one), so that an unchanged frame stops after one round. Other arguments: :func:`cluster_hard`.
     """
     k, d = cands.n_superpixels, features.shape[1]
     if centroids is not None and tuple(centroids.shape) == (k, d):
         centroids = centroids.to(device=features.device, dtype=features.dtype).contiguous()
     else:
         centroids = initial_centroids(features, init_labels, k)
-    return kernels.hard_iterations(features, centroids, cands, iterations)
+        prev_labels = None
+    return kernels.hard_converge(features, centroids, cands, max_iter, tol, prev_labels)
 
 
 def cluster_soft(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 5):

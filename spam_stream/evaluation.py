@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .commands.common import positive_int
+from .commands.common import iterations_argument, positive_int
 from .datasets import BSDS500, default_bsds_root, oracle_partition
 from .features import FAST_SPATIAL_SCALE, SPATIAL_SCALE, default_spatial_scale
 from .metrics import asa, evaluate
@@ -78,8 +78,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default ./eval-results)")
     parser.add_argument("--compactness", type=float, default=None, metavar="LAMBDA_S",
                         help=f"SPAM λs, regularity (default {SPATIAL_SCALE}; {FAST_SPATIAL_SCALE} with --encoder fast)")
-    parser.add_argument("--iterations", type=positive_int, default=10, metavar="N",
-                        help="SPAM clustering iterations (default 10)")
+    parser.add_argument("--iterations", type=iterations_argument, default=10, metavar="N|auto",
+                        help="SPAM clustering iterations (default 10; 'auto': until converged, see spam-stream image "
+                             "--help)")
     parser.add_argument("--encoder", default="default", metavar="PATH|none|default",
                         help="SPAM encoder: 'default' (bundled weights), 'none' (D=5, no CNN) or a weights file")
     parser.add_argument("--no-baselines", action="store_true",

@@ -29,7 +29,9 @@ class Frame:
         seeds: :class:`~spam_stream.seeding.Seeds`; cands: :class:`~spam_stream.kernels.Candidates`.
         features: (D, H, W) float32 tensor on the model's device.
         init_centroids: (K, D) tensor to start clustering from (a video's previous frame), or None for the seeds.
-        iterations: clustering iterations for this frame, or None for the model's default.
+        iterations: clustering iterations for this frame (at most, see ``tol``), or None for the model's default.
+        tol: convergence tolerance of this frame's clustering (fraction of pixels changing label in a round), or
+            None for the model's; the rounds run are in ``meta["iterations"]``.
         cluster_labels: (H, W) int32 raw cluster index of each pixel (before connectivity); centroids (K, D).
         labels: (H, W) int32 final superpixel labels.
         label_source: (K',) int64 the cluster (index into centroids) each superpixel keeps after connectivity, -1 for
@@ -51,6 +53,7 @@ class Frame:
     features: Any = None
     init_centroids: Any = None
     iterations: int | None = None
+    tol: float | None = None
     cluster_labels: np.ndarray | None = None
     centroids: Any = None
     labels: np.ndarray | None = None

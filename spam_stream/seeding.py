@@ -60,6 +60,31 @@ class Seeds:
     def __len__(self) -> int:
         return len(self.obj)
 
+    def regions_at(self, y: np.ndarray, x: np.ndarray, width: int) -> np.ndarray:
+        """(n,) int64: the seed whose region holds each pixel (y, x) (int arrays), -1 for none (uncertain pixels).
+
+        A seed's region is the pixels nearer to it than to any other seed of their piece of the object (the pieces'
+        k-means cells; for grid seeds, the grid cells): ``init_labels`` where every pixel starts in a seed, else
+        (object seeds start on their k-means sample only) a nearest-seed query restricted to the pixel's piece."""
+        y, x = np.asarray(y, np.int64), np.asarray(x, np.int64)
+        init = self.init_labels.cpu().numpy() if hasattr(self.init_labels, "cpu") else np.asarray(self.init_labels)
+        if self.component_map is None or self.component is None:
+            return init[y * width + x].astype(np.int64)
+        cmap = self.component_map
+        cmap = cmap.cpu().numpy() if hasattr(cmap, "cpu") else np.asarray(cmap)
+        group = cmap.reshape(-1)[y * width + x].astype(np.int64)
+        comp = self.component.cpu().numpy() if hasattr(self.component, "cpu") else np.asarray(self.component)
+        yx = self.yx.cpu().numpy() if hasattr(self.yx, "cpu") else np.asarray(self.yx)
+        out = np.full(len(y), -1, np.int64)
+        inside = group >= 0
+        if inside.any() and len(comp):
+            n_groups = int(max(comp.max(), group.max())) + 1
+            grid = build_seed_grid(yx, np.arange(len(comp)), comp.astype(np.int64), n_groups,
+                                   math.sqrt(cmap.size / len(comp)))
+            points = np.stack([y[inside], x[inside]], 1).astype(np.float64)
+            out[inside] = nearest_seeds(points, group[inside], grid, yx)[:, 0]
+        return out
+
     def candidate_groups(self, partition: np.ndarray) -> tuple[np.ndarray, "Seeds"]:
         """(partition, seeds) for the candidate search: the component map and these seeds labelled by component
         when seeding made components, so that a pixel only joins seeds of its own piece of an object (a seed of

@@ -17,6 +17,27 @@ import numpy as np
 from .io import VIDEO_SUFFIXES, InputError  # noqa: F401  (VIDEO_SUFFIXES: defined with the image suffixes)
 
 
+def is_live(source) -> bool:
+    """True for a source that is not a file: ``-`` (standard input), a URL (``rtsp://``, ``udp://``, ``tcp://``,
+    ``http(s)://`` …, anything ffmpeg opens) or a device (``/dev/video0``). Such a source has no known length."""
+    text = str(source)
+    return text == "-" or "://" in text or text.startswith("/dev/")
+
+
+def source_stem(source) -> str:
+    """The name the outputs of ``source`` are called by: a file's stem, ``stdin`` for ``-``, else the URL or device
+    with every character outside [A-Za-z0-9._-] replaced by ``_`` (``udp://127.0.0.1:5000`` → ``udp_127.0.0.1_5000``)."""
+    import re
+
+    text = str(source)
+    if not is_live(text):
+        return Path(text).stem
+    if text == "-":
+        return "stdin"
+    text = text.split("?", 1)[0].replace("://", "_").replace("/dev/", "")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "stream"
+
+
 def _av():
     import av
 
@@ -24,7 +45,7 @@ def _av():
 
 
 class VideoReader:
-    """Frames of a video file, decoded in order.
+    """Frames of a video file or live source, decoded in order.
 
     ``for index, rgb in VideoReader(path)``: index counts decoded frames from 0 (``start`` frames are skipped but
     still counted), rgb is (H, W, 3) uint8. Opening a file that is missing, not a video or has no video stream
@@ -41,30 +62,50 @@ class VideoReader:
     A ``start`` beyond the last frame raises :class:`InputError` (nothing to process), as does a file with no frame.
 
     Attributes (after opening): ``rate`` (Fraction, frames per second), ``width``, ``height``, ``n_frames`` (the
-    container's count, 0 when unknown), ``duration`` (seconds, or None).
+    container's count, 0 when unknown), ``duration`` (seconds, or None), ``live`` (:func:`is_live`: no length is
+    assumed, no end is checked), ``last_time`` (presentation time in seconds of the frame last yielded, or None).
+
+    Live sources: ``path`` is ``-`` (standard input: MPEG-TS, Matroska, y4m …), a URL or a device, opened by PyAV
+    with ``input_format`` (e.g. ``v4l2``, ``mpegts``; None lets ffmpeg probe) and ``options`` (ffmpeg's, as
+    strings); ``timeout`` seconds for opening it.
     """
 
-    def __init__(self, path, start: int = 0, max_frames: int | None = None, threads: bool = True):
+    def __init__(self, path, start: int = 0, max_frames: int | None = None, threads: bool = True,
+                 input_format: str | None = None, options: dict | None = None, timeout: float | None = 30.0):
         av = _av()
-        self.path = Path(path)
+        self.live = is_live(path)
+        self.path = str(path) if self.live else Path(path)
         self.start, self.max_frames = max(0, int(start)), max_frames
-        if not self.path.exists():
+        if not self.live and not self.path.exists():
             raise InputError(f"{self.path}: no such file")
-        if self.path.is_dir():
+        if not self.live and self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, not a video")
         try:
-            self.container = av.open(str(self.path))
+            if self.live:
+                import sys
+
+                target = sys.stdin.buffer if self.path == "-" else self.path
+                # start as soon as the first frames tell the stream's size, not after seconds of probing
+                opts = {"probesize": "8192", "analyzeduration": "0", **dict(options or {})}
+                self.container = av.open(target, format=input_format, options=opts,
+                                         timeout=None if timeout is None else (timeout, None))
+            else:
+                self.container = av.open(str(self.path), format=input_format, options=dict(options or {}))
         except Exception as exc:
-            raise InputError(f"{self.path}: not a readable video ({_short(exc)})") from None
+            what = "not a readable video" if not self.live else "cannot open the stream"
+            raise InputError(f"{self.path}: {what} ({_short(exc)})") from None
         if not self.container.streams.video:
             self.container.close()
             raise InputError(f"{self.path}: no video stream")
         self.stream = self.container.streams.video[0]
         if threads:
-            # frame threading (at least 2 threads, whatever the core count): ffmpeg's frame-threaded decoders flag a
-            # frame whose data ends early as corrupt, which is how a stream cut inside a frame is recognised
-            self.stream.thread_type = "AUTO"
-            self.stream.codec_context.thread_count = max(2, os.cpu_count() or 1)
+            if self.live:  # frame threads hold frames back: a live source decodes with slice threads only
+                self.stream.thread_type = "SLICE"
+            else:
+                # frame threading (at least 2 threads, whatever the core count): ffmpeg's frame-threaded decoders
+                # flag a frame whose data ends early as corrupt, which is how a file cut inside a frame is recognised
+                self.stream.thread_type = "AUTO"
+                self.stream.codec_context.thread_count = max(2, os.cpu_count() or 1)
         ctx = self.stream.codec_context
         self.width, self.height = int(ctx.width), int(ctx.height)
         if self.width <= 0 or self.height <= 0:  # ffmpeg probed something (random bytes as a JPEG) with no frame size
@@ -85,12 +126,20 @@ class VideoReader:
         self.decoded = 0
         self._last_time = None
 
+    @property
+    def last_time(self) -> float | None:
+        """Presentation time (seconds) of the frame last yielded, from the stream's timestamps (None if it has
+        none)."""
+        return self._last_time
+
     def __iter__(self):
         av = _av()
         index = 0
         try:
             for frame in self.container.decode(self.stream):
                 if frame.is_corrupt:
+                    if self.live:  # a stream joined mid-way: frames before the first complete picture are skipped
+                        continue
                     raise InputError(f"{self.path}: damaged or cut video: frame {index} is incomplete or corrupt "
                                      f"(its data ends early or is damaged); the frames before it are kept")
                 if frame.pts is not None and frame.time_base is not None:
@@ -105,12 +154,13 @@ class VideoReader:
             raise InputError(f"{self.path}: damaged video after frame {index - 1} ({_short(exc)})") from None
         finally:
             self.close()
-        self._check_complete(index)
-        if index == 0:
-            raise InputError(f"{self.path}: the video has no frame")
-        if self.decoded == 0:
-            raise InputError(f"{self.path}: --start {self.start} is past the last frame (the video has {index} "
-                             f"frames, numbered from 0)")
+        if not self.live:
+            self._check_complete(index)
+            if index == 0:
+                raise InputError(f"{self.path}: the video has no frame")
+            if self.decoded == 0:
+                raise InputError(f"{self.path}: --start {self.start} is past the last frame (the video has {index} "
+                                 f"frames, numbered from 0)")
 
     def _check_complete(self, n: int) -> None:
         """Raise when the file ends clearly before what its header promises (a cut download, a truncated copy).
@@ -164,31 +214,50 @@ class VideoWriter:
     """H.264 MP4 writer: ``write(rgb)`` frames of one size, then ``close()`` (renames the finished file into place)
     or ``abort()`` (deletes it).
 
-    Frames get consecutive presentation times at ``rate`` frames per second, so the frame count and rate survive.
-    Odd sizes are padded by repeating the last row / column (the picture is never cropped); ``preset`` trades
-    encoding speed for size (libx264's "veryfast" by default: the writer must not be the slowest stage).
+    Frames get consecutive presentation times at ``rate`` frames per second, so the frame count and rate survive
+    (``write(rgb, time)``: the source's time in seconds instead, so that a video with dropped frames keeps its
+    timing). Odd sizes are padded by repeating the last row / column (the picture is never cropped); ``preset``
+    trades encoding speed for size (libx264's "veryfast" by default: the writer must not be the slowest stage).
+
+    ``path`` may be a URL (:func:`is_live`, e.g. ``udp://127.0.0.1:5000``): the video is sent there as it is made,
+    in ``format`` (default MPEG-TS), with no temporary file.
     """
 
-    def __init__(self, path, rate, width: int, height: int, preset: str = "veryfast", crf: int = 20):
+    def __init__(self, path, rate, width: int, height: int, preset: str = "veryfast", crf: int = 20,
+                 format: str | None = None):
         av = _av()
-        self.path = Path(path)
-        self.tmp = self.path.parent / f".{self.path.stem}.{uuid.uuid4().hex[:12]}.part{self.path.suffix}"
+        self.live = is_live(path)
+        self.path = str(path) if self.live else Path(path)
         self.width, self.height = int(width), int(height)
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        if self.live:
+            self.tmp = None
+            try:
+                self.container = av.open(self.path, mode="w", format=format or "mpegts")
+            except Exception as exc:
+                raise InputError(f"{self.path}: cannot send the video there ({_short(exc)})") from None
+        else:
+            self.tmp = self.path.parent / f".{self.path.stem}.{uuid.uuid4().hex[:12]}.part{self.path.suffix}"
+            self.container = av.open(str(self.tmp), mode="w", format=format or "mp4")
         self.stream = self.container.add_stream("libx264", rate=Fraction(rate))
         self.stream.width, self.stream.height = self.width + self.width % 2, self.height + self.height % 2
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = {"preset": preset, "crf": str(crf)}
         self.count = 0
+        self.rate = Fraction(rate)
+        self._pts, self._t0 = -1, None
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, time: float | None = None) -> None:
         av = _av()
         if rgb.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame of size {rgb.shape[1]}x{rgb.shape[0]} in a {self.width}x{self.height} video")
         if self.width % 2 or self.height % 2:
             rgb = np.pad(rgb, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = self.count
+        pts = self._pts + 1
+        if time is not None:
+            self._t0 = time if self._t0 is None else self._t0
+            pts = max(pts, int(round((time - self._t0) * self.rate)))
+        frame.pts = self._pts = pts
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
         self.count += 1
@@ -200,7 +269,8 @@ class VideoWriter:
                 self.container.mux(packet)
         finally:
             self.container.close()
-        os.replace(self.tmp, self.path)
+        if self.tmp is not None:
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         """Stop without keeping anything."""
@@ -208,6 +278,8 @@ class VideoWriter:
             self.container.close()
         except Exception:
             pass
+        if self.tmp is None:
+            return
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:

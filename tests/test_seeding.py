@@ -380,3 +380,25 @@ def test_object_candidates_follow_the_block_rule(max_distance):
         keep = [mine[j] for i, j in enumerate(order) if i == 0 or d[j] <= (max_distance * step) ** 2]
         expected = sorted(keep) + [-1] * (9 - len(keep))
         assert table[p].tolist() == expected, (p, table[p], expected)
+
+
+def test_seed_regions_are_the_nearest_seed_of_the_pixels_piece():
+    """Seeds.regions_at: object seeds start on their k-means sample only, so a pixel's seed region (what a video's
+    warm start hands a moved centroid to) is the nearest seed of its piece; grid seeds read init_labels."""
+    from helpers import voronoi_partition
+
+    part = voronoi_partition(41, 57, 4, seed=5)
+    s = object_seeds(part, 25)
+    h, w = part.shape
+    y, x = np.divmod(np.arange(h * w), w)
+    got = s.regions_at(y, x, w)
+    cmap = s.component_map.ravel()
+    assert (got[cmap < 0] == -1).all()
+    for p in np.flatnonzero(cmap >= 0)[::7]:
+        mine = np.flatnonzero(s.component == cmap[p])
+        d = (s.yx[mine, 0] - y[p]) ** 2 + (s.yx[mine, 1] - x[p]) ** 2
+        assert got[p] == mine[np.lexsort((mine, d))[0]]
+    started = s.init_labels >= 0  # the sample pixels started in exactly that region
+    assert (got[started] == s.init_labels[started]).mean() > 0.99
+    g = grid_seeds(h, w, 20)
+    assert (g.regions_at(y, x, w) == g.init_labels).all()

@@ -104,3 +104,122 @@ def test_features_recomputed_only_where_the_picture_changed_equal_a_full_computa
     # a frame equal to its predecessor reuses everything
     third = warm(model.frame(moved, 60, index=2))
     assert third.meta["tiles_recomputed"] == 0 and torch.allclose(third.features, full, atol=1e-4)
+
+
+def pan_frames(n, speed, axis, h=90, w=120, seed=5):
+    """n lossless frames of a window moving ``speed`` px/frame along ``axis`` over a larger synthetic picture (the
+    content moves by -speed)."""
+    big = synthetic_image(h + n * speed + 8, w + n * speed + 8, seed=seed)
+    out = []
+    for i in range(n):
+        y, x = (i * speed, 4) if axis == "y" else (4, i * speed)
+        out.append(np.ascontiguousarray(big[y:y + h, x:x + w]))
+    return out
+
+
+def moved_consistency(prev, cur, dy, dx):
+    h, w = cur.shape
+    a = cur[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+    b = prev[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+    return float((a == b).mean())
+
+
+@pytest.mark.parametrize("speed,axis", [(2, "x"), (5, "y"), (-3, "x")])
+def test_motion_estimator_finds_a_known_pan(speed, axis):
+    from spam_stream.pipelines.temporal import MotionEstimator
+
+    frames = pan_frames(3, abs(speed), axis) if speed > 0 else pan_frames(3, -speed, axis)[::-1]
+    est = MotionEstimator()
+    assert est.estimate(frames[0]) is None  # nothing to compare with
+    dy, dx = est.estimate(frames[1])
+    want = (-speed, 0) if axis == "y" else (0, -speed)
+    assert abs(dy - want[0]) <= 0.5 and abs(dx - want[1]) <= 0.5
+    assert est.estimate(frames[1]) == (0.0, 0.0)  # the same picture again: still
+    assert est.estimate(synthetic_image(60, 70)) is None  # a new size starts over
+
+
+def test_follow_motion_grid_hands_clusters_on_one_to_one():
+    from spam_stream.pipelines.temporal import follow_motion_grid
+
+    nh, nw, d = 3, 4, 5
+    c = torch.arange(nh * nw * d, dtype=torch.float32).reshape(nh * nw, d)
+    feats = torch.rand(30 * 40, d)
+    cells = (torch.arange(30)[:, None] * nh // 30 * nw + torch.arange(40)[None] * nw // 40).reshape(-1).int()
+    start, origin = follow_motion_grid(c, feats, cells, (nh, nw), (30, 40), 0.5, (0.0, -10.0), (0, -1))
+    # content moved one cell left: cluster (r, c) continues as (r, c - 1); the last column comes into view fresh
+    for k in range(nh * nw):
+        r, col = divmod(k, nw)
+        assert origin[k] == (-1 if col == nw - 1 else k + 1)
+    kept = origin >= 0
+    assert torch.equal(start[kept][:, :3], c[origin[kept]][:, :3])
+    assert torch.allclose(start[kept][:, 4], c[origin[kept]][:, 4] - 5.0)  # x moved by -10 px · 0.5
+    assert len(set(origin[kept].tolist())) == kept.sum()
+
+
+@pytest.mark.parametrize("speed,axis", [(2, "x"), (6, "y")])
+def test_coherent_pan_keeps_ids_on_the_moved_content_and_the_quality(speed, axis):
+    from spam_stream.metrics import explained_variation
+    from spam_stream.pipelines.video import video_frames
+
+    frames = pan_frames(8, speed, axis)
+    model = SPAM(encoder=None)
+    coh = list(video_frames(model, iter(frames), 120, pipelined=False))
+    ind = list(video_frames(model, iter(frames), 120, pipelined=False, coherent=False))
+    step = (-speed, 0) if axis == "y" else (0, -speed)
+    cons = [moved_consistency(a.labels, b.labels, *step) for a, b in zip(coh, coh[1:])]
+    assert np.mean(cons) >= 0.85  # what changes: the border rows whose content leaves or enters (≈ 1 / grid rows
+    # at each hand-over)
+    assert all(f.meta["motion"] is not None for f in coh[1:])
+    assert all(f.meta.get("cluster_origin") is not None for f in coh[1:])
+    ev = lambda out: np.mean([explained_variation(f.labels, f.image) for f in out])  # noqa: E731
+    assert ev(coh) >= ev(ind) - 0.01
+    assert np.mean([f.meta["iterations"] for f in coh[1:]]) < 10  # converged before the cap
+
+
+def test_a_still_clip_keeps_every_label_and_runs_one_round():
+    from spam_stream.pipelines.video import video_frames
+
+    img = synthetic_image(60, 80)
+    out = list(video_frames(SPAM(encoder=None), iter([img] * 4), 30, pipelined=False))
+    for a, b in zip(out, out[1:]):
+        assert np.array_equal(a.labels, b.labels)
+    assert [f.meta["iterations"] for f in out[1:]] == [1, 1, 1]
+
+
+def test_moved_features_reuse_the_previous_ones_and_stay_close_to_a_fresh_computation():
+    from spam_stream.pipelines.temporal import WarmFeatures
+
+    model = SPAM()  # the bundled encoder
+    if model.encoder is None:
+        pytest.skip("no bundled encoder")
+    frames = pan_frames(2, 8, "x", h=150, w=270)
+    warm = WarmFeatures(model)
+    warm(model.frame(frames[0], 60))
+    moved = model.frame(frames[1], 60, index=1)
+    moved.meta["motion"] = (0.0, -8.0)
+    moved = warm(moved)
+    assert 0 < moved.meta["tiles_recomputed"] < 0.5
+    fresh = model.feature_stage(model.frame(frames[1], 60)).features
+    assert torch.equal(moved.features[:5], fresh[:5])  # colour and position: always the frame's own
+    band = moved.features[5:, :, -40:]  # the band that came into view (+ the encoder's reach): recomputed
+    assert torch.allclose(band, fresh[5:, :, -40:], atol=1e-4)
+    err = (moved.features[5:] - fresh[5:]).abs().mean() / fresh[5:].abs().mean()
+    assert err < 0.1  # the moved ones differ only by the encoder's pooling phase and border context
+
+
+def test_a_pan_with_a_fixed_prior_follows_the_motion_inside_the_objects():
+    """Object seeds (a prior) are not a grid: each centroid is moved and handed to the seed region it now lies in."""
+    from spam_stream.pipelines.video import video_frames
+
+    frames = pan_frames(6, 3, "x")
+    h, w = frames[0].shape[:2]
+    prior = np.zeros((h, w), np.int32)
+    prior[:, w // 2:] = 1
+    out = list(video_frames(SPAM(encoder=None), iter(frames), 60, pipelined=False, fixed_prior=prior))
+    assert all(f.error is None for f in out)
+    assert all(f.meta.get("cluster_origin") is not None for f in out[1:])
+    for f in out:  # superpixels never cross the prior
+        for sp in np.unique(f.labels):
+            assert len(np.unique(prior[f.labels == sp])) == 1
+    cons = [moved_consistency(a.labels, b.labels, 0, -3) for a, b in zip(out, out[1:])]
+    assert np.mean(cons) >= 0.7

@@ -29,6 +29,27 @@ def positive_float(text: str) -> float:
     return value
 
 
+def iterations_argument(text: str):
+    """argparse type for --iterations: a positive integer or 'auto'."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of iterations or 'auto', got {text!r}") from None
+
+
+def fraction_argument(text: str) -> float:
+    """argparse type for --tol: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {value:g}")
+    return value
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs SPAM."""
     p.add_argument("-k", "--superpixels", type=positive_int, default=400, metavar="K",
@@ -37,7 +58,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="λs, the regularity knob: higher = more regular, lower = closer to colour edges "
                         f"(default {SPATIAL_SCALE}; {FAST_SPATIAL_SCALE} with --encoder fast)")
     p.add_argument("--color-scale", type=positive_float, default=0.26, metavar="LAMBDA_C", help="λc, colour weight (default 0.26)")
-    p.add_argument("--iterations", type=positive_int, default=10, metavar="N", help="clustering iterations (default 10)")
+    p.add_argument("--iterations", type=iterations_argument, default=10, metavar="N|auto",
+                   help="clustering iterations, at most: they stop early once converged (see --tol). 'auto' = up to "
+                        "50, stopping once at most 1.5%% of the pixels change superpixel in a round (default 10)")
+    p.add_argument("--tol", type=fraction_argument, default=None, metavar="FRACTION",
+                   help="convergence tolerance: stop the iterations after a round that changes the superpixel of at "
+                        "most this fraction of the pixels (default 0 = only when nothing changes, which gives the same "
+                        "result as all the iterations; 0.015 with --iterations auto)")
     p.add_argument("--encoder", default="default", metavar="PATH|default|fast|none",
                    help="encoder weights: 'default' = the bundled encoder, 'fast' = the bundled encoder at half "
                         "resolution, its channels upsampled guided by the full-resolution colour (about 3x faster "
@@ -171,7 +198,7 @@ def build_model(args):
     limit = None if getattr(args, "memory_limit", None) is None else args.memory_limit * 2**20
     return SPAM(encoder=args.encoder, compactness=args.compactness, color_scale=args.color_scale,
                 iterations=args.iterations, device=args.device, prior=prior, memory_budget=budget,
-                memory_limit=limit)
+                memory_limit=limit, tol=getattr(args, "tol", None))
 
 
 def color_argument(text: str):

@@ -10,7 +10,8 @@ Implementations (same functions, same results):
 ``TRITON_INTERPRET=1`` set before triton is imported; that is how the test suite runs the GPU code path here).
 
 Public functions (shapes in :mod:`.reference`): :func:`masked_distances`, :func:`assign`, :func:`associate`,
-:func:`centroid_sums_hard`, :func:`centroid_sums_soft`, :func:`hard_iterations`, :func:`soft_iteration`.
+:func:`centroid_sums_hard`, :func:`centroid_sums_soft`, :func:`hard_iterations`, :func:`hard_converge`,
+:func:`soft_iteration`.
 
 GPU-resident frames: :func:`resident_frame` says whether a model's per-frame stages keep the frame on its device
 (a CUDA device; ``SPAM_DEVICE_FRAME=1`` forces that path on CPU tensors, to test it without a GPU), and
@@ -104,6 +105,13 @@ def centroid_sums_soft(features, q, cands: Candidates):
 def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     """(labels (N,) int32, centroids (K, D)) after ``n_iter`` hard iterations and a final assignment."""
     return backend(features.device).hard_iterations(features, centroids, cands, n_iter)
+
+
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+    """(labels (N,) int32, centroids (K, D), rounds run): hard iterations until at most ``tol`` · N pixels change
+    label in a round (``prev_labels``: what the first round is compared with), at most ``max_iter``, then a final
+    assignment (:func:`.reference.hard_converge`)."""
+    return backend(features.device).hard_converge(features, centroids, cands, max_iter, tol, prev_labels)
 
 
 class _FusedSoftIteration(torch.autograd.Function):
@@ -242,5 +250,5 @@ __all__ = [
     "resident_object_candidates", "resident_connectivity",
     "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
-    "soft_iteration",
+    "hard_converge", "soft_iteration",
 ]

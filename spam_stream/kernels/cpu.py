@@ -61,6 +61,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import reference
 from .candidates import N_SLOTS, Candidates
 
 INF = np.float32(np.inf)
@@ -360,11 +361,12 @@ def _member_index(k, members, j0, n_u):
 
 @njit(inline="always")
 def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio_flat, labels, dist, best_d,
-                  best_p, best_j, accumulate, part, counts, touched, n_touched):
+                  best_p, best_j, accumulate, part, counts, touched, n_touched, n_changed):
     """Hard assignment of the blocks of chunk t (labels padded to n_cols). With ``accumulate``, the member
     features are added (float64) into ``part`` ((K, D, 8 lane pairs) flat, this chunk's) and the member counts
     into ``counts`` (K,); superpixels touched for the first time are appended to ``touched[:n_touched]``
-    (count 0 ⇔ untouched). Returns the new n_touched."""
+    (count 0 ⇔ untouched). The pixels whose label differs from the one ``labels`` held are counted into
+    ``n_changed[t]`` (the convergence test). Returns the new n_touched."""
     n_blocks = start.shape[0] - 1
     for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
         j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
@@ -397,13 +399,17 @@ def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio
                         (j0 + j) * LANES, best_d):
                     _argmin_step(dist, j * LANES, prio_flat, (j0 + j) * LANES, best_d, best_p, best_j, j)
         assigned = 0
+        changed = 0
         for i in range(LANES):
             if best_d[i] == INF:  # no valid slot (or only infinite distances): -1 like the reference
                 best_j[i] = -1
-                labels[p0 + i] = -1
+                new = np.int32(-1)
             else:
-                labels[p0 + i] = members[j0 + best_j[i]]
+                new = members[j0 + best_j[i]]
                 assigned |= 1 << i
+            changed += labels[p0 + i] != new
+            labels[p0 + i] = new
+        n_changed[t] += changed
         if accumulate:
             while assigned:  # once per distinct label of the block (≈2)
                 j = best_j[_lowest_bit(assigned)]
@@ -419,9 +425,15 @@ def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks):
-    """``n_iter`` rounds of (assign + centroid sums, new centroids; c updated in place), then a final assignment,
-    all in one call: one parallel region per pass, no Python in between.
+def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, max_changed, compare_first):
+    """At most ``n_iter`` rounds of (assign + centroid sums, new centroids; c updated in place), then a final
+    assignment, all in one call: one parallel region per pass, no Python in between. Returns the rounds run.
+
+    Convergence: a round whose assignment changed at most ``max_changed`` pixels' labels (compared with the round
+    before; the first round too when ``compare_first``, ``labels`` then holding the labels to compare with) ends
+    the loop: its labels (the nearest centroids of c) and c are the result, no final assignment. With
+    ``max_changed`` < 0 every round runs; ``max_changed`` = 0 stops only at a fixed point (the same labels give
+    the same centroids), which changes nothing in the result.
 
     Per chunk, the float64 sums live in ``part[t]`` ((K, D, 8) lane pairs, only touched rows are ever nonzero);
     at the end of the pass the chunk folds its touched rows into ``sums[t]`` ((K, D), the 8 lane pairs added in
@@ -437,17 +449,21 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks):
     counts = np.zeros((n_chunks, k_count), np.int64)
     touched = np.empty((n_chunks, k_count), np.int64)
     n_touched = np.zeros(n_chunks, np.int64)
+    n_changed = np.zeros(n_chunks, np.int64)
     total = np.zeros((k_count, d_count), np.float64)
     total_counts = np.zeros(k_count, np.int64)
-    for it in range(n_iter + 1):
-        accumulate = it < n_iter
+    it = 0
+    final = n_iter <= 0
+    while True:
+        accumulate = not final
+        n_changed[:] = 0
         for t in prange(n_chunks):
             dist = np.empty(N_SLOTS * LANES * LANES, np.float32)  # (members ≤ 9 · 16, 16 lanes)
             best_d = np.empty(LANES, np.float32)
             best_p = np.empty(LANES, np.int32)
             best_j = np.empty(LANES, np.int32)
             n_t = _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio_flat, labels, dist,
-                                best_d, best_p, best_j, accumulate, part[t], counts[t], touched[t], 0)
+                                best_d, best_p, best_j, accumulate, part[t], counts[t], touched[t], 0, n_changed)
             for i in range(n_t):  # fold this chunk's lane pairs, clear its partial sums
                 k = touched[t, i]
                 for d in range(d_count):
@@ -458,21 +474,30 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks):
                         part[t, at + lane] = 0.0
                     sums[t, k, d] = acc
             n_touched[t] = n_t
-        if accumulate:
-            for t in range(n_chunks):
+        if final:
+            return it
+        if (it > 0 or compare_first) and n_changed.sum() <= max_changed:
+            for t in range(n_chunks):  # converged: these labels are the nearest to c, the result
                 for i in range(n_touched[t]):
-                    k = touched[t, i]
-                    total_counts[k] += counts[t, k]
-                    counts[t, k] = 0
-                    for d in range(d_count):
-                        total[k, d] += sums[t, k, d]
-            for k in range(k_count):
-                if total_counts[k] > 0:
-                    cnt = np.float32(total_counts[k])
-                    for d in range(d_count):
-                        c[k, d] = np.float32(total[k, d]) / cnt
-                        total[k, d] = 0.0
-                    total_counts[k] = 0
+                    counts[t, touched[t, i]] = 0
+            return it + 1
+        for t in range(n_chunks):
+            for i in range(n_touched[t]):
+                k = touched[t, i]
+                total_counts[k] += counts[t, k]
+                counts[t, k] = 0
+                for d in range(d_count):
+                    total[k, d] += sums[t, k, d]
+        for k in range(k_count):
+            if total_counts[k] > 0:
+                cnt = np.float32(total_counts[k])
+                for d in range(d_count):
+                    c[k, d] = np.float32(total[k, d]) / cnt
+                    total[k, d] = 0.0
+                total_counts[k] = 0
+        it += 1
+        if it >= n_iter:
+            final = True
 
 
 def _args(features, cands: Candidates):
@@ -545,7 +570,15 @@ def _channel_rows(features: torch.Tensor):
 
 
 def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
-    """(labels (N,) int32, centroids (K, D)) after ``n_iter`` fused assign+accumulate passes and a final assign.
+    """(labels (N,) int32, centroids (K, D)) after ``n_iter`` fused assign+accumulate passes and a final assign
+    (the passes end early at a fixed point, which changes nothing)."""
+    return hard_converge(features, centroids, cands, n_iter)[:2]
+
+
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+    """(labels (N,) int32, centroids (K, D), rounds run): at most ``max_iter`` fused assign+accumulate passes and a
+    final assign; a pass whose labels changed on at most ``tol`` · N pixels ends them with its labels — the twin
+    of :func:`.reference.hard_converge` (same labels and centroids, same rounds).
 
     ``features`` (N, D) float32: read in place when stored channel-major (:func:`empty_features`, the layout
     ``pixel_features`` gives on the CPU), else transposed once into the (D, N padded to 16) lanes."""
@@ -569,8 +602,11 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
                                         cands.width, cands.height, nh, nw, table, use_table, chunks)
         cands.__dict__["_cpu_hard_plan"] = ((n, chunks), start, members, prio)
     labels = np.full(n_cols, -1, np.int32)  # no warm start in the first pass
-    _hard_loop(f_flat, n_cols, c, start, members, prio, labels, n_iter, chunks)
-    return torch.from_numpy(labels[:n]), torch.from_numpy(c)
+    if prev_labels is not None:  # compared with the first pass (whose block winners are tried first)
+        labels[:n] = torch.as_tensor(prev_labels).detach().cpu().numpy()
+    run = _hard_loop(f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks,
+                     reference.max_changed(tol, n), prev_labels is not None)
+    return torch.from_numpy(labels[:n]), torch.from_numpy(c), int(run)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -118,16 +118,44 @@ def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, n
     return g_f, g_c
 
 
+def max_changed(tol: float, n_pixels: int) -> int:
+    """The most pixels whose label may change in a round that ends the iterations: floor(tol · N); -1 (never stop)
+    for a negative ``tol``."""
+    return -1 if tol < 0 else int(float(tol) * n_pixels)
+
+
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+    """Hard iterations until convergence: rounds of (assign, recompute centroids), at most ``max_iter``, then a
+    final assignment. A round whose assignment changed the label of at most ``tol`` · N pixels (:func:`max_changed`)
+    compared with the round before — the first round too when ``prev_labels`` ((N,) int32, e.g. the previous
+    frame's) is given — ends them: its labels and the centroids they were assigned to are the result (no update,
+    no final assignment; an unchanged video frame keeps its labels exactly).
+
+    ``tol`` = 0 stops only at a fixed point (unchanged labels give unchanged centroids: the result is that of all
+    ``max_iter`` rounds); ``tol`` < 0 runs every round. Returns (labels (N,) int32, centroids (K, D) float32,
+    rounds run).
+    """
+    limit = max_changed(tol, features.shape[0])
+    prev = prev_labels
+    run = 0
+    while run < max_iter:
+        labels = assign(features, centroids, cands)
+        run += 1
+        if prev is not None and int((labels != prev.to(labels.device)).sum()) <= limit:
+            return labels, centroids, run  # converged: the labels of these centroids are the result
+        sums, counts = centroid_sums_hard(features, labels, cands.n_superpixels)
+        centroids = new_centroids(sums, counts, centroids)
+        prev = labels
+    return assign(features, centroids, cands), centroids, run
+
+
 def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
-    """``n_iter`` rounds of (assign, recompute centroids), then a final assignment.
+    """``n_iter`` rounds of (assign, recompute centroids), then a final assignment (:func:`hard_converge` with
+    ``tol`` = 0: the rounds end early at a fixed point, which changes nothing).
 
     Returns (labels (N,) int32, centroids (K, D) float32).
     """
-    for _ in range(n_iter):
-        labels = assign(features, centroids, cands)
-        sums, counts = centroid_sums_hard(features, labels, cands.n_superpixels)
-        centroids = new_centroids(sums, counts, centroids)
-    return assign(features, centroids, cands), centroids
+    return hard_converge(features, centroids, cands, n_iter)[:2]
 
 
 def empty_features(height: int, width: int, channels: int, device="cpu") -> torch.Tensor:

@@ -390,22 +390,45 @@ def fused_hard_pass(features, centroids, cands: Candidates, update: str | None =
 
 
 def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
-    """``n_iter`` fused passes (assign + Σf/count, :data:`CENTROID_UPDATE`), each followed by centroids = Σf / count
-    on the device (:func:`.reference.new_centroids`: an empty superpixel keeps its centroid), then a final assignment.
+    """``n_iter`` fused passes then a final assignment: :func:`hard_converge` with ``tol`` = 0 (ends early only at a
+    fixed point, which changes nothing). Returns (labels (N,) int32, centroids (K, D) float32)."""
+    return hard_converge(features, centroids, cands, n_iter)[:2]
 
-    Returns (labels (N,) int32, centroids (K, D) float32).
+
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+    """At most ``max_iter`` fused passes (assign + Σf/count, :data:`CENTROID_UPDATE`), each followed by
+    centroids = Σf / count on the device (:func:`.reference.new_centroids`: an empty superpixel keeps its centroid),
+    then a final assignment; a pass whose labels changed on at most ``tol`` · N pixels (one count and one device
+    sync per pass) ends them with its labels — the twin of :func:`.reference.hard_converge`. With ``tol`` = 0 and
+    no ``prev_labels`` nothing is counted (all ``max_iter`` passes run, asynchronously): the same result as the
+    reference's, which may report fewer rounds when it reaches a fixed point.
+
+    Returns (labels (N,) int32, centroids (K, D) float32, passes run).
     """
     c = _f32(centroids).clone()
-    labels = torch.empty(features.shape[0], dtype=torch.int32, device=features.device)
+    n = features.shape[0]
+    # tol = 0 without previous labels: no count (and no device sync) per pass — an exact fixed point, the only stop
+    # it could make, changes nothing in the result, so the passes stay asynchronous as before
+    limit = reference.max_changed(tol, n) if (tol > 0 or prev_labels is not None) else -1
+    labels = torch.empty(n, dtype=torch.int32, device=features.device)
+    prev = None if prev_labels is None else prev_labels.to(features.device, torch.int32).clone()
     sums = torch.empty_like(c)
     counts = torch.empty(c.shape[0], dtype=torch.float32, device=c.device)
-    for _ in range(n_iter):
+    run = 0
+    while run < max_iter:
         sums.zero_()
         counts.zero_()
         _candidate_pass(features, c, cands, OUT_LABEL, labels, sums, counts)
+        run += 1
+        if limit >= 0:
+            if prev is not None and int(torch.count_nonzero(labels != prev)) <= limit:
+                return labels, c, run  # converged: these labels of c are the result
+            if prev is None:
+                prev = torch.empty_like(labels)
+            prev.copy_(labels)
         c = reference.new_centroids(sums, counts, c)
     _candidate_pass(features, c, cands, OUT_LABEL, labels)
-    return labels, c
+    return labels, c, run
 
 
 def soft_iteration_backward(features, centroids, cands: Candidates, q, counts, new_c, grad_q, grad_new_c):
@@ -431,5 +454,5 @@ empty_features = reference.empty_features  # pixel rows: the layout the kernels 
 
 __all__ = [
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "new_centroids",
-    "hard_iterations", "fused_hard_pass", "soft_iteration_backward",
+    "hard_iterations", "hard_converge", "fused_hard_pass", "soft_iteration_backward",
 ]

@@ -63,15 +63,15 @@ def require_ray():
     return ray
 
 
-def make_spec(*, encoder="default", compactness: float | None = None, color_scale: float = 0.26, iterations: int = 10,
-              device: str = "cpu", prior: str | None = None, prior_options: dict | None = None,
+def make_spec(*, encoder="default", compactness: float | None = None, color_scale: float = 0.26, iterations: int | str = 10,
+              tol: float | None = None, device: str = "cpu", prior: str | None = None, prior_options: dict | None = None,
               attention=None, attention_ratio: float = 2.5, focus=None, memory_budget: int | None = None) -> dict:
     """The picklable description of the per-worker model: SPAM's arguments, the prior provider's
     (:func:`spam_stream.priors.make_provider` keyword arguments, ``name`` included) and the density options.
 
     ``attention``: None, ``"saliency"`` (spectral residual) or ``{"dino_weights": PATH}`` (DINO saliency)."""
     return {"model": {"encoder": str(encoder) if isinstance(encoder, Path) else encoder, "compactness": compactness,
-                      "color_scale": color_scale, "iterations": iterations, "device": device,
+                      "color_scale": color_scale, "iterations": iterations, "tol": tol, "device": device,
                       "memory_budget": memory_budget},
             "prior": {"name": prior or "none", **(prior_options or {})},
             "attention": attention, "attention_ratio": attention_ratio, "focus": focus}

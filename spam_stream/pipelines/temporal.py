@@ -1,12 +1,19 @@
 """Temporal coherence for video: warm starts and superpixel ids that persist from frame to frame.
 
-* **Warm start.** While the prior partition is the same (no prior, or a prior reused between ``--prior-every``
-  refreshes), frame t+1 reuses frame t's seeds and candidates and starts clustering from frame t's final centroids,
-  so it needs fewer iterations (``warm_iterations``) — the superpixels follow the content instead of restarting
-  from a grid.
+* **Motion.** The global motion between consecutive frames is measured by phase correlation on small grey frames
+  (:class:`MotionEstimator`, in the seed stage: ``frame.meta["motion"]`` = (dy, dx) pixels).
+* **Warm start that follows the motion.** While the prior partition is the same (no prior, or a prior reused
+  between ``--prior-every`` refreshes), frame t+1 reuses frame t's seeds and candidates and starts clustering from
+  frame t's final centroids. Still content: at most ``warm_iterations`` rounds, stopping as soon as the labels stop
+  changing (compared with frame t's); moved content: each centroid is moved with the content and handed to the
+  seed cell it now lies in (:func:`follow_motion`; a cell nobody moved into starts from its own pixels), then up
+  to the model's iterations until converged — the superpixels follow the content instead of restarting from a grid.
 * **Features where the picture changed.** The encoder runs only on the tiles whose input changed beyond
-  compression noise since their features were computed (:class:`WarmFeatures`); static regions keep theirs.
-* **Persistent ids.** Superpixel k of frame t+1 is the same cluster as superpixel k of frame t, so it keeps its id.
+  compression noise since their features were computed (:class:`WarmFeatures`); static regions keep theirs. When
+  the picture moved as a whole, the previous features are moved with it and only the band that came into view
+  (plus the encoder's reach) and the tiles that do not match the moved picture are recomputed.
+* **Persistent ids.** Superpixel k of frame t+1 is the same cluster as superpixel k of frame t (or, after a move,
+  as the cluster it was handed from: ``meta["cluster_origin"]``), so it keeps its id.
   When the seeds are made anew (a new prior), ids carry over by overlap: a new superpixel takes the id of the old
   one it shares more than half of its pixels with, when that old superpixel also gives it more than half of its
   own. Everything else gets a fresh id; an id whose superpixel disappears is retired. Ids never exceed
@@ -22,6 +29,73 @@ import numpy as np
 import torch
 
 from ..frame import Frame
+
+MOVING_TOL = 0.015
+"""Convergence tolerance of a frame whose content moved, when the model has none of its own (its ``tol`` = 0)."""
+STILL_TOL = 0.005
+"""Convergence tolerance of a still frame (compared with the previous frame's labels), when the model has none."""
+
+
+def grey_small(image: np.ndarray, factor: int) -> np.ndarray:
+    """(H // factor, W // factor) float32 grey (R + 2G + B) of an (H, W, 3) uint8 image, by block sums."""
+    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    img = image[:h, :w]
+    if factor > 1:
+        img = img.reshape(h // factor, factor, w // factor, factor, 3).sum((1, 3), dtype=np.uint32)
+    return (img[..., 0] + 2 * img[..., 1].astype(np.uint32) + img[..., 2]).astype(np.float32)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int):
+    """The parts of ``b`` and ``a`` that show the same content when b's content is a's moved by (dy, dx)."""
+    h, w = a.shape[:2]
+    return (b[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)],
+            a[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)])
+
+
+class MotionEstimator:
+    """Global motion between consecutive frames: ``estimate(image)`` → (dy, dx) float pixels that the content moved
+    since the previous image (``image[y, x] ≈ previous[y - dy, x - dx]``), or None for the first image or a new
+    size.
+
+    Phase correlation (:func:`skimage.registration.phase_cross_correlation`) of grey frames block-summed to about
+    ``side`` pixels on their short side, then refined to half a pixel on a full-resolution central crop of about
+    ``side`` pixels (a few milliseconds in all). A shift that does not make the small frames more alike than no
+    shift does (a cut, a flash, motion that is not global) counts as no motion.
+    """
+
+    def __init__(self, side: int = 128):
+        self.side = int(side)
+        self._prev: tuple | None = None  # (small grey, image)
+
+    def estimate(self, image: np.ndarray):
+        from skimage.registration import phase_cross_correlation
+
+        h, w = image.shape[:2]
+        factor = max(1, -(-min(h, w) // self.side))
+        small = grey_small(image, factor)
+        prev, self._prev = self._prev, (small, image)
+        if prev is None or prev[1].shape != image.shape or min(small.shape) < 8:
+            return None
+        coarse = -phase_cross_correlation(prev[0], small, upsample_factor=1 if factor > 1 else 2)[0]
+        sy, sx = int(round(coarse[0])), int(round(coarse[1]))
+        if abs(sy) >= small.shape[0] // 2 or abs(sx) >= small.shape[1] // 2:
+            return 0.0, 0.0
+        moved, before = _overlap(prev[0], small, sy, sx)
+        if (sy or sx) and np.abs(moved - before).mean() >= np.abs(small - prev[0]).mean():
+            return 0.0, 0.0  # the shift explains nothing
+        dy, dx = float(coarse[0]) * factor, float(coarse[1]) * factor
+        if factor > 1:  # refine on a full-resolution crop around the centre, offset by the coarse shift
+            c = min(self.side, h // 2, w // 2)
+            y0, x0 = (h - c) // 2, (w - c) // 2
+            oy, ox = int(round(dy)), int(round(dx))
+            y1, x1 = min(max(0, y0 + oy), h - c), min(max(0, x0 + ox), w - c)
+            a = grey_small(prev[1][y0:y0 + c, x0:x0 + c], 1)
+            b = grey_small(image[y1:y1 + c, x1:x1 + c], 1)
+            fine = -phase_cross_correlation(a, b, upsample_factor=2)[0]
+            dy, dx = (y1 - y0) + float(fine[0]), (x1 - x0) + float(fine[1])
+        if abs(dy) < 0.5 and abs(dx) < 0.5:
+            return 0.0, 0.0
+        return dy, dx
 
 
 class PriorSchedule:
@@ -56,13 +130,17 @@ class WarmSeeds:
     def __init__(self, model, coherent: bool = True):
         self.model, self.coherent = model, coherent
         self._prev: tuple | None = None  # (prior frame, shape, K, seeds, cands)
+        self.motion = MotionEstimator()
 
     def __call__(self, frame: Frame) -> Frame:
+        if self.coherent and frame.image is not None:
+            with frame.timed("seeds"):
+                frame.meta["motion"] = self.motion.estimate(frame.image)
         sig = (frame.meta.get("prior_frame"), frame.image.shape, frame.n_superpixels)
         if self.coherent and self._prev is not None and self._prev[0] == sig:
             frame.seeds, frame.cands = self._prev[1], self._prev[2]
             frame.meta["reseeded"] = False
-            frame.timings["seeds"] = 0.0
+            frame.timings.setdefault("seeds", 0.0)
         else:
             self.model.seed_stage(frame)
             frame.meta["reseeded"] = True
@@ -81,6 +159,13 @@ class WarmFeatures:
     them. The 5 colour/position channels are always the current frame's. When more than ``max_changed`` of the
     tiles changed, the whole frame is recomputed the normal way. ``coherent=False``, a fast (reduced-resolution)
     encoder, no encoder, or a CUDA model: the plain feature stage.
+
+    Motion (``frame.meta["motion"]``, whole pixels after rounding): the previous learned channels are moved with the
+    picture; recomputed are the band that came into view widened by the encoder's reach (HALO), so that no feature
+    computed next to a frame border is carried inside, and the ``tile`` tiles whose window does not match the
+    moved previous picture (local motion, occlusions). The moved features are those of the same content one
+    frame earlier; they differ from a fresh computation only by the encoder's dependence on where the content
+    sits on its 4-pixel pooling grid and near the frame borders (measured in BENCHMARKS.md, issue 23).
     """
 
     def __init__(self, model, coherent: bool = True, tile: int = 128, mean_threshold: float = 2.0,
@@ -93,6 +178,7 @@ class WarmFeatures:
         self._features = None
         self._refs: dict[tuple, np.ndarray] = {}  # tile core origin → the input window its features came from
         self._sig = None
+        self._image = None  # the previous frame (the moved picture is compared with it)
 
     def _usable(self) -> bool:
         enc = self.model.encoder
@@ -115,6 +201,12 @@ class WarmFeatures:
         h, w = image.shape[:2]
         sig = (image.shape, frame.n_superpixels)
         changed = set()
+        motion = frame.meta.get("motion")
+        shift = (0, 0) if motion is None else (int(round(motion[0])), int(round(motion[1])))
+        if self._features is not None and sig == self._sig and shift != (0, 0) and self._moved_timed(frame, shift):
+            self._refs = {core: image[win].astype(np.int16) for core, win in self._windows(h, w)}
+            self._features, self._image = frame.features, image
+            return frame
         if self._features is not None and sig == self._sig:
             for core, win in self._windows(h, w):
                 diff = np.abs(image[win].astype(np.int16) - self._refs[core]).max(-1)
@@ -131,8 +223,68 @@ class WarmFeatures:
             for core, win in self._windows(h, w):
                 if core in changed:
                     self._refs[core] = image[win].astype(np.int16)
-        self._features, self._sig = frame.features, sig
+        self._features, self._sig, self._image = frame.features, sig, image
         return frame
+
+    def _moved_timed(self, frame: Frame, shift: tuple[int, int]) -> bool:
+        with frame.timed("features"):
+            return self._moved(frame, shift)
+
+    def _moved(self, frame: Frame, shift: tuple[int, int]) -> bool:
+        """Features of a frame whose picture moved by ``shift`` (dy, dx) whole pixels: the previous learned
+        channels moved, recomputed where they cannot be reused. False (nothing done) when too much would be."""
+        from .. import kernels
+        from ..encoder import ALIGN, HALO, encode_tiled
+        from ..features import COLOR_SCALE, scaled_lab_yx
+
+        model, enc, image, prev = self.model, self.model.encoder, frame.image, self._image
+        h, w = image.shape[:2]
+        dy, dx = shift
+        if abs(dy) >= h // 3 or abs(dx) >= w // 3:
+            return False
+        # the tiles whose window does not match the moved previous picture (outside it counts as not matching)
+        diff = np.full((h, w), 255, np.int16)
+        ys, yp = slice(max(0, dy), h + min(0, dy)), slice(max(0, -dy), h + min(0, -dy))
+        xs, xp = slice(max(0, dx), w + min(0, dx)), slice(max(0, -dx), w + min(0, -dx))
+        diff[ys, xs] = np.abs(image[ys, xs].astype(np.int16) - prev[yp, xp]).max(-1)
+        band_y = -(-(abs(dy) + HALO) // ALIGN) * ALIGN if dy else 0  # rows / columns that came into view + reach
+        band_x = -(-(abs(dx) + HALO) // ALIGN) * ALIGN if dx else 0
+        inner_y = slice(band_y, h) if dy > 0 else slice(0, h - band_y)
+        inner_x = slice(band_x, w) if dx > 0 else slice(0, w - band_x)
+        changed = set()
+        for core, win in self._windows(h, w):
+            c0, c1, d0, d1 = core
+            if c1 <= inner_y.start or c0 >= inner_y.stop or d1 <= inner_x.start or d0 >= inner_x.stop:
+                continue  # entirely inside the bands: recomputed with them
+            wy = slice(max(win[0].start, inner_y.start), min(win[0].stop, inner_y.stop))
+            wx = slice(max(win[1].start, inner_x.start), min(win[1].stop, inner_x.stop))
+            d = diff[wy, wx]
+            if d.mean() > self.mean_threshold or d.max() > self.max_threshold:
+                changed.add(core)
+        area = (band_y * w + band_x * h) / (h * w) + len(changed) / max(1, len(self._refs))
+        if area > self.max_changed:
+            return False
+        out = kernels.empty_features(h, w, self._features.shape[0], self._features.device)
+        if out.device.type == "cpu":
+            scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
+        else:
+            out[:5] = scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness)
+        out[5:, ys, xs] = self._features[5:, yp, xp]
+        factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
+        if band_y:  # one row of tiles as high as the band, only those overlapping it
+            top = dy > 0
+            encode_tiled(enc, out[:3], out[5:], tile=(band_y, w), colour_factor=factor,
+                         skip=lambda c0, c1, d0, d1: (c0 >= band_y) if top else (c1 <= h - band_y))
+        if band_x:
+            left = dx > 0
+            encode_tiled(enc, out[:3], out[5:], tile=(h, band_x), colour_factor=factor,
+                         skip=lambda c0, c1, d0, d1: (d0 >= band_x) if left else (d1 <= w - band_x))
+        if changed:
+            encode_tiled(enc, out[:3], out[5:], tile=self.tile, colour_factor=factor,
+                         skip=lambda c0, c1, d0, d1: (c0, c1, d0, d1) not in changed)
+        frame.features = out
+        frame.meta["tiles_recomputed"] = min(1.0, area)
+        return True
 
     def _incremental(self, frame: Frame, changed: set) -> None:
         from .. import kernels
@@ -154,19 +306,136 @@ class WarmFeatures:
             frame.features = out
 
 
-class WarmCluster:
-    """Cluster stage that starts from the previous frame's centroids with fewer iterations (same seeds only)."""
+def follow_motion(centroids: torch.Tensor, features: torch.Tensor, seeds, shape: tuple[int, int],
+                  n_superpixels: int, pos_scale: float, motion: tuple[float, float]):
+    """Starting centroids of a frame whose content moved by ``motion`` (dy, dx) pixels since the frame that ended
+    with ``centroids`` (K, D), both clustered on the same ``seeds`` (:class:`~spam_stream.seeding.Seeds`; a seed's
+    cell is its region, :meth:`~spam_stream.seeding.Seeds.regions_at`).
 
-    def __init__(self, model, coherent: bool = True, warm_iterations: int = 3):
+    Each old centroid is moved with the content (its position channels 3, 4 are y·``pos_scale``, x·``pos_scale``)
+    and handed to the seed cell its new position lies in; when several land in one cell the one nearest that
+    cell's own centre (the mean position of its pixels) wins; a centroid that left the frame is dropped. A cell
+    that received none starts from its own pixels (:func:`~spam_stream.clustering.initial_centroids` of
+    ``features`` (N, D)). Returns ((K, D) centroids, (K,) int64 origin: the old cluster each one continues, -1
+    for a fresh one).
+    """
+    from ..clustering import initial_centroids
+
+    h, w = shape
+    k = n_superpixels
+    init_labels = torch.as_tensor(seeds.init_labels, device=features.device)
+    cold = initial_centroids(features, init_labels, k)
+    old = centroids.to(cold.device, cold.dtype)
+    pos = old[:, 3:5].double().cpu().numpy() / pos_scale + np.asarray(motion, np.float64)  # (K, 2) moved y, x
+    cy = np.rint(pos[:, 0]).astype(np.int64)
+    cx = np.rint(pos[:, 1]).astype(np.int64)
+    inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+    cells = np.full(k, -1, np.int64)
+    cells[inside] = seeds.regions_at(cy[inside], cx[inside], w)
+    origin = np.full(k, -1, np.int64)
+    home = cold[:, 3:5].double().cpu().numpy() / pos_scale
+    ok = np.flatnonzero(cells >= 0)
+    if ok.size:
+        dist = ((pos[ok] - home[cells[ok]]) ** 2).sum(1)
+        order = ok[np.lexsort((dist, cells[ok]))]  # by cell, nearest first
+        first = np.r_[True, cells[order][1:] != cells[order][:-1]]
+        origin[cells[order][first]] = order[first]
+    start = cold.clone()
+    taken = np.flatnonzero(origin >= 0)
+    if taken.size:
+        src = torch.as_tensor(origin[taken], device=cold.device)
+        dst = torch.as_tensor(taken, device=cold.device)
+        start[dst] = old[src]
+        start[dst, 3:5] = torch.as_tensor(pos[origin[taken]] * pos_scale, dtype=cold.dtype, device=cold.device)
+    return start, origin
+
+
+def follow_motion_grid(centroids: torch.Tensor, features: torch.Tensor, init_labels, grid: tuple[int, int],
+                       shape: tuple[int, int], pos_scale: float, motion: tuple[float, float], cells: tuple[int, int]):
+    """:func:`follow_motion` for grid seeds under a global motion: every centroid is moved with the content and the
+    clusters are handed on together, ``cells`` (rows, columns) grid cells at once, so that the hand-over is one to
+    one: cluster (r, c) continues as cluster (r + rows, c + cols); the cells that came into view start from their
+    own pixels and the clusters pushed out of the grid end. Returns ((K, D) centroids, (K,) int64 origin)."""
+    from ..clustering import initial_centroids
+
+    nh, nw = grid
+    k = nh * nw
+    init_labels = torch.as_tensor(init_labels, device=features.device)
+    old = centroids.to(features.device, features.dtype)
+    start = old.clone()
+    start[:, 3] += float(motion[0]) * pos_scale
+    start[:, 4] += float(motion[1]) * pos_scale
+    rows, cols = cells
+    r, c = np.divmod(np.arange(k), nw)
+    src_r, src_c = r - rows, c - cols
+    ok = (src_r >= 0) & (src_r < nh) & (src_c >= 0) & (src_c < nw)
+    origin = np.where(ok, src_r * nw + src_c, -1).astype(np.int64)
+    if rows or cols:
+        start = start[torch.as_tensor(np.maximum(origin, 0), device=start.device)]
+        if not ok.all():
+            fresh = torch.as_tensor(np.flatnonzero(~ok), device=start.device)
+            start[fresh] = initial_centroids(features, init_labels, k)[fresh]
+    return start, origin
+
+
+class WarmCluster:
+    """Cluster stage that starts from the previous frame's centroids (same seeds only), moved with the content.
+
+    Still content (``frame.meta["motion"]`` rounds to no move): the previous centroids, at most ``warm_iterations``
+    rounds, stopping once at most ``tol`` of the pixels change label (the first round compared with the previous
+    frame's labels, so an unchanged frame stops after one). Moved content: :func:`follow_motion`, then up to the
+    model's iterations (at least ``warm_iterations``) until converged at ``tol``. ``tol`` None: the model's
+    tolerance when it has one, else :data:`STILL_TOL` / :data:`MOVING_TOL`. Sets ``meta["cluster_origin"]`` for
+    the id tracker after a move.
+    """
+
+    def __init__(self, model, coherent: bool = True, warm_iterations: int = 3, tol: float | None = None):
         self.model, self.coherent, self.warm_iterations = model, coherent, int(warm_iterations)
+        self.tol = tol
         self._centroids = None
+        self._labels = None
+        self._offset = np.zeros(2)  # content displacement (y, x) since the grid's clusters were last handed on
+
+    def _tol(self, default: float) -> float:
+        if self.tol is not None:
+            return self.tol
+        return self.model.tol if getattr(self.model, "tol", 0.0) > 0 else default
 
     def __call__(self, frame: Frame) -> Frame:
         if self.coherent and not frame.meta.get("reseeded", True) and self._centroids is not None:
-            frame.init_centroids = self._centroids
-            frame.iterations = self.warm_iterations
+            motion = frame.meta.get("motion")
+            if motion is None or (round(motion[0]) == 0 and round(motion[1]) == 0):
+                frame.init_centroids = self._centroids
+                frame.iterations = self.warm_iterations
+                frame.tol = self._tol(STILL_TOL)
+                if self._labels is not None and self._labels.shape == frame.image.shape[:2]:
+                    frame.meta["prev_cluster_labels"] = self._labels
+            else:
+                from ..clustering import as_pixel_rows
+                from ..features import position_scale
+
+                h, w = frame.image.shape[:2]
+                scale = position_scale(h, w, frame.n_superpixels, self.model.compactness)
+                rows = as_pixel_rows(frame.features)
+                grid = frame.seeds.grid
+                with frame.timed("cluster"):
+                    if grid is not None and frame.seeds.grid[0] * frame.seeds.grid[1] == frame.cands.n_superpixels:
+                        cell = np.array([h / grid[0], w / grid[1]])
+                        self._offset += np.asarray(motion, np.float64)
+                        cells = np.rint(self._offset / cell).astype(int)
+                        self._offset -= cells * cell
+                        frame.init_centroids, frame.meta["cluster_origin"] = follow_motion_grid(
+                            self._centroids, rows, frame.seeds.init_labels, grid, (h, w), scale, motion,
+                            (int(cells[0]), int(cells[1])))
+                    else:
+                        frame.init_centroids, frame.meta["cluster_origin"] = follow_motion(
+                            self._centroids, rows, frame.seeds, (h, w), frame.n_superpixels, scale, motion)
+                frame.iterations = max(self.model.iterations, self.warm_iterations)
+                frame.tol = self._tol(MOVING_TOL)
+        else:
+            self._offset[:] = 0.0
         self.model.cluster_stage(frame)
-        self._centroids = frame.centroids
+        self._centroids, self._labels = frame.centroids, frame.cluster_labels
         return frame
 
 
@@ -220,8 +489,10 @@ class IdTracker:
                 claims[c] = j
         same_shape = self._prev_ids is not None and self._prev_ids.shape == labels.shape
         if same_shape and not frame.meta.get("reseeded", True):
+            origin = frame.meta.get("cluster_origin")  # after a move: the cluster each one continues
             for c, j in claims.items():
-                old = self._cluster_id.get(c)
+                src = c if origin is None else int(origin[c])
+                old = self._cluster_id.get(src) if src >= 0 else None
                 if old is not None and old in self._alive:
                     ids[j] = old
         elif same_shape:  # new seeds: carry ids over by mutual majority overlap

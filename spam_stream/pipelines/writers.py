@@ -30,12 +30,13 @@ class VideoOutputs:
     """The outputs of one input video: call :meth:`stages` for the executor's writer stages (or use the object
     itself as one stage, which does all of it in turn), then :meth:`close` (or :meth:`abort` when interrupted).
 
-    Writes ``OUTDIR/<stem>_overlay.mp4`` (boundaries drawn on every frame; same frame count and rate as the input;
-    x264 at ``preset``), the labels as ``OUTDIR/<stem>_labels.mkv`` (``labels_format="ffv1"``: one lossless 16-bit
+    Writes ``OUTDIR/<stem>_overlay.mp4`` (boundaries drawn on every frame; same frame count and rate as the input,
+    the source's timestamps; x264 at ``preset``; or sent to ``overlay_url`` as MPEG-TS instead), the labels as ``OUTDIR/<stem>_labels.mkv`` (``labels_format="ffv1"``: one lossless 16-bit
     video) or ``OUTDIR/<stem>_labels/000000.png …`` (``"png"``: uint16 ids, one file per frame, each written
     atomically), and ``OUTDIR/<stem>_frames.csv`` (frame, K', ms per stage, error) at :meth:`close`. The two videos
     are written under temporary names and renamed by :meth:`close`. Frames that failed are recorded in the CSV and
-    skipped in the outputs. See :mod:`spam_stream.labelio` for the label formats and reading them back.
+    skipped in the outputs. The CSV also has each frame's source time in seconds, the frames ``--realtime`` dropped
+    just before it, and the clustering rounds it ran. See :mod:`spam_stream.labelio` for the label formats and reading them back.
     With ``graph``, also ``OUTDIR/<stem>_graph.npz`` at :meth:`close` (before the CSV): every frame's region graph
     stacked (:func:`spam_stream.graph.graph_arrays`; node ``ids`` are the ids of the label maps, ``frame`` columns).
     ``start_label`` is added to every id written.
@@ -43,7 +44,8 @@ class VideoOutputs:
 
     def __init__(self, outdir, stem: str, rate, width: int, height: int, overlay_video: bool = True,
                  labels: bool = True, color="auto", preset: str = DEFAULT_OVERLAY_PRESET,
-                 labels_format: str = DEFAULT_LABEL_FORMAT, graph: bool = False, start_label: int = 0):
+                 labels_format: str = DEFAULT_LABEL_FORMAT, graph: bool = False, start_label: int = 0,
+                 overlay_url: str | None = None):
         if labels_format not in LABEL_FORMATS:
             raise ValueError(f"unknown labels format {labels_format!r}")
         self.outdir = Path(outdir)
@@ -59,8 +61,8 @@ class VideoOutputs:
         elif labels:
             self.labels_video = LabelVideoWriter(labels_path(self.outdir, stem, "ffv1"), rate, width, height)
         try:
-            self.writer = VideoWriter(self.outdir / f"{stem}_overlay.mp4", rate, width, height, preset) \
-                if overlay_video else None
+            target = overlay_url or self.outdir / f"{stem}_overlay.mp4"  # a URL: MPEG-TS sent live
+            self.writer = VideoWriter(target, rate, width, height, preset) if overlay_video else None
         except BaseException:
             if self.labels_video is not None:
                 self.labels_video.abort()
@@ -91,7 +93,7 @@ class VideoOutputs:
         if frame.error is None and self.writer is not None and not frame.meta.get("overlay_written"):
             self.draw_overlay(frame)
             t = time.perf_counter()
-            self.writer.write(frame.meta.pop("overlay"))
+            self.writer.write(frame.meta.pop("overlay"), frame.meta.get("time"))  # the source's timestamps
             frame.meta["overlay_written"] = True
             frame.timings["encode"] = frame.timings.get("encode", 0.0) + time.perf_counter() - t
         return frame
@@ -121,6 +123,10 @@ class VideoOutputs:
         frame.timings["write"] = frame.timings.get("write", 0.0) + time.perf_counter() - t
         row.update({f"ms_{name}": round(1e3 * frame.timings[name], 3) for name in STAGE_NAMES
                     if name in frame.timings})
+        stamp = frame.meta.get("time")
+        row["time"] = "" if stamp is None else round(stamp, 6)
+        row["dropped"] = frame.meta.get("dropped", 0)
+        row["iterations"] = frame.meta.get("iterations", "")
         row["error"] = frame.error or ""
         self.rows.append(row)
         return frame
@@ -137,7 +143,8 @@ class VideoOutputs:
             from ..graph import save_graph
 
             save_graph(self.outdir / f"{self.stem}_graph.npz", self.graphs, self.graph_frames)
-        fields = ["frame", "superpixels"] + [f"ms_{n}" for n in STAGE_NAMES] + ["error"]
+        fields = ["frame", "superpixels"] + [f"ms_{n}" for n in STAGE_NAMES] + ["time", "dropped", "iterations",
+                                                                                 "error"]
         with atomic_path(self.outdir / f"{self.stem}_frames.csv") as tmp:
             with open(tmp, "w", newline="") as fh:
                 w = csv.DictWriter(fh, fieldnames=fields, restval="")
