@@ -30,8 +30,8 @@ for step in $steps; do
         graph)
             run graph $PY benchmarks/bench_graph.py --repeats 5 --batch 64 ;;
         temporal)
-            run temporal $PY benchmarks/bench_temporal.py ;;
+            run temporal $PY benchmarks/bench_temporal.py --images 5 --frames 12 ;;
         iterations)
-            [ -f benchmarks/bench_iterations.py ] && run iterations $PY benchmarks/bench_iterations.py ;;
+            run iterations $PY benchmarks/bench_iterations.py --limit 50 ;;
     esac
 done
