@@ -391,10 +391,10 @@ def sample_stride(n_pixels: int, n_seeds: int) -> int:
 
 
 @njit(cache=True)
-def _sample_pixels(starts, row_ptr, final, w, stride, counts):
+def _sample_pixels(starts, row_ptr, final, w, stride, counts, comp_size):
     """The k-means sample of every piece, in raster order: (pixel (S,) int64, piece (S,) int64). A piece's sample is
-    its pixels on the lattice (y, x ≡ stride // 2 mod stride) plus its first pixel, or all its pixels when it has
-    fewer lattice pixels than seeds (``counts``)."""
+    its pixels on the lattice (y, x ≡ stride // 2 mod stride) plus its first pixel, or all its pixels
+    (``comp_size``) when it has fewer lattice pixels than seeds (``counts``). Two passes over the runs: count, emit."""
     h = row_ptr.shape[0] - 1
     n_comp = counts.shape[0]
     off = stride // 2
@@ -414,23 +414,12 @@ def _sample_pixels(starts, row_ptr, final, w, stride, counts):
                 a = x0 + (off - x0) % stride
                 if a < x1:
                     lattice[c] += (x1 - 1 - a) // stride + 1
+    full = counts > lattice
     total = 0
     for c in range(n_comp):
-        total += lattice[c] + 1
-    full = counts > lattice
-    size = 0
-    for y in range(h):
-        on_row = y % stride == off
-        for r in range(row_ptr[y], row_ptr[y + 1]):
-            c = final[r] - 1
-            if c < 0:
-                continue
-            x0 = starts[r]
-            x1 = starts[r + 1] if r + 1 < row_ptr[y + 1] else w
-            if full[c]:
-                size += x1 - x0
-    out_pix = np.empty(size + total, np.int64)
-    out_comp = np.empty(size + total, np.int64)
+        total += comp_size[c] if full[c] else lattice[c] + 1
+    out_pix = np.empty(total, np.int64)
+    out_comp = np.empty(total, np.int64)
     n = 0
     for y in range(h):
         on_row = y % stride == off
@@ -463,7 +452,7 @@ def sample_pixels(runs: ComponentRuns, stride: int, counts: np.ndarray) -> tuple
     """The k-means sample (:func:`_sample_pixels`) grouped by piece, raster order inside each: (pixel (S,) int64,
     piece (S,) int64)."""
     pix, comp = _sample_pixels(runs.starts, runs.row_ptr, runs.final, runs.shape[1], int(stride),
-                               np.asarray(counts, np.int64))
+                               np.asarray(counts, np.int64), runs.comp_size)
     order = np.argsort(comp, kind="stable")
     return pix[order], comp[order]
 
