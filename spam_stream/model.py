@@ -25,19 +25,49 @@ from .seeding import grid_seeds, object_seeds
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "spam_encoder.pt"
 
 
+DEFAULT_MEMORY_FRACTION = 0.5  # the default frame limit: half of the machine's memory (or less, if less is free)
+
+
 def available_memory() -> int | None:
     """Bytes of memory the system can still give this process (Linux ``MemAvailable``; None when unknown)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    info = _meminfo()
+    if "MemAvailable" in info:
+        return info["MemAvailable"]
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def default_memory_limit() -> int | None:
+    """The peak one frame may take by default: :data:`DEFAULT_MEMORY_FRACTION` of the machine's memory, or the memory
+    available now when that is less (None when unknown). A frame that would take most of a machine is refused in one
+    line rather than run for minutes at the edge of an out-of-memory kill (issue 21: a 12000×12000 image took 17 GB
+    of a 24 GB machine)."""
+    total = _meminfo().get("MemTotal")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            total = None
+    free = available_memory()
+    limits = [v for v in (None if total is None else int(total * DEFAULT_MEMORY_FRACTION), free) if v]
+    return min(limits) if limits else None
+
+
+def _meminfo() -> dict[str, int]:
+    """Linux /proc/meminfo in bytes ({} elsewhere)."""
+    out = {}
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                name, _, rest = line.partition(":")
+                fields = rest.split()
+                if fields and fields[0].isdigit():
+                    out[name] = int(fields[0]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 class MemoryLimitError(InputError):
@@ -182,8 +212,9 @@ class SPAM:
         memory_budget: bytes of encoder activations at once (the encoder runs tile by tile within it; default
             :data:`spam_stream.encoder.DEFAULT_MEMORY_BUDGET`, 128 MiB); the results do not depend on it.
         memory_limit: bytes one frame may take at its peak (:func:`~spam_stream.encoder.estimate_frame_bytes`);
-            a larger frame is refused with :class:`MemoryLimitError` before any work. None: the memory the system
-            has available when the frame arrives (CPU frames; 0 turns the guard off).
+            a larger frame is refused with :class:`MemoryLimitError` before any work. None: half of the machine's
+            memory, or what is free when the frame arrives if that is less (:func:`default_memory_limit`; CPU
+            frames); 0 turns the guard off.
     """
 
     def __init__(self, encoder="default", compactness: float | None = None, color_scale: float = COLOR_SCALE,
@@ -245,17 +276,19 @@ class SPAM:
 
     def check_memory(self, height: int, width: int, n_superpixels: int) -> None:
         """Refuse (:class:`MemoryLimitError`, one line) an H×W frame whose estimated peak exceeds ``memory_limit``
-        or, by default, the memory available now (CPU frames; on CUDA the frame lives on the device)."""
+        or, by default, :func:`default_memory_limit` (CPU frames; on CUDA the frame lives on the device)."""
         limit = self.memory_limit
         if limit is None:
             if self.device.type != "cpu":
                 return
-            limit = available_memory()
+            limit = default_memory_limit()
         if not limit:
             return
         need = self.frame_bytes(height, width, n_superpixels)
         if need > limit:
-            source = "the limit set (--memory-limit)" if self.memory_limit else "the memory available now"
+            source = ("the limit set (--memory-limit)" if self.memory_limit else
+                      "the default limit (half of this machine's memory, or what is free now; --memory-limit MB "
+                      "raises it)")
             without = estimate_frame_bytes(height, width, n_superpixels, 5, None)
             raise MemoryLimitError(
                 f"a {width}x{height} frame needs about {_size(need)} at its peak, more than {source} "

@@ -222,3 +222,9 @@ def test_batch_outputs_never_leave_outdir(files, tmp_path):
     assert outside == sorted(f"_outside{p.parent.resolve()}/{p.name.rsplit('.', 1)[0]}_labels.png"
                              for p in (other / "a.jpg.png", files / "good2.png"))
     assert not list(tmp_path.glob("other/*_labels.png")) and not list(files.glob("*_labels.png"))
+
+
+def test_memory_limit_zero_turns_the_guard_off(files, tmp_path):
+    out = tmp_path / "out"
+    assert main(["image", str(files / "big.png"), "-o", str(out), *ENC, "--memory-limit", "0"]) == 0
+    assert (out / "big_labels.png").is_file()

@@ -148,3 +148,12 @@ def test_memory_guard_refuses_a_frame_above_the_limit_before_any_work():
         model.segment(img, 50)
     assert "\n" not in str(info.value)
     assert SPAM(encoder=None, memory_limit=2 * need).segment(img, 50).shape == (120, 160)
+
+
+def test_default_memory_limit_is_at_most_half_the_machine():
+    from spam_stream.model import _meminfo, default_memory_limit
+
+    limit, total = default_memory_limit(), _meminfo().get("MemTotal")
+    if total is None:
+        pytest.skip("no /proc/meminfo on this system")
+    assert 0 < limit <= total // 2 + 1

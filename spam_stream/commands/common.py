@@ -18,6 +18,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -72,10 +79,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", type=positive_int, default=None, metavar="MB",
                    help="memory for the encoder's activations in MB (default 128): it runs tile by tile within it, "
                         "with the same results; see the README's memory model")
-    p.add_argument("--memory-limit", type=positive_int, default=None, metavar="MB",
+    p.add_argument("--memory-limit", type=non_negative_int, default=None, metavar="MB",
                    help="refuse (one line, nothing else lost) a frame whose estimated peak memory exceeds MB "
-                        "(default: the memory available when it arrives, so a huge image fails in seconds instead "
-                        "of being killed by the system)")
+                        "(default: half of this machine's memory, or what is free when the frame arrives if less: a "
+                        "huge image fails in seconds instead of taking the machine; 0 = no limit)")
     p.add_argument("--device", default="cpu",
                    help="torch device: cpu, cuda, cuda:N or auto (cuda when there is one; default cpu)")
 
