@@ -80,6 +80,8 @@ class VideoReader:
             raise InputError(f"{self.path}: no such file")
         if not self.live and self.path.is_dir():
             raise InputError(f"{self.path}: is a directory, not a video")
+        if not self.live and self.path.stat().st_size == 0:
+            raise InputError(f"{self.path}: empty file (0 bytes)")
         try:
             if self.live:
                 import sys

@@ -48,8 +48,8 @@ def resolve_device(name) -> torch.device:
         try:
             device = torch.device(str(name))
         except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"--device {name}: not a device torch knows ({' '.join(str(exc).split())[:120]}); "
-                             "expected cpu, cuda, cuda:N or auto") from None
+            raise ValueError(f"--device {name}: not a device torch knows; expected cpu, cuda, cuda:N or auto") \
+                from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: torch sees no CUDA device on this machine (use --device cpu)")
