@@ -273,13 +273,15 @@ def test_the_probe_keeps_the_pipeline_contract():
 
 
 def test_a_plan_slower_than_one_run_is_dropped_after_the_guard_items():
-    """Three stages of equal cost in the probe: the model splits them over 2 cores. But stage b is slow whenever it
-    runs in another thread than stage a (as OpenMP teams of two threads slow each other down): after the guard
-    items the pipeline goes back to one run of the compute stages, where b is fast again; every item in order."""
+    """Three stages in the probe, a twice the cost of b and c: the model splits a from (b, c) over 2 cores (with
+    equal costs the two splits tie, and a split that kept a and b together would legitimately stay). But stage b is
+    slow whenever it runs in another thread than stage a (as OpenMP teams of two threads slow each other down):
+    after the guard items the pipeline goes back to one run of the compute stages, where b is fast again; every
+    item in order."""
     last_a = {}
 
     def a(frame):
-        time.sleep(0.01)
+        time.sleep(0.02)
         last_a["thread"] = threading.get_ident()
         return frame
 
