@@ -112,7 +112,7 @@ def aggregate_reference(masks, min_area: int | None = None, background_min_area:
 
 # --- CPU (numpy + numba) ---------------------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _areas_and_boxes(masks):
     """(M, H, W) uint8 → areas (M,) int64 and boxes (M, 4) int64 (y0, y1, x0, x1 inclusive; y1 = -1: empty), in one
     read of the stack: per row a vectorised byte sum, and the non-empty rows ORed into a column profile."""
@@ -149,7 +149,7 @@ def _areas_and_boxes(masks):
     return areas, boxes
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _paint_boxes(masks, order, boxes, out):
     """Paint ``masks[order[i]]`` with value i into ``out`` (H, W) int32, in order, only inside each mask's box:
     a pixel covered by several masks keeps the last one painted."""
@@ -185,7 +185,7 @@ def paint(masks: np.ndarray, min_area: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_distances(pixels, miss, rows, cap, out):
     """For the rows y with ``rows[y]``: the distance from each pixel to the nearest hit in its row, capped at ``cap``
     (no hit in the row: cap), into ``out`` (H, W) int16; hits are the pixels of ``pixels`` (H, W) uint8 that equal
@@ -205,7 +205,7 @@ def _row_distances(pixels, miss, rows, cap, out):
                 out[y, x] = d
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _open_rows(x, half):
     """Opening of the (H, W) uint8 set ``x`` by the disk whose row dy spans ±half[dy], the image edge replicated
     outwards (as ``binary_opening(np.pad(x, r, "edge"), disk(r))`` cropped back), intersected with ``x``.
@@ -466,7 +466,7 @@ def upsample_nearest(masks, shape, crop=None):
     return masks[:, iy][:, :, ix]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _weighted_areas(masks, row_weight, col_weight):
     """(M, h, w) uint8 → (M,) int64 Σ mask·row_weight[y]·col_weight[x] (the pixel counts after a nearest resize)."""
     m_count, h, w = masks.shape
@@ -485,7 +485,7 @@ def _weighted_areas(masks, row_weight, col_weight):
     return areas
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gather(painted, iy, ix):
     out = np.empty((iy.shape[0], ix.shape[0]), np.int32)
     for y in range(iy.shape[0]):

@@ -27,7 +27,7 @@ def grid_candidates(height: int, width: int, seeds: Seeds) -> Candidates:
                       torch.zeros(len(seeds), dtype=torch.int32), grid=seeds.grid)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _block_queries(group, h, w, b, n_groups):
     """The (block, group) pairs of a partition (N,) (ids ≥ 0, -1 uncertain; group = id + 1): per block in raster
     order, its groups in order of first appearance (raster order inside the block). Returns (query centre y (Q,),
@@ -62,7 +62,7 @@ def _block_queries(group, h, w, b, n_groups):
     return qy[:n].copy(), qx[:n].copy(), qg[:n].copy(), qidx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _expand_rows(rows, qidx, out):
     """out[p, :] = rows[qidx[p], :] for every pixel."""
     for p in prange(qidx.shape[0]):

@@ -40,7 +40,7 @@ _MATRIX = _white_scaled_matrix()
 _CBRT_MAGIC = 709921077  # (127 - 127 / 3) << 23: a first guess of the cube root from the float's bits
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def _lab_kernel(image, table, m, out, color_scale, pos_scale, with_yx):
     """image (H, W, 3) uint8 → out (C, H, W) float32: rows 0..2 Lab·color_scale, rows 3, 4 y·pos_scale, x·pos_scale
     when ``with_yx``.

@@ -134,7 +134,7 @@ def _find(parent, a):
     return root
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _components(labels, partition, has_partition):
     """4-connected components of equal labels, numbered 0..C-1 in the raster order of their first pixel (as
     ``skimage.measure.label`` numbers them).
@@ -219,7 +219,7 @@ def merge_into_best(parent, group_obj, c, neighbour, length, j0, j1):
         group_obj[best] = max(group_obj[best], group_obj[root_c])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _merge_small(comp, h, w, size, obj, small, order):
     """Union-find merges of the small fragments, in ``order``; returns each component's root (C,) int64.
 
@@ -274,7 +274,7 @@ def _merge_small(comp, h, w, size, obj, small, order):
     return parent
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _relabel(comp, out_of_comp, out):
     # one gather, memory-bound: sequential (threads cost more than they save on a loaded 2-core machine)
     for p in range(comp.shape[0]):
@@ -360,7 +360,7 @@ def neighbour4(p, d, h, w):
     return p + w if i + 1 < h else -1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _stays_connected(out, h, w, path, n_path, t, radius):
     """Whether superpixel ``t``'s pixels next to the (already relabelled) ``path`` pixels are still joined to one
     another through ``t``'s pixels inside a window of ``radius`` around the path — enough for ``t`` to stay 4-connected
@@ -411,7 +411,7 @@ def _stays_connected(out, h, w, path, n_path, t, radius):
     return False
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _bridge(out, part, h, w, size, obj, order, pix_start, pix, max_gap):
     """Bridges the candidates in ``order`` (their pixels: ``pix[pix_start[i]:pix_start[i + 1]]``); ``out`` (H*W,)
     and ``size`` (K',) updated in place. Returns (K',) bool: superpixels left empty."""
@@ -503,7 +503,7 @@ def _bridge(out, part, h, w, size, obj, order, pix_start, pix, max_gap):
     return size == 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _build_bridge(out, h, w, q_pix, q_prev, e, r, path, saved, max_gap):
     """Gives superpixel ``r`` the uncertain pixels of the search path that ends at queue entry ``e`` (from the
     target's side back to the fragment: ``path``, their former superpixels: ``saved``) when every superpixel they are

@@ -216,7 +216,7 @@ def _insert(best_d, best_i, k, d, i):
     best_i[j] = i
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _k_nearest(py, px, group, yx, origin, cell, shape, offset, start, items, k, limit2, out):
     """For each point i: the k nearest seeds of grid group ``group[i]`` (exact, ties to the lower index); those
     farther than √limit2 are dropped except the nearest; written to out[i, :k] in increasing seed index, -1 after."""
@@ -230,7 +230,7 @@ def _k_nearest(py, px, group, yx, origin, cell, shape, offset, start, items, k, 
                            limit2, out)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _k_nearest_serial(py, px, group, yx, origin, cell, shape, offset, start, items, k, limit2, out):
     """:func:`_k_nearest` in the calling thread: for the few thousand points of a k-means sample or of the block
     queries, waking a thread team costs more than the search (passive OpenMP waits)."""
@@ -390,7 +390,7 @@ def sample_stride(n_pixels: int, n_seeds: int) -> int:
     return max(1, int(math.sqrt(n_pixels / max(n_seeds, 1) / SAMPLES_PER_SEED)))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sample_pixels(starts, row_ptr, final, w, stride, counts, comp_size):
     """The k-means sample of every piece, in raster order: (pixel (S,) int64, piece (S,) int64). A piece's sample is
     its pixels on the lattice (y, x ≡ stride // 2 mod stride) plus its first pixel, or all its pixels
@@ -457,7 +457,7 @@ def sample_pixels(runs: ComponentRuns, stride: int, counts: np.ndarray) -> tuple
     return pix[order], comp[order]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bridge_groups(comp, comp_obj, h, w, max_gap):
     n = comp_obj.shape[0]
     parent = np.arange(n)

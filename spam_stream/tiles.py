@@ -153,7 +153,7 @@ def tile_features(model, frame: Frame) -> torch.Tensor:
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _cell_sums(planes, n_cols, n_pixels, init, k):
     """Per-cell float32 sums of (D, n_cols) channel planes, pixel after pixel (the order of torch's ``index_add``)
     and pixel counts."""

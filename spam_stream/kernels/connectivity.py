@@ -32,7 +32,7 @@ from ..connectivity import MAX_BRIDGE_GAP, _find, bridge_after_merge, merge_into
 from .labeling import label_components
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _merge_fragments(order, start, neighbour, length, obj, n):
     """Union-find merges of the small fragments in ``order`` from their adjacency lists; each component's root (n,).
 

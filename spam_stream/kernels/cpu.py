@@ -693,7 +693,7 @@ def _soft_grad_member(typingctx, gf, feat, f_at, stride, cent, c_at, gs, a, w, a
     return types.void(gf, feat, f_at, stride, cent, c_at, gs, a, w, aw_at, gc, gc_at, n_dims), codegen
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _prepare_soft(f, pix_obj, sp_obj, width, height, nh, nw, table, use_table, n_chunks):
     """Once per candidate set: per block of 16 pixels its distinct candidates (``start`` (n_blocks + 1) CSR
     offsets, ``members`` int32) and ``slot_j`` (N, 9) int16: the block member j in each slot, -1 = empty slot,
@@ -750,7 +750,7 @@ def _fold_lane_pairs(part, sums, k_count, d_count):
             sums[k, d] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _soft_forward(fT, n_cols, n, c, start, members, slot_j, q, with_q, sums, counts):
     """With ``with_q``: q (N, 9) = softmax(-distance) over the valid slots (the reference's float32 distances,
     max-subtracted exp); else q is read. Adds Σ q·f (float64) into sums (n_chunks, K, D) and Σ q into counts
@@ -810,7 +810,7 @@ def _soft_forward(fT, n_cols, n, c, start, members, slot_j, q, with_q, sums, cou
         _fold_lane_pairs(part, sums[t], k_count, d_count)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _soft_backward(fT, n_cols, n, c, start, members, slot_j, q, g_q, g_s, g_z, gfT, g_c):
     """Fused gradient of one soft iteration (formulas in reference.soft_iteration_backward), vectorised across the
     16 pixels of a block: gfT (D, n_cols) float32, g_c (n_chunks, K, D) float64 per chunk."""

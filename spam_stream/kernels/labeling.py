@@ -87,7 +87,7 @@ def _union(parent, a, b):
     return b
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _label_runs(values, has_background, background, eight):
     """Run-based labelling: runs of equal value per row, unions between overlapping equal runs of consecutive rows.
     Returns the runs (starts (n+1,) int32 with starts[n] = W, row_ptr (H+1,): row y's runs are row_ptr[y]..
@@ -156,7 +156,7 @@ def _label_runs(values, has_background, background, eight):
     return starts, row_ptr, final, sizes, comp_values
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def fill_runs(starts, row_ptr, final, table, skip, out):
     """Write ``table[id]`` over every run of component ``id`` into ``out`` (H, W), except where it equals ``skip``
     (runs from :func:`label_runs`): one memset per run."""
@@ -255,7 +255,7 @@ def label_components_torch(values: torch.Tensor, background=None, connectivity: 
     return (out, rounds) if return_rounds else out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _present_ids(flat, hi):
     present = np.zeros(hi + 1, np.bool_)
     for i in range(flat.shape[0]):
@@ -265,7 +265,7 @@ def _present_ids(flat, hi):
     return present
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _apply_ids(flat, lut, out):
     for i in prange(flat.shape[0]):
         v = flat[i]

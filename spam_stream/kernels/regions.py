@@ -104,7 +104,7 @@ def region_stats_torch(labels: torch.Tensor, image=None, features=None, prior=No
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _min_max(flat):
     lo = hi = np.int64(flat[0])
     for p in range(1, flat.shape[0]):
@@ -116,7 +116,7 @@ def _min_max(flat):
     return lo, hi
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _lookup(flat, lo, span):
     """Compaction table of dense labels: (ids (K,), idx (N,)) int64."""
     present = np.zeros(span, np.bool_)
@@ -137,7 +137,7 @@ def _lookup(flat, lo, span):
     return ids, idx
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _scan(idx, h, w, k, image, has_image, prior, has_prior):
     """One raster scan: area, coordinate sums, bbox, colour sums, object min/max and the keys lo·K + hi of the
     4-adjacent pairs across superpixels."""
@@ -193,7 +193,7 @@ def _scan(idx, h, w, k, image, has_image, prior, has_prior):
     return area, sums, bbox, rgb, obj, keys[:n]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _feature_sums(idx, features, k):
     """(K, C) float64 sums of (C, N) features per node, channel by channel (contiguous reads)."""
     c = features.shape[0]
@@ -264,7 +264,7 @@ def token_layout_torch(labels: torch.Tensor):
     return slot, k_max, ids, stats[:, 0], stats[:, 1:]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _token_layout(lab, lo, span, h, w):
     b, n = lab.shape
     lut = np.full((b, span), -1, np.int64)
@@ -333,7 +333,7 @@ def pooling_matrix_torch(slot: torch.Tensor, b: int, k_max: int, h: int, w: int,
     return acc.view(b, k_max, fh * fw)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _pooling_matrix(slot, b, k_max, h, w, fh, fw, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
     acc = np.zeros(b * k_max * fh * fw, np.float64)
     cells = fh * fw
