@@ -12,7 +12,8 @@ same clip in the same process, after a warm-up.
 
 Bound (frames/s) = cores / total CPU time per frame of the sequential run (process CPU time of each stage, all its
 threads). `--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py:
-measured = the default, fused / split / oversubscribed = forced plans after the probe, stages = the old one thread
+measured = the default, fused / split / oversubscribed / replicated = forced plans after the probe (replicated: the
+features stage in one-thread replicas, several frames at once), stages = the old one thread
 per stage with the cores split evenly), each against the same sequential run; the plan each one ran is printed. `--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
 frame 1,000 and at frame N.
 """
@@ -69,7 +70,9 @@ def _record_plans():
 
     def make_plan(self):
         groups = original(self)
-        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}" for names, threads in self.plan))
+        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}"  # "x2": two replicas side by side
+                               + (f"x{self.replicas[names]}" if names in self.replicas else "")
+                               for names, threads in self.plan))
         return groups
 
     executor.Pipeline._make_plan = make_plan
@@ -184,8 +187,8 @@ def main():
     ap.add_argument("--encoder", nargs="+", default=["default"], metavar="NAME",
                     help="encoders of the no-prior comparison: default, fast, none (default: default)")
     ap.add_argument("--schedules", nargs="+", default=["measured"], metavar="S",
-                    help="executor schedules of the pipelined runs (measured, fused, split, oversubscribed, stages; "
-                         "default: measured), each compared with the same sequential run")
+                    help="executor schedules of the pipelined runs (measured, fused, split, oversubscribed, "
+                         "replicated, stages; default: measured), each compared with the same sequential run")
     ap.add_argument("--size", default="481x321", help="clip size WxH (default 481x321)")
     args = ap.parse_args()
     import torch

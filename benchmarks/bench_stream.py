@@ -53,7 +53,9 @@ def _record_plans():
 
     def make_plan(self):
         groups = original(self)
-        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}" for names, threads in self.plan))
+        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}"  # "x2": two replicas side by side
+                               + (f"x{self.replicas[names]}" if names in self.replicas else "")
+                               for names, threads in self.plan))
         return groups
 
     executor.Pipeline._make_plan = make_plan

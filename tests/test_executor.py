@@ -276,7 +276,8 @@ def test_a_plan_slower_than_one_run_is_dropped_after_the_guard_items():
     """Three stages in the probe, a twice the cost of b and c: the model splits a from (b, c) over 2 cores (with
     equal costs the two splits tie, and a split that kept a and b together would legitimately stay). But stage b is
     slow whenever it runs in another thread than stage a (as OpenMP teams of two threads slow each other down):
-    after the guard items the pipeline goes back to one run of the compute stages, where b is fast again; every
+    after the guard items the pipeline goes back to one run of the compute stages, where b is fast again (the items
+    already in flight finish in the split, which kept feeding meanwhile: enough items that some remain); every
     item in order."""
     last_a = {}
 
@@ -291,11 +292,105 @@ def test_a_plan_slower_than_one_run_is_dropped_after_the_guard_items():
 
     stages = [Stage("a", a), Stage("b", b), Stage("c", lambda f: time.sleep(0.01) or f)]
     pipeline = Pipeline(stages, cores=2, probe=3, guard=4)
-    out = list(pipeline.run(frames(12)))
-    assert [f.index for f in out] == list(range(12))
+    out = list(pipeline.run(frames(30)))
+    assert [f.index for f in out] == list(range(30))
     assert pipeline.switched and pipeline.plan == [(("a", "b", "c"), 2)]
     assert out[-1].timings["b"] < 0.05  # fast again in the one run
 
     steady = Pipeline([Stage(s, lambda f: time.sleep(0.02) or f) for s in "abcd"], cores=2, probe=3, guard=4)
     assert [f.index for f in steady.run(frames(12))] == list(range(12))
     assert not steady.switched and len(steady.plan) == 2  # the split is as fast as modelled: it stays
+
+
+# --- parallel stages: several items in one stage at once (replicas), results in input order ---
+
+from spam_stream.pipelines.executor import plan_replicated  # noqa: E402
+
+
+def test_a_dominant_parallel_stage_is_replicated_over_the_cores():
+    """seeds (serial), features (parallel, most of the work), cluster (serial) on 2 cores: the features run in two
+    one-thread replicas between one thread for the stages before and one for those after; the period modelled is
+    the work over the cores (the replicas take the core time the serial threads leave)."""
+    costs = [StageCost(0.004, 0.004, 2), StageCost(0.034, 0.046, 2), StageCost(0.007, 0.012, 2)]
+    plan = plan_replicated(costs, [False, True, False], 2, io_work=0.004)
+    assert plan.runs == ((0,), (1,), (2,)) and plan.threads == (1, 1, 1) and plan.replicas == (1, 2, 1)
+    assert plan.period == pytest.approx((0.004 + 0.046 + 0.012 + 0.004) / 2)
+    assert plan.period < plan_cpu(costs, 2, 0.004, margin=0.0).period  # below the one run's (sequential) period
+    assert plan_replicated(costs, [False] * 3, 2) is None  # nothing to replicate
+    assert plan_replicated(costs, [False, True, False], 1) is None  # one core: nothing to share
+    # a serial stage longer than the work over the cores bounds the period
+    slow = plan_replicated([StageCost(0.05, 0.05, 2), StageCost(0.02, 0.04, 2)], [False, True], 2)
+    assert slow.period == pytest.approx(0.05) and slow.replicas == (1, 2)
+
+
+def test_replicas_run_items_side_by_side_and_keep_the_order():
+    """A parallel stage whose time varies from item to item, forced into replicas: two items are inside it at the
+    same moment, and every item leaves in input order through the serial stages after it; an error stays with its
+    item."""
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    rng = np.random.default_rng(3)
+    delays = rng.uniform(0.0, 0.02, 40)
+
+    def par(frame):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(delays[frame.index])
+        with lock:
+            inside[0] -= 1
+        if frame.index == 13:
+            raise ValueError("bad tile")
+        return frame
+
+    seen = []
+    stages = [Stage("a", jitter("a")), Stage("par", par, parallel=True),
+              Stage("b", lambda f: seen.append(f.index) or f), Stage("write", jitter("write"), io=True,
+                                                                     run_on_error=True)]
+    pipeline = Pipeline(stages, cores=2, probe=2, schedule="replicated")
+    out = list(pipeline.run(frames(40)))
+    assert [f.index for f in out] == list(range(40))
+    assert pipeline.replicas == {("par",): 2} and most[0] == 2
+    assert seen == [i for i in range(40) if i != 13]  # the stage after the replicas saw them in order
+    assert out[13].error == "f13: bad tile" and all(f.error is None for f in out if f.index != 13)
+    assert all(f.meta["path"] == ["a", "write"] for f in out)
+
+
+def test_replicas_stop_promptly_and_a_fatal_error_in_them_is_raised():
+    stages = [Stage("par", lambda f: time.sleep(0.005) or f, parallel=True), Stage("b", jitter("b"))]
+    pipeline = Pipeline(stages, cores=2, probe=1, schedule="replicated")
+    it = pipeline.run(frames(10_000))
+    for i, frame in enumerate(it):
+        if i == 20:
+            break
+    it.close()
+    time.sleep(0.3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-") or t.name == "source"]
+
+    def fatal(frame):
+        if frame.index == 9:
+            raise OSError("disk full")
+        return frame
+
+    failing = Pipeline([Stage("par", fatal, parallel=True, fatal=True), Stage("b", jitter("b"))], cores=2, probe=1,
+                       schedule="replicated")
+    got = []
+    with pytest.raises(PipelineError, match="par failed on f9: disk full"):
+        for frame in failing.run(frames(50)):
+            got.append(frame.index)
+    assert got == list(range(len(got))) and len(got) <= 9
+
+
+def test_the_measured_schedule_replicates_a_dominant_parallel_stage():
+    """Stage costs like a video frame's with the bundled encoder (a parallel features stage ≈ 70 % of the work, as
+    one thread sleeping): after the probe the measured schedule picks the replicas, and they stay (faster)."""
+    stages = [Stage("seeds", lambda f: time.sleep(0.004) or f),
+              Stage("features", lambda f: time.sleep(0.03) or f, parallel=True),
+              Stage("cluster", lambda f: time.sleep(0.008) or f)]
+    pipeline = Pipeline(stages, cores=2, probe=3, guard=4)
+    t = time.perf_counter()
+    out = list(pipeline.run(frames(40)))
+    wall = time.perf_counter() - t
+    assert [f.index for f in out] == list(range(40))
+    assert pipeline.replicas == {("features",): 2} and not pipeline.switched
+    assert wall < 40 * 0.042 * 0.8  # well below the sequential time (sleeps overlap)

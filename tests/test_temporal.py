@@ -223,3 +223,60 @@ def test_a_pan_with_a_fixed_prior_follows_the_motion_inside_the_objects():
             assert len(np.unique(prior[f.labels == sp])) == 1
     cons = [moved_consistency(a.labels, b.labels, 0, -3) for a, b in zip(out, out[1:])]
     assert np.mean(cons) >= 0.7
+
+
+def test_warm_features_in_replicas_equal_the_sequential_run(monkeypatch):
+    """The features stage runs on several frames at once (one-thread replicas) while its plan and assembly stay in
+    frame order: a pan with the bundled encoder gives the labels and ids of the sequential run, and the moved
+    frames still reuse the previous features."""
+    from spam_stream.pipelines.video import video_frames
+
+    model = SPAM()  # the bundled encoder
+    if model.encoder is None:
+        pytest.skip("no bundled encoder")
+    frames = pan_frames(10, 3, "x", h=120, w=200)
+    seq = list(video_frames(model, iter(frames), 80, pipelined=False))
+    monkeypatch.setenv("SPAM_SCHEDULE", "replicated")
+    from spam_stream.pipelines import executor
+
+    plans = []
+    original = executor.Pipeline._make_plan
+
+    def record(self, force=None):
+        groups = original(self, force)
+        plans.append(dict(self.replicas))
+        return groups
+
+    monkeypatch.setattr(executor.Pipeline, "_make_plan", record)
+    par = list(video_frames(model, iter(frames), 80, pipelined=True))
+    if executor.cpu_cores() > 1:
+        assert plans[0] == {("features",): executor.cpu_cores()}
+    assert [f.index for f in par] == list(range(10))
+    for a, b in zip(seq, par):
+        assert a.error is None and b.error is None
+        assert np.array_equal(a.labels, b.labels)
+        assert a.meta["tiles_recomputed"] == b.meta["tiles_recomputed"]
+    assert all(f.meta["tiles_recomputed"] < 0.5 for f in par[1:])
+
+
+def test_a_frame_lost_between_plan_and_assembly_makes_the_next_one_recompute_in_full():
+    """The plan of frame 2 builds on frame 1's features; frame 1 failed in between (never assembled): frame 2's
+    features are computed in full, equal to a fresh computation, and frame 3 builds on them again."""
+    from spam_stream.pipelines.temporal import WarmFeatures
+
+    model = SPAM()
+    if model.encoder is None:
+        pytest.skip("no bundled encoder")
+    frames = pan_frames(4, 4, "x", h=120, w=200)
+    warm = WarmFeatures(model)
+    f = [model.frame(img, 60, index=i) for i, img in enumerate(frames)]
+    for fr in f[1:]:
+        fr.meta["motion"] = (0.0, -4.0)
+    warm(f[0])
+    warm.plan(f[1])  # planned, then lost (its features stage failed)
+    warm.assemble(warm.compute(warm.plan(f[2])))
+    assert f[2].meta["tiles_recomputed"] == 1.0
+    fresh = model.feature_stage(model.frame(frames[2], 60)).features
+    assert torch.allclose(f[2].features, fresh, atol=1e-5)
+    warm(f[3])
+    assert f[3].meta["tiles_recomputed"] < 0.5

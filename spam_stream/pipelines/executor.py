@@ -27,14 +27,14 @@
   on one) and made a pipelined run *slower* than a sequential one (0.85× on an idle 2-core machine). With
   ``schedule="measured"`` (the default off CUDA) the executor measures before it decides:
 
-  1. *Probe.* The first ``probe`` items (3) run one at a time in the consumer's thread with every core, as
+  1. *Probe.* The first ``probe`` items (2) run one at a time in the consumer's thread with every core, as
      :func:`run_sequential` does; for the items after the first (the first pays JIT compilation and cold starts)
      each stage's wall time ``w`` and process CPU time ``c`` are recorded.
   2. *Model.* A stage's single-thread work is ``a = max(w, min(c, cores · w))`` (CPU time beyond that belongs to
      other threads of the process); Amdahl's law splits it into a serial part ``s`` and a parallel part ``p`` with
      ``s + p = a`` and ``s + p / cores = w``, so its time on ``t`` threads is ``s + p / t`` (:class:`StageCost`).
-     Two probe items are few: a stage whose cost varies from item to item (``--prior-every N``: the prior runs on
-     one frame in N) is planned from the items the probe saw; the guard below catches a plan that loses.
+     Few probe items: a stage whose cost varies from item to item (``--prior-every N``: the prior runs on one
+     frame in N) is planned from the items the probe saw; the guard below catches a plan that loses.
   3. *Plan* (:func:`plan_cpu`). The compute stages (those not marked ``io``) are cut into at most ``cores`` runs of
      consecutive stages; each run is one thread that does its stages in turn, and the cores are dealt out to the
      runs (each one thread, then one more at a time to the run that is slowest). A plan's period is the slowest
@@ -43,20 +43,34 @@
      still have threads of their own, so its period is the sequential run's minus the I/O, whatever the stages
      cost. Another plan is taken only when the model says it is at least 10% faster (``margin``): the one-run
      plan is the safe choice, its period measured rather than modelled.
-  4. *Run.* The remaining items go through the planned threads; each run thread sets its numba thread count, and
-     torch's process-wide intra-op pool gets the largest run's count (restored at the end).
+     *Replicas* (:func:`plan_replicated`). A stage marked ``parallel`` keeps no state between items (the
+     encoder: a video's warm features are planned before it and assembled after it, in order), so items need
+     not wait for one another there. The costliest run of consecutive parallel stages may run in ``cores``
+     one-thread replicas that take the items in turn — several frames at once, the results put back in input
+     order — with one thread for the stages before it and one for those after. Stateful stages then overlap
+     with it, and the replicas soak up whatever core time the serial threads leave: the cores stay busy (on 2
+     cores, the bundled encoder's frames: ≈ 0.95 of the time, where one run on both cores is busy ≈ 0.65; a
+     stage's intra-op threads wait at every barrier, replicas do not). Its modelled period is the work over
+     the cores, or the slowest serial thread's time when that is longer; taken when below 90% of the one run's
+     and below the best plan of runs.
+  4. *Run.* The remaining items go through the planned threads; each thread sets its own numba and torch thread
+     counts (torch's is per thread once a thread has used it); the consumer's count is restored at the end.
   5. *Guard.* A plan of several compute threads rests on the model (OpenMP teams or the GIL can make threads
-     slower together than the model says): it runs ``guard`` items (8), and when its measured period is longer
-     than the one-run plan's (the sequential period the probe measured) the pipeline drains and goes on with the
-     one run (``Pipeline.switched``). So a plan never stays slower than sequential with overlapped I/O.
+     slower together than the model says): its first ``guard`` items (8) are timed, and when its measured period
+     is longer than the one-run plan's (the sequential period the probe measured) the source stops feeding it,
+     the items in flight finish, and the rest goes through the one run (``Pipeline.switched``). The source keeps
+     feeding while the guard measures, so a plan that stays never drains. So a plan never stays slower than
+     sequential with overlapped I/O.
 
-  So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run, and the rest
-  of the pipeline hides the I/O around it; stages of balanced serial cost (``--encoder none``) get a thread each.
-  ``Pipeline.plan`` records the choice (stage names and threads of each run) and ``Pipeline.costs`` the
+  So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run — or, when it
+  keeps no state (the encoder), runs on several frames at once — and the rest of the pipeline overlaps with it;
+  stages of balanced serial cost (``--encoder none``) get a thread each. ``Pipeline.plan`` records the choice
+  (stage names and threads of each run), ``Pipeline.replicas`` the replicated runs and ``Pipeline.costs`` the
   measurements. ``schedule="stages"`` keeps one thread per stage with each stage's own ``threads``. For
   comparisons (benchmarks on an idle machine) the probe's plan can be forced: ``"fused"`` (always the one run),
-  ``"split"`` (the best plan of several runs, even when modelled slower) and ``"oversubscribed"`` (that plan with
-  every run on all cores, the OS sharing them); the ``SPAM_SCHEDULE`` environment variable sets the default.
+  ``"split"`` (the best plan of several runs, even when modelled slower), ``"oversubscribed"`` (that plan with
+  every run on all cores, the OS sharing them) and ``"replicated"`` (the replicas, when a stage is parallel);
+  the ``SPAM_SCHEDULE`` environment variable sets the default.
 
 Items are any objects with ``error`` and ``timings`` attributes (:class:`spam_stream.frame.Frame`).
 """
@@ -73,7 +87,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 _END = object()  # end of input marker, passes through every queue
-SCHEDULES = ("measured", "stages", "fused", "split", "oversubscribed")
+SCHEDULES = ("measured", "stages", "fused", "split", "oversubscribed", "replicated")
 
 
 @dataclass
@@ -89,6 +103,9 @@ class Stage:
         threads: torch / numba threads this stage may use on a CPU (None = leave as is).
         io: an I/O stage (a writer: encoders that release the GIL): always a thread of its own, never given compute
             threads nor merged with other stages by the measured schedule (see the module docstring).
+        parallel: the stage keeps no state from one item to the next, so several items may be in it at once: the
+            measured schedule may run it in several threads (replicas) that take items in turn, their results put
+            back in order (see the module docstring).
     """
 
     name: str
@@ -97,6 +114,7 @@ class Stage:
     run_on_error: bool = False
     threads: int | None = None
     io: bool = False
+    parallel: bool = False
 
 
 class PipelineError(RuntimeError):
@@ -173,6 +191,7 @@ class CpuPlan:
     runs: tuple[tuple[int, ...], ...]
     threads: tuple[int, ...]
     period: float
+    replicas: tuple[int, ...] = ()  # threads running each run's items side by side (empty: one each)
 
 
 def _partitions(n: int, parts: int):
@@ -226,9 +245,61 @@ def plan_cpu(costs: list[StageCost], cores: int, io_work: float = 0.0, margin: f
     return best if best.period < margin * one.period else one
 
 
-def _set_threads(n: int | None) -> None:
+class _Order:
+    """The replicas of one parallel group share this: ``take`` numbers the items as they are taken (the input
+    order), :meth:`give` hands results on in that order (a result that is early waits for those before it)."""
+
+    def __init__(self):
+        self.take = threading.Lock()
+        self.taken, self.ended = 0, False
+        self._lock = threading.Lock()
+        self._next = 0
+        self._done: dict[int, object] = {}
+
+    def give(self, number: int, item, put: Callable, outq: queue.Queue) -> bool:
+        with self._lock:
+            self._done[number] = item
+            while self._next in self._done:
+                if not put(outq, self._done.pop(self._next)):
+                    return False
+                self._next += 1
+        return True
+
+
+def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io_work: float = 0.0
+                    ) -> CpuPlan | None:
+    """The plan that runs the costliest run of consecutive ``parallel`` compute stages in ``cores`` replicas of one
+    thread each (several items at once) and the stages before and after it as one thread each; None without a
+    parallel stage. Its modelled period: the slowest single thread, and never less than the work over the cores
+    (the replicas take whatever core time the other threads leave, so the cores stay busy)."""
+    n, cores = len(costs), max(1, int(cores))
+    spans, start = [], None
+    for i in range(n + 1):
+        if i < n and parallel[i]:
+            start = i if start is None else start
+        elif start is not None:
+            spans.append(tuple(range(start, i)))
+            start = None
+    if not spans or cores == 1:
+        return None
+    span = max(spans, key=lambda run: sum(costs[i].work for i in run))
+    before, after = tuple(range(span[0])), tuple(range(span[-1] + 1, n))
+    runs = tuple(run for run in (before, span, after) if run)
+    threads = (1,) * len(runs)
+    replicas = tuple(cores if run == span else 1 for run in runs)
+    single = max((sum(costs[i].work for i in run) for run in (before, after) if run), default=0.0)
+    floor = (sum(c.work for c in costs) + io_work) / cores
+    return CpuPlan(runs, threads, max(single, sum(costs[i].work for i in span) / cores, floor), replicas)
+
+
+def _set_threads(n: int | None, torch_too: bool = False) -> None:
+    """This thread's numba thread count (and torch's, whose count is per thread once a thread has used it)."""
     if n is None:
         return
+    if torch_too:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(int(n))
     try:
         import numba
 
@@ -256,7 +327,7 @@ class Pipeline:
     """
 
     def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1,
-                 schedule: str | None = None, probe: int = 3, cores: int | None = None, guard: int = 8):
+                 schedule: str | None = None, probe: int = 2, cores: int | None = None, guard: int = 8):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         schedule = schedule or os.environ.get("SPAM_SCHEDULE") or "measured"
@@ -268,6 +339,7 @@ class Pipeline:
         self.schedule = "stages" if self.cuda else schedule
         self.probe, self.cores, self.guard = max(0, int(probe)), cores or cpu_cores(), max(0, int(guard))
         self.plan: list[tuple[tuple[str, ...], int | None]] | None = None  # (stage names, threads) per thread
+        self.replicas: dict[tuple[str, ...], int] = {}  # stage names → threads running them side by side
         self.costs: dict[str, StageCost] = {}
         self._stop = threading.Event()
         self._fatal: list[BaseException] = []
@@ -291,12 +363,13 @@ class Pipeline:
         return _END
 
     def _feed(self, it: Iterator, out: queue.Queue, make_error: Callable | None, index: int,
-              limit: int | None = None) -> None:
-        """Put the items of ``it`` (at most ``limit``) on ``out``, then the end marker; the source is closed (and
-        ``self._source_done`` set) once it is exhausted or failed, or when the pipeline stops."""
+              limit: int | None = None, cut: threading.Event | None = None) -> None:
+        """Put the items of ``it`` (at most ``limit``, none once ``cut`` is set) on ``out``, then the end marker;
+        the source is closed (and ``self._source_done`` set) once it is exhausted or failed, or when the pipeline
+        stops."""
         count = 0
         try:
-            while limit is None or count < limit:
+            while (limit is None or count < limit) and not (cut is not None and cut.is_set()):
                 try:
                     item = next(it)
                 except StopIteration:
@@ -320,42 +393,75 @@ class Pipeline:
 
     def _work(self, group: list[Stage], threads: int | None, inq: queue.Queue, outq: queue.Queue) -> None:
         """One thread: each item through the ``group``'s stages in turn (one stage, or a run of the measured plan)."""
-        _set_threads(threads)
-        stream = None
-        if self.cuda:
-            import torch
-
-            stream = torch.cuda.Stream(device=self.device)
+        _set_threads(threads, torch_too=not self.cuda)
+        stream = self._stream()
         while True:
             item = self._get(inq)
             if item is _END:
                 self._put(outq, _END)
                 return
-            for stage in group:
-                if item.error is not None and not stage.run_on_error:
-                    continue
-                t, before = time.perf_counter(), item.timings.get(stage.name)
-                try:
-                    if stream is not None and stage.io:  # a writer reads host arrays: the frame's work must be
-                        event = item.meta.pop("cuda_event", None)  # done, not merely queued (an async copy back)
-                        if event is not None:
-                            event.synchronize()
-                        item = stage.fn(item)
-                    elif stream is not None:
-                        item = self._run_on_stream(stage, item, stream)
-                    else:
-                        item = stage.fn(item)
-                except Exception as exc:
-                    if stage.fatal:
-                        self._fatal.append(PipelineError(f"{stage.name} failed on {_name(item)}: {describe(exc)}"))
-                        self._fatal[-1].__cause__ = exc
-                        self._stop.set()
-                        return
-                    item.error = f"{_name(item)}: {describe(exc)}"
-                    item.meta["traceback"] = traceback.format_exc()
-                _record(item, stage.name, before, time.perf_counter() - t)
-            if not self._put(outq, item):
+            item = self._process(group, item, stream)
+            if item is None or not self._put(outq, item):
                 return
+
+    def _replica(self, group: list[Stage], threads: int | None, inq: queue.Queue, outq: queue.Queue,
+                 order: "_Order") -> None:
+        """One of several threads running the same ``group`` of parallel stages: each takes the next item (numbered
+        as it is taken), and :class:`_Order` hands the results on in that order. The end marker is numbered like
+        an item, so it leaves after every item taken before it, and put back for the other replicas."""
+        _set_threads(threads, torch_too=not self.cuda)
+        stream = self._stream()
+        while True:
+            with order.take:  # numbered in the order taken: the input order
+                if order.ended:
+                    return
+                item = self._get(inq)
+                number = order.taken
+                order.taken += 1
+                if item is _END:
+                    order.ended = True
+            if item is _END:
+                self._put(inq, _END)  # for the other replicas (they return at once: ``ended``)
+                order.give(number, _END, self._put, outq)
+                return
+            item = self._process(group, item, stream)
+            if item is None or not order.give(number, item, self._put, outq):
+                self._stop.set()  # a fatal error, or stopped: the items after this number could never leave
+                return
+
+    def _stream(self):
+        if not self.cuda:
+            return None
+        import torch
+
+        return torch.cuda.Stream(device=self.device)
+
+    def _process(self, group: list[Stage], item, stream):
+        """``item`` through the ``group``'s stages; None when a fatal stage failed (the pipeline is stopping)."""
+        for stage in group:
+            if item.error is not None and not stage.run_on_error:
+                continue
+            t, before = time.perf_counter(), item.timings.get(stage.name)
+            try:
+                if stream is not None and stage.io:  # a writer reads host arrays: the frame's work must be
+                    event = item.meta.pop("cuda_event", None)  # done, not merely queued (an async copy back)
+                    if event is not None:
+                        event.synchronize()
+                    item = stage.fn(item)
+                elif stream is not None:
+                    item = self._run_on_stream(stage, item, stream)
+                else:
+                    item = stage.fn(item)
+            except Exception as exc:
+                if stage.fatal:
+                    self._fatal.append(PipelineError(f"{stage.name} failed on {_name(item)}: {describe(exc)}"))
+                    self._fatal[-1].__cause__ = exc
+                    self._stop.set()
+                    return None
+                item.error = f"{_name(item)}: {describe(exc)}"
+                item.meta["traceback"] = traceback.format_exc()
+            _record(item, stage.name, before, time.perf_counter() - t)
+        return item
 
     def _run_on_stream(self, stage: Stage, item, stream):
         import torch
@@ -385,12 +491,12 @@ class Pipeline:
                 if INTERRUPTED.is_set():
                     raise KeyboardInterrupt
 
-    def _make_plan(self, force: str | None = None) -> list[tuple[list[Stage], int | None]]:
-        """The threads of the run after the probe: (stages, threads) per thread, in pipeline order (``force``: a
-        schedule other than ``self.schedule``)."""
+    def _make_plan(self, force: str | None = None) -> list[tuple[list[Stage], int | None, int]]:
+        """The threads of the run after the probe: (stages, threads, replicas) per group of threads, in pipeline
+        order (``force``: a schedule other than ``self.schedule``)."""
         schedule = force or self.schedule
         if schedule == "stages":
-            groups = [([stage], stage.threads) for stage in self.stages]
+            groups = [([stage], stage.threads, 1) for stage in self.stages]
         else:
             self.costs = {name: StageCost(w / n, c / n, self.cores) for name, (w, c, n) in self._measured.items()}
             compute = [i for i, s in enumerate(self.stages) if not s.io]
@@ -402,18 +508,25 @@ class Pipeline:
             self._one_run_period = plan_cpu(costs, self.cores, io_work, 0.0).period
             if schedule == "oversubscribed":
                 plan = CpuPlan(plan.runs, (self.cores,) * len(plan.runs), plan.period)
-            owner = {compute[i]: (r, plan.threads[r]) for r, run in enumerate(plan.runs) for i in run}
+            if schedule in ("measured", "replicated"):
+                replicated = plan_replicated(costs, [self.stages[i].parallel for i in compute], self.cores, io_work)
+                if replicated is not None and (schedule == "replicated" or (
+                        replicated.period < 0.9 * self._one_run_period and replicated.period < plan.period)):
+                    plan = replicated
+            replicas = plan.replicas or (1,) * len(plan.runs)
+            owner = {compute[i]: (r, plan.threads[r], replicas[r]) for r, run in enumerate(plan.runs) for i in run}
             groups, last = [], None
             for i, stage in enumerate(self.stages):
-                key = owner.get(i, ("io", i))
+                key = owner.get(i, ("io", i, 1))
                 if key == last and not stage.io:
                     groups[-1][0].append(stage)
                 else:
-                    groups.append(([stage], None if stage.io else key[1]))
+                    groups.append(([stage], None if stage.io else key[1], key[2]))
                 last = key
-            torch_threads = max((t for _, t in groups if t is not None), default=None)
+            torch_threads = max((t for _, t, r in groups if t is not None and r == 1), default=None)
             _set_torch_threads(torch_threads)
-        self.plan = [(tuple(s.name for s in stages), threads) for stages, threads in groups]
+        self.plan = [(tuple(s.name for s in stages), threads) for stages, threads, _ in groups]
+        self.replicas = {tuple(s.name for s in stages): r for stages, _, r in groups if r > 1}
         return groups
 
     def run(self, source: Iterable, make_error: Callable | None = None) -> Iterator:
@@ -437,18 +550,23 @@ class Pipeline:
                 if ended:  # the source ran out (or failed) during the probe
                     return
             groups = self._make_plan()
-            if self.schedule == "measured" and self.guard and sum(t is not None for _, t in groups) > 1:
-                # several compute threads rest on the model: run them for ``guard`` items, and go back to the one
-                # run on every core (the sequential run's period, measured by the probe) if they are slower
-                stamps = []
-                for item in self._threaded(it, groups, make_error, index, self.guard):
+            if self.schedule == "measured" and self.guard and sum(
+                    (t is not None) * r for _, t, r in groups) > 1:
+                # several compute threads rest on the model: time them over ``guard`` items, and go back to the
+                # one run on every core (the sequential run's period, measured by the probe) if they are slower —
+                # the source stops feeding them, the items in flight finish, the rest goes through the one run
+                stamps, cut = [], threading.Event()
+                for item in self._threaded(it, groups, make_error, index, cut=cut):
                     index += 1
-                    stamps.append(time.perf_counter())
+                    if len(stamps) < self.guard:
+                        stamps.append(time.perf_counter())
+                        if (len(stamps) == self.guard > 2
+                                and (stamps[-1] - stamps[0]) / (len(stamps) - 1) > self._one_run_period):
+                            cut.set()
                     yield item
-                if self._source_done or self._fatal or self._stop.is_set():
+                if not cut.is_set() or self._source_done or self._fatal or self._stop.is_set():
                     return
-                if len(stamps) > 2 and (stamps[-1] - stamps[0]) / (len(stamps) - 1) > self._one_run_period:
-                    groups, self.switched = self._make_plan("fused"), True
+                groups, self.switched = self._make_plan("fused"), True
             yield from self._threaded(it, groups, make_error, index)
         finally:
             self._stop.set()
@@ -461,15 +579,21 @@ class Pipeline:
             raise self._fatal[0]
 
     def _threaded(self, it: Iterator, groups, make_error: Callable | None, index: int,
-                  limit: int | None = None) -> Iterator:
-        """Items of ``it`` (at most ``limit``) through the threads of ``groups``, in order; the threads have ended
-        when this returns."""
+                  limit: int | None = None, cut: threading.Event | None = None) -> Iterator:
+        """Items of ``it`` (at most ``limit``; none taken once ``cut`` is set) through the threads of ``groups``,
+        in order; the threads have ended when this returns."""
         queues = [queue.Queue(self.queue_size) for _ in range(len(groups) + 1)]
-        threads = [threading.Thread(target=self._feed, args=(it, queues[0], make_error, index, limit),
+        threads = [threading.Thread(target=self._feed, args=(it, queues[0], make_error, index, limit, cut),
                                     name="source", daemon=True)]
-        for i, (stages, n) in enumerate(groups):
-            threads.append(threading.Thread(target=self._work, args=(stages, n, queues[i], queues[i + 1]),
-                                            name=f"stage-{'+'.join(s.name for s in stages)}", daemon=True))
+        for i, (stages, n, replicas) in enumerate(groups):
+            name = f"stage-{'+'.join(s.name for s in stages)}"
+            if replicas > 1:
+                order = _Order()
+                threads += [threading.Thread(target=self._replica, args=(stages, n, queues[i], queues[i + 1], order),
+                                             name=f"{name}-{r}", daemon=True) for r in range(replicas)]
+            else:
+                threads.append(threading.Thread(target=self._work, args=(stages, n, queues[i], queues[i + 1]),
+                                                name=name, daemon=True))
         self._threads += threads
         for t in threads:
             t.start()

@@ -17,26 +17,41 @@ def spam_stages(model, *, attention=None, attention_ratio: float = 2.5, focus=No
                 threads: int | None = None) -> list[Stage]:
     """prior → seeds → features → cluster → connectivity (→ ids for a coherent video).
 
+    The features stage is marked ``parallel`` (see :class:`~spam_stream.pipelines.executor.Stage`): it keeps no
+    state between frames (a video's warm features are planned in the seed stage and assembled in the cluster
+    stage), so the executor may run it on several frames at once; the encoder is most of a frame's work.
+
     ``video``: frames of one stream (prior every ``prior_every`` frames; with ``coherent``, warm starts and
     persistent ids). ``threads``: numba threads for each stage on a CPU (None: leave the defaults).
     """
     if video:
         prior = PriorSchedule(model, prior_every, attention, attention_ratio, focus)
-        seeds = WarmSeeds(model, coherent)
-        cluster = WarmCluster(model, coherent, warm_iterations)
-        features = WarmFeatures(model, coherent)
+        warm_seeds = WarmSeeds(model, coherent)
+        warm_cluster = WarmCluster(model, coherent, warm_iterations)
+        warm = WarmFeatures(model, coherent)
+
+        def seeds(frame):  # the seeds, then which regions the encoder must recompute (both follow the motion)
+            return warm.plan(warm_seeds(frame))
+
+        def cluster(frame):  # the previous features where they were kept, then the warm clustering
+            return warm_cluster(warm.assemble(frame))
+
+        features = warm.compute
     else:
         def prior(frame):
             return model.prior_stage(frame, attention, attention_ratio, focus)
         seeds, cluster, features = model.seed_stage, model.cluster_stage, model.feature_stage
+
     def connectivity(frame):
         model.connectivity_stage(frame)
         frame.release()  # features and candidates are not needed downstream: keep the frames in flight small
         return frame
 
+    # the features stage keeps no state (a video's warm features are planned in the seed stage and assembled in
+    # the cluster stage): the executor may run it on several frames at once
     stages = [Stage("prior", prior, threads=threads), Stage("seeds", seeds, threads=threads),
-              Stage("features", features, threads=threads), Stage("cluster", cluster, threads=threads),
-              Stage("connectivity", connectivity, threads=threads)]
+              Stage("features", features, threads=threads, parallel=True),
+              Stage("cluster", cluster, threads=threads), Stage("connectivity", connectivity, threads=threads)]
     if video and coherent:
         stages.append(Stage("ids", IdTracker(), threads=threads))
     return stages

@@ -38,11 +38,9 @@ STILL_TOL = 0.005
 
 def grey_small(image: np.ndarray, factor: int) -> np.ndarray:
     """(H // factor, W // factor) float32 grey (R + 2G + B) of an (H, W, 3) uint8 image, by block sums."""
-    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
-    img = image[:h, :w]
-    if factor > 1:
-        img = img.reshape(h // factor, factor, w // factor, factor, 3).sum((1, 3), dtype=np.uint32)
-    return (img[..., 0] + 2 * img[..., 1].astype(np.uint32) + img[..., 2]).astype(np.float32)
+    from ..kernels.changes import grey_blocks
+
+    return grey_blocks(image, factor)
 
 
 def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int):
@@ -166,6 +164,12 @@ class WarmFeatures:
     moved previous picture (local motion, occlusions). The moved features are those of the same content one
     frame earlier; they differ from a fresh computation only by the encoder's dependence on where the content
     sits on its 4-pixel pooling grid and near the frame borders (measured in BENCHMARKS.md, issue 23).
+
+    Three steps, so that a pipeline can run the expensive one on several frames at once: :meth:`plan` (stateful,
+    cheap: which regions to recompute, from the pictures alone, in ``meta["feature_plan"]``), :meth:`compute`
+    (stateless: the frame's colour/position channels and the encoder on the planned regions — everything that
+    costs) and :meth:`assemble` (stateful, cheap: the previous frame's features, moved, everywhere else). Plan and
+    assemble must each see the frames in order; ``warm(frame)`` does the three in turn.
     """
 
     def __init__(self, model, coherent: bool = True, tile: int = 128, mean_threshold: float = 2.0,
@@ -175,10 +179,12 @@ class WarmFeatures:
         self.model, self.coherent = model, coherent
         self.tile = -(-int(tile) // ALIGN) * ALIGN
         self.mean_threshold, self.max_threshold, self.max_changed = mean_threshold, max_threshold, max_changed
-        self._features = None
         self._refs: dict[tuple, np.ndarray] = {}  # tile core origin → the input window its features came from
         self._sig = None
         self._image = None  # the previous frame (the moved picture is compared with it)
+        self._planned = 0  # frames planned; a plan names the frame whose features it builds on
+        self._features = None  # the last assembled frame's features ...
+        self._assembled = 0  # ... and its number (1-based; 0: none)
 
     def _usable(self) -> bool:
         enc = self.model.encoder
@@ -195,62 +201,70 @@ class WarmFeatures:
                                          slice(max(0, d0 - HALO), min(w, d1 + HALO)))
 
     def __call__(self, frame: Frame) -> Frame:
+        return self.assemble(self.compute(self.plan(frame)))
+
+    # -- 1. plan (stateful, pictures only) ------------------------------------------------------------------------
+    def plan(self, frame: Frame) -> Frame:
+        """Decide what :meth:`compute` recomputes: ``meta["feature_plan"]`` = (kind, builds on, ...) with kind
+        "full", "static" (changed tiles) or "moved" (shift, bands, changed tiles); ``meta["tiles_recomputed"]``."""
         if not self._usable():
-            return self.model.feature_stage(frame)
+            return frame
+        with frame.timed("features"):
+            self._plan(frame)
+        return frame
+
+    def _plan(self, frame: Frame) -> None:
+        from ..kernels.changes import window_difference
+
         image = frame.image
         h, w = image.shape[:2]
         sig = (image.shape, frame.n_superpixels)
-        changed = set()
+        before, self._planned = self._planned, self._planned + 1
         motion = frame.meta.get("motion")
         shift = (0, 0) if motion is None else (int(round(motion[0])), int(round(motion[1])))
-        if self._features is not None and sig == self._sig and shift != (0, 0) and self._moved_timed(frame, shift):
-            self._refs = {core: image[win].astype(np.int16) for core, win in self._windows(h, w)}
-            self._features, self._image = frame.features, image
-            return frame
-        if self._features is not None and sig == self._sig:
+        if before and sig == self._sig and shift != (0, 0):
+            moved = self._plan_moved(image, shift)
+            if moved is not None:
+                band_y, band_x, changed, area = moved
+                self._refs = {core: image[win].copy() for core, win in self._windows(h, w)}
+                self._image = image
+                frame.meta["feature_plan"] = ("moved", before, shift, band_y, band_x, changed)
+                frame.meta["tiles_recomputed"] = min(1.0, area)
+                return
+        changed = set()
+        if before and sig == self._sig:
             for core, win in self._windows(h, w):
-                diff = np.abs(image[win].astype(np.int16) - self._refs[core]).max(-1)
-                if diff.mean() > self.mean_threshold or diff.max() > self.max_threshold:
+                mean, top = window_difference(image, win[0], win[1], self._refs[core])
+                if mean > self.mean_threshold or top > self.max_threshold:
                     changed.add(core)
-            n_tiles = len(self._refs)
-        if self._features is None or sig != self._sig or len(changed) > self.max_changed * n_tiles:
-            self.model.feature_stage(frame)
+        if not before or sig != self._sig or len(changed) > self.max_changed * len(self._refs):
+            frame.meta["feature_plan"] = ("full", before)
             frame.meta["tiles_recomputed"] = 1.0
-            self._refs = {core: image[win].astype(np.int16) for core, win in self._windows(h, w)}
+            self._refs = {core: image[win].copy() for core, win in self._windows(h, w)}
         else:
-            self._incremental(frame, changed)
-            frame.meta["tiles_recomputed"] = len(changed) / max(1, n_tiles)
+            frame.meta["feature_plan"] = ("static", before, changed)
+            frame.meta["tiles_recomputed"] = len(changed) / max(1, len(self._refs))
             for core, win in self._windows(h, w):
                 if core in changed:
-                    self._refs[core] = image[win].astype(np.int16)
-        self._features, self._sig, self._image = frame.features, sig, image
-        return frame
+                    self._refs[core] = image[win].copy()
+        self._sig, self._image = sig, image
 
-    def _moved_timed(self, frame: Frame, shift: tuple[int, int]) -> bool:
-        with frame.timed("features"):
-            return self._moved(frame, shift)
+    def _plan_moved(self, image: np.ndarray, shift: tuple[int, int]):
+        """(band rows, band columns, changed tiles, area recomputed) for a picture moved by ``shift`` (dy, dx) whole
+        pixels since the previous frame; None when too much would be recomputed."""
+        from ..encoder import ALIGN, HALO
+        from ..kernels.changes import moved_difference
 
-    def _moved(self, frame: Frame, shift: tuple[int, int]) -> bool:
-        """Features of a frame whose picture moved by ``shift`` (dy, dx) whole pixels: the previous learned
-        channels moved, recomputed where they cannot be reused. False (nothing done) when too much would be."""
-        from .. import kernels
-        from ..encoder import ALIGN, HALO, encode_tiled
-        from ..features import COLOR_SCALE, scaled_lab_yx
-
-        model, enc, image, prev = self.model, self.model.encoder, frame.image, self._image
+        prev = self._image
         h, w = image.shape[:2]
         dy, dx = shift
         if abs(dy) >= h // 3 or abs(dx) >= w // 3:
-            return False
+            return None
         # the tiles whose window does not match the moved previous picture (outside it counts as not matching)
-        diff = np.full((h, w), 255, np.int16)
-        ys, yp = slice(max(0, dy), h + min(0, dy)), slice(max(0, -dy), h + min(0, -dy))
-        xs, xp = slice(max(0, dx), w + min(0, dx)), slice(max(0, -dx), w + min(0, -dx))
-        diff[ys, xs] = np.abs(image[ys, xs].astype(np.int16) - prev[yp, xp]).max(-1)
+        diff = moved_difference(image, prev, dy, dx)
         band_y = -(-(abs(dy) + HALO) // ALIGN) * ALIGN if dy else 0  # rows / columns that came into view + reach
         band_x = -(-(abs(dx) + HALO) // ALIGN) * ALIGN if dx else 0
-        inner_y = slice(band_y, h) if dy > 0 else slice(0, h - band_y)
-        inner_x = slice(band_x, w) if dx > 0 else slice(0, w - band_x)
+        inner_y, inner_x = _inner(h, dy, band_y), _inner(w, dx, band_x)
         changed = set()
         for core, win in self._windows(h, w):
             c0, c1, d0, d1 = core
@@ -263,47 +277,80 @@ class WarmFeatures:
                 changed.add(core)
         area = (band_y * w + band_x * h) / (h * w) + len(changed) / max(1, len(self._refs))
         if area > self.max_changed:
-            return False
-        out = kernels.empty_features(h, w, self._features.shape[0], self._features.device)
-        if out.device.type == "cpu":
-            scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
-        else:
-            out[:5] = scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness)
-        out[5:, ys, xs] = self._features[5:, yp, xp]
-        factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
-        if band_y:  # one row of tiles as high as the band, only those overlapping it
-            top = dy > 0
-            encode_tiled(enc, out[:3], out[5:], tile=(band_y, w), colour_factor=factor,
-                         skip=lambda c0, c1, d0, d1: (c0 >= band_y) if top else (c1 <= h - band_y))
-        if band_x:
-            left = dx > 0
-            encode_tiled(enc, out[:3], out[5:], tile=(h, band_x), colour_factor=factor,
-                         skip=lambda c0, c1, d0, d1: (d0 >= band_x) if left else (d1 <= w - band_x))
-        if changed:
-            encode_tiled(enc, out[:3], out[5:], tile=self.tile, colour_factor=factor,
-                         skip=lambda c0, c1, d0, d1: (c0, c1, d0, d1) not in changed)
-        frame.features = out
-        frame.meta["tiles_recomputed"] = min(1.0, area)
-        return True
+            return None
+        return band_y, band_x, changed, area
 
-    def _incremental(self, frame: Frame, changed: set) -> None:
+    # -- 2. compute (stateless: safe on several frames at once) ----------------------------------------------------
+    def compute(self, frame: Frame) -> Frame:
+        """The planned features of ``frame``: all of them ("full", or no plan), else its colour/position channels
+        and the encoder's channels of the planned regions only (the rest is filled in by :meth:`assemble`)."""
         from .. import kernels
         from ..encoder import encode_tiled
         from ..features import COLOR_SCALE, scaled_lab_yx
 
-        model, enc = self.model, self.model.encoder
+        plan = frame.meta.get("feature_plan")
+        if plan is None or plan[0] == "full":
+            return self.model.feature_stage(frame)
+        model, enc, image = self.model, self.model.encoder, frame.image
+        h, w = image.shape[:2]
         with frame.timed("features"):
-            out = kernels.empty_features(*self._features.shape[1:], self._features.shape[0], self._features.device)
-            if out.device.type == "cpu":
-                scaled_lab_yx(frame.image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
-            else:
-                out[:5] = scaled_lab_yx(frame.image, frame.n_superpixels, model.color_scale, model.compactness)
-            out[5:] = self._features[5:]
+            out = kernels.empty_features(h, w, model.n_features, model.device)
+            scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
+            factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
+            changed = plan[-1]
+            if plan[0] == "moved":
+                (dy, dx), band_y, band_x = plan[2], plan[3], plan[4]
+                if band_y:  # one row of tiles as high as the band, only those overlapping it
+                    top = dy > 0
+                    encode_tiled(enc, out[:3], out[5:], tile=(band_y, w), colour_factor=factor,
+                                 skip=lambda c0, c1, d0, d1: (c0 >= band_y) if top else (c1 <= h - band_y))
+                if band_x:
+                    left = dx > 0
+                    encode_tiled(enc, out[:3], out[5:], tile=(h, band_x), colour_factor=factor,
+                                 skip=lambda c0, c1, d0, d1: (d0 >= band_x) if left else (d1 <= w - band_x))
             if changed:
-                factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
                 encode_tiled(enc, out[:3], out[5:], tile=self.tile, colour_factor=factor,
                              skip=lambda c0, c1, d0, d1: (c0, c1, d0, d1) not in changed)
             frame.features = out
+        return frame
+
+    # -- 3. assemble (stateful) -----------------------------------------------------------------------------------
+    def assemble(self, frame: Frame) -> Frame:
+        """The previous frame's learned channels (moved with the picture) wherever :meth:`compute` did not
+        recompute them. A plan that builds on a frame which never got here (it failed) is recomputed in full."""
+        plan = frame.meta.pop("feature_plan", None)
+        if plan is None:
+            return frame
+        if plan[0] != "full" and (plan[1] != self._assembled or self._features is None):
+            frame.meta["tiles_recomputed"] = 1.0
+            self.model.feature_stage(frame)
+        elif plan[0] != "full":
+            with frame.timed("features"):
+                out, prev = frame.features, self._features
+                h, w = out.shape[1:]
+                dy, dx = plan[2] if plan[0] == "moved" else (0, 0)
+                band_y, band_x = plan[3:5] if plan[0] == "moved" else (0, 0)
+                iy, ix = _kept(h, dy, band_y), _kept(w, dx, band_x)
+                fresh = [(core, out[5:, core[0]:core[1], core[2]:core[3]].clone()) for core in plan[-1]]
+                out[5:, iy, ix] = prev[5:, iy.start - dy:iy.stop - dy, ix.start - dx:ix.stop - dx]
+                for (c0, c1, d0, d1), values in fresh:
+                    out[5:, c0:c1, d0:d1] = values
+        self._features, self._assembled = frame.features, plan[1] + 1
+        return frame
+
+
+def _inner(n: int, shift: int, band: int) -> slice:
+    """The rows (or columns) of a length-``n`` axis moved by ``shift`` that lie outside the ``band`` that came into
+    view (plus the encoder's reach)."""
+    return slice(band, n) if shift > 0 else slice(0, n - band)
+
+
+def _kept(n: int, shift: int, band: int) -> slice:
+    """The rows (or columns) :meth:`WarmFeatures.compute` did not recompute with the band: it encodes ``band``-wide
+    tiles from 0, so at the far end it recomputes from the last tile start at or before ``n - band``."""
+    if shift > 0 or not band:
+        return slice(band, n)
+    return slice(0, (n - band) // band * band)
 
 
 def follow_motion(centroids: torch.Tensor, features: torch.Tensor, seeds, shape: tuple[int, int],
