@@ -1,7 +1,7 @@
 """Sequential vs pipelined video throughput, per-stage times and the ratio to the bound; memory over a long stream.
 
     python benchmarks/bench_pipeline.py [--frames 40] [--prior-frames 12] [--no-fastsam] [--memory 10000]
-                                        [--encoder default none fast] [--size 1280x720]
+                                        [--encoder default none fast] [--size 1280x720] [--repeats 3]
                                         [--schedules measured fused split oversubscribed stages]
 
 Input: a 481x321 clip panning over a BSDS500 test image (or samples/coffee.jpg), encoded to H.264 first; each run
@@ -103,39 +103,55 @@ def stage_means(frames, key="timings"):
     return rows
 
 
-def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321"):
+def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321", repeats=1):
+    """Sequential then each schedule's pipelined run, ``repeats`` times in turn; ratios are taken within each
+    repeat (the same minute of the machine) and their median printed, with every repeat's value."""
     cores = len(os.sched_getaffinity(0))
     run(model, clip, tmp / "warm", k, pipelined=False)  # warm-up: numba compile, caches
-    seq, seq_wall = run(model, clip, tmp / "seq", k, pipelined=False)
-    pipelined = []
-    for schedule in schedules:
-        os.environ["SPAM_SCHEDULE"] = schedule
-        PLANS.clear()
-        frames, wall = run(model, clip, tmp / f"pip-{schedule}", k, pipelined=True)
-        pipelined.append((schedule, frames, wall, PLANS[-1] if PLANS else "n/a"))
-    os.environ.pop("SPAM_SCHEDULE", None)
-    seq_fps = n / seq_wall
-    pip = pipelined[0][1]
-    wall_pip = stage_means(pip)
+    rounds = []  # per repeat: (seq frames, seq wall, [(schedule, frames, wall, plan)])
+    for r in range(repeats):
+        seq, seq_wall = run(model, clip, tmp / f"seq{r}", k, pipelined=False)
+        pipelined = []
+        for schedule in schedules:
+            os.environ["SPAM_SCHEDULE"] = schedule
+            PLANS.clear()
+            frames, wall = run(model, clip, tmp / f"pip-{schedule}{r}", k, pipelined=True)
+            pipelined.append((schedule, frames, wall, PLANS[-1] if PLANS else "n/a"))
+        os.environ.pop("SPAM_SCHEDULE", None)
+        rounds.append((seq, seq_wall, pipelined))
+    seq, seq_wall, pipelined = rounds[len(rounds) // 2]
+    bounds = [cores / sum(stage_means(sq, "cpu").values()) for sq, _, _ in rounds]
+    seq_fps = [n / w for _, w, _ in rounds]
+    wall_pip = stage_means(pipelined[0][1])
     cpu_seq = stage_means(seq, "cpu")
     total_cpu = sum(cpu_seq.values())
     bound = cores / total_cpu  # the issue's bound: cores / CPU time per frame of the sequential run
-    print(f"\n### {name}: {n} frames {size}, K={k}\n")
+    print(f"\n### {name}: {n} frames {size}, K={k}" + (f", {repeats} repeats" if repeats > 1 else "") + "\n")
     print(f"| stage | sequential wall (ms) | sequential CPU (ms) | pipelined ({pipelined[0][0]}) wall (ms) |")
     print("|---|---|---|---|")
     wall_seq = stage_means(seq)
     for s in STAGES:
         print(f"| {s} | {1e3 * wall_seq[s]:.1f} | {1e3 * cpu_seq[s]:.1f} | {1e3 * wall_pip[s]:.1f} |")
-    print(f"\nbound: {cores} cores / sequential CPU time {1e3 * total_cpu:.0f} ms per frame = {bound:.2f} frames/s\n")
-    print("| run | frames/s | vs sequential | vs bound | executor plan (stages of each thread: threads) |")
-    print("|---|---|---|---|---|")
-    print(f"| sequential | {seq_fps:.2f} | 1.00 | {seq_fps / bound:.2f} | |")
+    print(f"\nbound: {cores} cores / sequential CPU time {1e3 * total_cpu:.0f} ms per frame = {bound:.2f} frames/s"
+          + (f" (repeat {len(rounds) // 2 + 1} of {repeats}; each repeat's ratios use its own)" if repeats > 1 else "")
+          + "\n")
+    med = statistics.median
+    every = " (each repeat)" if repeats > 1 else ""
+    print(f"| run | frames/s | vs sequential | vs bound | vs bound{every} | executor plan (stages of each thread: "
+          "threads) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| sequential | {med(seq_fps):.2f} | 1.00 | {med([f / b for f, b in zip(seq_fps, bounds)]):.2f} | "
+          f"{' '.join(f'{f / b:.2f}' for f, b in zip(seq_fps, bounds))} | |")
     ratios = []
-    for schedule, frames, wall, plan in pipelined:
-        fps = n / wall
-        ratios.append((fps / seq_fps, fps / bound))
-        same = all(np.array_equal(a.labels, b.labels) for a, b in zip(seq, frames))
-        print(f"| pipelined, {schedule} | {fps:.2f} | {fps / seq_fps:.2f} | {fps / bound:.2f} | {plan}"
+    for j, schedule in enumerate(schedules):
+        fps = [n / rd[2][j][2] for rd in rounds]
+        vs_seq = med([f / s_ for f, s_ in zip(fps, seq_fps)])
+        vs_bound = [f / b for f, b in zip(fps, bounds)]
+        ratios.append((vs_seq, med(vs_bound)))
+        same = all(np.array_equal(a.labels, b.labels) for rd in rounds for a, b in zip(rd[0], rd[2][j][1]))
+        plans = sorted({rd[2][j][3] for rd in rounds})
+        print(f"| pipelined, {schedule} | {med(fps):.2f} | {vs_seq:.2f} | {med(vs_bound):.2f} | "
+              f"{' '.join(f'{v:.2f}' for v in vs_bound)} | {' / '.join(plans)}"
               f"{'' if same else ' (LABELS DIFFER from the sequential run)'} |")
     return ratios
 
@@ -190,6 +206,8 @@ def main():
                     help="executor schedules of the pipelined runs (measured, fused, split, oversubscribed, "
                          "replicated, stages; default: measured), each compared with the same sequential run")
     ap.add_argument("--size", default="481x321", help="clip size WxH (default 481x321)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="sequential + pipelined runs in turn this many times; medians of the per-repeat ratios")
     args = ap.parse_args()
     import torch
 
@@ -205,7 +223,7 @@ def main():
             for encoder in args.encoder:
                 model = SPAM(encoder=None if encoder == "none" else encoder)
                 compare(f"no prior, encoder {encoder}", model, clip, args.frames, 400, tmp, args.schedules,
-                        args.size)
+                        args.size, args.repeats)
             if not args.no_fastsam:
                 sys.path.insert(0, str(HERE))
                 from bench_priors import random_fastsam
@@ -215,7 +233,7 @@ def main():
                 make_clip(clip2, args.prior_frames, h, w)
                 provider = make_provider("fastsam", random_fastsam(tmp), imgsz=640)
                 compare("FastSAM-s prior (random weights, imgsz 640), bundled encoder", SPAM(prior=provider), clip2,
-                        args.prior_frames, 400, tmp, args.schedules, args.size)
+                        args.prior_frames, 400, tmp, args.schedules, args.size, args.repeats)
     if args.memory:
         memory(args.memory)
     print(f"\nload average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (after)")

@@ -318,9 +318,12 @@ def test_a_dominant_parallel_stage_is_replicated_over_the_cores():
     assert plan.period < plan_cpu(costs, 2, 0.004, margin=0.0).period  # below the one run's (sequential) period
     assert plan_replicated(costs, [False] * 3, 2) is None  # nothing to replicate
     assert plan_replicated(costs, [False, True, False], 1) is None  # one core: nothing to share
-    # a serial stage longer than the work over the cores bounds the period
-    slow = plan_replicated([StageCost(0.05, 0.05, 2), StageCost(0.02, 0.04, 2)], [False, True], 2)
-    assert slow.period == pytest.approx(0.05) and slow.replicas == (1, 2)
+    # on 4 cores, a serial stage longer than the work over the cores bounds the period
+    slow = plan_replicated([StageCost(0.05, 0.05, 4), StageCost(0.02, 0.06, 4)], [False, True], 4)
+    assert slow.period == pytest.approx(0.05) and slow.replicas == (1, 4)
+    # a parallel stage that is not the largest piece (the features without an encoder): no replicas
+    assert plan_replicated([StageCost(0.005, 0.005, 2), StageCost(0.001, 0.0013, 2), StageCost(0.008, 0.012, 2)],
+                           [False, True, False], 2) is None
 
 
 def test_replicas_run_items_side_by_side_and_keep_the_order():

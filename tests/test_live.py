@@ -126,8 +126,10 @@ def test_frames_given_as_arrays():
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_stop_mid_stream_leaves_a_playable_overlay_matching_the_csv(tmp_path, sig):
     out = tmp_path / "out"
+    # label PNGs (one file per frame as it is written) show the progress: stop once 8 frames are done
     proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", "-", "-o", str(out), "-k", "24",
-                             "--encoder", "none", "--input-format", "mpegts"], stdin=subprocess.PIPE,
+                             "--encoder", "none", "--input-format", "mpegts", "--labels-format", "png"],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     done = threading.Event()
     feeder = threading.Thread(target=send_frames, args=(*mpegts_writer(proc.stdin), range(400), 0.01, done),
@@ -147,7 +149,7 @@ def test_stop_mid_stream_leaves_a_playable_overlay_matching_the_csv(tmp_path, si
     rows = csv_rows(out / "stdin_frames.csv")
     frames = overlay_indices(out / "stdin_overlay.mp4")
     assert 8 <= len(rows) < 400
-    assert len(frames) == len(rows) == len(list(read_labels(out / "stdin_labels.mkv")))  # closed and valid
+    assert len(frames) == len(rows) == len(list(read_labels(out / "stdin_labels")))  # closed and valid
     assert frames == [int(r["frame"]) for r in rows] == list(range(len(rows)))
     assert b"stopped" in err
 
@@ -257,8 +259,10 @@ def test_realtime_reads_a_file_at_its_frame_rate(tmp_path):
 def test_sigterm_while_the_source_waits_for_data_still_closes_everything(tmp_path):
     """The source sends a few frames and then nothing (pipe left open): SIGTERM must not wait for more data."""
     out = tmp_path / "out"
+    # label PNGs (one file per frame as it is written) show the progress: stop once 8 frames are done
     proc = subprocess.Popen([sys.executable, "-m", "spam_stream.cli", "video", "-", "-o", str(out), "-k", "24",
-                             "--encoder", "none", "--input-format", "mpegts"], stdin=subprocess.PIPE,
+                             "--encoder", "none", "--input-format", "mpegts", "--labels-format", "png"],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     import io
 

@@ -270,7 +270,7 @@ def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io
                     ) -> CpuPlan | None:
     """The plan that runs the costliest run of consecutive ``parallel`` compute stages in ``cores`` replicas of one
     thread each (several items at once) and the stages before and after it as one thread each; None without a
-    parallel stage. Its modelled period: the slowest single thread, and never less than the work over the cores
+    parallel stage, or when the stages before or after it cost more than it does. Its modelled period: the slowest single thread, and never less than the work over the cores
     (the replicas take whatever core time the other threads leave, so the cores stay busy)."""
     n, cores = len(costs), max(1, int(cores))
     spans, start = [], None
@@ -284,6 +284,9 @@ def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io
         return None
     span = max(spans, key=lambda run: sum(costs[i].work for i in run))
     before, after = tuple(range(span[0])), tuple(range(span[-1] + 1, n))
+    work = [sum(costs[i].work for i in run) for run in (before, span, after)]
+    if work[1] < max(work[0], work[2]):
+        return None  # replicas are for the stage that dominates; a split into runs serves the others
     runs = tuple(run for run in (before, span, after) if run)
     threads = (1,) * len(runs)
     replicas = tuple(cores if run == span else 1 for run in runs)
