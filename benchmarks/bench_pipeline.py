@@ -10,8 +10,8 @@ decode, prior, features, seeds, clustering, connectivity, ids and write all coun
 FastSAM-s architecture with random weights (imgsz 640; nothing downloaded). Sequential and pipelined runs of the
 same clip in the same process, after a warm-up.
 
-Bound (frames/s) = cores / total CPU time per frame of the sequential run (process CPU time of each stage, all its
-threads). `--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py:
+Bound (frames/s) = cores / CPU time per frame of the sequential run (the process CPU time of the whole run: decoding,
+every stage with all its threads, the writers and x264's threads; the per-stage CPU column leaves decoding out). `--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py:
 measured = the default, fused / split / oversubscribed / replicated = forced plans after the probe (replicated: the
 features stage in one-thread replicas, several frames at once), stages = the old one thread
 per stage with the cores split evenly), each against the same sequential run; the plan each one ran is printed. `--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
@@ -49,7 +49,8 @@ def source_image() -> tuple[np.ndarray, str]:
 
 def make_clip(path: Path, n: int, h: int = 321, w: int = 481) -> None:
     img, _ = source_image()
-    scale = max(1.6, 1.25 * w / img.shape[1], 1.25 * h / img.shape[0])  # room to pan at any size
+    scale = max(1.6, 1.25 * w / img.shape[1], 1.25 * h / img.shape[0],  # room to pan at any size, and for n
+                (w + 3 * n + 8) / img.shape[1], (h + 2 * n + 8) / img.shape[0])  # frames (the pan never stops)
     big = np.asarray(Image.fromarray(img).resize((int(img.shape[1] * scale), int(img.shape[0] * scale))))
     writer = VideoWriter(path, 25, w, h, preset="veryfast")
     for i in range(n):
@@ -60,6 +61,7 @@ def make_clip(path: Path, n: int, h: int = 321, w: int = 481) -> None:
 
 
 PLANS = []  # the executor's plan of each pipelined run
+CPU = {}  # output folder of a run → its process CPU time (s)
 
 
 def _record_plans():
@@ -68,8 +70,8 @@ def _record_plans():
 
     original = executor.Pipeline._make_plan
 
-    def make_plan(self):
-        groups = original(self)
+    def make_plan(self, force=None):
+        groups = original(self, force)
         PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}"  # "x2": two replicas side by side
                                + (f"x{self.replicas[names]}" if names in self.replicas else "")
                                for names, threads in self.plan))
@@ -83,10 +85,11 @@ def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int 
 
     reader = VideoReader(clip)
     outputs = VideoOutputs(out, clip.stem, reader.rate, reader.width, reader.height)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     frames = list(video_frames(model, clip, k, pipelined=pipelined, reader=reader, prior_every=prior_every,
                                extra_stages=outputs.stages()))
     wall = time.perf_counter() - t
+    CPU[out] = time.process_time() - cpu  # the whole run's process CPU time: decoding, every stage, x264's threads
     outputs.close()
     errors = [f.error for f in frames if f.error]
     if errors:
@@ -111,20 +114,22 @@ def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321
     rounds = []  # per repeat: (seq frames, seq wall, [(schedule, frames, wall, plan)])
     for r in range(repeats):
         seq, seq_wall = run(model, clip, tmp / f"seq{r}", k, pipelined=False)
+        seq_cpu = CPU[tmp / f"seq{r}"]
         pipelined = []
         for schedule in schedules:
             os.environ["SPAM_SCHEDULE"] = schedule
             PLANS.clear()
             frames, wall = run(model, clip, tmp / f"pip-{schedule}{r}", k, pipelined=True)
-            pipelined.append((schedule, frames, wall, PLANS[-1] if PLANS else "n/a"))
+            pipelined.append((schedule, frames, wall, " → (guard) ".join(PLANS) if PLANS else "n/a",
+                              CPU[tmp / f"pip-{schedule}{r}"]))
         os.environ.pop("SPAM_SCHEDULE", None)
-        rounds.append((seq, seq_wall, pipelined))
-    seq, seq_wall, pipelined = rounds[len(rounds) // 2]
-    bounds = [cores / sum(stage_means(sq, "cpu").values()) for sq, _, _ in rounds]
-    seq_fps = [n / w for _, w, _ in rounds]
+        rounds.append((seq, seq_wall, pipelined, seq_cpu))
+    seq, seq_wall, pipelined, seq_cpu = rounds[len(rounds) // 2]
+    bounds = [cores * n / rd[3] for rd in rounds]  # cores / the sequential run's CPU time per frame
+    seq_fps = [n / rd[1] for rd in rounds]
     wall_pip = stage_means(pipelined[0][1])
     cpu_seq = stage_means(seq, "cpu")
-    total_cpu = sum(cpu_seq.values())
+    total_cpu = seq_cpu / n
     bound = cores / total_cpu  # the issue's bound: cores / CPU time per frame of the sequential run
     print(f"\n### {name}: {n} frames {size}, K={k}" + (f", {repeats} repeats" if repeats > 1 else "") + "\n")
     print(f"| stage | sequential wall (ms) | sequential CPU (ms) | pipelined ({pipelined[0][0]}) wall (ms) |")
@@ -132,15 +137,18 @@ def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321
     wall_seq = stage_means(seq)
     for s in STAGES:
         print(f"| {s} | {1e3 * wall_seq[s]:.1f} | {1e3 * cpu_seq[s]:.1f} | {1e3 * wall_pip[s]:.1f} |")
+    print(f"\nsequential CPU time per frame: {1e3 * total_cpu:.0f} ms for the whole run (decoding and x264's threads "
+          f"included), {1e3 * sum(cpu_seq.values()):.0f} ms in the stages above")
     print(f"\nbound: {cores} cores / sequential CPU time {1e3 * total_cpu:.0f} ms per frame = {bound:.2f} frames/s"
           + (f" (repeat {len(rounds) // 2 + 1} of {repeats}; each repeat's ratios use its own)" if repeats > 1 else "")
           + "\n")
     med = statistics.median
     every = " (each repeat)" if repeats > 1 else ""
-    print(f"| run | frames/s | vs sequential | vs bound | vs bound{every} | executor plan (stages of each thread: "
-          "threads) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| sequential | {med(seq_fps):.2f} | 1.00 | {med([f / b for f, b in zip(seq_fps, bounds)]):.2f} | "
+    print(f"| run | frames/s | CPU ms/frame | vs sequential | vs bound | vs bound{every} | executor plan (stages of "
+          "each thread: threads) |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| sequential | {med(seq_fps):.2f} | {1e3 * med([rd[3] for rd in rounds]) / n:.0f} | 1.00 | "
+          f"{med([f / b for f, b in zip(seq_fps, bounds)]):.2f} | "
           f"{' '.join(f'{f / b:.2f}' for f, b in zip(seq_fps, bounds))} | |")
     ratios = []
     for j, schedule in enumerate(schedules):
@@ -150,7 +158,8 @@ def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321
         ratios.append((vs_seq, med(vs_bound)))
         same = all(np.array_equal(a.labels, b.labels) for rd in rounds for a, b in zip(rd[0], rd[2][j][1]))
         plans = sorted({rd[2][j][3] for rd in rounds})
-        print(f"| pipelined, {schedule} | {med(fps):.2f} | {vs_seq:.2f} | {med(vs_bound):.2f} | "
+        cpu = 1e3 * med([rd[2][j][4] for rd in rounds]) / n
+        print(f"| pipelined, {schedule} | {med(fps):.2f} | {cpu:.0f} | {vs_seq:.2f} | {med(vs_bound):.2f} | "
               f"{' '.join(f'{v:.2f}' for v in vs_bound)} | {' / '.join(plans)}"
               f"{'' if same else ' (LABELS DIFFER from the sequential run)'} |")
     return ratios

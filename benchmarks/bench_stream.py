@@ -51,8 +51,8 @@ PLANS: list[str] = []
 def _record_plans():
     original = executor.Pipeline._make_plan
 
-    def make_plan(self):
-        groups = original(self)
+    def make_plan(self, force=None):
+        groups = original(self, force)
         PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}"  # "x2": two replicas side by side
                                + (f"x{self.replicas[names]}" if names in self.replicas else "")
                                for names, threads in self.plan))

@@ -14,6 +14,7 @@ hyper-parameters) and read by :func:`load_encoder`.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 
@@ -102,17 +103,32 @@ def _source_rows(dst: torch.Tensor, in_size: int, out_size: int):
     return i0, i1, 1.0 - w1, w1
 
 
+def _window_taps(dst, in_size: int, out_size: int, offset: int):
+    """:func:`_source_rows` of ``dst`` (a tensor, or a range: cached) shifted by ``offset``, with the smallest first
+    and the largest second source index as ints."""
+    if isinstance(dst, range):
+        return _range_taps(dst.start, dst.stop, in_size, out_size, offset)
+    i0, i1, w0, w1 = _source_rows(dst, in_size, out_size)
+    i0, i1 = i0 - offset, i1 - offset
+    return i0, i1, w0, w1, int(i0.min()), int(i1.max())
+
+
+@functools.lru_cache(maxsize=2048)
+def _range_taps(start: int, stop: int, in_size: int, out_size: int, offset: int):
+    return _window_taps(torch.arange(start, stop), in_size, out_size, offset)  # (read-only tensors: shared)
+
+
 def resize_window(src: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, full_in: tuple[int, int],
                   full_out: tuple[int, int], offset: tuple[int, int] = (0, 0), out: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """Rows × cols of ``F.interpolate(full, size=full_out, mode="bilinear", align_corners=False)`` where ``full`` is a
     (B, C, *full_in) map of which ``src`` (B, C, h, w) is the window starting at ``offset``; the window must hold every
     source row/column those outputs read. Returns (B, C, len(rows), len(cols)) float32, channels-last, written into
-    ``out`` when given (any strides, e.g. a channel slice of a channels-last buffer)."""
-    r0, r1, a0, a1 = _source_rows(rows, full_in[0], full_out[0])
-    c0, c1, b0, b1 = _source_rows(cols, full_in[1], full_out[1])
-    r0, r1, c0, c1 = r0 - offset[0], r1 - offset[0], c0 - offset[1], c1 - offset[1]
-    if min(r0.min(), c0.min()) < 0 or r1.max() >= src.shape[2] or c1.max() >= src.shape[3]:
+    ``out`` when given (any strides, e.g. a channel slice of a channels-last buffer). ``rows`` and ``cols`` may be
+    ``range`` objects: their taps are then computed once and cached (a video's tiles repeat frame after frame)."""
+    r0, r1, a0, a1, r_lo, r_hi = _window_taps(rows, full_in[0], full_out[0], offset[0])
+    c0, c1, b0, b1, c_lo, c_hi = _window_taps(cols, full_in[1], full_out[1], offset[1])
+    if min(r_lo, c_lo) < 0 or r_hi >= src.shape[2] or c_hi >= src.shape[3]:
         raise ValueError("resize_window: the window does not hold the source rows/columns these outputs read")
     if out is None:
         out = torch.empty((src.shape[0], src.shape[1], len(rows), len(cols)), dtype=src.dtype, device=src.device,
@@ -168,7 +184,8 @@ def tile_for_budget(height: int, width: int, encoder: Encoder, memory_budget: in
 
 
 def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | None = None, tile=None,
-                 memory_budget: int | None = None, colour_factor: float = 1.0, skip=None) -> torch.Tensor:
+                 memory_budget: int | None = None, colour_factor: float = 1.0, skip=None,
+                 region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """The encoder's learned channels computed tile by tile, equal to the whole-frame forward (float32 rounding).
 
     Args:
@@ -181,6 +198,9 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
         skip: optional ``skip(c0, c1, d0, d1) -> bool`` for the core rows c0:c1, columns d0:d1 of each tile: True
             leaves that core of ``out`` as it is (a video reusing the previous frame's features where nothing
             changed).
+        region: optional core rows and columns (r0, r1, c0, c1) to compute (r0, c0 multiples of ALIGN): the tiles
+            start there instead of at the frame's origin, so a band along the far edge (the rows a moving video
+            brought into view) is one tile, not the ends of two; the rest of ``out`` is left as it is.
     Returns:
         (out_dim − 5, H, W) float32: ``out`` when given. Each tile runs on its core plus HALO rows/columns (clipped at
         the image border, where the layers pad exactly as in the whole-frame forward), and only the core is kept.
@@ -197,16 +217,19 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
     h2, w2 = (h + 1) // 2, (w + 1) // 2  # MaxPool2d(3, 2, padding=1): floor((n + 2 − 3) / 2) + 1
     h4, w4 = (h2 + 1) // 2, (w2 + 1) // 2
     with torch.inference_mode():
-        for c0 in range(0, h, th):
-            c1 = min(h, c0 + th)
+        r0, r1, q0, q1 = region if region is not None else (0, h, 0, w)
+        if r0 % ALIGN or q0 % ALIGN:
+            raise ValueError(f"encode_tiled: the region must start at multiples of {ALIGN}, got {region}")
+        for c0 in range(r0, min(h, r1), th):
+            c1 = min(h, r1, c0 + th)
             a, b = max(0, c0 - HALO), min(h, c1 + HALO)  # tile input rows (a is a multiple of ALIGN)
-            for d0 in range(0, w, tw):
-                d1 = min(w, d0 + tw)
+            for d0 in range(q0, min(w, q1), tw):
+                d1 = min(w, q1, d0 + tw)
                 if skip is not None and skip(c0, c1, d0, d1):
                     continue
                 e, f = max(0, d0 - HALO), min(w, d1 + HALO)
                 ca, cb = max(0, d0 - 1), min(w, d1 + 1)  # columns the output conv reads
-                cols = torch.arange(ca, cb)
+                cols = range(ca, cb)
                 x = colour[:, :, a:b, e:f].contiguous(memory_format=torch.channels_last)
                 if colour_factor != 1.0:
                     x = x * colour_factor
@@ -219,17 +242,18 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
                 for g0 in range(c0, c1, STRIP):
                     g1 = min(c1, g0 + STRIP)
                     ra, rb = max(0, g0 - 1), min(h, g1 + 1)  # rows the output conv reads
-                    rows = torch.arange(ra, rb)
+                    rows = range(ra, rb)
                     cat = torch.empty((1, COLOR_CHANNELS + 3 * nc, rb - ra, cb - ca), dtype=x.dtype,
                                       device=x.device, memory_format=torch.channels_last)
-                    cat[:, :COLOR_CHANNELS] = x[:, :, ra - a:rb - a, ca - e:cb - e]
-                    cat[:, COLOR_CHANNELS:COLOR_CHANNELS + nc] = s1[:, :, ra - a:rb - a, ca - e:cb - e]
+                    # (copy_ rather than slice assignment: the op releases the GIL, other pipeline threads run)
+                    cat[:, :COLOR_CHANNELS].copy_(x[:, :, ra - a:rb - a, ca - e:cb - e])
+                    cat[:, COLOR_CHANNELS:COLOR_CHANNELS + nc].copy_(s1[:, :, ra - a:rb - a, ca - e:cb - e])
                     resize_window(s2, rows, cols, (h2, w2), (h, w), (a // 2, e // 2),
                                   cat[:, COLOR_CHANNELS + nc:-nc])
                     resize_window(s3, rows, cols, (h4, w4), (h, w), (a // 4, e // 4), cat[:, -nc:])
                     y = encoder.output(cat)
                     del cat
-                    out[:, g0:g1, d0:d1] = y[0, :, g0 - ra:g1 - ra, d0 - ca:d1 - ca]
+                    out[:, g0:g1, d0:d1].copy_(y[0, :, g0 - ra:g1 - ra, d0 - ca:d1 - ca])
                 del x, s1, s2, s3
     return out
 

@@ -98,3 +98,16 @@ def test_bad_arguments():
         label_components(torch.zeros(3, 4, 5, dtype=torch.int64))
     with pytest.raises(ValueError):
         label_components(torch.zeros(3, 4, dtype=torch.int64), connectivity=6)
+
+
+def test_present_and_apply_ids_equal_numpy():
+    from spam_stream.kernels.labeling import apply_ids, present_ids
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(-1, 50, (33, 41)).astype(np.int32)
+    labels[labels == 17] = 3  # an id that does not occur
+    present = present_ids(labels, 60)
+    assert present.shape == (60,)
+    assert np.array_equal(present, np.bincount(labels[labels >= 0], minlength=60) > 0)
+    lut = rng.integers(0, 65535, 60)
+    assert np.array_equal(apply_ids(labels, lut), np.where(labels >= 0, lut[labels], -1).astype(np.int32))

@@ -272,6 +272,21 @@ def _apply_ids(flat, lut, out):
         out[i] = lut[v] if v >= 0 else -1
 
 
+def present_ids(labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) bool: which of the ids 0..n-1 occur in an integer map of ids in [-1, n) (one pass, no GIL held; the
+    twin: ``np.bincount(labels[labels >= 0], minlength=n) > 0``)."""
+    return _present_ids(np.ascontiguousarray(labels).reshape(-1), int(n) - 1)
+
+
+def apply_ids(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """int32 map of the same shape: ``lut[labels]`` where labels ≥ 0, -1 elsewhere (a parallel pass, no GIL held;
+    the twin: ``np.where(labels >= 0, lut[labels], -1)``)."""
+    flat = np.ascontiguousarray(labels).reshape(-1)
+    out = np.empty(flat.shape[0], np.int32)
+    _apply_ids(flat, np.ascontiguousarray(lut, dtype=np.int32), out)
+    return out.reshape(labels.shape)
+
+
 def consecutive_ids(values: np.ndarray) -> np.ndarray | None:
     """(H, W) int32: the ids ≥ 0 of an integer map renumbered 0..M-1 in increasing order, every negative value -1
     (what ``np.unique(..., return_inverse=True)`` gives, in linear time: one pass marks the ids present, one parallel

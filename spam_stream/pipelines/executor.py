@@ -27,7 +27,7 @@
   on one) and made a pipelined run *slower* than a sequential one (0.85× on an idle 2-core machine). With
   ``schedule="measured"`` (the default off CUDA) the executor measures before it decides:
 
-  1. *Probe.* The first ``probe`` items (2) run one at a time in the consumer's thread with every core, as
+  1. *Probe.* The first ``probe`` items (3) run one at a time in the consumer's thread with every core, as
      :func:`run_sequential` does; for the items after the first (the first pays JIT compilation and cold starts)
      each stage's wall time ``w`` and process CPU time ``c`` are recorded.
   2. *Model.* A stage's single-thread work is ``a = max(w, min(c, cores · w))`` (CPU time beyond that belongs to
@@ -56,11 +56,13 @@
   4. *Run.* The remaining items go through the planned threads; each thread sets its own numba and torch thread
      counts (torch's is per thread once a thread has used it); the consumer's count is restored at the end.
   5. *Guard.* A plan of several compute threads rests on the model (OpenMP teams or the GIL can make threads
-     slower together than the model says): its first ``guard`` items (8) are timed, and when its measured period
-     is longer than the one-run plan's (the sequential period the probe measured) the source stops feeding it,
-     the items in flight finish, and the rest goes through the one run (``Pipeline.switched``). The source keeps
-     feeding while the guard measures, so a plan that stays never drains. So a plan never stays slower than
-     sequential with overlapped I/O.
+     slower together than the model says): ``guard`` items (8, after the first 2, which come as its threads
+     fill) are timed, and when its measured period is longer than the sequential run's (every stage's time per
+     item, as the probe measured it) the source stops feeding it, the items in flight finish, and the rest goes
+     through the one run (``Pipeline.switched``). The source keeps feeding while the guard measures, so a plan
+     that stays never drains. So a plan never stays slower than ``--sequential``. (Against the one run's
+     modelled period instead, a few percent of frame-to-frame variation between the probe's items and the
+     guard's dropped good plans.)
 
   So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run — or, when it
   keeps no state (the encoder), runs on several frames at once — and the rest of the pipeline overlaps with it;
@@ -87,6 +89,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 _END = object()  # end of input marker, passes through every queue
+GUARD_SKIP = 2  # items of a new plan not timed by the guard (its threads are filling)
 SCHEDULES = ("measured", "stages", "fused", "split", "oversubscribed", "replicated")
 
 
@@ -266,11 +269,11 @@ class _Order:
         return True
 
 
-def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io_work: float = 0.0
-                    ) -> CpuPlan | None:
+def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io_work: float = 0.0,
+                    dominant_only: bool = True) -> CpuPlan | None:
     """The plan that runs the costliest run of consecutive ``parallel`` compute stages in ``cores`` replicas of one
     thread each (several items at once) and the stages before and after it as one thread each; None without a
-    parallel stage, or when the stages before or after it cost more than it does. Its modelled period: the slowest single thread, and never less than the work over the cores
+    parallel stage, or (``dominant_only``) when the stages before or after it cost more than it does. Its modelled period: the slowest single thread, and never less than the work over the cores
     (the replicas take whatever core time the other threads leave, so the cores stay busy)."""
     n, cores = len(costs), max(1, int(cores))
     spans, start = [], None
@@ -285,7 +288,7 @@ def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io
     span = max(spans, key=lambda run: sum(costs[i].work for i in run))
     before, after = tuple(range(span[0])), tuple(range(span[-1] + 1, n))
     work = [sum(costs[i].work for i in run) for run in (before, span, after)]
-    if work[1] < max(work[0], work[2]):
+    if dominant_only and work[1] < max(work[0], work[2]):
         return None  # replicas are for the stage that dominates; a split into runs serves the others
     runs = tuple(run for run in (before, span, after) if run)
     threads = (1,) * len(runs)
@@ -330,7 +333,7 @@ class Pipeline:
     """
 
     def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1,
-                 schedule: str | None = None, probe: int = 2, cores: int | None = None, guard: int = 8):
+                 schedule: str | None = None, probe: int = 3, cores: int | None = None, guard: int = 8):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         schedule = schedule or os.environ.get("SPAM_SCHEDULE") or "measured"
@@ -509,10 +512,12 @@ class Pipeline:
             margin = {"fused": 0.0, "split": float("inf"), "oversubscribed": float("inf")}.get(schedule, 0.9)
             plan = plan_cpu(costs, self.cores, io_work, margin)
             self._one_run_period = plan_cpu(costs, self.cores, io_work, 0.0).period
+            self._sequential_period = sum(cost.wall for cost in self.costs.values())
             if schedule == "oversubscribed":
                 plan = CpuPlan(plan.runs, (self.cores,) * len(plan.runs), plan.period)
             if schedule in ("measured", "replicated"):
-                replicated = plan_replicated(costs, [self.stages[i].parallel for i in compute], self.cores, io_work)
+                replicated = plan_replicated(costs, [self.stages[i].parallel for i in compute], self.cores, io_work,
+                                             dominant_only=schedule != "replicated")
                 if replicated is not None and (schedule == "replicated" or (
                         replicated.period < 0.9 * self._one_run_period and replicated.period < plan.period)):
                     plan = replicated
@@ -555,16 +560,17 @@ class Pipeline:
             groups = self._make_plan()
             if self.schedule == "measured" and self.guard and sum(
                     (t is not None) * r for _, t, r in groups) > 1:
-                # several compute threads rest on the model: time them over ``guard`` items, and go back to the
-                # one run on every core (the sequential run's period, measured by the probe) if they are slower —
+                # several compute threads rest on the model: time them over ``guard`` items (after the first
+                # ``GUARD_SKIP``, which come as the new threads fill), and go back to the one run on every core if
+                # they are slower than the sequential run (every stage's time per item, measured by the probe) —
                 # the source stops feeding them, the items in flight finish, the rest goes through the one run
-                stamps, cut = [], threading.Event()
+                stamps, cut, seen = [], threading.Event(), 0
                 for item in self._threaded(it, groups, make_error, index, cut=cut):
-                    index += 1
-                    if len(stamps) < self.guard:
+                    index, seen = index + 1, seen + 1
+                    if seen > GUARD_SKIP and len(stamps) < self.guard:
                         stamps.append(time.perf_counter())
                         if (len(stamps) == self.guard > 2
-                                and (stamps[-1] - stamps[0]) / (len(stamps) - 1) > self._one_run_period):
+                                and (stamps[-1] - stamps[0]) / (len(stamps) - 1) > self._sequential_period):
                             cut.set()
                     yield item
                 if not cut.is_set() or self._source_done or self._fatal or self._stop.is_set():

@@ -298,16 +298,18 @@ class WarmFeatures:
             scaled_lab_yx(image, frame.n_superpixels, model.color_scale, model.compactness, out=out[:5])
             factor = getattr(enc, "input_color_scale", COLOR_SCALE) / model.color_scale
             changed = plan[-1]
-            if plan[0] == "moved":
+            if plan[0] == "moved":  # each band as one tile (see _kept: what is not recomputed)
                 (dy, dx), band_y, band_x = plan[2], plan[3], plan[4]
-                if band_y:  # one row of tiles as high as the band, only those overlapping it
-                    top = dy > 0
-                    encode_tiled(enc, out[:3], out[5:], tile=(band_y, w), colour_factor=factor,
-                                 skip=lambda c0, c1, d0, d1: (c0 >= band_y) if top else (c1 <= h - band_y))
+                if band_y:
+                    ky = _kept(h, dy, band_y)
+                    rows = (0, ky.start) if dy > 0 else (ky.stop, h)
+                    encode_tiled(enc, out[:3], out[5:], tile=(rows[1] - rows[0], w), colour_factor=factor,
+                                 region=(*rows, 0, w))
                 if band_x:
-                    left = dx > 0
-                    encode_tiled(enc, out[:3], out[5:], tile=(h, band_x), colour_factor=factor,
-                                 skip=lambda c0, c1, d0, d1: (d0 >= band_x) if left else (d1 <= w - band_x))
+                    kx = _kept(w, dx, band_x)
+                    cols = (0, kx.start) if dx > 0 else (kx.stop, w)
+                    encode_tiled(enc, out[:3], out[5:], tile=(h, cols[1] - cols[0]), colour_factor=factor,
+                                 region=(0, h, *cols))
             if changed:
                 encode_tiled(enc, out[:3], out[5:], tile=self.tile, colour_factor=factor,
                              skip=lambda c0, c1, d0, d1: (c0, c1, d0, d1) not in changed)
@@ -332,9 +334,10 @@ class WarmFeatures:
                 band_y, band_x = plan[3:5] if plan[0] == "moved" else (0, 0)
                 iy, ix = _kept(h, dy, band_y), _kept(w, dx, band_x)
                 fresh = [(core, out[5:, core[0]:core[1], core[2]:core[3]].clone()) for core in plan[-1]]
-                out[5:, iy, ix] = prev[5:, iy.start - dy:iy.stop - dy, ix.start - dx:ix.stop - dx]
+                # copy_ (not slice assignment, which holds the GIL while it copies): other threads run meanwhile
+                out[5:, iy, ix].copy_(prev[5:, iy.start - dy:iy.stop - dy, ix.start - dx:ix.stop - dx])
                 for (c0, c1, d0, d1), values in fresh:
-                    out[5:, c0:c1, d0:d1] = values
+                    out[5:, c0:c1, d0:d1].copy_(values)
         self._features, self._assembled = frame.features, plan[1] + 1
         return frame
 
@@ -346,11 +349,14 @@ def _inner(n: int, shift: int, band: int) -> slice:
 
 
 def _kept(n: int, shift: int, band: int) -> slice:
-    """The rows (or columns) :meth:`WarmFeatures.compute` did not recompute with the band: it encodes ``band``-wide
-    tiles from 0, so at the far end it recomputes from the last tile start at or before ``n - band``."""
+    """The rows (or columns) :meth:`WarmFeatures.compute` does not recompute with the ``band``: it encodes the band
+    as one tile, which must start at a multiple of the encoder's ALIGN, so a band at the far end starts at the
+    multiple at or before ``n - band``."""
+    from ..encoder import ALIGN
+
     if shift > 0 or not band:
         return slice(band, n)
-    return slice(0, (n - band) // band * band)
+    return slice(0, (n - band) // ALIGN * ALIGN)
 
 
 def follow_motion(centroids: torch.Tensor, features: torch.Tensor, seeds, shape: tuple[int, int],
@@ -516,6 +522,8 @@ class IdTracker:
         return self._retired.popleft()
 
     def __call__(self, frame: Frame) -> Frame:
+        from ..kernels.labeling import apply_ids, present_ids
+
         labels, clusters = frame.labels, frame.cluster_labels
         n = int(labels.max()) + 1
         ids = np.full(n, -1, np.int64)
@@ -549,14 +557,14 @@ class IdTracker:
             area_old = np.bincount(prev.ravel())
             ok = (2 * both > area_new[a]) & (2 * both > area_old[b])
             ids[a[ok]] = b[ok]
-        present = np.bincount(labels.ravel(), minlength=n) > 0
+        present = present_ids(labels, n)  # (numba, without the GIL: the pipeline's other threads run)
         for j in np.flatnonzero((ids < 0) & present):
             ids[j] = self._fresh()
         self._cluster_id = {c: int(ids[j]) for c, j in claims.items()}
         alive = set(ids[present].tolist())
         self._retired.extend(sorted(self._alive - alive))
         self._alive = alive
-        frame.labels = ids[labels].astype(np.int32)
+        frame.labels = apply_ids(labels, ids)
         frame.meta["n_superpixels"] = int(present.sum())
         self._prev_ids = frame.labels
         return frame
