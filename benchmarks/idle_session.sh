@@ -26,7 +26,10 @@ for step in $steps; do
             run pipeline $PY benchmarks/bench_pipeline.py --frames 40 --encoder default none --repeats 3 \
                 --schedules measured fused split replicated stages
             run pipeline $PY benchmarks/bench_pipeline.py --frames 24 --size 1280x720 --no-fastsam --repeats 3 \
-                --schedules measured fused replicated ;;
+                --schedules measured fused replicated
+            run pipeline $PY benchmarks/bench_pipeline.py --frames 120 --no-fastsam --repeats 2 --schedules measured
+            run pipeline $PY benchmarks/bench_pipeline.py --frames 60 --size 1280x720 --no-fastsam --repeats 2 \
+                --schedules measured ;;
         graph)
             run graph $PY benchmarks/bench_graph.py --repeats 5 --batch 64 ;;
         temporal)
