@@ -27,7 +27,7 @@
   on one) and made a pipelined run *slower* than a sequential one (0.85× on an idle 2-core machine). With
   ``schedule="measured"`` (the default off CUDA) the executor measures before it decides:
 
-  1. *Probe.* The first ``probe`` items (3) run one at a time in the consumer's thread with every core, as
+  1. *Probe.* The first ``probe`` items (2) run one at a time in the consumer's thread with every core, as
      :func:`run_sequential` does; for the items after the first (the first pays JIT compilation and cold starts)
      each stage's wall time ``w`` and process CPU time ``c`` are recorded.
   2. *Model.* A stage's single-thread work is ``a = max(w, min(c, cores · w))`` (CPU time beyond that belongs to
@@ -335,7 +335,7 @@ class Pipeline:
     """
 
     def __init__(self, stages: list[Stage], queue_size: int = 2, device=None, poll: float = 0.1,
-                 schedule: str | None = None, probe: int = 3, cores: int | None = None, guard: int = 8):
+                 schedule: str | None = None, probe: int = 2, cores: int | None = None, guard: int = 8):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         schedule = schedule or os.environ.get("SPAM_SCHEDULE") or "measured"
