@@ -11,10 +11,13 @@ FastSAM-s architecture with random weights (imgsz 640; nothing downloaded). Sequ
 same clip in the same process, after a warm-up.
 
 Bound (frames/s) = cores / CPU time per frame of the sequential run (the process CPU time of the whole run: decoding,
-every stage with all its threads, the writers and x264's threads; the per-stage CPU column leaves decoding out). `--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py:
-measured = the default, fused / split / oversubscribed / replicated = forced plans after the probe (replicated: the
-features stage in one-thread replicas, several frames at once), stages = the old one thread
-per stage with the cores split evenly), each against the same sequential run; the plan each one ran is printed. `--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
+every stage with all its threads, the writers and x264's threads; the per-stage CPU column leaves decoding out).
+`--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py: measured = the
+default, fused / split / oversubscribed / replicated = forced plans after the probe (replicated: the features stage
+in one-thread replicas, several frames at once), stages = the old one thread per stage with the cores split evenly),
+each against the same sequential run; the plan each one ran is printed (" → (guard) " when the guard dropped it).
+`--repeats R` runs the sequential run and every schedule in turn R times: ratios within a repeat, medians printed.
+`--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
 frame 1,000 and at frame N.
 """
 from __future__ import annotations

@@ -275,8 +275,9 @@ def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io
                     dominant_only: bool = True) -> CpuPlan | None:
     """The plan that runs the costliest run of consecutive ``parallel`` compute stages in ``cores`` replicas of one
     thread each (several items at once) and the stages before and after it as one thread each; None without a
-    parallel stage, or (``dominant_only``) when the stages before or after it cost more than it does. Its modelled period: the slowest single thread, and never less than the work over the cores
-    (the replicas take whatever core time the other threads leave, so the cores stay busy)."""
+    parallel stage, or (``dominant_only``) when the stages before or after it cost more than it does. Its modelled
+    period: the slowest single thread, and never less than the work over the cores (the replicas take whatever core
+    time the other threads leave, so the cores stay busy)."""
     n, cores = len(costs), max(1, int(cores))
     spans, start = [], None
     for i in range(n + 1):
@@ -327,10 +328,11 @@ class Pipeline:
         poll: seconds between checks of the stop flag.
         schedule: "measured" (off CUDA: probe the first items, then threads by measured cost, see the module
             docstring), "stages" (one thread per stage, each with its own ``threads``; always on CUDA), or a forced
-            plan after the probe: "fused", "split", "oversubscribed". Default: ``$SPAM_SCHEDULE`` or "measured".
+            plan after the probe: "fused", "split", "oversubscribed", "replicated". Default: ``$SPAM_SCHEDULE`` or
+            "measured".
         probe: items run one at a time to measure the stages (the first one is not measured).
         cores: the cores to plan for (default: those this process may use).
-        guard: items a plan of several compute threads runs before it is checked against the one-run plan's
+        guard: items a plan of several compute threads runs before it is checked against the sequential run's
             period (0: never checked; see the module docstring).
     """
 
