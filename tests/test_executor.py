@@ -397,3 +397,27 @@ def test_the_measured_schedule_replicates_a_dominant_parallel_stage():
     assert [f.index for f in out] == list(range(40))
     assert pipeline.replicas == {("features",): 2} and not pipeline.switched
     assert wall < 40 * 0.042 * 0.8  # well below the sequential time (sleeps overlap)
+
+
+def test_an_interrupt_while_a_plan_starts_its_threads_stops_cleanly(monkeypatch):
+    """Ctrl-C can land between two thread starts (a plan beginning after the probe or the guard): the pipeline
+    raises KeyboardInterrupt, joins only the threads that started (joining one that never did raised
+    RuntimeError), and no stage thread is left."""
+    from spam_stream.pipelines import executor
+
+    started = [0]
+
+    class Thread(threading.Thread):
+        def start(self):
+            started[0] += 1
+            if started[0] == 3:
+                raise KeyboardInterrupt
+            super().start()
+
+    monkeypatch.setattr(executor.threading, "Thread", Thread)
+    stages = [Stage("a", lambda f: time.sleep(0.002) or f), Stage("par", jitter("par"), parallel=True),
+              Stage("b", jitter("b"))]
+    with pytest.raises(KeyboardInterrupt):
+        list(Pipeline(stages, cores=2, probe=1, schedule="replicated").run(frames(50)))
+    time.sleep(0.3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("stage-") or t.name == "source"]

@@ -586,7 +586,8 @@ class Pipeline:
         finally:
             self._stop.set()
             for t in self._threads:
-                t.join(timeout=5.0)
+                if t.ident is not None:  # an interrupt can land while a plan's threads are being started
+                    t.join(timeout=5.0)
             if not self._threads or not self._source_done:
                 _close(it)  # (a no-op when a source thread closed it)
             _set_torch_threads(torch_before)
