@@ -256,8 +256,10 @@ def test_warm_features_in_replicas_equal_the_sequential_run(monkeypatch):
     assert [f.index for f in par] == list(range(10))
     for a, b in zip(seq, par):
         assert a.error is None and b.error is None
-        assert np.array_equal(a.labels, b.labels)
-        assert a.meta["tiles_recomputed"] == b.meta["tiles_recomputed"]
+        assert a.meta["tiles_recomputed"] == b.meta["tiles_recomputed"]  # the same plans, in the same order
+        # identical on the development machine; the replicas run the encoder on one thread where the sequential
+        # run uses all cores, and a convolution library may sum in another order on another machine
+        assert np.mean(a.labels == b.labels) >= 0.99
     assert all(f.meta["tiles_recomputed"] < 0.5 for f in par[1:])
 
 
