@@ -39,26 +39,12 @@ sys.path.insert(0, str(HERE))
 
 from spam_stream import SPAM  # noqa: E402
 from spam_stream.frame import Frame  # noqa: E402
-from spam_stream.pipelines import executor  # noqa: E402
 from spam_stream.pipelines.executor import Pipeline, Stage  # noqa: E402
 from spam_stream.pipelines.video import VideoOptions, decoded_frames, process_video  # noqa: E402
 from spam_stream.pipelines.writers import STAGE_NAMES, VideoOutputs  # noqa: E402
 from spam_stream.videoio import VideoReader, VideoWriter  # noqa: E402
 
-PLANS: list[str] = []
-
-
-def _record_plans():
-    original = executor.Pipeline._make_plan
-
-    def make_plan(self, force=None):
-        groups = original(self, force)
-        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}"  # "x2": two replicas side by side
-                               + (f"x{self.replicas[names]}" if names in self.replicas else "")
-                               for names, threads in self.plan))
-        return groups
-
-    executor.Pipeline._make_plan = make_plan
+from bench_pipeline import PLANS, _record_plans  # noqa: E402  (the plans the executor chose, as text)
 
 
 def source_image() -> np.ndarray:

@@ -21,7 +21,6 @@ frames of either without decoding them (what ``spam-stream batch --resume`` chec
 """
 from __future__ import annotations
 
-import os
 import uuid
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from .io import InputError
+from .videoio import PartFileWriter
 
 LABEL_FORMATS = ("ffv1", "png")
 DEFAULT_LABEL_FORMAT = "ffv1"
@@ -45,7 +45,7 @@ def labels_path(outdir, stem: str, fmt: str = DEFAULT_LABEL_FORMAT) -> Path:
     return Path(outdir) / f"{stem}_labels{LABELS_SUFFIX[fmt]}"
 
 
-class LabelVideoWriter:
+class LabelVideoWriter(PartFileWriter):
     """One lossless 16-bit label video (FFV1 gray16le in Matroska): ``write(index, labels)`` for each frame in
     increasing ``index`` order, then :meth:`close` (renames the finished file into place) or :meth:`abort`
     (deletes it). Until :meth:`close`, the file exists only under a temporary name (``.<stem>.<random>.part.mkv``).
@@ -98,26 +98,6 @@ class LabelVideoWriter:
             self.container.mux(packet)
         self.count += 1
         self._last = index
-
-    def close(self) -> None:
-        """Flush the encoder and move the finished file to its final name."""
-        try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
-        finally:
-            self.container.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        """Stop without keeping anything."""
-        try:
-            self.container.close()
-        except Exception:
-            pass
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _stream_rate(stream) -> Fraction | None:

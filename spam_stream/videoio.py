@@ -212,7 +212,38 @@ def _short(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:160] or type(exc).__name__
 
 
-class VideoWriter:
+class PartFileWriter:
+    """What the PyAV writers share: an open ``container`` with one encoded ``stream``, written under the temporary
+    name ``tmp`` (None: straight to ``path``, a live URL) and moved to ``path`` when complete, so that a crash never
+    leaves a half-written file under the final name."""
+
+    container = stream = tmp = path = None
+
+    def close(self) -> None:
+        """Flush the encoder and move the finished file to its final name."""
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+        if self.tmp is not None:
+            os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Stop without keeping anything."""
+        try:
+            self.container.close()
+        except Exception:
+            pass
+        if self.tmp is None:
+            return
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class VideoWriter(PartFileWriter):
     """H.264 MP4 writer: ``write(rgb)`` frames of one size, then ``close()`` (renames the finished file into place)
     or ``abort()`` (deletes it).
 
@@ -264,28 +295,6 @@ class VideoWriter:
             self.container.mux(packet)
         self.count += 1
 
-    def close(self) -> None:
-        """Flush the encoder and move the finished file to its final name."""
-        try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
-        finally:
-            self.container.close()
-        if self.tmp is not None:
-            os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        """Stop without keeping anything."""
-        try:
-            self.container.close()
-        except Exception:
-            pass
-        if self.tmp is None:
-            return
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
 
 
 def video_info(path) -> dict:

@@ -43,10 +43,16 @@ def write_index_video(path, n, rate=Fraction(30000, 1001), h=67, w=99, codec="li
     stream.pix_fmt = "yuv420p" if even else "yuv444p"
     if codec == "libx264":
         stream.options = {"crf": "12", "preset": "veryfast"}
-    for i in range(n):
-        img = index_frame(i, h, w, static)
-        if even:
-            img = np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    pad = ((0, h % 2), (0, w % 2), (0, 0)) if even else ((0, 0),) * 3
+    encode_frames(container, stream, (np.pad(index_frame(i, h, w, static), pad, mode="edge") for i in range(n)))
+    return path
+
+
+def encode_frames(container, stream, images):
+    """Encode (H, W, 3) uint8 ``images`` into ``stream`` with consecutive pts, flush, close the container."""
+    import av
+
+    for i, img in enumerate(images):
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
         frame.pts = i
         for packet in stream.encode(frame):
@@ -54,7 +60,6 @@ def write_index_video(path, n, rate=Fraction(30000, 1001), h=67, w=99, codec="li
     for packet in stream.encode():
         container.mux(packet)
     container.close()
-    return path
 
 
 TS_PACKET = 188
@@ -73,18 +78,14 @@ def write_ts_video(path, n, rate=Fraction(25), h=96, w=128):
     stream = container.add_stream("libx264", rate=rate)
     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
     stream.options = {"crf": "18", "preset": "veryfast", "bf": "0"}
-    for i in range(n):
+
+    def noisy(i):
         img = index_frame(i, h, w)
         noise = rng.integers(-40, 40, img.shape)
         noise[:BLOCK + 2] = 0  # keep the index blocks clean
-        img = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts = i
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+        return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+    encode_frames(container, stream, (noisy(i) for i in range(n)))
     with av.open(str(path)) as c:
         pid = c.streams.video[0].id
     data = path.read_bytes()

@@ -296,9 +296,8 @@ def plan_replicated(costs: list[StageCost], parallel: list[bool], cores: int, io
     runs = tuple(run for run in (before, span, after) if run)
     threads = (1,) * len(runs)
     replicas = tuple(cores if run == span else 1 for run in runs)
-    single = max((sum(costs[i].work for i in run) for run in (before, after) if run), default=0.0)
-    floor = (sum(c.work for c in costs) + io_work) / cores
-    return CpuPlan(runs, threads, max(single, sum(costs[i].work for i in span) / cores, floor), replicas)
+    floor = (sum(work) + io_work) / cores
+    return CpuPlan(runs, threads, max(work[0], work[2], work[1] / cores, floor), replicas)
 
 
 def _set_threads(n: int | None, torch_too: bool = False) -> None:

@@ -28,6 +28,7 @@ from collections import deque
 import numpy as np
 import torch
 
+from ..encoder import ALIGN, HALO
 from ..frame import Frame
 
 MOVING_TOL = 0.015
@@ -174,8 +175,6 @@ class WarmFeatures:
 
     def __init__(self, model, coherent: bool = True, tile: int = 128, mean_threshold: float = 2.0,
                  max_threshold: int = 48, max_changed: float = 0.4):
-        from ..encoder import ALIGN
-
         self.model, self.coherent = model, coherent
         self.tile = -(-int(tile) // ALIGN) * ALIGN
         self.mean_threshold, self.max_threshold, self.max_changed = mean_threshold, max_threshold, max_changed
@@ -192,8 +191,6 @@ class WarmFeatures:
                 and float(getattr(enc, "resolution", 1.0)) == 1.0)
 
     def _windows(self, h: int, w: int):
-        from ..encoder import HALO
-
         for c0 in range(0, h, self.tile):
             for d0 in range(0, w, self.tile):
                 c1, d1 = min(h, c0 + self.tile), min(w, d0 + self.tile)
@@ -252,7 +249,6 @@ class WarmFeatures:
     def _plan_moved(self, image: np.ndarray, shift: tuple[int, int]):
         """(band rows, band columns, changed tiles, area recomputed) for a picture moved by ``shift`` (dy, dx) whole
         pixels since the previous frame; None when too much would be recomputed."""
-        from ..encoder import ALIGN, HALO
         from ..kernels.changes import moved_difference
 
         prev = self._image
@@ -352,8 +348,6 @@ def _kept(n: int, shift: int, band: int) -> slice:
     """The rows (or columns) :meth:`WarmFeatures.compute` does not recompute with the ``band``: it encodes the band
     as one tile, which must start at a multiple of the encoder's ALIGN, so a band at the far end starts at the
     multiple at or before ``n - band``."""
-    from ..encoder import ALIGN
-
     if shift > 0 or not band:
         return slice(band, n)
     return slice(0, (n - band) // ALIGN * ALIGN)
