@@ -27,6 +27,8 @@ timeout 200 python3 benchmarks/bench_gpu.py --repeats 5 --image "$BSDS/data/imag
 # without a 25-object prior), then the 1080p stream with FastSAM (>= 30 frames/s, prior and clustering overlapped).
 # The device machine has no PyAV or ultralytics: carry their wheels (pip download --no-deps -d .wheels av ultralytics
 # ultralytics-thop) in ".wheels"; without them bench_stream is skipped.
+echo "== 1a. host round trips per frame on CUDA, counted and as set_sync_debug_mode reports them ($(left) s left)"
+timeout 90 python3 benchmarks/bench_host_syncs.py --device cuda 2>&1 | tee "$OUT/bench_host_syncs.txt"
 echo "== 1b. bench_prior_cost, CUDA ($(left) s left)"
 for enc in none default; do
     timeout 120 python3 benchmarks/bench_prior_cost.py --device cuda --encoder $enc --images 10 --repeats 5 \

@@ -24,6 +24,8 @@ def initial_centroids(features: torch.Tensor, init_labels: torch.Tensor, n_super
 
     A seed with no starting pixel gets the mean of all features.
     """
+    if features.device.type != "cpu":
+        return initial_centroids_fixed(features, init_labels, n_superpixels)
     keep = init_labels >= 0
     if bool(keep.all()):  # no uncertain pixel (every grid seeding): no masked copies of the features
         idx, kept = init_labels.long(), features
@@ -34,10 +36,23 @@ def initial_centroids(features: torch.Tensor, init_labels: torch.Tensor, n_super
     sums = sums.index_add(0, idx, kept)
     counts = torch.bincount(idx, minlength=n_superpixels).to(features.dtype)
     means = sums / counts.clamp(min=1)[:, None]
-    if features.device.type == "cpu" and not bool((counts == 0).any()):
+    if not bool((counts == 0).any()):
         return means  # the fallback (a pass over every pixel) only when a seed has no starting pixel
     fallback = features.mean(0, keepdim=True).expand_as(sums)
     return torch.where(counts[:, None] > 0, means, fallback)
+
+
+def initial_centroids_fixed(features: torch.Tensor, init_labels: torch.Tensor, n_superpixels: int) -> torch.Tensor:
+    """:func:`initial_centroids` in fixed shapes, the GPU's version: every pixel is added, those without a seed into
+    an extra row that is dropped, so the host reads nothing (no mask compaction, no ``bincount``, no test of the
+    counts). Same (K, D) result up to the float summation order; any device."""
+    k, d = n_superpixels, features.shape[1]
+    idx = torch.where(init_labels >= 0, init_labels.long(), k)
+    sums = torch.zeros(k + 1, d, dtype=features.dtype, device=features.device).index_add(0, idx, features)[:k]
+    counts = torch.zeros(k + 1, dtype=features.dtype, device=features.device).index_add(
+        0, idx, torch.ones_like(idx, dtype=features.dtype))[:k]
+    means = sums / counts.clamp(min=1)[:, None]
+    return torch.where(counts[:, None] > 0, means, features.mean(0, keepdim=True))
 
 
 def cluster_hard(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 10,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spam_stream.kernels.labeling import (label_array, label_components, label_components_reference,
+from spam_stream.hostsync import HostSyncCounter
+from spam_stream.kernels.labeling import (ROUNDS_PER_CHECK, label_array, label_components, label_components_reference,
                                           label_components_torch, label_with_sizes)
 
 
@@ -80,6 +81,17 @@ def test_long_paths_take_few_hooking_rounds():
         got, rounds = label_components_torch(torch.from_numpy(values), 0, return_rounds=True)
         assert np.array_equal(got.numpy(), ref)
         assert rounds <= 2 * math.ceil(math.log2(values.size)) + 2
+
+
+def test_the_host_waits_only_for_the_convergence_checks():
+    """On a GPU every op the host must read drains the device: the torch labeller's only such op is its check, run
+    once every ROUNDS_PER_CHECK hooking rounds (the old version read back at every round and pointer jump)."""
+    for values in (spiral(41), serpentine(37, 23), np.kron(np.arange(12).reshape(3, 4), np.ones((9, 7), np.int64))):
+        with HostSyncCounter() as syncs:
+            got, rounds = label_components_torch(torch.from_numpy(values), 0, return_rounds=True)
+        assert np.array_equal(got.numpy(), label_components_reference(values, 0))
+        assert syncs.total == math.ceil(rounds / ROUNDS_PER_CHECK), dict(syncs.by_place)
+        assert syncs.total <= 2
 
 
 def test_bool_and_other_integer_types():

@@ -48,12 +48,13 @@ def _merge_fragments(order, start, neighbour, length, obj, n):
 
 
 def _components(labels: torch.Tensor, partition: torch.Tensor | None, labeler):
-    """comp (H*W,) int64 0..C-1 in raster order, and per component: size, label, prior object (C,) int64."""
+    """comp (H*W,) int64 0..C-1 in raster order, and per component: size, label, prior object (C,) int64. The host
+    reads one number (C); the rest are scatters of fixed shapes."""
     h, w = labels.shape
     dev = labels.device
     comp = (labeler(labels, None, 4).reshape(-1) - 1).to(torch.int64)
     n = int(comp.max()) + 1
-    size = torch.bincount(comp, minlength=n)
+    size = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(0, comp, torch.ones_like(comp))
     pix = torch.arange(h * w, device=dev)
     first = torch.full((n,), h * w, dtype=torch.int64, device=dev).scatter_reduce(0, comp, pix, "amin")
     sp = labels.reshape(-1)[first].to(torch.int64)
@@ -61,8 +62,8 @@ def _components(labels: torch.Tensor, partition: torch.Tensor | None, labeler):
         obj = torch.zeros(n, dtype=torch.int64, device=dev)
     else:
         part = partition.reshape(-1).to(dev, torch.int64)
-        known = part >= 0
-        last = torch.full((n,), -1, dtype=torch.int64, device=dev).scatter_reduce(0, comp[known], pix[known], "amax")
+        known_pix = torch.where(part >= 0, pix, -1)  # the last pixel with a known object, -1 for none
+        last = torch.full((n,), -1, dtype=torch.int64, device=dev).scatter_reduce(0, comp, known_pix, "amax")
         obj = torch.where(last >= 0, part[last.clamp(min=0)], -1)
     return comp, size, sp, obj
 
@@ -75,30 +76,27 @@ def _kept(size: torch.Tensor, sp: torch.Tensor, obj: torch.Tensor) -> torch.Tens
     order = order[torch.sort(sp[order], stable=True).indices]  # = np.lexsort((-size, obj < 0, sp))
     first = torch.ones_like(order, dtype=torch.bool)
     first[1:] = sp[order[1:]] != sp[order[:-1]]
-    kept = torch.zeros_like(first)
-    kept[order[first]] = True
-    return kept
+    return torch.zeros_like(first).scatter_(0, order, first)
 
 
 def _fragment_borders(comp: torch.Tensor, shape, small: torch.Tensor, n: int):
     """(keys, counts): key = fragment * n + neighbour for every small fragment and adjacent component, sorted; count =
-    the 4-adjacent pixel pairs (one in each) they share."""
+    the 4-adjacent pixel pairs (one in each) they share. Two host round trips: one mask over every pixel pair (its
+    few true entries), one ``unique``."""
     h, w = shape
     c2 = comp.view(h, w)
-    s2 = small[comp].view(h, w)
-    ends_a, ends_b = [], []
-    for a, b, sa, sb in ((c2[:, :-1], c2[:, 1:], s2[:, :-1], s2[:, 1:]), (c2[:-1, :], c2[1:, :], s2[:-1, :], s2[1:, :])):
-        pair = (sa | sb) & (a != b)  # a border pixel pair with a small fragment on one side (few of them)
-        ends_a.append(a[pair])
-        ends_b.append(b[pair])
-    a, b = torch.cat(ends_a), torch.cat(ends_b)
-    src, dst = torch.cat([a, b]), torch.cat([b, a])
-    mine = small[src]
-    return torch.unique(src[mine] * n + dst[mine], sorted=True, return_counts=True)
+    src, dst = [], []
+    for a, b in ((c2[:, :-1], c2[:, 1:]), (c2[:-1, :], c2[1:, :])):
+        a, b = a.reshape(-1), b.reshape(-1)
+        src += [a, b]
+        dst += [b, a]
+    src, dst = torch.cat(src), torch.cat(dst)
+    mine = small[src] & (src != dst)  # a border pixel pair seen from its small fragment's side
+    return torch.unique((src * n + dst)[mine], sorted=True, return_counts=True)
 
 
 def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | None = None, min_size: int = 1,
-                               return_source: bool = False, labeler=label_components, max_gap: int = MAX_BRIDGE_GAP):
+                               return_source: bool = False, labeler=None, max_gap: int = MAX_BRIDGE_GAP):
     """:func:`spam_stream.connectivity.enforce_connectivity` on tensors, frame-sized work on their device.
 
     Args:
@@ -106,8 +104,9 @@ def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | N
         partition: (H, W) integer tensor (or array) of prior object ids (-1 = uncertain), or None for no prior.
         min_size: fragments smaller than this merge into a neighbour.
         return_source: also return, per output superpixel, the input label it keeps (-1: a fragment on its own).
-        labeler: the connected-components function (``label_components``'s signature); the default picks numba for
-            CPU tensors and torch ops for CUDA tensors.
+        labeler: the connected-components function (``label_components``'s signature); None:
+            :func:`~spam_stream.kernels.labeling.label_components`, numba for CPU tensors and torch ops for CUDA
+            tensors.
         max_gap: bridging of stranded fragments through uncertain pixels
             (:func:`spam_stream.connectivity.bridge_stranded`); it runs on the host, only for a frame that has a
             stranded fragment of an object smaller than ``min_size`` (labels and prior go down and the labels back).
@@ -123,7 +122,7 @@ def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | N
         partition = torch.as_tensor(partition, device=dev)
         if partition.shape != labels.shape:
             raise ValueError(f"partition has shape {tuple(partition.shape)} but the labels are {(h, w)}")
-    comp, size, sp, obj = _components(labels.to(torch.int64), partition, labeler)
+    comp, size, sp, obj = _components(labels.to(torch.int64), partition, labeler or label_components)
     n = size.shape[0]
     kept = _kept(size, sp, obj)
     small = ~kept & (size < min_size)
@@ -134,8 +133,12 @@ def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | N
             return out
         return out, torch.where(kept, sp, -1).cpu().numpy()
     keys, border = _fragment_borders(comp, (h, w), small, n)
-    keys, border = keys.cpu().numpy(), border.cpu().numpy()
-    size_h, small_h, obj_h = size.cpu().numpy(), small.cpu().numpy(), obj.cpu().numpy()
+    # everything the host merge reads, in one copy: one wait for the device instead of one per array
+    m = keys.shape[0]
+    host = torch.cat([keys, border, size, small.to(torch.int64), obj, kept.to(torch.int64), sp]).cpu().numpy()
+    keys, border = host[:m], host[m:2 * m]
+    size_h, small_h, obj_h, kept_h, sp_h = (host[2 * m + i * n:2 * m + (i + 1) * n] for i in range(5))
+    small_h, kept_h = small_h.astype(bool), kept_h.astype(bool)
     small_ids = np.flatnonzero(small_h)
     order = small_ids[np.argsort(size_h[small_ids], kind="stable")]
     frag, neighbour = np.divmod(keys, n)
@@ -152,7 +155,6 @@ def enforce_connectivity_torch(labels: torch.Tensor, partition: torch.Tensor | N
     out_of_comp = torch.from_numpy(rank[root].astype(np.int32)).to(dev)
     out = out_of_comp[comp].view(h, w)
     roots = np.flatnonzero(is_root)
-    kept_h, sp_h = kept.cpu().numpy(), sp.cpu().numpy()
     source = np.where(kept_h[roots], sp_h[roots], -1).astype(np.int64)
     if partition is not None and max_gap > 0:
         stranded = ~kept_h[roots]

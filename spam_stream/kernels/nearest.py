@@ -6,7 +6,9 @@ handled at once, in rounds of growing square blocks of cells:
 1. the seeds are bucketed exactly as :func:`spam_stream.seeding.build_seed_grid` does (one grid per group over the
    bounding box of its seeds), and each cell's seeds are written into a dense (n_cells, occupancy) table;
 2. a round gathers, for each pending point, every seed in the (2R+1)² cells around its cell (its cell clamped into
-   its group's grid), and keeps the k best by (squared distance, seed index);
+   its group's grid), and keeps the k best by (squared distance, seed index); the blocks are built per cell of the
+   grid (not per point), for every radius at once, in shapes fixed by the grid — the host reads one number per
+   round (how many points are still pending), so a GPU is not drained per chunk, cell or block;
 3. a point is done when no unvisited seed can change its answer — the same tests as the CPU's early exit: the
    distance from the point to the unvisited part of its grid exceeds its k-th best distance, or exceeds both the
    limit and its nearest distance, or the block covers the whole grid;
@@ -18,6 +20,7 @@ are equal element for element (tested against the CPU function in ``tests/test_s
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -25,6 +28,12 @@ import torch
 
 # gathered (point, seed) pairs per chunk of a round: bounds the round's memory (float64 distances + int64 ids)
 PAIRS_PER_CHUNK = 1 << 24
+
+
+def bin_counts(index: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) int64: ``torch.bincount(index, minlength=n)`` for indices in [0, n), without the host read bincount makes
+    on a GPU (it sizes its output by the largest index)."""
+    return torch.zeros(n, dtype=torch.int64, device=index.device).index_add_(0, index, torch.ones_like(index))
 
 
 @dataclass
@@ -55,7 +64,7 @@ def build_seed_grid_torch(yx: torch.Tensor, item_seed: torch.Tensor, item_group:
     item_seed = item_seed.to(device=dev, dtype=torch.int64)
     item_group = item_group.to(device=dev, dtype=torch.int64)
     pos = yx[item_seed]
-    n_items = torch.bincount(item_group, minlength=n_groups)
+    n_items = bin_counts(item_group, n_groups)
     idx = item_group[:, None].expand(-1, 2)
     lo = torch.full((n_groups, 2), math.inf, dtype=torch.float64, device=dev).scatter_reduce(0, idx, pos, "amin")
     hi = torch.full((n_groups, 2), -math.inf, dtype=torch.float64, device=dev).scatter_reduce(0, idx, pos, "amax")
@@ -67,17 +76,20 @@ def build_seed_grid_torch(yx: torch.Tensor, item_seed: torch.Tensor, item_group:
     shape = (torch.floor(extent / cell[:, None]) + 1).to(torch.int64)
     sizes = shape[:, 0] * shape[:, 1]
     offset = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
-    n_cells = int(offset[-1])
     rel = torch.floor((pos - lo[item_group]) / cell[item_group, None]).to(torch.int64)
     rel = torch.minimum(rel.clamp(min=0), shape[item_group] - 1)
     key = offset[item_group] + rel[:, 0] * shape[item_group, 1] + rel[:, 1]
     key_sorted, order = torch.sort(key, stable=True)
-    counts = torch.bincount(key, minlength=n_cells)
+    # the cell count and the fullest cell size the tables: the host's one read of the build
+    first_of_run = torch.ones_like(key_sorted, dtype=torch.bool)
+    first_of_run[1:] = key_sorted[1:] != key_sorted[:-1]
+    run_start = torch.cummax(torch.where(first_of_run, torch.arange(len(key_sorted), device=dev), 0), 0).values
+    rank = torch.arange(len(key_sorted), device=dev) - run_start  # the item's place in its cell
+    n_cells, occupancy = torch.stack([offset[-1], rank.max() + 1 if len(rank) else rank.new_ones(())]).tolist()
+    counts = bin_counts(key, n_cells)
     start = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     items = item_seed[order]
-    occupancy = int(counts.max()) if n_cells and len(items) else 1
     slots = torch.full((n_cells, max(occupancy, 1)), -1, dtype=torch.int64, device=dev)
-    rank = torch.arange(len(items), device=dev) - start[key_sorted]
     slots[key_sorted, rank] = items
     return SeedGridTorch(lo, cell, shape, offset[:-1], start, items, slots)
 
@@ -108,46 +120,60 @@ def _top_k(best_d, best_i, d, s, k, fresh=False):
     return d.gather(1, o), s.gather(1, o)
 
 
+@functools.lru_cache(maxsize=64)
 def _offsets(radius: int, inner: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell offsets (dy, dx) of the square of radius ``radius`` minus the square of radius ``inner`` (-1: none),
-    the cells a round adds to the previous round's block."""
-    r = torch.arange(-radius, radius + 1, device=device)
+    the cells a round adds to the previous round's block (made on the host, uploaded once per device)."""
+    r = torch.arange(-radius, radius + 1)
     dy, dx = r.repeat_interleave(2 * radius + 1), r.repeat(2 * radius + 1)
     new = torch.maximum(dy.abs(), dx.abs()) > inner
-    return dy[new], dx[new]
+    return dy[new].to(device), dx[new].to(device)
 
 
-def _block_round(pts, py, px, grid, yx, gy, gx, ny, nx, off, radius, inner, best_d, best_i, k):
-    """One round for points ``pts`` (P,): gather the seeds of the (2R+1)² cells around the clamped cells (gy, gx),
-    but those of the previous round's block (radius ``inner``), and merge them into the best lists (in place).
-
-    The points of one cell share their block: its seeds are gathered once per cell, compacted (empty slots dropped),
-    and each point reads its cell's list."""
-    dev = py.device
-    dy, dx = _offsets(radius, inner, dev)
-    cells, inv = torch.unique(off[pts] + gy[pts] * nx[pts] + gx[pts], return_inverse=True)
-    rep = torch.empty(len(cells), dtype=torch.int64, device=dev).scatter_(0, inv, pts)  # a point of each cell
-    cy = gy[rep, None] + dy
-    cx = gx[rep, None] + dx
-    inside = (cy >= 0) & (cy < ny[rep, None]) & (cx >= 0) & (cx < nx[rep, None])
-    j = torch.where(inside, off[rep, None] + cy * nx[rep, None] + cx, 0)
-    block = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(len(cells), -1)
+def _ring_blocks(grid: SeedGridTorch, radii) -> list[torch.Tensor]:
+    """Per radius R of ``radii``, for every cell of the grid: the seeds of the cells in the square of radius R around
+    it (clamped to its group's grid) but not in the previous radius' square — (n_cells, ring cells × occupancy)
+    int64, increasing seed index, -1 padded. Built for every cell at once from the grid alone, in shapes the host
+    already knows: no read to size a block per round from the points, nor to trim it."""
+    if not radii:
+        return []
+    dev = grid.slots.device
+    n_cells = grid.slots.shape[0]
+    sizes = grid.shape[:, 0] * grid.shape[:, 1]
+    g = torch.repeat_interleave(torch.arange(len(sizes), device=dev), sizes, output_size=n_cells)
+    off, nx, ny = grid.offset[g], grid.shape[g, 1], grid.shape[g, 0]
+    local = torch.arange(n_cells, device=dev) - off
+    gy, gx = local // nx, local % nx
     big = torch.iinfo(torch.int64).max
-    block = torch.sort(torch.where(block >= 0, block, big), dim=1).values  # increasing seed index, pads last
-    block = torch.where(block == big, -1, block)
-    width = int((block >= 0).sum(1).max()) if len(cells) else 0
+    blocks, inner = [], -1
+    for radius in radii:
+        dy, dx = _offsets(radius, inner, dev)
+        cy, cx = gy[:, None] + dy, gx[:, None] + dx
+        inside = (cy >= 0) & (cy < ny[:, None]) & (cx >= 0) & (cx < nx[:, None])
+        j = torch.where(inside, off[:, None] + cy * nx[:, None] + cx, 0)
+        block = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(n_cells, -1)
+        block = torch.sort(torch.where(block >= 0, block, big), dim=1).values  # increasing seed index, pads last
+        blocks.append(torch.where(block == big, -1, block))
+        inner = radius
+    return blocks
+
+
+def _block_round(pts, n_pts, cell_of, py, px, yx, block, best_d, best_i, k, fresh):
+    """One round for the points ``pts`` (P,) — or the first ``n_pts`` points when ``pts`` is None — of cells
+    ``cell_of`` (n,): each point's cell's ``block`` row (:func:`_ring_blocks`) merged into its best lists (in place).
+    Fixed shapes: the host reads nothing."""
+    width = block.shape[1]
     if width == 0:
         return
-    block = block[:, :width]
     chunk = max(1, PAIRS_PER_CHUNK // width)
-    for a in range(0, len(pts), chunk):
-        p = pts[a:a + chunk]
-        s = block[inv[a:a + chunk]]
+    for a in range(0, n_pts, chunk):
+        p = slice(a, min(a + chunk, n_pts)) if pts is None else pts[a:a + chunk]
+        s = block[cell_of[p]]
         sc = s.clamp(min=0)
         ey = yx[sc, 0] - py[p, None]
         ex = yx[sc, 1] - px[p, None]
         d = torch.where(s >= 0, ey * ey + ex * ex, math.inf)
-        best_d[p], best_i[p] = _top_k(best_d[p], best_i[p], d, s, k, fresh=inner < 0)
+        best_d[p], best_i[p] = _top_k(best_d[p], best_i[p], d, s, k, fresh=fresh)
 
 
 def _brute_force(pts, py, px, group, grid, yx, n_cells_of, best_d, best_i, k):
@@ -204,14 +230,13 @@ def nearest_seeds_torch(points: torch.Tensor, group: torch.Tensor, grid: SeedGri
     best_d = torch.full((n, k), math.inf, dtype=torch.float64, device=dev)
     best_i = torch.full((n, k), -1, dtype=torch.int64, device=dev)
     has_seeds = grid.start[off + ny * nx] > grid.start[off]
-    pending = torch.nonzero(has_seeds).flatten()
-    inner = -1
-    for radius in radii:
-        if len(pending) == 0:
-            break
-        p = pending
-        _block_round(p, py, px, grid, yx, gy, gx, ny, nx, off, radius, inner, best_d, best_i, k)
-        inner = radius
+    cell_of = off + gy * nx + gx
+    # host reads: one per round, for the points still pending (none per chunk, cell or block)
+    pending = None  # the first round takes every point; a point of a seedless group finds nothing and stops
+    for r, (radius, block) in enumerate(zip(radii, _ring_blocks(grid, radii))):
+        p = pending if pending is not None else slice(None)
+        _block_round(pending, n if pending is None else len(pending), cell_of, py, px, yx, block, best_d, best_i,
+                     k, fresh=r == 0)
         # distance to the unvisited part of the grid: the nearest side of the block that stops short of the grid's
         r0, r1 = gy[p] - radius, gy[p] + radius
         c0, c1 = gx[p] - radius, gx[p] + radius
@@ -222,7 +247,11 @@ def nearest_seeds_torch(points: torch.Tensor, group: torch.Tensor, grid: SeedGri
         ) * c[p]
         lb2 = lb * lb
         done = torch.isinf(lb) | (lb2 > best_d[p, k - 1]) | ((lb2 > limit2) & (lb2 > best_d[p, 0]))
-        pending = p[~done]
+        pending = torch.nonzero(has_seeds & ~done).flatten() if pending is None else pending[~done]
+        if len(pending) == 0:
+            break
+    if pending is None:  # no block round: every point with seeds compares with all of its group's
+        pending = torch.nonzero(has_seeds).flatten()
     if len(pending):
         _brute_force(pending, py, px, group, grid, yx, n_cells_of, best_d, best_i, k)
     # keep the nearest and every other seed within the limit, in increasing seed index
@@ -237,4 +266,4 @@ def nearest_seeds_torch(points: torch.Tensor, group: torch.Tensor, grid: SeedGri
     return out
 
 
-__all__ = ["SeedGridTorch", "build_seed_grid_torch", "nearest_seeds_torch", "PAIRS_PER_CHUNK"]
+__all__ = ["bin_counts", "SeedGridTorch", "build_seed_grid_torch", "nearest_seeds_torch", "PAIRS_PER_CHUNK"]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .candidates import N_SLOTS, Candidates, block_size
-from .nearest import build_seed_grid_torch, nearest_seeds_torch
+from .nearest import bin_counts, build_seed_grid_torch, nearest_seeds_torch
 
 
 def grid_init_labels_torch(height: int, width: int, grid: tuple[int, int], device) -> torch.Tensor:
@@ -50,12 +50,13 @@ def object_components_torch(partition: torch.Tensor) -> tuple[torch.Tensor, torc
 
     comp = label_components(partition, background=-1, connectivity=4).reshape(-1) - 1
     flat = partition.reshape(-1).to(torch.int64)
-    inside = comp >= 0
     n = int(comp.max()) + 1 if comp.numel() else 0
-    comp_size = torch.bincount(comp[inside], minlength=n)
-    comp_obj = torch.zeros(n, dtype=torch.int64, device=partition.device)
-    comp_obj[comp[inside]] = flat[inside]
+    # fixed-shape scatters (uncertain pixels into an extra bin n, dropped): the host reads only n
+    bins = torch.where(comp >= 0, comp, n)
+    comp_size = bin_counts(bins, n + 1)[:n]
+    comp_obj = torch.zeros(n + 1, dtype=torch.int64, device=partition.device).scatter_(0, bins, flat)[:n]
     return comp, comp_obj, comp_size
+
 
 
 def kmeans_yx_torch(coords: torch.Tensor, seeds: torch.Tensor, iterations: int, seed_group: torch.Tensor,
@@ -65,7 +66,7 @@ def kmeans_yx_torch(coords: torch.Tensor, seeds: torch.Tensor, iterations: int, 
     (n,) int64). Returns (seeds (k, 2) float64, assignment (n,) int64). The means' sums are float64 sums of integers:
     exact in any order, so they equal the CPU's sequential sums on every device."""
     seeds = seeds.to(torch.float64).clone()
-    n_groups = int(max(int(seed_group.max()), int(point_group.max()) if len(point_group) else 0)) + 1
+    n_groups = int(torch.cat([seed_group.reshape(-1), point_group.reshape(-1)]).max()) + 1
     item_seed = torch.arange(len(seeds), device=seeds.device)
 
     def assign_all():
@@ -74,7 +75,7 @@ def kmeans_yx_torch(coords: torch.Tensor, seeds: torch.Tensor, iterations: int, 
 
     assign = assign_all()
     for _ in range(iterations):
-        counts = torch.bincount(assign, minlength=len(seeds))
+        counts = bin_counts(assign, len(seeds))
         sums = torch.zeros_like(seeds).index_add_(0, assign, coords)
         seeds = torch.where((counts > 0)[:, None], sums / counts.clamp(min=1).to(torch.float64)[:, None], seeds)
         assign = assign_all()
@@ -123,7 +124,7 @@ def _initial_locals(coords, point_comp, local, comp_size, counts, seed: int):
         runs = order[first]
         run_comp = pc[runs]
         run_local = local[pts][runs]
-        n_first = torch.bincount(run_comp, minlength=n_comp)
+        n_first = bin_counts(run_comp, n_comp)
         base = torch.cumsum(n_first, 0) - n_first
         mc = torch.nonzero(multi).flatten()
         g, pos = _linspace_round(n_first[mc], torch.minimum(counts[mc], n_first[mc]))
@@ -137,7 +138,7 @@ def _initial_locals(coords, point_comp, local, comp_size, counts, seed: int):
     keep = torch.ones_like(key, dtype=torch.bool)
     keep[1:] = key[1:] != key[:-1]
     comp, loc = comp[order][keep], loc[order][keep]
-    have = torch.bincount(comp, minlength=n_comp)
+    have = bin_counts(comp, n_comp)
     short = (counts - have).cpu().numpy()
     if (short > 0).any():  # fewer occupied cells than seeds: the CPU's random extra pixels, same generator calls
         rng = np.random.default_rng(seed)
@@ -171,9 +172,9 @@ def sample_pixels_torch(comp: torch.Tensor, width: int, stride: int, counts: tor
     inside = comp >= 0
     off = stride // 2
     on_lattice = inside & ((p // width) % stride == off) & ((p % width) % stride == off)
-    lattice = torch.bincount(comp[on_lattice], minlength=n_comp)
-    first = torch.full((n_comp,), comp.numel(), dtype=torch.int64, device=dev).scatter_reduce(
-        0, comp[inside], p[inside], "amin")
+    lattice = bin_counts(torch.where(on_lattice, comp, n_comp), n_comp + 1)[:n_comp]  # extra bin: off the lattice
+    first = torch.full((n_comp + 1,), comp.numel(), dtype=torch.int64, device=dev).scatter_reduce(
+        0, torch.where(inside, comp, n_comp), p, "amin")[:n_comp]
     full = counts > lattice
     c = comp.clamp(min=0)
     take = inside & (on_lattice | (p == first[c]) | full[c])
@@ -196,9 +197,9 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
         raise ValueError(f"the prior partition must be (H, W), got shape {tuple(partition.shape)}")
     dev = partition.device
     h, w = partition.shape
-    if partition.numel() == 0 or int(partition.max()) < 0:
+    n_obj = int(partition.max()) + 1 if partition.numel() else 0
+    if n_obj <= 0:
         raise ValueError("the prior partition has no object (every pixel is -1)")
-    n_obj = int(partition.max()) + 1
     comp, comp_obj, comp_size = object_components_torch(partition)
     # the seed budget per piece: C numbers, the CPU rule on the host
     comp_obj_h, comp_size_h = comp_obj.cpu().numpy(), comp_size.cpu().numpy()
@@ -210,14 +211,14 @@ def object_seeds_torch(partition: torch.Tensor, n_superpixels: int, density: np.
     total = int(counts_h.sum())
     # the k-means sample of every component (seeding.sample_pixels' rule), grouped by component, raster order inside
     pix, point_comp = sample_pixels_torch(comp, w, sample_stride(int(comp_size_h.sum()), total), counts)
-    sample_size = torch.bincount(point_comp, minlength=n_comp)
+    sample_size = bin_counts(point_comp, n_comp)
     coords = torch.stack([pix // w, pix % w], 1).to(torch.float64)
     comp_first = torch.cumsum(sample_size, 0) - sample_size
     local = torch.arange(len(pix), device=dev) - comp_first[point_comp]
     seed_comp, seed_local = _initial_locals(coords, point_comp, local, sample_size, counts, seed)
     init_yx = coords[comp_first[seed_comp] + seed_local]
     # k-means for all components at once on their samples, each to the nearest seed of its own component
-    has_seed = counts[point_comp] > 0
+    has_seed = torch.nonzero(counts[point_comp] > 0).flatten()  # the sample points of seeded pieces
     step = math.sqrt(int(comp_size_h.sum()) / max(total, 1))
     yx, assign = kmeans_yx_torch(coords[has_seed], init_yx, kmeans_iterations, seed_comp, point_comp[has_seed],
                                  step)
@@ -247,9 +248,10 @@ def object_candidates_torch(partition: torch.Tensor, seeds, max_distance: float 
     step = math.sqrt(h * w / n_seeds)
     limit = max_distance * step
     # search groups: 0 = every seed (for uncertain pixels), 1 + o = the seeds of object o
-    n_groups = max(int(flat.max()), int(seed_obj.max())) + 2
+    top, lowest = torch.stack([torch.maximum(flat.max(), seed_obj.max()), flat.min()]).tolist()  # one host read
+    n_groups = top + 2
     item_seed = torch.arange(n_seeds, device=dev)
-    if bool((flat < 0).any()):
+    if lowest < 0:
         item_seed = torch.cat([item_seed, item_seed])
         item_group = torch.cat([torch.zeros(n_seeds, dtype=torch.int64, device=dev), seed_obj + 1])
     else:
