@@ -58,13 +58,14 @@
   4. *Run.* The remaining items go through the planned threads; each thread sets its own numba and torch thread
      counts (torch's is per thread once a thread has used it); the consumer's count is restored at the end.
   5. *Guard.* A plan of several compute threads rests on the model (OpenMP teams or the GIL can make threads
-     slower together than the model says): ``guard`` items (8, after the first 2, which come as its threads
-     fill) are timed, and when its measured period is longer than the sequential run's (every stage's time per
-     item, as the probe measured it) the source stops feeding it, the items in flight finish, and the rest goes
-     through the one run (``Pipeline.switched``). The source keeps feeding while the guard measures, so a plan
-     that stays never drains. So a plan never stays slower than ``--sequential``. (Against the one run's
-     modelled period instead, a few percent of frame-to-frame variation between the probe's items and the
-     guard's dropped good plans.)
+     slower together than the model says): ``guard`` items (8) are timed, after the first ones, which come as
+     its threads fill (one per compute thread, 2 at least: two one-thread encoder replicas deliver their first
+     frames late, then two at once), and when its measured period is longer than the sequential run's (every
+     stage's time per item, as the probe measured it) the source stops feeding it, the items in flight finish,
+     and the rest goes through the one run (``Pipeline.switched``). The source keeps feeding while the guard
+     measures, so a plan that stays never drains. So a plan never stays slower than ``--sequential``. (Against
+     the one run's modelled period instead, a few percent of frame-to-frame variation between the probe's items
+     and the guard's dropped good plans; timing the fill too dropped good replicated plans.)
 
   So a stage that dominates (the encoder, a FastSAM prior) keeps every core, as in a sequential run — or, when it
   keeps no state (the encoder), runs on several frames at once — and the rest of the pipeline overlaps with it;
@@ -91,7 +92,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 _END = object()  # end of input marker, passes through every queue
-GUARD_SKIP = 2  # items of a new plan not timed by the guard (its threads are filling)
+GUARD_SKIP = 2  # items of a new plan not timed by the guard (its threads are filling): at least, or one per thread
 SCHEDULES = ("measured", "stages", "fused", "split", "oversubscribed", "replicated")
 
 
@@ -563,16 +564,19 @@ class Pipeline:
                 if ended:  # the source ran out (or failed) during the probe
                     return
             groups = self._make_plan()
-            if self.schedule == "measured" and self.guard and sum(
-                    (t is not None) * r for _, t, r in groups) > 1:
+            compute_threads = sum((t is not None) * r for _, t, r in groups)
+            if self.schedule == "measured" and self.guard and compute_threads > 1:
                 # several compute threads rest on the model: time them over ``guard`` items (after the first
-                # ``GUARD_SKIP``, which come as the new threads fill), and go back to the one run on every core if
-                # they are slower than the sequential run (every stage's time per item, measured by the probe) —
-                # the source stops feeding them, the items in flight finish, the rest goes through the one run
+                # ones, which come as the new threads fill: one per compute thread, ``GUARD_SKIP`` at least — two
+                # replicas of a one-thread encoder deliver their first frames late, then two at once), and go
+                # back to the one run on every core if they are slower than the sequential run (every stage's
+                # time per item, measured by the probe) — the source stops feeding them, the items in flight
+                # finish, the rest goes through the one run
                 stamps, cut, seen = [], threading.Event(), 0
+                skip = max(GUARD_SKIP, compute_threads)
                 for item in self._threaded(it, groups, make_error, index, cut=cut):
                     index, seen = index + 1, seen + 1
-                    if seen > GUARD_SKIP and len(stamps) < self.guard:
+                    if seen > skip and len(stamps) < self.guard:
                         stamps.append(time.perf_counter())
                         if (len(stamps) == self.guard > 2
                                 and (stamps[-1] - stamps[0]) / (len(stamps) - 1) > self._sequential_period):
