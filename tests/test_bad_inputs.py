@@ -188,6 +188,8 @@ def test_bad_input_is_one_line_and_loses_nothing_else(case, files, tmp_path, cap
     assert error_lines, err
     for word in words:
         assert word in err, (word, err)
+    if code == 2:  # refused before any work: the error alone, no progress bar drawn first
+        assert "/s]" not in err and "%|" not in err, err
     for output in written:
         assert (out / output).exists(), (output, sorted(p.name for p in out.rglob("*")))
 

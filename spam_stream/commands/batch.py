@@ -165,22 +165,22 @@ def run(args) -> int:
         prepare_outdir(args.output)
     model = build_model(args)
     attention = build_attention(args)
-    bar = tqdm(desc="items", unit="item", dynamic_ncols=True)
+    bars = []  # the progress bar, drawn once the inputs are listed (a bad input's error comes alone)
 
     def on_start(total):
-        bar.reset(total=total)
+        bars.append(tqdm(desc="items", unit="item", total=total, dynamic_ncols=True))
 
     def progress(frame):
-        bar.update(1)
+        bars[0].update(1)
         if frame.error:
             tqdm.write(f"error: {frame.error}", file=sys.stderr)
 
     def on_video_frame(item, frame):
-        bar.set_postfix_str(f"{item.rel} frame {frame.index}", refresh=False)
+        bars[0].set_postfix_str(f"{item.rel} frame {frame.index}", refresh=False)
 
     def on_video(entry):
-        bar.update(1)
-        bar.set_postfix_str("", refresh=False)
+        bars[0].update(1)
+        bars[0].set_postfix_str("", refresh=False)
         if entry["error"]:
             tqdm.write(f"error: {entry['error']}", file=sys.stderr)
 
@@ -194,5 +194,6 @@ def run(args) -> int:
     except PipelineError as exc:
         raise InputError(str(exc)) from None
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     return _report(entries, carried, total, args)
