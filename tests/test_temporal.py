@@ -138,6 +138,29 @@ def test_motion_estimator_finds_a_known_pan(speed, axis):
     assert est.estimate(synthetic_image(60, 70)) is None  # a new size starts over
 
 
+@pytest.mark.parametrize("size", [(360, 480), (720, 1280)])
+def test_motion_estimator_follows_a_slow_pan_over_a_smooth_centre(size):
+    """Frames block-summed by 3 or 6 moving 1-5 px a frame — often less than half a block, where whole small
+    pixels see no motion — over a picture whose central 60 % is a smooth gradient (no phase-correlation peak
+    there) in textured surroundings: every frame's motion is found to half a pixel (the coarse shift to a quarter
+    of a block, the refinement on the most textured crop, not the centre)."""
+    from spam_stream.pipelines.temporal import MotionEstimator
+
+    h, w = size
+    big = synthetic_image(h + 40, w + 40, seed=3).copy()
+    ch, cw = h * 6 // 10, w * 6 // 10
+    yy, xx = np.mgrid[0:ch, 0:cw]
+    y0, x0 = (h + 40 - ch) // 2, (w + 40 - cw) // 2
+    big[y0:y0 + ch, x0:x0 + cw] = np.stack([yy * 100 // ch + 40, xx * 120 // cw + 20, 0 * yy + 90], -1)
+    for step in ((1, 1), (3, 5), (4, 1)):
+        est = MotionEstimator()
+        for i in range(5):
+            y, x = i * step[0], i * step[1]
+            got = est.estimate(np.ascontiguousarray(big[y:y + h, x:x + w]))
+            if i:
+                assert abs(got[0] + step[0]) <= 0.5 and abs(got[1] + step[1]) <= 0.5, (step, i, got)
+
+
 def test_follow_motion_grid_hands_clusters_on_one_to_one():
     from spam_stream.pipelines.temporal import follow_motion_grid
 

@@ -51,14 +51,31 @@ def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int):
             a[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)])
 
 
+def _textured_crop(small: np.ndarray, factor: int, c: int, h: int, w: int) -> tuple[int, int]:
+    """Top-left corner of the c×c crop of an (h, w) frame, among the centre and the centres of its four quadrants,
+    whose content has the most gradient in the block-summed grey ``small`` (a smooth crop — sky, a wall, an
+    enlarged picture — has no phase-correlation peak; the centre wins ties)."""
+    gy, gx = np.abs(np.diff(small, axis=0)), np.abs(np.diff(small, axis=1))
+    best, corner = -1.0, None
+    for cy, cx in ((h // 2, w // 2), (h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4),
+                   (3 * h // 4, 3 * w // 4)):
+        y0, x0 = min(max(0, cy - c // 2), h - c), min(max(0, cx - c // 2), w - c)
+        sy, sx = slice(y0 // factor, -(-(y0 + c) // factor)), slice(x0 // factor, -(-(x0 + c) // factor))
+        energy = float(gy[sy, sx].mean()) + float(gx[sy, sx].mean()) if min(small[sy, sx].shape) > 1 else 0.0
+        if energy > best * 1.05:  # clearly more texture than the best so far (the centre first)
+            best, corner = energy, (y0, x0)
+    return corner
+
+
 class MotionEstimator:
     """Global motion between consecutive frames: ``estimate(image)`` → (dy, dx) float pixels that the content moved
     since the previous image (``image[y, x] ≈ previous[y - dy, x - dx]``), or None for the first image or a new
     size.
 
     Phase correlation (:func:`skimage.registration.phase_cross_correlation`) of grey frames block-summed to about
-    ``side`` pixels on their short side, then refined to half a pixel on a full-resolution central crop of about
-    ``side`` pixels (a few milliseconds in all). A shift that does not make the small frames more alike than no
+    ``side`` pixels on their short side (to a quarter of their pixel), then refined to half a pixel on a
+    full-resolution crop of about ``side`` pixels — the most textured of the centre and the quadrants' centres
+    (a few milliseconds in all). A shift that does not make the small frames more alike than no
     shift does (a cut, a flash, motion that is not global) counts as no motion.
     """
 
@@ -75,7 +92,8 @@ class MotionEstimator:
         prev, self._prev = self._prev, (small, image)
         if prev is None or prev[1].shape != image.shape or min(small.shape) < 8:
             return None
-        coarse = -phase_cross_correlation(prev[0], small, upsample_factor=1 if factor > 1 else 2)[0]
+        # to a quarter of a small pixel: a pan slower than half a block per frame (a few pixels at 720p) is seen
+        coarse = -phase_cross_correlation(prev[0], small, upsample_factor=4 if factor > 1 else 2)[0]
         sy, sx = int(round(coarse[0])), int(round(coarse[1]))
         if abs(sy) >= small.shape[0] // 2 or abs(sx) >= small.shape[1] // 2:
             return 0.0, 0.0
@@ -83,9 +101,9 @@ class MotionEstimator:
         if (sy or sx) and np.abs(moved - before).mean() >= np.abs(small - prev[0]).mean():
             return 0.0, 0.0  # the shift explains nothing
         dy, dx = float(coarse[0]) * factor, float(coarse[1]) * factor
-        if factor > 1:  # refine on a full-resolution crop around the centre, offset by the coarse shift
+        if factor > 1:  # refine on a full-resolution crop, offset by the coarse shift: the most textured of five
             c = min(self.side, h // 2, w // 2)
-            y0, x0 = (h - c) // 2, (w - c) // 2
+            y0, x0 = _textured_crop(prev[0], factor, c, h, w)
             oy, ox = int(round(dy)), int(round(dx))
             y1, x1 = min(max(0, y0 + oy), h - c), min(max(0, x0 + ox), w - c)
             a = grey_small(prev[1][y0:y0 + c, x0:x0 + c], 1)
