@@ -138,12 +138,31 @@ def test_motion_estimator_finds_a_known_pan(speed, axis):
     assert est.estimate(synthetic_image(60, 70)) is None  # a new size starts over
 
 
+def test_phase_shift_finds_whole_and_fractional_shifts():
+    """The estimator's phase correlation (numpy FFT, no BLAS): the shift skimage's phase_cross_correlation reports
+    for whole-pixel moves, and a fraction of a pixel (a 2-px move block-summed by 4: half a small pixel) to 0.2."""
+    from skimage.registration import phase_cross_correlation
+
+    from spam_stream.pipelines.temporal import grey_small, phase_shift
+
+    big = synthetic_image(200, 260, seed=9)
+    ref = grey_small(np.ascontiguousarray(big[20:148, 20:228]), 1)
+    for dy, dx in [(3, -5), (-7, 2), (0, 4)]:
+        moved = grey_small(np.ascontiguousarray(big[20 + dy:148 + dy, 20 + dx:228 + dx]), 1)
+        got = phase_shift(ref, moved)
+        assert np.allclose(got, [dy, dx], atol=0.1), got
+        assert np.allclose(np.round(got), phase_cross_correlation(ref, moved)[0])
+    ref4 = grey_small(np.ascontiguousarray(big[20:180, 20:240]), 4)
+    moved4 = grey_small(np.ascontiguousarray(big[22:182, 18:238]), 4)
+    assert np.allclose(phase_shift(ref4, moved4), [0.5, -0.5], atol=0.2)
+
+
 @pytest.mark.parametrize("size", [(360, 480), (720, 1280)])
 def test_motion_estimator_follows_a_slow_pan_over_a_smooth_centre(size):
     """Frames block-summed by 3 or 6 moving 1-5 px a frame — often less than half a block, where whole small
     pixels see no motion — over a picture whose central 60 % is a smooth gradient (no phase-correlation peak
-    there) in textured surroundings: every frame's motion is found to half a pixel (the coarse shift to a quarter
-    of a block, the refinement on the most textured crop, not the centre)."""
+    there) in textured surroundings: every frame's motion is found to half a pixel (the coarse shift below a
+    block, the refinement on the most textured crop, not the centre; both windowed)."""
     from spam_stream.pipelines.temporal import MotionEstimator
 
     h, w = size

@@ -23,6 +23,8 @@ Each class here is a stateful pipeline step: it must see the frames in order (on
 """
 from __future__ import annotations
 
+import functools
+
 from collections import deque
 
 import numpy as np
@@ -51,6 +53,36 @@ def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int):
             a[max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)])
 
 
+@functools.lru_cache(maxsize=8)
+def _hann(shape: tuple[int, int]) -> np.ndarray:
+    from skimage.filters import window
+
+    return window("hann", shape).astype(np.float32)
+
+
+def phase_shift(reference: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """(dy, dx) float: the shift that registers ``moving`` with ``reference`` (two (H, W) float images), as
+    :func:`skimage.registration.phase_cross_correlation` defines it — by phase correlation of the two images
+    (mean removed, Hann window: without it, a crop's borders correlate with themselves and smooth content gives
+    a peak at no shift), refined below a pixel by a parabola through the peak and its neighbours on each axis.
+    numpy's FFT only: skimage's upsampled-DFT refinement multiplies matrices, and a BLAS that threads them
+    busy-waits on the cores the stages need (a pipelined 481×321 video lost a fifth of its frame rate)."""
+    win = _hann(reference.shape)
+    cross = np.fft.rfft2((reference - reference.mean()) * win) * np.fft.rfft2((moving - moving.mean()) * win).conj()
+    cross /= np.maximum(np.abs(cross), 100 * np.finfo(np.float32).eps)
+    corr = np.fft.irfft2(cross, reference.shape)
+    peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    shift = np.zeros(2)
+    for axis, n in enumerate(corr.shape):
+        i = peak[axis]
+        around = [corr[tuple((i + d) % n if a == axis else peak[a] for a in range(2))] for d in (-1, 0, 1)]
+        curve = around[0] - 2 * around[1] + around[2]
+        offset = 0.5 * (around[0] - around[2]) / curve if curve < 0 else 0.0
+        at = i + float(np.clip(offset, -0.5, 0.5))
+        shift[axis] = at - n if at > n // 2 else at
+    return shift
+
+
 def _textured_crop(small: np.ndarray, factor: int, c: int, h: int, w: int) -> tuple[int, int]:
     """Top-left corner of the c×c crop of an (h, w) frame, among the centre and the centres of its four quadrants,
     whose content has the most gradient in the block-summed grey ``small`` (a smooth crop — sky, a wall, an
@@ -72,11 +104,10 @@ class MotionEstimator:
     since the previous image (``image[y, x] ≈ previous[y - dy, x - dx]``), or None for the first image or a new
     size.
 
-    Phase correlation (:func:`skimage.registration.phase_cross_correlation`) of grey frames block-summed to about
-    ``side`` pixels on their short side (to a quarter of their pixel), then refined to half a pixel on a
-    full-resolution crop of about ``side`` pixels — the most textured of the centre and the quadrants' centres
-    (a few milliseconds in all). A shift that does not make the small frames more alike than no
-    shift does (a cut, a flash, motion that is not global) counts as no motion.
+    Phase correlation (:func:`phase_shift`: windowed, below a pixel) of grey frames block-summed to about
+    ``side`` pixels on their short side, then refined on a full-resolution crop of about ``side`` pixels — the most
+    textured of the centre and the quadrants' centres (a few milliseconds in all). A shift that does not make the
+    small frames more alike than no shift does (a cut, a flash, motion that is not global) counts as no motion.
     """
 
     def __init__(self, side: int = 128):
@@ -84,16 +115,13 @@ class MotionEstimator:
         self._prev: tuple | None = None  # (small grey, image)
 
     def estimate(self, image: np.ndarray):
-        from skimage.registration import phase_cross_correlation
-
         h, w = image.shape[:2]
         factor = max(1, -(-min(h, w) // self.side))
         small = grey_small(image, factor)
         prev, self._prev = self._prev, (small, image)
         if prev is None or prev[1].shape != image.shape or min(small.shape) < 8:
             return None
-        # to a quarter of a small pixel: a pan slower than half a block per frame (a few pixels at 720p) is seen
-        coarse = -phase_cross_correlation(prev[0], small, upsample_factor=4 if factor > 1 else 2)[0]
+        coarse = -phase_shift(prev[0], small)  # below a small pixel: a pan slower than half a block is seen
         sy, sx = int(round(coarse[0])), int(round(coarse[1]))
         if abs(sy) >= small.shape[0] // 2 or abs(sx) >= small.shape[1] // 2:
             return 0.0, 0.0
@@ -108,7 +136,7 @@ class MotionEstimator:
             y1, x1 = min(max(0, y0 + oy), h - c), min(max(0, x0 + ox), w - c)
             a = grey_small(prev[1][y0:y0 + c, x0:x0 + c], 1)
             b = grey_small(image[y1:y1 + c, x1:x1 + c], 1)
-            fine = -phase_cross_correlation(a, b, upsample_factor=2)[0]
+            fine = -phase_shift(a, b)
             dy, dx = (y1 - y0) + float(fine[0]), (x1 - x0) + float(fine[1])
         if abs(dy) < 0.5 and abs(dx) < 0.5:
             return 0.0, 0.0
