@@ -212,8 +212,9 @@ def main():
     ap.add_argument("--no-fastsam", action="store_true")
     ap.add_argument("--memory", type=int, default=0, metavar="N")
     ap.add_argument("--only-memory", action="store_true")
-    ap.add_argument("--encoder", nargs="+", default=["default"], metavar="NAME",
-                    help="encoders of the no-prior comparison: default, fast, none (default: default)")
+    ap.add_argument("--encoder", nargs="*", default=["default"], metavar="NAME",
+                    help="encoders of the no-prior comparison: default, fast, none (default: default; none given: "
+                         "only the FastSAM rows)")
     ap.add_argument("--schedules", nargs="+", default=["measured"], metavar="S",
                     help="executor schedules of the pipelined runs (measured, fused, split, oversubscribed, "
                          "replicated, stages; default: measured), each compared with the same sequential run")

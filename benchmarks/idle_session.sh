@@ -23,7 +23,7 @@ for step in $steps; do
         stream)
             run stream $PY benchmarks/bench_stream.py --frames 8 --io-frames 60 ;;
         pipeline)
-            run pipeline $PY benchmarks/bench_pipeline.py --frames 40 --encoder default none --repeats 3 \
+            run pipeline $PY benchmarks/bench_pipeline.py --frames 40 --encoder default none --repeats 5 \
                 --schedules measured fused split replicated stages
             run pipeline $PY benchmarks/bench_pipeline.py --frames 24 --size 1280x720 --no-fastsam --repeats 3 \
                 --schedules measured fused replicated
