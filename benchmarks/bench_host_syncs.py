@@ -9,7 +9,9 @@ is present (and there also as reported by ``torch.cuda.set_sync_debug_mode``), e
 
     python benchmarks/bench_host_syncs.py [--device cpu|cuda] [--encoder none|default] [--small]
 
-The clustering stage on CPU tensors runs the CPU kernels (the GPU runs Triton), so its row counts only on CUDA.
+On CPU tensors the clustering stage and the encoder's upsampling run their CPU kernels (the GPU runs Triton and
+torch gathers), so those rows count only on CUDA; ``tests/test_host_syncs.py`` holds the features stage to one
+upload (the picture) with the "meta" device standing in for a GPU.
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ CPU, or in torch (:func:`rgb_to_lab_torch`) for a frame that already lives on a 
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 import torch
@@ -140,6 +142,13 @@ def lab_yx_features(image: np.ndarray, color_scale: float, pos_scale: float, out
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _lab_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sRGB linearisation table and the RGB → XYZ matrix on ``device``, uploaded once (an upload per frame
+    would make the host wait for a GPU)."""
+    return torch.from_numpy(_TABLE).to(device), torch.from_numpy(_MATRIX).to(device)
+
+
 def rgb_to_lab_torch(image: torch.Tensor, channels_first: bool | None = None) -> torch.Tensor:
     """Torch twin of :func:`rgb_to_lab` for a frame already on a device (CPU or CUDA), in float32.
 
@@ -156,9 +165,7 @@ def rgb_to_lab_torch(image: torch.Tensor, channels_first: bool | None = None) ->
         channels_first = image.shape[-1] != 3
     if (image.shape[0] if channels_first else image.shape[-1]) != 3:
         raise ValueError(f"expected 3 colour channels, got shape {tuple(image.shape)}")
-    dev = image.device
-    table = torch.from_numpy(_TABLE).to(dev)
-    m = torch.from_numpy(_MATRIX).to(dev)
+    table, m = _lab_constants(image.device)
     rgb = image if channels_first else image.permute(2, 0, 1)
     lin = table[rgb.int()]  # (3, H, W) float32 (int32 indices: no int64 frame-sized temporary)
     t = torch.einsum("cd,dhw->chw", m, lin)

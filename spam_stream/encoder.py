@@ -103,19 +103,26 @@ def _source_rows(dst: torch.Tensor, in_size: int, out_size: int):
     return i0, i1, 1.0 - w1, w1
 
 
-def _window_taps(dst, in_size: int, out_size: int, offset: int):
-    """:func:`_source_rows` of ``dst`` (a tensor, or a range: cached) shifted by ``offset``, with the smallest first
-    and the largest second source index as ints."""
+def _window_taps(dst, in_size: int, out_size: int, offset: int, device=None):
+    """:func:`_source_rows` of ``dst`` (a tensor, or a range: cached, on ``device``) shifted by ``offset``, with the
+    smallest first and the largest second source index as ints."""
     if isinstance(dst, range):
-        return _range_taps(dst.start, dst.stop, in_size, out_size, offset)
+        return _range_taps(dst.start, dst.stop, in_size, out_size, offset,
+                           None if device is None else torch.device(device))
     i0, i1, w0, w1 = _source_rows(dst, in_size, out_size)
     i0, i1 = i0 - offset, i1 - offset
     return i0, i1, w0, w1, int(i0.min()), int(i1.max())
 
 
 @functools.lru_cache(maxsize=2048)
-def _range_taps(start: int, stop: int, in_size: int, out_size: int, offset: int):
-    return _window_taps(torch.arange(start, stop), in_size, out_size, offset)  # (read-only tensors: shared)
+def _range_taps(start: int, stop: int, in_size: int, out_size: int, offset: int, device=None):
+    """The taps of output rows ``range(start, stop)``, made once (read-only tensors: shared) and, for a device
+    other than the CPU, uploaded once: a video's tiles repeat frame after frame, and each upload of the four taps
+    per gather would make the host wait for the GPU."""
+    if device is not None and device.type != "cpu":
+        i0, i1, w0, w1, lo, hi = _range_taps(start, stop, in_size, out_size, offset)
+        return i0.to(device), i1.to(device), w0.to(device), w1.to(device), lo, hi
+    return _window_taps(torch.arange(start, stop), in_size, out_size, offset)
 
 
 def resize_window(src: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, full_in: tuple[int, int],
@@ -126,8 +133,8 @@ def resize_window(src: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ful
     source row/column those outputs read. Returns (B, C, len(rows), len(cols)) float32, channels-last, written into
     ``out`` when given (any strides, e.g. a channel slice of a channels-last buffer). ``rows`` and ``cols`` may be
     ``range`` objects: their taps are then computed once and cached (a video's tiles repeat frame after frame)."""
-    r0, r1, a0, a1, r_lo, r_hi = _window_taps(rows, full_in[0], full_out[0], offset[0])
-    c0, c1, b0, b1, c_lo, c_hi = _window_taps(cols, full_in[1], full_out[1], offset[1])
+    r0, r1, a0, a1, r_lo, r_hi = _window_taps(rows, full_in[0], full_out[0], offset[0], src.device)
+    c0, c1, b0, b1, c_lo, c_hi = _window_taps(cols, full_in[1], full_out[1], offset[1], src.device)
     if min(r_lo, c_lo) < 0 or r_hi >= src.shape[2] or c_hi >= src.shape[3]:
         raise ValueError("resize_window: the window does not hold the source rows/columns these outputs read")
     if out is None:
@@ -311,8 +318,29 @@ def _source_taps(dst: torch.Tensor, in_size: int, out_size: int, support: float 
     return idx.clamp(0, in_size - 1), wt
 
 
-def guided_window(src: torch.Tensor, small_guide: torch.Tensor, guide: torch.Tensor, rows: torch.Tensor,
-                  cols: torch.Tensor, full_in: tuple[int, int], full_out: tuple[int, int], scale: float,
+def _guided_taps(dst, in_size: int, out_size: int, support: float, offset: int, window: int, device):
+    """:func:`_source_taps` of output rows ``dst`` shifted by ``offset`` into a window of ``window`` source rows,
+    clamped to it, on ``device``; ValueError when a tap of nonzero weight falls outside the window (taps clamped
+    at the whole map's border must be in it; those of zero weight may fall outside). For a ``range`` the result is
+    cached (checked, and uploaded to a GPU, once: a video's row blocks repeat)."""
+    if isinstance(dst, range):
+        return _guided_range_taps(dst.start, dst.stop, in_size, out_size, float(support), offset, window,
+                                  torch.device(device))
+    idx, wt = _source_taps(dst, in_size, out_size, support)
+    idx = idx - offset
+    if ((idx < 0) | (idx >= window))[wt > 0].any():
+        raise ValueError("guided_window: the window does not hold the source rows/columns these outputs read")
+    return idx.clamp(0, window - 1).to(device), wt.to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _guided_range_taps(start: int, stop: int, in_size: int, out_size: int, support: float, offset: int,
+                       window: int, device: torch.device):
+    return _guided_taps(torch.arange(start, stop), in_size, out_size, support, offset, window, device)
+
+
+def guided_window(src: torch.Tensor, small_guide: torch.Tensor, guide: torch.Tensor, rows: torch.Tensor | range,
+                  cols: torch.Tensor | range, full_in: tuple[int, int], full_out: tuple[int, int], scale: float,
                   support: float = DEFAULT_SUPPORT, offset: tuple[int, int] = (0, 0),
                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows × cols of the guided (joint bilateral) upsampling of a (*full_in, C) map to ``full_out`` (see
@@ -323,13 +351,8 @@ def guided_window(src: torch.Tensor, small_guide: torch.Tensor, guide: torch.Ten
     Returns (C, len(rows), len(cols)) float32, written into ``out`` when given (any strides; C' ≤ C channels: the
     first C' are computed, the others are padding). Every output pixel depends only on its own sources, so any cut
     into windows gives the whole map's values."""
-    ri, rw = _source_taps(rows, full_in[0], full_out[0], support)
-    ci, cw = _source_taps(cols, full_in[1], full_out[1], support)
-    ri, ci = ri - offset[0], ci - offset[1]
-    # taps clamped at the whole map's border must be in the window; those of zero weight may fall outside it
-    if ((ri < 0) | (ri >= src.shape[0]))[rw > 0].any() or ((ci < 0) | (ci >= src.shape[1]))[cw > 0].any():
-        raise ValueError("guided_window: the window does not hold the source rows/columns these outputs read")
-    ri, ci = ri.clamp(0, src.shape[0] - 1), ci.clamp(0, src.shape[1] - 1)
+    ri, rw = _guided_taps(rows, full_in[0], full_out[0], support, offset[0], src.shape[0], src.device)
+    ci, cw = _guided_taps(cols, full_in[1], full_out[1], support, offset[1], src.shape[1], src.device)
     if small_guide.shape[1:] != src.shape[:2] or guide.shape[1:] != (len(rows), len(cols)):
         raise ValueError(f"guided_window: guides {tuple(small_guide.shape)}, {tuple(guide.shape)} do not match the "
                          f"source {tuple(src.shape)} and the {len(rows)}x{len(cols)} outputs")
@@ -358,7 +381,7 @@ def upsample_learned(small: torch.Tensor, size: tuple[int, int], out: torch.Tens
         raise ValueError(f"upsample_learned: {small.shape[0]} source channels for {out.shape[0]} output channels")
     h, w = size
     hr, wr = small.shape[1:]
-    cols = torch.arange(w)
+    cols = range(w)  # ranges: their taps are cached (on the device) from one frame to the next
     block = max(1, int(block_bytes) // (4 * small.shape[0] * w))
     if mode == "guided":
         small_pm = small.permute(1, 2, 0).contiguous()  # no copy when ``small`` is a view of an (h, w, C) buffer
@@ -366,7 +389,7 @@ def upsample_learned(small: torch.Tensor, size: tuple[int, int], out: torch.Tens
             block = h  # the CPU kernel holds one output row per thread: one call (one parallel region) for all
     for r0 in range(0, h, block):
         r1 = min(h, r0 + block)
-        rows = torch.arange(r0, r1)
+        rows = range(r0, r1)
         if mode == "bilinear":
             resize_window(small[None], rows, cols, (hr, wr), (h, w), out=out[None, :, r0:r1])
         else:

@@ -2,7 +2,9 @@
 
 On a GPU every op whose result the host must see — a Python ``int``/``bool`` of a tensor, a copy to the CPU, an
 output whose *size* depends on the data (``nonzero``, ``unique``, boolean-mask indexing, ``bincount``) — waits for
-every queued kernel: the stream drains and the next launch starts cold. ``torch.cuda.set_sync_debug_mode`` reports
+every queued kernel: the stream drains and the next launch starts cold. A blocking upload from pageable host memory
+(``.to(device)`` of a CPU tensor, ``torch.tensor(..., device=...)``) waits too (counted as ``"upload"``; only
+where the target is not the CPU, so not in a run on CPU tensors). ``torch.cuda.set_sync_debug_mode`` reports
 them, but only on CUDA. :class:`HostSyncCounter` counts the same ops on any device (CPU tensors included), by the
 place in ``spam_stream`` that made them, so that a test on this machine can hold the device path to a number of
 round trips per frame that does not grow with the rounds of an algorithm or the number of prior objects.
@@ -54,11 +56,39 @@ def _kind(func, args, kwargs) -> str | None:
     if func in (torch.repeat_interleave, _T.repeat_interleave) and "output_size" not in kwargs \
             and len(args) > 1 and isinstance(args[1], torch.Tensor):
         return "repeat_interleave"
-    if func is _T.to:
-        target = kwargs.get("device", args[1] if len(args) > 1 else None)
-        if isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu" \
-                and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu":
+    if func in (_T.to, _T.cuda) and args and isinstance(args[0], torch.Tensor):
+        if func is _T.cuda:
+            target = torch.device("cuda")
+        else:
+            target = _device(kwargs.get("device", args[1] if len(args) > 1 else None))
+        if target is not None:
+            here = args[0].device.type
+            if target.type == "cpu" and here != "cpu":
+                return "cpu"
+            if target.type != "cpu" and here == "cpu" and not kwargs.get("non_blocking", False):
+                return "upload"  # from pageable memory, synchronously: the host waits for the copy's stream
+    if func is _T.copy_ and len(args) > 1 and isinstance(args[1], torch.Tensor) and not kwargs.get("non_blocking"):
+        dst, src = args[0].device.type, args[1].device.type
+        if dst != "cpu" and src == "cpu":
+            return "upload"
+        if dst == "cpu" and src != "cpu":
             return "cpu"
+    if func in (torch.tensor, torch.as_tensor) and _device(kwargs.get("device")) is not None \
+            and _device(kwargs.get("device")).type != "cpu" \
+            and not (isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu"):
+        return "upload"
+    return None
+
+
+def _device(value) -> torch.device | None:
+    """``value`` as a device when it names one (a ``.to`` argument may also be a dtype or a tensor)."""
+    if isinstance(value, torch.device):
+        return value
+    if isinstance(value, str):
+        try:
+            return torch.device(value)
+        except RuntimeError:
+            return None
     return None
 
 

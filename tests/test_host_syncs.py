@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from spam_stream import SPAM
 from spam_stream.clustering import initial_centroids, initial_centroids_fixed
 from spam_stream.hostsync import HostSyncCounter
 from spam_stream.kernels import connectivity as device_connectivity
+from spam_stream.kernels import resident_features
 from spam_stream.kernels import labeling
 from spam_stream.kernels.connectivity import enforce_connectivity_torch
 from spam_stream.kernels.seeding import object_candidates_torch, object_seeds_torch
@@ -79,3 +81,20 @@ def test_initial_centroids_in_fixed_shapes_equal_the_cpu_ones():
     (ref ** 2).sum().backward()
     (got ** 2).sum().backward()
     torch.testing.assert_close(got_f.grad, ref_f.grad)
+
+
+@pytest.mark.parametrize("encoder", [None, "default", "fast"])
+def test_a_frames_features_upload_only_the_picture(encoder):
+    """Lab + positions and the encoder (tiles, strips, bilinear or guided upsampling) on a device, the "meta" device
+    standing in for a GPU: after a first frame of the size, a frame uploads its picture and nothing else — the
+    colour constants, positions and every upsampling tap are made once per device (they were uploaded per strip
+    and layer: 53 blocking uploads at 481×321, 645 at 1080p with the bundled encoder) — and reads nothing back."""
+    model = SPAM(encoder=encoder)
+    enc = None if model.encoder is None else model.encoder.to("meta")
+    image = np.zeros((321, 481, 3), np.uint8)
+    meta = torch.device("meta")
+    resident_features(image, 400, enc, model.color_scale, model.compactness, meta)
+    with HostSyncCounter() as syncs:
+        features = resident_features(image, 400, enc, model.color_scale, model.compactness, meta)
+    assert features.device == meta and features.shape[1:] == (321, 481)
+    assert dict(syncs.by_kind) == {"upload": 1}, dict(syncs.by_place)  # the picture (pinned, non-blocking on CUDA)

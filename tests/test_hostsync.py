@@ -43,3 +43,18 @@ def test_places_name_the_spam_stream_line():
         label_components_torch(torch.zeros(5, 6, dtype=torch.int64))
     assert syncs.total >= 1
     assert all(place.startswith("labeling.py:") for place in syncs.by_place), dict(syncs.by_place)
+
+
+def test_uploads_to_another_device_are_counted():
+    """A blocking copy from host memory to a device other than the CPU waits (the "meta" device stands in for a
+    GPU here); a non-blocking one, a copy within the CPU and a dtype change do not count."""
+    x = torch.arange(6, dtype=torch.float32)
+    with HostSyncCounter() as syncs:
+        x.to("meta")
+        x.to(device=torch.device("meta"))
+        torch.tensor([1.0, 2.0], device="meta")
+        torch.as_tensor(x, device="meta")
+        x.to("meta", non_blocking=True)
+        x.to(torch.float64)
+        x.to("cpu")
+    assert dict(syncs.by_kind) == {"upload": 4}

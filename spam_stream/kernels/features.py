@@ -8,6 +8,7 @@ channels through :func:`spam_stream.encoder.encode_learned`, tile by tile, as ``
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -50,10 +51,19 @@ def lab_yx_torch(image: torch.Tensor, color_scale: float, pos_scale: float, out:
         out = torch.empty((5, h, w), dtype=torch.float32, device=image.device)
     out[:3] = rgb_to_lab_torch(image.permute(2, 0, 1), channels_first=True)
     out[:3] *= float(color_scale)
-    ps = torch.tensor(pos_scale, dtype=torch.float32)  # float32 product as on the CPU: float32(i) * float32(s)
-    out[3] = (torch.arange(h, dtype=torch.float32) * ps).to(image.device)[:, None]
-    out[4] = (torch.arange(w, dtype=torch.float32) * ps).to(image.device)[None, :]
+    ys, xs = _positions(h, w, float(pos_scale), image.device)
+    out[3] = ys[:, None]
+    out[4] = xs[None, :]
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _positions(h: int, w: int, pos_scale: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H,) and (W,) float32 row and column positions × ``pos_scale`` on ``device``: float32(i) · float32(s) as on
+    the CPU, computed there and uploaded once per size (a video's frames share them; an upload waits for a GPU)."""
+    ps = torch.tensor(pos_scale, dtype=torch.float32)
+    return ((torch.arange(h, dtype=torch.float32) * ps).to(device),
+            (torch.arange(w, dtype=torch.float32) * ps).to(device))
 
 
 def pixel_features_torch(image, n_superpixels: int, encoder=None, color_scale: float | None = None,
