@@ -328,10 +328,11 @@ class SPAM:
 
                 frame.seeds, frame.cands, frame.partition = tile_seeds(frame, self.device)
             elif frame.partition is None:
-                frame.seeds = grid_seeds(h, w, k)
-                if kernels.resident_frame(self.device):  # the candidate layout's tensors made on the device
+                if kernels.resident_frame(self.device):  # starting cells and candidate layout made on the device
+                    frame.seeds = kernels.resident_grid_seeds(h, w, k, self.device)
                     frame.cands = kernels.resident_grid_candidates(h, w, frame.seeds.grid, self.device)
                 else:
+                    frame.seeds = grid_seeds(h, w, k)
                     frame.cands = grid_candidates(h, w, frame.seeds)
             elif kernels.resident_frame(self.device):
                 # the partition goes up once; seeds, starting labels and the candidate table are made and stay there

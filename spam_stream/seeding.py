@@ -111,15 +111,17 @@ def grid_shape(height: int, width: int, n_superpixels: int) -> tuple[int, int]:
     return best[1]
 
 
-def grid_seeds(height: int, width: int, n_superpixels: int) -> Seeds:
-    """Seeds at the centres of a regular grid of ≈K cells; each pixel starts in its own cell."""
+def grid_seeds(height: int, width: int, n_superpixels: int, init_labels=None) -> Seeds:
+    """Seeds at the centres of a regular grid of ≈K cells; each pixel starts in its own cell. ``init_labels``: those
+    starting cells when already made (a tensor on a device, :func:`spam_stream.kernels.resident_grid_seeds`)."""
     nh, nw = grid_shape(height, width, n_superpixels)
-    cy = (np.arange(height) * nh // height).astype(np.int32)
-    cx = (np.arange(width) * nw // width).astype(np.int32)
-    init = (cy[:, None] * nw + cx[None, :]).ravel()
+    if init_labels is None:
+        cy = (np.arange(height) * nh // height).astype(np.int32)
+        cx = (np.arange(width) * nw // width).astype(np.int32)
+        init_labels = (cy[:, None] * nw + cx[None, :]).ravel().astype(np.int32)
     gy, gx = np.meshgrid((np.arange(nh) + 0.5) * height / nh, (np.arange(nw) + 0.5) * width / nw, indexing="ij")
     yx = np.stack([gy.ravel(), gx.ravel()], 1)
-    return Seeds(yx, np.zeros(nh * nw, np.int32), init.astype(np.int32), (nh, nw))
+    return Seeds(yx, np.zeros(nh * nw, np.int32), init_labels, (nh, nw))
 
 
 def allocate_seeds(sizes: np.ndarray, n_superpixels: int, density: np.ndarray | None = None) -> np.ndarray:

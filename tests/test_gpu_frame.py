@@ -22,7 +22,7 @@ from spam_stream.connectivity import enforce_connectivity
 from spam_stream.datasets import oracle_partition
 from spam_stream.encoder import Encoder, fold_batchnorm
 from spam_stream.features import pixel_features
-from spam_stream.kernels import resident_connectivity, resident_frame
+from spam_stream.kernels import resident_connectivity, resident_frame, resident_grid_seeds
 from spam_stream.kernels.connectivity import enforce_connectivity_torch
 from spam_stream.kernels.features import lab_yx_torch, pixel_features_torch, upload_image
 from spam_stream.kernels.labeling import label_components, label_components_torch
@@ -100,6 +100,10 @@ def test_grid_layout_on_the_device_equals_the_cpu_one(shape, device):
     assert got.device.type == device.type and got.grid == ref.grid
     assert torch.equal(got.pixel_object.cpu(), ref.pixel_object)
     assert torch.equal(got.superpixel_object.cpu(), ref.superpixel_object)
+    resident = resident_grid_seeds(h, w, k, device)  # the seed stage's: starting cells made on the device
+    assert resident.init_labels.device.type == device.type
+    assert np.array_equal(resident.init_labels.cpu().numpy(), seeds.init_labels)
+    assert np.array_equal(resident.yx, seeds.yx) and resident.grid == seeds.grid
 
 
 def _seed_stage(monkeypatch, resident, device, image, k, prior):

@@ -9,7 +9,7 @@ from spam_stream import SPAM
 from spam_stream.clustering import initial_centroids, initial_centroids_fixed
 from spam_stream.hostsync import HostSyncCounter
 from spam_stream.kernels import connectivity as device_connectivity
-from spam_stream.kernels import resident_features
+from spam_stream.kernels import resident_features, resident_grid_seeds
 from spam_stream.kernels import labeling
 from spam_stream.kernels.connectivity import enforce_connectivity_torch
 from spam_stream.kernels.seeding import object_candidates_torch, object_seeds_torch
@@ -98,3 +98,13 @@ def test_a_frames_features_upload_only_the_picture(encoder):
         features = resident_features(image, 400, enc, model.color_scale, model.compactness, meta)
     assert features.device == meta and features.shape[1:] == (321, 481)
     assert dict(syncs.by_kind) == {"upload": 1}, dict(syncs.by_place)  # the picture (pinned, non-blocking on CUDA)
+
+
+def test_grid_seeds_of_a_video_frame_upload_nothing():
+    """Without a prior, a frame's (H*W,) starting cells are made on the device (the "meta" device standing in for
+    a GPU) and shared by the frames of a size: no frame-sized upload per frame, as the seed stage had."""
+    meta = torch.device("meta")
+    resident_grid_seeds(321, 481, 400, meta)
+    with HostSyncCounter() as syncs:
+        seeds = resident_grid_seeds(321, 481, 400, meta)
+    assert syncs.total == 0 and seeds.init_labels.device == meta and seeds.init_labels.shape == (321 * 481,)

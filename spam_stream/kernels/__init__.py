@@ -24,6 +24,7 @@ Superpixel graphs and tokens (:mod:`spam_stream.graph`): :func:`region_stats`, :
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -173,6 +174,22 @@ def resident_features(image, n_superpixels: int, encoder, color_scale: float, sp
     return pixel_features_torch(image, n_superpixels, encoder, color_scale, spatial_scale, device, budget)
 
 
+def resident_grid_seeds(height: int, width: int, n_superpixels: int, device):
+    """:func:`spam_stream.seeding.grid_seeds` whose (H*W,) starting cells are made on ``device`` (no frame-sized
+    upload per frame; cached per size, read-only: a video's frames share them)."""
+    from ..seeding import grid_seeds, grid_shape
+
+    grid = grid_shape(height, width, n_superpixels)
+    return grid_seeds(height, width, n_superpixels, _grid_init_labels(height, width, grid, torch.device(device)))
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_init_labels(height: int, width: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    from .seeding import grid_init_labels_torch
+
+    return grid_init_labels_torch(height, width, grid, device)
+
+
 def resident_grid_candidates(height: int, width: int, grid: tuple[int, int], device) -> Candidates:
     """The grid candidate layout (no prior) built on ``device``."""
     from .seeding import grid_candidates_torch
@@ -246,7 +263,7 @@ def pooling_matrix(slot: torch.Tensor, b: int, k_max: int, h: int, w: int, fh: i
 
 __all__ = [
     "region_stats", "token_layout", "pooling_matrix",
-    "resident_frame", "resident_features", "resident_grid_candidates", "resident_object_seeds",
+    "resident_frame", "resident_features", "resident_grid_seeds", "resident_grid_candidates", "resident_object_seeds",
     "resident_object_candidates", "resident_connectivity",
     "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
