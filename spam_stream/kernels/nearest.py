@@ -130,37 +130,38 @@ def _offsets(radius: int, inner: int, device) -> tuple[torch.Tensor, torch.Tenso
     return dy[new].to(device), dx[new].to(device)
 
 
-def _ring_blocks(grid: SeedGridTorch, radii) -> list[torch.Tensor]:
-    """Per radius R of ``radii``, for every cell of the grid: the seeds of the cells in the square of radius R around
-    it (clamped to its group's grid) but not in the previous radius' square — (n_cells, ring cells × occupancy)
-    int64, increasing seed index, -1 padded. Built for every cell at once from the grid alone, in shapes the host
-    already knows: no read to size a block per round from the points, nor to trim it."""
-    if not radii:
-        return []
+def _grid_cells(grid: SeedGridTorch) -> tuple[torch.Tensor, ...]:
+    """Per cell of the grid (n_cells,): its group's first cell, its row and column in its group's grid, and that
+    grid's rows and columns — made from the grid's shapes alone (no host read)."""
     dev = grid.slots.device
     n_cells = grid.slots.shape[0]
     sizes = grid.shape[:, 0] * grid.shape[:, 1]
     g = torch.repeat_interleave(torch.arange(len(sizes), device=dev), sizes, output_size=n_cells)
-    off, nx, ny = grid.offset[g], grid.shape[g, 1], grid.shape[g, 0]
+    off, ny, nx = grid.offset[g], grid.shape[g, 0], grid.shape[g, 1]
     local = torch.arange(n_cells, device=dev) - off
-    gy, gx = local // nx, local % nx
+    return off, local // nx, local % nx, ny, nx
+
+
+def _ring_block(grid: SeedGridTorch, cells, radius: int, inner: int) -> torch.Tensor:
+    """For every cell of the grid (``cells``: :func:`_grid_cells`): the seeds of the cells in the square of radius
+    ``radius`` around it (clamped to its group's grid) but not in the square of radius ``inner`` (-1: none) — the
+    (n_cells, ring cells × occupancy) int64 block of a round, in increasing seed index, -1 padded. Built for every
+    cell at once from the grid alone, in shapes the host already knows: no read to size a block per round from the
+    points, nor to trim it."""
+    off, gy, gx, ny, nx = cells
+    dy, dx = _offsets(radius, inner, grid.slots.device)
+    cy, cx = gy[:, None] + dy, gx[:, None] + dx
+    inside = (cy >= 0) & (cy < ny[:, None]) & (cx >= 0) & (cx < nx[:, None])
+    j = torch.where(inside, off[:, None] + cy * nx[:, None] + cx, 0)
+    block = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(len(off), -1)
     big = torch.iinfo(torch.int64).max
-    blocks, inner = [], -1
-    for radius in radii:
-        dy, dx = _offsets(radius, inner, dev)
-        cy, cx = gy[:, None] + dy, gx[:, None] + dx
-        inside = (cy >= 0) & (cy < ny[:, None]) & (cx >= 0) & (cx < nx[:, None])
-        j = torch.where(inside, off[:, None] + cy * nx[:, None] + cx, 0)
-        block = torch.where(inside[:, :, None], grid.slots[j], -1).reshape(n_cells, -1)
-        block = torch.sort(torch.where(block >= 0, block, big), dim=1).values  # increasing seed index, pads last
-        blocks.append(torch.where(block == big, -1, block))
-        inner = radius
-    return blocks
+    block = torch.sort(torch.where(block >= 0, block, big), dim=1).values  # increasing seed index, pads last
+    return torch.where(block == big, -1, block)
 
 
 def _block_round(pts, n_pts, cell_of, py, px, yx, block, best_d, best_i, k, fresh):
     """One round for the points ``pts`` (P,) — or the first ``n_pts`` points when ``pts`` is None — of cells
-    ``cell_of`` (n,): each point's cell's ``block`` row (:func:`_ring_blocks`) merged into its best lists (in place).
+    ``cell_of`` (n,): each point's cell's ``block`` row (:func:`_ring_block`) merged into its best lists (in place).
     Fixed shapes: the host reads nothing."""
     width = block.shape[1]
     if width == 0:
@@ -233,10 +234,14 @@ def nearest_seeds_torch(points: torch.Tensor, group: torch.Tensor, grid: SeedGri
     cell_of = off + gy * nx + gx
     # host reads: one per round, for the points still pending (none per chunk, cell or block)
     pending = None  # the first round takes every point; a point of a seedless group finds nothing and stops
-    for r, (radius, block) in enumerate(zip(radii, _ring_blocks(grid, radii))):
+    cells = _grid_cells(grid) if radii else None
+    inner = -1
+    for radius in radii:
         p = pending if pending is not None else slice(None)
+        block = _ring_block(grid, cells, radius, inner)  # built only for a round that has points to take
         _block_round(pending, n if pending is None else len(pending), cell_of, py, px, yx, block, best_d, best_i,
-                     k, fresh=r == 0)
+                     k, fresh=inner < 0)
+        inner = radius
         # distance to the unvisited part of the grid: the nearest side of the block that stops short of the grid's
         r0, r1 = gy[p] - radius, gy[p] + radius
         c0, c1 = gx[p] - radius, gx[p] + radius
