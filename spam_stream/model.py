@@ -336,7 +336,7 @@ class SPAM:
                     frame.cands = grid_candidates(h, w, frame.seeds)
             elif kernels.resident_frame(self.device):
                 # the partition goes up once; seeds, starting labels and the candidate table are made and stay there
-                part = torch.as_tensor(frame.partition).to(self.device)
+                part = kernels.upload(frame.partition, self.device)
                 frame.meta["partition_device"] = part  # connectivity_stage reads it there (no second upload)
                 frame.seeds = kernels.resident_object_seeds(part, k, frame.density, self.seed, self.device)
                 frame.cands = kernels.resident_object_candidates(*frame.seeds.candidate_groups(part),

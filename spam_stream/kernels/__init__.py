@@ -174,6 +174,14 @@ def resident_features(image, n_superpixels: int, encoder, color_scale: float, sp
     return pixel_features_torch(image, n_superpixels, encoder, color_scale, spatial_scale, device, budget)
 
 
+def upload(array, device) -> torch.Tensor:
+    """An array as a tensor on ``device``; to a GPU through pinned memory without blocking the host
+    (:func:`.features.upload`)."""
+    from .features import upload as upload_to
+
+    return upload_to(array, device)
+
+
 def resident_grid_seeds(height: int, width: int, n_superpixels: int, device):
     """:func:`spam_stream.seeding.grid_seeds` whose (H*W,) starting cells are made on ``device`` (no frame-sized
     upload per frame; cached per size, read-only: a video's frames share them)."""
@@ -263,8 +271,8 @@ def pooling_matrix(slot: torch.Tensor, b: int, k_max: int, h: int, w: int, fh: i
 
 __all__ = [
     "region_stats", "token_layout", "pooling_matrix",
-    "resident_frame", "resident_features", "resident_grid_seeds", "resident_grid_candidates", "resident_object_seeds",
-    "resident_object_candidates", "resident_connectivity",
+    "upload", "resident_frame", "resident_features", "resident_grid_seeds", "resident_grid_candidates",
+    "resident_object_seeds", "resident_object_candidates", "resident_connectivity",
     "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
     "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
     "hard_converge", "soft_iteration",

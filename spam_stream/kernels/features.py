@@ -18,20 +18,28 @@ from ..color import rgb_to_lab_torch
 from ..scales import COLOR_SCALE, SPATIAL_SCALE, position_scale
 
 
-def upload_image(image, device) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB (array or tensor) → the same uint8 tensor on ``device`` (one copy of 3·H·W bytes)."""
-    if isinstance(image, torch.Tensor):
-        t = image
+def upload(array, device) -> torch.Tensor:
+    """An array (or tensor) as a tensor on ``device``: to a GPU through pinned memory, without blocking (the host
+    does not wait for the device's queue; the copy is ordered before later work on the stream)."""
+    if isinstance(array, torch.Tensor):
+        t = array
     else:
-        arr = np.ascontiguousarray(image)
+        arr = np.ascontiguousarray(array)
         with warnings.catch_warnings():  # read-only arrays (decoded frames) are only read here, never written
             warnings.simplefilter("ignore", UserWarning)
             t = torch.from_numpy(arr)
-    if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {t.dtype} of shape {tuple(t.shape)}")
     if t.device.type == "cpu" and torch.device(device).type == "cuda":
         t = t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def upload_image(image, device) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB (array or tensor) → the same uint8 tensor on ``device`` (one copy of 3·H·W bytes,
+    :func:`upload`)."""
+    shape, dtype = tuple(image.shape), image.dtype
+    if dtype not in (np.uint8, torch.uint8) or len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {dtype} of shape {shape}")
+    return upload(image, device)
 
 
 def lab_yx_torch(image: torch.Tensor, color_scale: float, pos_scale: float, out: torch.Tensor | None = None
@@ -89,4 +97,4 @@ def pixel_features_torch(image, n_superpixels: int, encoder=None, color_scale: f
     return out
 
 
-__all__ = ["upload_image", "lab_yx_torch", "pixel_features_torch"]
+__all__ = ["upload", "upload_image", "lab_yx_torch", "pixel_features_torch"]
