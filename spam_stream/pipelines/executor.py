@@ -373,13 +373,12 @@ class Pipeline:
         return _END
 
     def _feed(self, it: Iterator, out: queue.Queue, make_error: Callable | None, index: int,
-              limit: int | None = None, cut: threading.Event | None = None) -> None:
-        """Put the items of ``it`` (at most ``limit``, none once ``cut`` is set) on ``out``, then the end marker;
+              cut: threading.Event | None = None) -> None:
+        """Put the items of ``it`` (none once ``cut`` is set) on ``out``, then the end marker;
         the source is closed (and ``self._source_done`` set) once it is exhausted or failed, or when the pipeline
         stops."""
-        count = 0
         try:
-            while (limit is None or count < limit) and not (cut is not None and cut.is_set()):
+            while not (cut is not None and cut.is_set()):
                 try:
                     item = next(it)
                 except StopIteration:
@@ -388,7 +387,6 @@ class Pipeline:
                 if not self._put(out, item):
                     return
                 index += 1
-                count += 1
         except BaseException as exc:  # a source that fails (a damaged video) ends the input with one error item
             self._source_done = True
             if make_error is not None:
@@ -598,11 +596,11 @@ class Pipeline:
             raise self._fatal[0]
 
     def _threaded(self, it: Iterator, groups, make_error: Callable | None, index: int,
-                  limit: int | None = None, cut: threading.Event | None = None) -> Iterator:
-        """Items of ``it`` (at most ``limit``; none taken once ``cut`` is set) through the threads of ``groups``,
+                  cut: threading.Event | None = None) -> Iterator:
+        """Items of ``it`` (none taken once ``cut`` is set) through the threads of ``groups``,
         in order; the threads have ended when this returns."""
         queues = [queue.Queue(self.queue_size) for _ in range(len(groups) + 1)]
-        threads = [threading.Thread(target=self._feed, args=(it, queues[0], make_error, index, limit, cut),
+        threads = [threading.Thread(target=self._feed, args=(it, queues[0], make_error, index, cut),
                                     name="source", daemon=True)]
         for i, (stages, n, replicas) in enumerate(groups):
             name = f"stage-{'+'.join(s.name for s in stages)}"
