@@ -61,7 +61,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import reference
+from . import cells, reference
 from .candidates import N_SLOTS, Candidates
 
 INF = np.float32(np.inf)
@@ -591,6 +591,14 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
         f_flat = _transpose(features.detach().contiguous().numpy(), n_cols, chunks).ravel()
     else:
         f_flat, n_cols = lanes
+    labels = np.full(n_cols, -1, np.int32)  # no warm start in the first pass
+    if prev_labels is not None:  # compared with the first pass (whose block winners are tried first)
+        labels[:n] = torch.as_tensor(prev_labels).detach().cpu().numpy()
+    limit, compare_first = reference.max_changed(tol, n), prev_labels is not None
+    cell_plan = cells.plan(cands)
+    if cell_plan is not None:  # grid cells inside one object each: the cell layout, no block plan to build
+        run = cells.hard_converge(f_flat, n_cols, c, cell_plan, cands, labels, max_iter, limit, compare_first)
+        return torch.from_numpy(labels[:n]), torch.from_numpy(c), run
     plan = cands.__dict__.get("_cpu_hard_plan")
     if plan is not None and plan[0] == (n, chunks):  # same candidates (a video's next frame): reuse
         start, members, prio = plan[1:]
@@ -601,11 +609,7 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
         start, members, prio = _prepare(n, cands.pixel_object.numpy(), cands.superpixel_object.numpy(),
                                         cands.width, cands.height, nh, nw, table, use_table, chunks)
         cands.__dict__["_cpu_hard_plan"] = ((n, chunks), start, members, prio)
-    labels = np.full(n_cols, -1, np.int32)  # no warm start in the first pass
-    if prev_labels is not None:  # compared with the first pass (whose block winners are tried first)
-        labels[:n] = torch.as_tensor(prev_labels).detach().cpu().numpy()
-    run = _hard_loop(f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks,
-                     reference.max_changed(tol, n), prev_labels is not None)
+    run = _hard_loop(f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks, limit, compare_first)
     return torch.from_numpy(labels[:n]), torch.from_numpy(c), int(run)
 
 

@@ -1,0 +1,77 @@
+"""The cell layout (grid candidates whose cells each hold one prior object) against the torch reference."""
+import pytest
+import torch
+
+from spam_stream.kernels import cells, cpu, reference
+from spam_stream.kernels.candidates import Candidates
+
+
+def cell_case(h, w, d, nh, nw, objects, seed):
+    """Random features and centroids; pixels take the object of their cell row band (``objects`` bands, -1 for
+    the first band when objects > 1: free pixels), superpixels the object of their cell."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(h * w, d, generator=g) * 3
+    c = torch.randn(nh * nw, d, generator=g) * 3
+    cy = torch.arange(h) * nh // h
+    band = (cy * objects // nh).to(torch.int32)
+    po = band[:, None].expand(h, w).reshape(-1).clone()
+    so = (torch.arange(nh) * objects // nh).to(torch.int32)[:, None].expand(nh, nw).reshape(-1).clone()
+    if objects > 1:
+        po[po == 0] = -1
+    return f, c, Candidates(h, w, po, so, grid=(nh, nw))
+
+
+CASES = [(13, 17, 5, 3, 4, 1), (31, 40, 20, 6, 7, 2), (20, 25, 32, 1, 1, 1), (50, 300, 5, 9, 20, 3),
+         (64, 257, 5, 8, 13, 1), (40, 130, 7, 5, 6, 2)]
+
+
+@pytest.mark.parametrize("h,w,d,nh,nw,objects", CASES)
+@pytest.mark.parametrize("layout", ["planes", "rows"])
+def test_cell_layout_matches_reference(h, w, d, nh, nw, objects, layout):
+    f, c, cands = cell_case(h, w, d, nh, nw, objects, seed=h * w + d)
+    assert cells.plan(cands) is not None  # the cell path is the one under test
+    if layout == "planes":  # the channel-major buffer pixel_features gives on the CPU (read in place)
+        buf = cpu.empty_features(h, w, d)
+        buf.copy_(f.t().reshape(d, h, w))
+        f = buf.reshape(d, -1).t()
+    for rounds in (0, 1, 4, 12):
+        la, ca, ra = cpu.hard_converge(f, c, cands, rounds)
+        lb, cb, rb = reference.hard_converge(f, c, cands, rounds)
+        assert torch.equal(la, lb)
+        torch.testing.assert_close(ca, cb, rtol=1e-6, atol=1e-6)
+        assert ra == rb
+
+
+def test_cell_layout_convergence_and_warm_start_match_reference():
+    f, c, cands = cell_case(60, 90, 5, 6, 9, 1, seed=3)
+    for tol in (0.0, 0.01, 0.2):
+        la, ca, ra = cpu.hard_converge(f, c, cands, 30, tol)
+        lb, cb, rb = reference.hard_converge(f, c, cands, 30, tol)
+        assert torch.equal(la, lb) and ra == rb
+    prev = lb
+    la, _, ra = cpu.hard_converge(f, cb, cands, 5, 0.0, prev_labels=prev)
+    lb, _, rb = reference.hard_converge(f, cb, cands, 5, 0.0, prev_labels=prev)
+    assert torch.equal(la, lb) and ra == rb == 1  # converged centroids: the first round changes nothing
+
+
+def test_mixed_cells_take_the_block_path():
+    f, c, cands = cell_case(20, 20, 5, 2, 2, 1, seed=1)
+    cands.pixel_object[0] = 1  # one cell now holds pixels of two objects
+    assert cells.plan(cands) is None
+    la, _ = cpu.hard_iterations(f, c, cands, 3)
+    lb, _ = reference.hard_iterations(f, c, cands, 3)
+    assert torch.equal(la, lb)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    import numba
+
+    f, c, cands = cell_case(120, 200, 5, 10, 16, 1, seed=5)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        la, ca = cpu.hard_iterations(f, c, cands, 6)
+    finally:
+        numba.set_num_threads(before)
+    lb, cb = cpu.hard_iterations(f, c, cands, 6)
+    assert torch.equal(la, lb) and torch.equal(ca, cb)
