@@ -30,6 +30,16 @@ def _pil_open(path):
     return (original or Image.open)(path)
 
 
+def check_finite(img: np.ndarray, name: str = "image") -> None:
+    """ValueError (one line) for a float array holding NaN or ±inf, which would give meaningless superpixels."""
+    bad = ~np.isfinite(img)
+    if bad.any():
+        kinds = [k for k, m in (("NaN", np.isnan(img)), ("+inf", np.isposinf(img)), ("-inf", np.isneginf(img)))
+                 if m.any()]
+        raise ValueError(f"{name} holds {int(bad.sum())} non-finite values ({', '.join(kinds)}): replace them "
+                         "(e.g. numpy.nan_to_num) or mask them out before segmenting")
+
+
 def as_rgb(image) -> np.ndarray:
     """Any image array → (H, W, 3) uint8 RGB. Grayscale (H, W) or (H, W, 1) is repeated, RGBA drops alpha,
     float images are taken as values in [0, 1]."""
@@ -44,7 +54,8 @@ def as_rgb(image) -> np.ndarray:
     if img.shape[0] < 1 or img.shape[1] < 1:
         raise ValueError(f"empty image of shape {img.shape}")
     if np.issubdtype(img.dtype, np.floating):
-        img = np.clip(np.nan_to_num(img) * 255.0 + 0.5, 0, 255)
+        check_finite(img)
+        img = np.clip(img * 255.0 + 0.5, 0, 255)
     elif img.dtype != np.uint8:
         img = np.clip(img, 0, 255)
     return np.ascontiguousarray(img.astype(np.uint8))
@@ -69,6 +80,11 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with _pil_open(path) as im:
             im.load()
+            if im.mode == "F":  # 32-bit float pixels: NaN / inf would be converted to garbage silently
+                try:
+                    check_finite(np.asarray(im), "float image")
+                except ValueError as exc:
+                    raise InputError(f"{path}: {exc}") from None
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64)
                 arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
