@@ -96,6 +96,39 @@ def _flush(sums, counts, k, run, d_count, cnt):
 
 
 @njit(inline="always")
+def _flush5(sums, counts, k, cnt, r0, r1, r2, r3, r4):
+    if k >= 0:
+        counts[k] += cnt
+        sums[k, 0] += r0
+        sums[k, 1] += r1
+        sums[k, 2] += r2
+        sums[k, 3] += r3
+        sums[k, 4] += r4
+
+
+@njit(inline="always")
+def _accumulate5(f0a, f1a, f2a, f3a, f4a, lab, n, sums, counts):
+    """D = 5: the runs of one label along a row summed in float64 registers, added once per run."""
+    cur = lab[0]
+    cnt = 0
+    r0 = r1 = r2 = r3 = r4 = 0.0
+    for x in range(n):
+        k = lab[x]
+        if k != cur:
+            _flush5(sums, counts, cur, cnt, r0, r1, r2, r3, r4)
+            cur = k
+            cnt = 0
+            r0 = r1 = r2 = r3 = r4 = 0.0
+        cnt += 1
+        r0 += f0a[x]
+        r1 += f1a[x]
+        r2 += f2a[x]
+        r3 += f3a[x]
+        r4 += f4a[x]
+    _flush5(sums, counts, cur, cnt, r0, r1, r2, r3, r4)
+
+
+@njit(inline="always")
 def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, labels, accumulate, sums, counts):
     """Assign the cell rows of chunk t (and add their pixels' features into sums / counts when accumulating).
     Returns the number of pixels whose label changed."""
@@ -125,15 +158,20 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
             for y in range(y0, y1):
                 base = y * width + x0
                 if d_count == 5:
-                    _argmin5(fT[base:base + n], fT[n_cols + base:n_cols + base + n],
-                             fT[2 * n_cols + base:2 * n_cols + base + n], fT[3 * n_cols + base:3 * n_cols + base + n],
-                             fT[4 * n_cols + base:4 * n_cols + base + n], cexp, cid, lab, n)
+                    f0a = fT[base:base + n]
+                    f1a = fT[n_cols + base:n_cols + base + n]
+                    f2a = fT[2 * n_cols + base:2 * n_cols + base + n]
+                    f3a = fT[3 * n_cols + base:3 * n_cols + base + n]
+                    f4a = fT[4 * n_cols + base:4 * n_cols + base + n]
+                    _argmin5(f0a, f1a, f2a, f3a, f4a, cexp, cid, lab, n)
+                    if accumulate:
+                        _accumulate5(f0a, f1a, f2a, f3a, f4a, lab, n, sums, counts)
                 else:
                     _argmin_any(fT, n_cols, base, d_count, cexp, cid, lab, n, acc, best)
                 for x in range(n):
                     changed += labels[base + x] != lab[x]
                     labels[base + x] = lab[x]
-                if accumulate:  # runs of one label along the row: summed in float64, added once per run
+                if accumulate and d_count != 5:  # runs of one label along the row: float64, added once per run
                     cur = lab[0]
                     cnt = 0
                     for x in range(n):
