@@ -94,7 +94,8 @@ def object_candidates(partition: np.ndarray, seeds: Seeds, max_distance: float =
     else:
         item_group = seed_obj + 1
     grid = build_seed_grid(seeds.yx, item_seed, item_group, n_groups, step)
-    qy, qx, qg, qidx = _block_queries(flat, h, w, block_size(step), n_groups)
+    block = block_size(step)
+    qy, qx, qg, qidx = _block_queries(flat, h, w, block, n_groups)
     # rows in increasing superpixel order, empty slots last: neighbouring pixels then share identical rows, which
     # the CPU fast path processes as one vectorised run
     rows = nearest_seeds(np.stack([qy, qx], 1), qg, grid, seeds.yx, k=min(N_SLOTS, n_seeds), limit=limit,
@@ -102,4 +103,5 @@ def object_candidates(partition: np.ndarray, seeds: Seeds, max_distance: float =
     table = np.empty((h * w, N_SLOTS), np.int32)
     _expand_rows(rows, qidx, table)
     return Candidates(h, w, torch.from_numpy(np.ascontiguousarray(flat, np.int32)),
-                      torch.from_numpy(seed_obj.astype(np.int32)), table=torch.from_numpy(table))
+                      torch.from_numpy(seed_obj.astype(np.int32)), table=torch.from_numpy(table),
+                      rows=torch.from_numpy(rows), pixel_row=torch.from_numpy(qidx), block=block)

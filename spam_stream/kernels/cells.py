@@ -18,8 +18,16 @@ pixel, and the block plan :mod:`.cpu` builds per candidate set: 0.19 s at 1080p)
 * Cell rows are split into a fixed number of chunks (not the thread count), each with its own sums added in chunk
   order, so results do not depend on the numba thread budget.
 
-Used by :func:`.cpu.hard_converge` for grid candidates whose cells each hold pixels of one prior object (every
-grid layout spam-stream makes: the plain grid, and a batch's tiles); other layouts take :mod:`.cpu`'s block path.
+Used by :func:`.cpu.hard_converge` for
+
+* grid candidates whose cells each hold pixels of one prior object (every grid layout spam-stream makes: the plain
+  grid, and a batch's tiles): a cell's 9 neighbours, emptied where they belong to another object;
+* object-seed candidates given in their compact form (``Candidates.rows`` / ``pixel_row``, one row per (block,
+  object) of ``block``-pixel blocks, what :func:`spam_stream.candidates.object_candidates` makes): a block's most
+  common row is laid out for it, and its pixels of another object (the blocks an object boundary crosses) are
+  *exceptions*, listed per image row and assigned from their own row by the scalar rule after the vector loop.
+
+Other layouts (an explicit table alone) take :mod:`.cpu`'s block path.
 """
 from __future__ import annotations
 
@@ -129,7 +137,37 @@ def _accumulate5(f0a, f1a, f2a, f3a, f4a, lab, n, sums, counts):
 
 
 @njit(inline="always")
-def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, labels, accumulate, sums, counts):
+def _fix_exceptions(fT, n_cols, y, width, x0, n, c, lab, exc_start, exc_x, exc_row, rows, pix_obj, sp_obj):
+    """Pixels of image row y in [x0, x0 + n) whose candidates are not their block's laid-out ones (another object
+    in the block): assigned from their own row, the reference's scalar rule (same float32 order, lowest slot wins
+    ties, -1 when no slot is valid)."""
+    d_count = c.shape[1]
+    for e in range(exc_start[y], exc_start[y + 1]):
+        x = exc_x[e]
+        if x < x0 or x >= x0 + n:
+            continue
+        p = y * width + x
+        po = pix_obj[p]
+        q = exc_row[e]
+        bd = INF
+        bl = np.int32(-1)
+        for s in range(N_SLOTS):
+            k = rows[q, s]
+            if k < 0 or (po >= 0 and sp_obj[k] != po):
+                continue
+            a = np.float32(0.0)
+            for d in range(d_count):
+                diff = fT[d * n_cols + p] - c[k, d]
+                a = a + diff * diff
+            if a < bd:
+                bd = a
+                bl = k
+        lab[x - x0] = bl
+
+
+@njit(inline="always")
+def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, labels, accumulate, sums, counts,
+                exc_start, exc_x, exc_row, rows, pix_obj, sp_obj):
     """Assign the cell rows of chunk t (and add their pixels' features into sums / counts when accumulating).
     Returns the number of pixels whose label changed."""
     d_count = c.shape[1]
@@ -164,10 +202,16 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
                     f3a = fT[3 * n_cols + base:3 * n_cols + base + n]
                     f4a = fT[4 * n_cols + base:4 * n_cols + base + n]
                     _argmin5(f0a, f1a, f2a, f3a, f4a, cexp, cid, lab, n)
+                    if exc_start[y + 1] > exc_start[y]:
+                        _fix_exceptions(fT, n_cols, y, width, x0, n, c, lab, exc_start, exc_x, exc_row, rows,
+                                        pix_obj, sp_obj)
                     if accumulate:
                         _accumulate5(f0a, f1a, f2a, f3a, f4a, lab, n, sums, counts)
                 else:
                     _argmin_any(fT, n_cols, base, d_count, cexp, cid, lab, n, acc, best)
+                    if exc_start[y + 1] > exc_start[y]:
+                        _fix_exceptions(fT, n_cols, y, width, x0, n, c, lab, exc_start, exc_x, exc_row, rows,
+                                        pix_obj, sp_obj)
                 for x in range(n):
                     changed += labels[base + x] != lab[x]
                     labels[base + x] = lab[x]
@@ -190,7 +234,8 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_chunks, max_changed, compare_first):
+def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_chunks, max_changed, compare_first,
+               exc_start, exc_x, exc_row, rows, pix_obj, sp_obj):
     """At most ``n_iter`` rounds of (assign + centroid sums, new centroids; ``c`` updated in place), then a final
     assignment, in one call — the rounds and the convergence rule of :func:`.cpu._hard_loop`. Returns the rounds
     run. ``labels`` (≥ H·W,) int32: -1 before a cold start, the labels to compare the first round with when
@@ -208,7 +253,8 @@ def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_c
                 sums[t] = 0.0
                 counts[t] = 0
             n_changed[t] = _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, labels,
-                                       accumulate, sums[t], counts[t])
+                                       accumulate, sums[t], counts[t], exc_start, exc_x, exc_row, rows, pix_obj,
+                                       sp_obj)
         if final:
             return it
         if (it > 0 or compare_first) and n_changed.sum() <= max_changed:
@@ -247,19 +293,96 @@ def _cells_uniform(pix_obj, height, width, nh, nw):
     return out
 
 
+@njit(cache=True, nogil=True)
+def _block_plan(pixel_row, rows, pix_obj, sp_obj, height, width, b):
+    """For object-seed candidates (one row per (block, object) of b x b blocks): each block's most common row laid
+    out as its candidates (slots invalid for its pixels' object emptied), and the other pixels of the block as
+    exceptions, listed by image row. Returns (rowtab (nby, nbx, 9) int32, exc_start (H+1,) int64, exc_x (E,) int32,
+    exc_row (E,) int32)."""
+    nby = (height + b - 1) // b
+    nbx = (width + b - 1) // b
+    dom = np.empty((nby, nbx), np.int64)
+    cand_q = np.empty(16, np.int64)
+    cand_n = np.empty(16, np.int64)
+    for by in range(nby):
+        for bx in range(nbx):
+            m = 0
+            for y in range(by * b, min(height, by * b + b)):
+                for x in range(bx * b, min(width, bx * b + b)):
+                    q = pixel_row[y * width + x]
+                    found = False
+                    for i in range(m):
+                        if cand_q[i] == q:
+                            cand_n[i] += 1
+                            found = True
+                            break
+                    if not found and m < 16:
+                        cand_q[m] = q
+                        cand_n[m] = 1
+                        m += 1
+            best = 0
+            for i in range(1, m):
+                if cand_n[i] > cand_n[best]:
+                    best = i
+            dom[by, bx] = cand_q[best]
+    rowtab = np.full((nby, nbx, N_SLOTS), -1, np.int32)
+    exc_start = np.zeros(height + 1, np.int64)
+    for y in range(height):
+        n_exc = 0
+        for x in range(width):
+            if pixel_row[y * width + x] != dom[y // b, x // b]:
+                n_exc += 1
+        exc_start[y + 1] = exc_start[y] + n_exc
+    exc_x = np.empty(exc_start[height], np.int32)
+    exc_row = np.empty(exc_start[height], np.int32)
+    filled = np.zeros((nby, nbx), np.bool_)
+    for y in range(height):
+        e = exc_start[y]
+        for x in range(width):
+            p = y * width + x
+            q = pixel_row[p]
+            by, bx = y // b, x // b
+            if q != dom[by, bx]:
+                exc_x[e] = x
+                exc_row[e] = q
+                e += 1
+            elif not filled[by, bx]:  # the laid-out row, with the validity rule of this object's pixels
+                filled[by, bx] = True
+                po = pix_obj[p]
+                for s in range(N_SLOTS):
+                    k = rows[q, s]
+                    if k >= 0 and (po < 0 or sp_obj[k] == po):
+                        rowtab[by, bx, s] = k
+    return rowtab, exc_start, exc_x, exc_row
+
+
+def _no_exceptions(height: int):
+    return (np.zeros(height + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32),
+            np.full((1, N_SLOTS), -1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int32))
+
+
 def plan(cands: Candidates):
     """(ybound (nh+1,) int64 first image row of each cell row, xblock (W,) int64 cell column of each pixel column,
     rowtab (nh, nw, 9) int32 each cell's valid candidates, -1 = empty or of another object) for grid candidates
     whose cells are each inside one prior object; None for any other layout. Cached on ``cands`` (a video's frames
     share theirs)."""
-    if cands.grid is None:
-        return None
     cached = cands.__dict__.get("_cell_plan")
     if cached is not None:
         return cached[0]
     h, w = cands.height, cands.width
-    nh, nw = cands.grid
     result = None
+    if cands.grid is None:
+        if cands.rows is not None and cands.pixel_row is not None and cands.block > 0:
+            b = int(cands.block)
+            po, so = cands.pixel_object.numpy(), cands.superpixel_object.numpy()
+            rows = np.ascontiguousarray(cands.rows.numpy(), np.int32)
+            rowtab, exc_start, exc_x, exc_row = _block_plan(cands.pixel_row.numpy(), rows, po, so, h, w, b)
+            ybound = np.minimum(np.arange(rowtab.shape[0] + 1, dtype=np.int64) * b, h)
+            xblock = np.arange(w, dtype=np.int64) // b
+            result = (ybound, xblock, rowtab, (exc_start, exc_x, exc_row, rows, po, so))
+        cands.__dict__["_cell_plan"] = (result,)
+        return result
+    nh, nw = cands.grid
     cell_obj = _cells_uniform(cands.pixel_object.numpy(), h, w, nh, nw)
     if cell_obj is not None:
         sp_obj = cands.superpixel_object.numpy().reshape(nh, nw)
@@ -273,7 +396,7 @@ def plan(cands: Candidates):
             k = np.where(inside, ny * nw + nx, 0)
             same = (cell_obj < 0) | (sp_obj.reshape(-1)[k] == cell_obj)
             rowtab[..., s] = np.where(inside & same, k, -1)
-        result = (ybound, xblock, rowtab)
+        result = (ybound, xblock, rowtab, _no_exceptions(h))
     cands.__dict__["_cell_plan"] = (result,)
     return result
 
@@ -288,7 +411,7 @@ def hard_converge(f_flat, n_cols, c, cell_plan, cands: Candidates, labels, max_i
                   compare_first: bool) -> int:
     """Run :func:`_cell_loop` on channel-major features ``f_flat`` (D·n_cols,) float32 with centroids ``c``
     (K, D) float32 (updated in place) and ``labels`` (n_cols,) int32 (written); returns the rounds run."""
-    ybound, xblock, rowtab = cell_plan
+    ybound, xblock, rowtab, exceptions = cell_plan
     chunks = n_chunks(len(ybound) - 1, c.shape[0], c.shape[1])
     return int(_cell_loop(f_flat, n_cols, cands.width, ybound, xblock, rowtab, c, labels, int(max_iter), chunks,
-                          int(max_changed), bool(compare_first)))
+                          int(max_changed), bool(compare_first), *exceptions))
