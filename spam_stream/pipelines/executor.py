@@ -53,6 +53,7 @@ from typing import Callable, Iterable, Iterator
 
 _END = object()  # end of input marker, passes through every queue
 SCHEDULES = ("pool", "stages")
+SCHEDULE_DEFAULT = "pool"  # the schedule of a Pipeline made without one off CUDA (benchmarks compare "stages")
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Pipeline:
                  schedule: str | None = None, cores: int | None = None, window: int | None = None):
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
-        schedule = schedule or "pool"
+        schedule = schedule or SCHEDULE_DEFAULT
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
         self.stages, self.queue_size, self.poll = list(stages), max(1, int(queue_size)), poll
