@@ -2,9 +2,11 @@
 
     python benchmarks/bench_pipeline.py [--frames 40] [--prior-frames 12] [--no-fastsam] [--memory 10000]
                                         [--encoder default none fast] [--size 1280x720] [--repeats 3]
-                                        [--schedules measured fused split oversubscribed stages]
+                                        [--clip pan|real]
 
-Input: a 481x321 clip panning over a BSDS500 test image (or samples/coffee.jpg), encoded to H.264 first; each run
+Input: a 481x321 clip (``--clip real``, the default: tests/video_helpers.real_motion_frames — camera pan with a
+small rotation and zoom, a moving object, a scene cut; ``--clip pan``: a plain pan) over a BSDS500 test image (or
+samples/coffee.jpg), encoded to H.264 first; each run
 decodes it, segments every frame (K=400, bundled encoder, coherent) and writes the overlay MP4 + label PNGs, so
 decode, prior, features, seeds, clustering, connectivity, ids and write all count. Two priors: none, and a
 FastSAM-s architecture with random weights (imgsz 640; nothing downloaded). Sequential and pipelined runs of the
@@ -12,10 +14,9 @@ same clip in the same process, after a warm-up.
 
 Bound (frames/s) = cores / CPU time per frame of the sequential run (the process CPU time of the whole run: decoding,
 every stage with all its threads, the writers and x264's threads; the per-stage CPU column leaves decoding out).
-`--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py: measured = the
-default, fused / split / oversubscribed / replicated = forced plans after the probe (replicated: the features stage
-in one-thread replicas, several frames at once), stages = the old one thread per stage with the cores split evenly),
-each against the same sequential run; the plan each one ran is printed (" → (guard) " when the guard dropped it).
+`--schedules` runs the pipelined run once per executor schedule (spam_stream/pipelines/executor.py: pool = the
+default, stages = one thread per stage), each against the same sequential run; each pipelined run's schedule line
+(the policy and each stage's busy fraction) is printed.
 `--repeats R` runs the sequential run and every schedule in turn R times: ratios within a repeat, medians printed.
 `--memory N` streams N tiny synthetic frames through the same stages and prints resident memory at
 frame 1,000 and at frame N.
@@ -51,6 +52,12 @@ def source_image() -> tuple[np.ndarray, str]:
 
 
 def make_clip(path: Path, n: int, h: int = 321, w: int = 481) -> None:
+    if CLIP == "real":
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from video_helpers import write_real_clip
+
+        write_real_clip(path, n, h - h % 2, w - w % 2)
+        return
     img, _ = source_image()
     scale = max(1.6, 1.25 * w / img.shape[1], 1.25 * h / img.shape[0],  # room to pan at any size, and for n
                 (w + 3 * n + 8) / img.shape[1], (h + 2 * n + 8) / img.shape[0])  # frames (the pan never stops)
@@ -63,29 +70,29 @@ def make_clip(path: Path, n: int, h: int = 321, w: int = 481) -> None:
     writer.close()
 
 
-PLANS = []  # the executor's plan of each pipelined run
+CLIP = "real"
+PLANS = []  # the schedule line of each pipelined run
 CPU = {}  # output folder of a run → its process CPU time (s)
 
 
 def _record_plans():
-    """Keep the plan the measured schedule chose (Pipeline.plan) of every pipelined run."""
+    """Keep the schedule line (Pipeline.summary: policy, busy fractions) of every pipelined run."""
     from spam_stream.pipelines import executor
 
-    original = executor.Pipeline._make_plan
+    original = executor.Pipeline.run
 
-    def make_plan(self, force=None):
-        groups = original(self, force)
-        PLANS.append("; ".join(f"{'+'.join(names)}:{threads or '-'}"  # "x2": two replicas side by side
-                               + (f"x{self.replicas[names]}" if names in self.replicas else "")
-                               for names, threads in self.plan))
-        return groups
+    def run(self, *args, **kwargs):
+        yield from original(self, *args, **kwargs)
+        PLANS.append(self.summary().removeprefix("schedule: "))
 
-    executor.Pipeline._make_plan = make_plan
+    executor.Pipeline.run = run
 
 
-def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int = 1):
+def run(model, clip: Path, out: Path, k: int, pipelined: bool, prior_every: int = 1, schedule: str = "pool"):
+    from spam_stream.pipelines import executor
     from spam_stream.videoio import VideoReader
 
+    executor.SCHEDULE_DEFAULT = schedule
     reader = VideoReader(clip)
     outputs = VideoOutputs(out, clip.stem, reader.rate, reader.width, reader.height)
     t, cpu = time.perf_counter(), time.process_time()
@@ -109,7 +116,7 @@ def stage_means(frames, key="timings"):
     return rows
 
 
-def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321", repeats=1):
+def compare(name, model, clip, n, k, tmp, schedules=("pool",), size="481x321", repeats=1):
     """Sequential then each schedule's pipelined run, ``repeats`` times in turn; ratios are taken within each
     repeat (the same minute of the machine) and their median printed, with every repeat's value."""
     cores = len(os.sched_getaffinity(0))
@@ -120,12 +127,10 @@ def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321
         seq_cpu = CPU[tmp / f"seq{r}"]
         pipelined = []
         for schedule in schedules:
-            os.environ["SPAM_SCHEDULE"] = schedule
             PLANS.clear()
-            frames, wall = run(model, clip, tmp / f"pip-{schedule}{r}", k, pipelined=True)
-            pipelined.append((schedule, frames, wall, " → (guard) ".join(PLANS) if PLANS else "n/a",
+            frames, wall = run(model, clip, tmp / f"pip-{schedule}{r}", k, pipelined=True, schedule=schedule)
+            pipelined.append((schedule, frames, wall, PLANS[-1] if PLANS else "n/a",
                               CPU[tmp / f"pip-{schedule}{r}"]))
-        os.environ.pop("SPAM_SCHEDULE", None)
         rounds.append((seq, seq_wall, pipelined, seq_cpu))
     seq, seq_wall, pipelined, seq_cpu = rounds[len(rounds) // 2]
     bounds = [cores * n / rd[3] for rd in rounds]  # cores / the sequential run's CPU time per frame
@@ -147,8 +152,8 @@ def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321
           + "\n")
     med = statistics.median
     every = " (each repeat)" if repeats > 1 else ""
-    print(f"| run | frames/s | CPU ms/frame | vs sequential | vs bound | vs bound{every} | executor plan (stages of "
-          "each thread: threads) |")
+    print(f"| run | frames/s | CPU ms/frame | vs sequential | vs bound | vs bound{every} | schedule (policy, each "
+          "stage's busy fraction) |")
     print("|---|---|---|---|---|---|---|")
     print(f"| sequential | {med(seq_fps):.2f} | {1e3 * med([rd[3] for rd in rounds]) / n:.0f} | 1.00 | "
           f"{med([f / b for f, b in zip(seq_fps, bounds)]):.2f} | "
@@ -160,7 +165,7 @@ def compare(name, model, clip, n, k, tmp, schedules=("measured",), size="481x321
         vs_bound = [f / b for f, b in zip(fps, bounds)]
         ratios.append((vs_seq, med(vs_bound)))
         same = all(np.array_equal(a.labels, b.labels) for rd in rounds for a, b in zip(rd[0], rd[2][j][1]))
-        plans = sorted({rd[2][j][3] for rd in rounds})
+        plans = [rounds[len(rounds) // 2][2][j][3]]
         cpu = 1e3 * med([rd[2][j][4] for rd in rounds]) / n
         print(f"| pipelined, {schedule} | {med(fps):.2f} | {cpu:.0f} | {vs_seq:.2f} | {med(vs_bound):.2f} | "
               f"{' '.join(f'{v:.2f}' for v in vs_bound)} | {' / '.join(plans)}"
@@ -215,15 +220,19 @@ def main():
     ap.add_argument("--encoder", nargs="*", default=["default"], metavar="NAME",
                     help="encoders of the no-prior comparison: default, fast, none (default: default; none given: "
                          "only the FastSAM rows)")
-    ap.add_argument("--schedules", nargs="+", default=["measured"], metavar="S",
-                    help="executor schedules of the pipelined runs (measured, fused, split, oversubscribed, "
-                         "replicated, stages; default: measured), each compared with the same sequential run")
+    ap.add_argument("--schedules", nargs="+", default=["pool"], choices=["pool", "stages"],
+                    help="executor schedules of the pipelined runs (pool, stages; default: pool), each compared "
+                         "with the same sequential run")
+    ap.add_argument("--clip", choices=["real", "pan"], default="real",
+                    help="real: pan + rotation + zoom + a moving object + a cut (default); pan: a plain pan")
     ap.add_argument("--size", default="481x321", help="clip size WxH (default 481x321)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="sequential + pipelined runs in turn this many times; medians of the per-repeat ratios")
     args = ap.parse_args()
     import torch
 
+    global CLIP
+    CLIP = args.clip
     _record_plans()
     print(f"{len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (before)")

@@ -2,7 +2,7 @@
 # The CPU speed targets of issues 22-24, one after the other on an otherwise idle machine (no other job: the
 # pipelined-vs-sequential ratios and the prior's cost are only meaningful there). Each step prints the load average
 # before and after; outputs go to $OUT (default out/idle/). About 30-40 minutes on the 2-core development VM.
-#   bash benchmarks/idle_session.sh [step ...]      steps: prior stream pipeline graph temporal iterations
+#   bash benchmarks/idle_session.sh [step ...]      steps: prior stream pipeline graph temporal iterations cli
 set -u
 OUT=${OUT:-out/idle}
 mkdir -p "$OUT"
@@ -24,12 +24,12 @@ for step in $steps; do
             run stream $PY benchmarks/bench_stream.py --frames 8 --io-frames 60 ;;
         pipeline)
             run pipeline $PY benchmarks/bench_pipeline.py --frames 40 --encoder default none --repeats 5 \
-                --schedules measured fused split replicated stages
-            run pipeline $PY benchmarks/bench_pipeline.py --frames 24 --size 1280x720 --no-fastsam --repeats 3 \
-                --schedules measured fused replicated
-            run pipeline $PY benchmarks/bench_pipeline.py --frames 120 --no-fastsam --repeats 2 --schedules measured
-            run pipeline $PY benchmarks/bench_pipeline.py --frames 60 --size 1280x720 --no-fastsam --repeats 2 \
-                --schedules measured ;;
+                --schedules pool stages
+            run pipeline $PY benchmarks/bench_pipeline.py --frames 24 --size 1280x720 --no-fastsam --repeats 3
+            run pipeline $PY benchmarks/bench_pipeline.py --frames 120 --no-fastsam --repeats 2
+            run pipeline $PY benchmarks/bench_pipeline.py --frames 60 --size 1280x720 --no-fastsam --repeats 2 ;;
+        cli)
+            run cli $PY benchmarks/bench_cli_video.py --sizes 640x360 1280x720 --frames 40 --runs 3 ;;
         graph)
             run graph $PY benchmarks/bench_graph.py --repeats 5 --batch 64 ;;
         temporal)

@@ -269,10 +269,11 @@ def test_a_pan_with_a_fixed_prior_follows_the_motion_inside_the_objects():
     assert np.mean(cons) >= 0.7
 
 
-def test_warm_features_in_replicas_equal_the_sequential_run(monkeypatch):
-    """The features stage runs on several frames at once (one-thread replicas) while its plan and assembly stay in
-    frame order: a pan with the bundled encoder gives the labels and ids of the sequential run, and the moved
-    frames still reuse the previous features."""
+def test_warm_features_on_several_frames_at_once_equal_the_sequential_run():
+    """The pool runs the features stage on several frames at once while its plan and assembly stay in frame order:
+    a pan with the bundled encoder gives the labels and ids of the sequential run, and the moved frames still
+    reuse the previous features."""
+    from spam_stream.pipelines import executor
     from spam_stream.pipelines.video import video_frames
 
     model = SPAM()  # the bundled encoder
@@ -280,26 +281,24 @@ def test_warm_features_in_replicas_equal_the_sequential_run(monkeypatch):
         pytest.skip("no bundled encoder")
     frames = pan_frames(10, 3, "x", h=120, w=200)
     seq = list(video_frames(model, iter(frames), 80, pipelined=False))
-    monkeypatch.setenv("SPAM_SCHEDULE", "replicated")
-    from spam_stream.pipelines import executor
+    peaks = []
+    original = executor.Pipeline.run
 
-    plans = []
-    original = executor.Pipeline._make_plan
+    def run(self, *args, **kwargs):
+        yield from original(self, *args, **kwargs)
+        peaks.append(dict(self.peak))
 
-    def record(self, force=None):
-        groups = original(self, force)
-        plans.append(dict(self.replicas))
-        return groups
-
-    monkeypatch.setattr(executor.Pipeline, "_make_plan", record)
-    par = list(video_frames(model, iter(frames), 80, pipelined=True))
-    if executor.cpu_cores() > 1:
-        assert plans[0] == {("features",): executor.cpu_cores()}
+    executor.Pipeline.run = run
+    try:
+        par = list(video_frames(model, iter(frames), 80, pipelined=True))
+    finally:
+        executor.Pipeline.run = original
     assert [f.index for f in par] == list(range(10))
+    assert peaks and all(peaks[0].get(name, 0) <= 1 for name in ("prior", "seeds", "cluster", "ids"))
     for a, b in zip(seq, par):
         assert a.error is None and b.error is None
         assert a.meta["tiles_recomputed"] == b.meta["tiles_recomputed"]  # the same plans, in the same order
-        # identical on the development machine; the replicas run the encoder on one thread where the sequential
+        # identical on the development machine; a worker may run the encoder on one thread where the sequential
         # run uses all cores, and a convolution library may sum in another order on another machine
         assert np.mean(a.labels == b.labels) >= 0.99
     assert all(f.meta["tiles_recomputed"] < 0.5 for f in par[1:])

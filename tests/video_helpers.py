@@ -139,3 +139,109 @@ def label_frames(folder):
     from PIL import Image
 
     return {p.name: np.asarray(Image.open(p)) for p in sorted(Path(folder).glob("*.png"))}
+
+
+# --- clips that move like real footage: camera pan + small rotation and zoom, a moving object, a scene cut ---
+
+def _scene_images(n=2):
+    """``n`` RGB uint8 pictures to film: BSDS500 test images when the data set is there (SPAM_BSDS_ROOT or
+    ../shared/datasets/bsds500), else the bundled samples/coffee.jpg and colour-shifted, mirrored copies of it."""
+    import os
+    from pathlib import Path
+
+    from PIL import Image
+
+    here = Path(__file__).resolve().parent.parent
+    root = Path(os.environ.get("SPAM_BSDS_ROOT", here.parent.parent / "shared" / "datasets" / "bsds500"))
+    if not root.is_dir():
+        root = here.parent / "shared" / "datasets" / "bsds500"
+    names = ["100007.jpg", "103006.jpg", "108004.jpg", "120003.jpg"]
+    paths = [root / "data" / "images" / "test" / name for name in names]
+    if all(p.is_file() for p in paths[:n]):
+        return [np.asarray(Image.open(p).convert("RGB")) for p in paths[:n]]
+    coffee = np.asarray(Image.open(here / "samples" / "coffee.jpg").convert("RGB"))
+    out = [coffee]
+    for i in range(1, n):  # a different "scene": mirrored, channels rotated
+        out.append(np.ascontiguousarray(np.roll(coffee[:, ::-1] if i % 2 else coffee[::-1], i, axis=-1)))
+    return out
+
+
+def real_motion_frames(n, h=360, w=640, cut=None, seed=0, mark=False):
+    """``n`` (h, w, 3) uint8 frames that move like filmed footage, not like a synthetic pan:
+
+    * a camera that pans (a few pixels a frame, slowly changing direction), rotates slightly (up to ±2°) and
+      zooms (in by up to 20 % over the first scene and back out),
+    * an object with its own motion (a textured patch cut from the picture, moving across the view),
+    * a scene cut at frame ``cut`` (default ``n * 3 // 5``; None-equivalent: ``cut >= n``): another picture,
+      another camera path,
+    * sensor noise (σ 2 levels).
+
+    ``mark``: frame i's index drawn as :func:`index_frame`'s black/white blocks in the top rows (order checks).
+    Pictures: :func:`_scene_images`. Deterministic for a given ``seed``."""
+    from PIL import Image
+
+    cut = n * 3 // 5 if cut is None else cut
+    rng = np.random.default_rng(seed)
+    scenes = [Image.fromarray(img) for img in _scene_images(2)]
+    patch_src = np.asarray(scenes[1])  # the object: textured, from the other picture
+    ph, pw = max(8, h // 5), max(8, w // 6)
+    py, px = patch_src.shape[0] // 3, patch_src.shape[1] // 3
+    patch = np.asarray(Image.fromarray(patch_src[py:py + patch_src.shape[0] // 3, px:px + patch_src.shape[1] // 3])
+                       .resize((pw, ph), Image.BILINEAR))
+    yy, xx = np.mgrid[:ph, :pw]
+    blob = ((yy - ph / 2) / (ph / 2)) ** 2 + ((xx - pw / 2) / (pw / 2)) ** 2 < 1  # an elliptic object
+    frames = []
+    for i in range(n):
+        scene = 0 if i < cut else 1
+        t = i if scene == 0 else i - cut
+        span = max(1, (cut if scene == 0 else n - cut) - 1)
+        src = scenes[scene]
+        sw, sh = src.size
+        # the camera: zoom (view = the picture covering the frame at 1.15x..1.35x), rotation, a curved pan
+        zoom = 1.15 + 0.2 * np.sin(np.pi * t / span) if scene == 0 else 1.25 - 0.1 * t / span
+        angle = np.deg2rad(2.0 * np.sin(2 * np.pi * t / max(8, span)))
+        cover = max(w / sw, h / sh) * zoom  # picture pixels → frame pixels
+        travel_x = (sw * cover - w) / 2 * 0.8
+        travel_y = (sh * cover - h) / 2 * 0.8
+        u = t / span
+        cx = sw / 2 + (travel_x * (2 * u - 1) if scene == 0 else travel_x * (1 - 2 * u) * 0.7) / cover
+        cy = sh / 2 + travel_y * np.sin(np.pi * u + scene) * 0.6 / cover
+        # frame (x, y) → picture: centre + R(angle) · ((x, y) - frame centre) / cover (PIL wants that inverse map)
+        ca, sa = np.cos(angle) / cover, np.sin(angle) / cover
+        a, b = ca, -sa
+        d, e = sa, ca
+        c = cx - a * w / 2 - b * h / 2
+        f = cy - d * w / 2 - e * h / 2
+        img = np.array(src.transform((w, h), Image.AFFINE, (a, b, c, d, e, f), resample=Image.BILINEAR))
+        if scene == 0:  # the moving object crosses the view (its own motion, not the camera's)
+            oy = int((h - ph) * (0.2 + 0.6 * u))
+            ox = int((w - pw) * (1 - u))
+            region = img[oy:oy + ph, ox:ox + pw]
+            region[blob[:region.shape[0], :region.shape[1]]] = patch[:region.shape[0], :region.shape[1]][
+                blob[:region.shape[0], :region.shape[1]]]
+        img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+        if mark:
+            img[:BLOCK, :BITS * BLOCK] = 0
+            for bit in range(BITS):
+                if (i >> bit) & 1:
+                    img[:BLOCK, bit * BLOCK:(bit + 1) * BLOCK] = 255
+        frames.append(img)
+    return frames
+
+
+def write_real_clip(path, n, h=360, w=640, rate=Fraction(25), cut=None, seed=0, mark=False, codec="libx264",
+                    crf=20):
+    """:func:`real_motion_frames` encoded to ``path`` (H.264 ``yuv420p`` at ``crf``, even sizes; or
+    ``codec="ffv1"``: lossless, odd sizes kept). Returns ``path``."""
+    import av
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height = w, h
+    if codec == "libx264":
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+    else:
+        stream.pix_fmt = "yuv444p"
+    encode_frames(container, stream, real_motion_frames(n, h, w, cut, seed, mark))
+    return path

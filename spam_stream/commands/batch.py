@@ -166,6 +166,7 @@ def run(args) -> int:
     model = build_model(args)
     attention = build_attention(args)
     bars = []  # the progress bar, drawn once the inputs are listed (a bad input's error comes alone)
+    schedule: list[str] = []  # the images' schedule line (policy, busy fractions), printed at the end
 
     def on_start(total):
         bars.append(tqdm(desc="items", unit="item", total=total, dynamic_ncols=True))
@@ -190,10 +191,12 @@ def run(args) -> int:
                                             pipelined=not args.sequential, progress=progress, attention=attention,
                                             attention_ratio=args.attention_ratio, focus=args.focus,
                                             video_options=options, on_video_frame=on_video_frame,
-                                            on_video=on_video, on_start=on_start)
+                                            on_video=on_video, on_start=on_start, schedule=schedule)
     except PipelineError as exc:
         raise InputError(str(exc)) from None
     finally:
         for bar in bars:
             bar.close()
+    for line in schedule:
+        print(f"images: {line}", file=sys.stderr)
     return _report(entries, carried, total, args)

@@ -202,6 +202,8 @@ def _one_video(model, attention, path: str, args):
                                    on_frame=on_frame, stop=stop)
         finally:
             bar.close()
+    if result.schedule:
+        print(f"{name}: {result.schedule}", file=sys.stderr)
     if options.realtime or result.stopped or is_live(path):
         how = " (stopped)" if result.stopped else ""
         print(f"{name}: {result.written} frames segmented, {result.dropped} dropped{how}", file=sys.stderr)

@@ -39,7 +39,7 @@ from ..frame import Frame
 from ..io import IMAGE_SUFFIXES, InputError, atomic_path, read_image, write_labels, write_overlay
 from ..labelio import label_frame_count, labels_path
 from ..videoio import VIDEO_SUFFIXES
-from .executor import Pipeline, Stage, describe, run_sequential
+from .executor import Pipeline, Stage, describe, run_sequential, schedule_line
 from .outputs import Listing, RemoteManifest, RemoteOutputs, resolve_outdir
 from .stages import spam_stages
 from .video import VideoOptions, process_video, thread_budget, video_output_paths
@@ -407,9 +407,10 @@ class BatchWriter:
 
 def batch_frames(model, items: list[BatchItem], n_superpixels: int = 400, *, attention=None,
                  attention_ratio: float = 2.5, focus=None, pipelined: bool = True, queue_size: int = 2,
-                 extra_stages=()):
+                 extra_stages=(), schedule: list | None = None):
     """Segment each item (decoded in the source thread): yields finished frames in input order, ``meta["item"]``
-    naming the item; failures (missing, unreadable, wrong size) carry ``frame.error``."""
+    naming the item; failures (missing, unreadable, wrong size) carry ``frame.error``. ``schedule``: a list that
+    gets the run's schedule line at the end (:func:`~.executor.schedule_line`)."""
 
     def source():
         for index, item in enumerate(items):
@@ -432,10 +433,20 @@ def batch_frames(model, items: list[BatchItem], n_superpixels: int = 400, *, att
         for stage in stages:
             stage.fn = _naming_errors(stage.fn)
         stages += list(extra_stages)
+        t, cpu, busy = time.perf_counter(), time.process_time(), {}
         if pipelined:
-            yield from Pipeline(stages, queue_size=queue_size, device=model.device).run(source())
+            pipeline = Pipeline(stages, queue_size=queue_size, device=model.device)
+            policy = pipeline.policy()
+            frames = pipeline.run(source())
         else:
-            yield from run_sequential(stages, source())
+            policy, frames = "sequential (one image at a time, every stage on every core)", run_sequential(stages,
+                                                                                                        source())
+        for frame in frames:
+            for name, seconds in frame.timings.items():
+                busy[name] = busy.get(name, 0.0) + seconds
+            yield frame
+        if schedule is not None:
+            schedule.append(schedule_line(policy, busy, time.perf_counter() - t, time.process_time() - cpu))
 
 
 def array_frames(model, images_or_paths, n_superpixels: int = 400, *, attention=None, attention_ratio: float = 2.5,
@@ -530,14 +541,15 @@ def plan_batch(inputs, outdir, *, resume: bool = False, shard_spec: tuple[int, i
 def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
               shard_spec: tuple[int, int] = (0, 1), color="auto", pipelined: bool = True, progress=None,
               video_options: VideoOptions | None = None, on_video_frame=None, on_video=None, on_start=None,
-              **options):
+              schedule: list | None = None, **options):
     """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries, number of
     items). The images run through one pipeline, then each video through its own (:func:`video_entry`); the
     manifest lines are appended as items finish and rewritten in input order at the end.
 
     ``on_start(n)``: called once the plan is known, with the number of items this run processes (a progress bar's
     total); ``progress``: optional callable invoked with each finished image frame (a progress bar);
-    ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video.
+    ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video;
+    ``schedule``: a list that gets the images' schedule line (policy, each stage's busy fraction).
     ``outdir``: a local folder, or a URI OUTDIR (``s3://…``: each item is written to a local staging folder, a
     temporary folder removed at the end, then uploaded; see :mod:`spam_stream.pipelines.outputs`)."""
     outdir = resolve_outdir(outdir)
@@ -555,7 +567,7 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
     try:
         if images or not videos:
             for frame in batch_frames(model, images, n_superpixels, pipelined=pipelined, extra_stages=[stage],
-                                      **options):
+                                      schedule=schedule if images else None, **options):
                 if progress is not None:
                     progress(frame)
         for item in videos:

@@ -17,9 +17,11 @@ def spam_stages(model, *, attention=None, attention_ratio: float = 2.5, focus=No
                 threads: int | None = None) -> list[Stage]:
     """prior → seeds → features → cluster → connectivity (→ ids for a coherent video).
 
-    The features stage is marked ``parallel`` (see :class:`~spam_stream.pipelines.executor.Stage`): it keeps no
-    state between frames (a video's warm features are planned in the seed stage and assembled in the cluster
-    stage), so the executor may run it on several frames at once; the encoder is most of a frame's work.
+    Stages that keep no state between frames are marked ``parallel`` (see
+    :class:`~spam_stream.pipelines.executor.Stage`): the executor may run them on several frames at once. In a
+    video: the features (the warm features are planned in the seed stage and assembled in the cluster stage) and
+    connectivity; the prior schedule, warm seeds, warm clustering and ids take the frames in order. Independent
+    images (``video=False``): every stage.
 
     ``video``: frames of one stream (prior every ``prior_every`` frames; with ``coherent``, warm starts and
     persistent ids). ``threads``: numba threads for each stage on a CPU (None: leave the defaults).
@@ -47,11 +49,12 @@ def spam_stages(model, *, attention=None, attention_ratio: float = 2.5, focus=No
         frame.release()  # features and candidates are not needed downstream: keep the frames in flight small
         return frame
 
-    # the features stage keeps no state (a video's warm features are planned in the seed stage and assembled in
-    # the cluster stage): the executor may run it on several frames at once
-    stages = [Stage("prior", prior, threads=threads), Stage("seeds", seeds, threads=threads),
+    free = not video  # independent images: no stage keeps state
+    stages = [Stage("prior", prior, threads=threads, parallel=free), Stage("seeds", seeds, threads=threads,
+                                                                           parallel=free),
               Stage("features", features, threads=threads, parallel=True),
-              Stage("cluster", cluster, threads=threads), Stage("connectivity", connectivity, threads=threads)]
+              Stage("cluster", cluster, threads=threads, parallel=free),
+              Stage("connectivity", connectivity, threads=threads, parallel=True)]
     if video and coherent:
         stages.append(Stage("ids", IdTracker(), threads=threads))
     return stages

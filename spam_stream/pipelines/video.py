@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..frame import Frame
 from ..io import InputError
 from ..labelio import DEFAULT_LABEL_FORMAT, labels_path
 from ..videoio import VideoReader, source_stem
-from .executor import Pipeline, PipelineError, Stage, run_sequential
+from .executor import Pipeline, PipelineError, Stage, run_sequential, schedule_line
 from .stages import configure_threads, queue_size_for, spam_stages
 from .writers import DEFAULT_OVERLAY_PRESET, STAGE_NAMES, VideoOutputs  # noqa: F401 (STAGE_NAMES: re-exported)
 
@@ -227,11 +228,57 @@ def open_source(source, start: int = 0, max_frames: int | None = None, input_for
     return ArrayFrames(source, rate or 25, start=start, max_frames=max_frames)
 
 
+WARM_UP_SIZE = (144, 208)  # frames of the warm-up clip: above the motion estimator's 128-pixel side, several tiles
+
+
+def _warm_up_clip(h: int, w: int) -> list[np.ndarray]:
+    """Four frames that take every path of a coherent video: a first frame, the same picture moved (warm start
+    that follows the motion, moved features), still (warm start in place, reused features), a cut (another
+    picture)."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (h // 8 + 4, w // 8 + 4, 3)).astype(np.uint8)
+    big = np.repeat(np.repeat(base, 8, 0), 8, 1)  # blocks: texture the phase correlation locks on
+    first = big[:h, :w]
+    moved = big[3:h + 3, 5:w + 5]
+    cut = 255 - big[7:h + 7, 2:w + 2][::-1]
+    return [np.ascontiguousarray(f) for f in (first, moved, moved, cut)]
+
+
+_WARMED: set = set()
+
+
+def warm_up(model, n_superpixels: int = 400, *, coherent: bool = True, prior: bool = False,
+            warm_iterations: int = 3) -> float:
+    """Run the video stages once on a tiny clip (:func:`_warm_up_clip`: first frame, motion, still, cut; with
+    ``prior``, also under a fixed two-object partition), so that every compiled function the stream uses is
+    compiled or loaded from numba's cache, and every lazy import done, before the first real frame: the second
+    frame of a fresh process then costs a steady frame. Once per model and kind of run; returns the seconds spent."""
+    key = (id(model), coherent, prior)
+    if key in _WARMED:
+        return 0.0
+    t = time.perf_counter()
+    h, w = WARM_UP_SIZE
+    k = max(8, min(int(n_superpixels), h * w // 300))
+    partition = np.zeros((h, w), np.int32)
+    partition[:, w // 2:] = 1
+    for fixed in ((None, partition) if prior else (None,)):
+        if fixed is None and model.prior is not None:
+            continue  # the model's provider wants the real frames (a mask file of their size): the fixed one does
+        stages = spam_stages(model, video=True, coherent=coherent, warm_iterations=warm_iterations)
+        source = (Frame(index=i, key=i, image=img, n_superpixels=k, prior=fixed)
+                  for i, img in enumerate(_warm_up_clip(h, w)))
+        for frame in run_sequential(stages, source):
+            if frame.error is not None:  # never in the way of the real run: its own frames will say what is wrong
+                break
+    _WARMED.add(key)
+    return time.perf_counter() - t
+
+
 def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1, coherent: bool = True,
                  warm_iterations: int = 3, attention=None, attention_ratio: float = 2.5, focus=None,
                  start: int = 0, max_frames: int | None = None, pipelined: bool = True, queue_size: int | None = None,
                  extra_stages: list[Stage] | tuple = (), reader: VideoReader | None = None, fixed_prior=None,
-                 stop=None, realtime: bool = False, input_format: str | None = None):
+                 stop=None, realtime: bool = False, input_format: str | None = None, report: dict | None = None):
     """Segment every frame of the video at ``path``: yields finished frames in order.
 
     ``path``: a video file, ``-`` (standard input), a URL or device PyAV opens (``input_format`` e.g. ``v4l2``), or
@@ -245,7 +292,9 @@ def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1,
     SPAM stages (e.g. a writer). ``pipelined=False`` runs the same stages one frame at a time (the baseline).
     ``queue_size``: capacity of each queue between stages; default from the frame size
     (:func:`~spam_stream.pipelines.stages.queue_size_for`: the frames in flight stay within about 2 GB).
-    ``fixed_prior``: one (H, W) partition for every frame (else the model's provider, if any).
+    ``fixed_prior``: one (H, W) partition for every frame (else the model's provider, if any). ``report``: a dict
+    that gets ``"policy"`` (how the stages ran, :meth:`~.executor.Pipeline.policy`), ``"warm_up"`` (seconds
+    :func:`warm_up` took before the first frame) and ``"start"`` (wall and process CPU clocks after it).
     """
     reader = reader or open_source(path, start, max_frames, input_format)
     path = reader.path
@@ -261,6 +310,12 @@ def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1,
         frame.meta["fatal"] = True
         return frame
 
+    report = {} if report is None else report
+    report["warm_up"] = 0.0
+    if model.device.type == "cpu":  # compile / load every kernel the stream uses before its first frame
+        report["warm_up"] = warm_up(model, n_superpixels, coherent=coherent, warm_iterations=warm_iterations,
+                                    prior=fixed_prior is not None or model.prior is not None)
+    report["start"] = time.perf_counter(), time.process_time()
     with thread_budget(model, pipelined) as threads:
         stages = spam_stages(model, attention=attention, attention_ratio=attention_ratio, focus=focus, video=True,
                              coherent=coherent, prior_every=prior_every, warm_iterations=warm_iterations,
@@ -272,8 +327,11 @@ def video_frames(model, path, n_superpixels: int = 400, *, prior_every: int = 1,
         if queue_size is None:  # sized from the frame's memory (4K frames: one waiting per queue)
             queue_size = queue_size_for(model, reader.height, reader.width, len(stages) + 1)
         if pipelined:
-            yield from Pipeline(stages, queue_size=queue_size, device=model.device).run(source, make_error)
+            pipeline = Pipeline(stages, queue_size=queue_size, device=model.device)
+            report["policy"] = pipeline.policy()
+            yield from pipeline.run(source, make_error)
         else:
+            report["policy"] = "sequential (one frame at a time, every stage on every core)"
             yield from run_sequential(stages, source, make_error)
 
 
@@ -344,6 +402,7 @@ class VideoResult:
     outputs: dict[str, Path] = field(default_factory=dict)
     dropped: int = 0
     stopped: bool = False
+    schedule: str = ""  # one line: how the stages ran and each stage's busy fraction (executor.schedule_line)
 
     @property
     def error(self) -> str | None:
@@ -389,12 +448,13 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
                            preset=options.overlay_preset, labels_format=options.labels_format,
                            graph=options.graph, start_label=options.start_label, overlay_url=options.overlay_url)
     result = VideoResult(path, Fraction(reader.rate))
+    report: dict = {}
     try:
         frames = video_frames(model, path, n_superpixels, prior_every=options.prior_every,
                               coherent=options.coherent, warm_iterations=options.warm_iterations,
                               attention=attention, attention_ratio=attention_ratio, focus=focus,
                               pipelined=pipelined, reader=reader, stop=stop, realtime=options.realtime,
-                              extra_stages=outputs.stages())
+                              extra_stages=outputs.stages(), report=report)
         for frame in frames:
             message = None
             if frame.error is not None:
@@ -414,6 +474,13 @@ def process_video(model, path, outdir, n_superpixels: int = 400, options: VideoO
         outputs.abort()  # Ctrl-C: drop the unfinished videos; label PNGs written are complete
         raise
     outputs.close()
+    if "start" in report:  # from the end of the warm-up on (reported on its own)
+        t, cpu = report["start"]
+        wall = time.perf_counter() - t
+        busy = {name: seconds for name, seconds in result.timings.items() if name != "decode"}
+        result.schedule = (schedule_line(report.get("policy", "?"), {"decode": result.timings.get("decode", 0.0),
+                                                                    **busy}, wall, time.process_time() - cpu)
+                           + f" | warm-up {report.get('warm_up', 0.0):.2f} s")
     result.written = outputs.written
     result.stopped = stop is not None and stop.is_set()
     result.outputs = {name: p for name, p in video_output_paths(outdir, stem, options).items() if p.exists()}
