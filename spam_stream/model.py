@@ -376,10 +376,10 @@ class SPAM:
                     frame.init_centroids = tile_initial_centroids(frame)
             elif kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
                 frame.features = kernels.resident_features(frame.image, frame.n_superpixels, self.encoder,
-                                                           self.color_scale, self.compactness, self.device)
+                                                           self.color_scale, frame.meta.get("compactness", self.compactness), self.device)
             else:
                 frame.features = pixel_features(frame.image, frame.n_superpixels, self.encoder, self.color_scale,
-                                                self.compactness, self.device, memory_budget=self.memory_budget)
+                                                frame.meta.get("compactness", self.compactness), self.device, memory_budget=self.memory_budget)
         return frame
 
     def cluster_stage(self, frame: Frame) -> Frame:
@@ -447,7 +447,8 @@ class SPAM:
         return self.connectivity_stage(frame)
 
     def segment(self, image, n_superpixels: int = 400, prior=None, density=None, *, attention=None,
-                attention_ratio: float = 2.5, focus=None, key=None, start_label: int = 0, mask=None) -> np.ndarray:
+                attention_ratio: float = 2.5, focus=None, key=None, start_label: int = 0, mask=None,
+                tile_size: int | None = None) -> np.ndarray:
         """Superpixels of one image, or of a batch of same-sized images.
 
         Args:
@@ -469,6 +470,9 @@ class SPAM:
             mask: optional (H, W) array (or a lower pyramid level's, an integer factor smaller: scaled up by nearest
                 neighbour): pixels where it is 0 get no superpixel and label 0, the superpixels are numbered from
                 ``max(start_label, 1)``; masked-out pixels are skipped, not segmented (:mod:`spam_stream.masking`).
+            tile_size: segment in tiles of this side (edges at its multiples), seam-free, one density over the
+                whole image (:mod:`spam_stream.tiling`); None or 0: the whole frame. ``image`` may then also be a
+                lazily read file (:func:`spam_stream.largeio.open_large`). No prior or mask in this mode yet.
         Returns:
             (H, W) int32 labels start_label..start_label+K'-1 ((B, H, W) for a batch, numbered per image); every
             superpixel is 4-connected and inside one prior object.
@@ -476,6 +480,14 @@ class SPAM:
         start = check_start_label(start_label)
         if mask is not None and is_batch(image):
             raise ValueError("a batch of images segmented as tiles takes no mask")
+        if tile_size:
+            if prior is not None or self.prior is not None or mask is not None or attention is not None or focus:
+                raise ValueError("tiled segmentation (tile_size) takes no prior, mask, attention or focus yet: "
+                                 "use tile_size=0")
+            from .tiling import segment_large
+
+            labels = segment_large(self, image, n_superpixels, tile_size)
+            return labels + np.int32(start) if start else labels
         if is_batch(image):
             from .tiles import segment_tiles
 
