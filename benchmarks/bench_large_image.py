@@ -82,7 +82,7 @@ with open_large(path) as im:
         t, c = time.perf_counter(), time.process_time()
         labels = model.segment(img, k)
     else:
-        tile = tile or default_tile_size(model, h, w, k)
+        tile = tile or default_tile_size(model, h, w, k) or 2048  # tiles even when the frame would fit
         model.segment(im.read(0, 321, 0, 481), max(1, 481 * 321 // px))  # warm-up (numba caches)
         t, c = time.perf_counter(), time.process_time()
         labels = segment_large(model, im, k, tile)

@@ -135,7 +135,8 @@ def segment_large(model, image, n_superpixels: int, tile_size: int, *, workers: 
         raise ValueError(f"{k} superpixels requested for a {width}x{height} image")
     grid = grid_shape(height, width, k)
     halo = halo_for(height, width, k)
-    cores = tile_grid(height, width, max(1, int(tile_size)))
+    tile_size = int(tile_size) if tile_size and tile_size > 0 else max(height, width)  # 0: one tile, the frame
+    cores = tile_grid(height, width, tile_size)
     labels = np.empty((height, width), np.int32)
     workers = workers or min(len(cores), os.cpu_count() or 1)
     threads = torch.get_num_threads()
