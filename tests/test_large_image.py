@@ -121,3 +121,12 @@ def test_openslide_path(tmp_path, picture):
     with SlideImage(path) as im:
         assert im.shape == picture.shape
         assert (im.read(100, 400, 200, 700) == picture[100:400, 200:700]).all()
+
+
+@pytest.mark.parametrize("encoder", [None, "default"])
+def test_one_tile_equals_the_whole_frame(encoder):
+    """The tiled path with one tile (global grid as a candidate table, the model's stages) gives the labels of
+    SPAM.segment on the whole frame."""
+    img = _picture(321, 481, seed=3)
+    model = SPAM(encoder=encoder)
+    assert (segment_large(model, img, 300, 0) == model.segment(img, 300)).all()
