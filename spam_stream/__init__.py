@@ -55,7 +55,7 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
             color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5, device: str = "cpu",
             seed: int = 0, density=None, prior_checkpoint=None, sam_model: str = "vit_h", prior_masks=None,
             prior_options: dict | None = None, attention=None, attention_ratio: float = 2.5, focus=None,
-            start_label: int = 0):
+            start_label: int = 0, mask=None):
     """SPAM superpixels of one image: (H, W) int32 labels start_label..start_label+K'-1 (0..K'-1 by default).
 
     Args:
@@ -77,6 +77,8 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
         density: explicit per-object density factors (multiplied with the modes above).
         start_label: the first label (0). scikit-image's ``regionprops`` skips label 0: pass 1 to keep every
             superpixel there.
+        mask: optional (H, W) array (or a lower pyramid level's): pixels where it is 0 get no superpixel, label 0;
+            the superpixels are numbered from ``max(start_label, 1)`` (:mod:`spam_stream.masking`).
     The model (and a prior model named by string) is cached across calls with the same settings; for many images,
     :class:`SPAM` with ``prior=make_provider(...)`` is explicit.
     """
@@ -85,7 +87,7 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
     if isinstance(prior, str):
         prior = _provider(prior, prior_checkpoint, sam_model, prior_masks, dict(prior_options or {}))
     return model.segment(image, n_superpixels, prior, density=density, attention=attention,
-                         attention_ratio=attention_ratio, focus=focus, start_label=start_label)
+                         attention_ratio=attention_ratio, focus=focus, start_label=start_label, mask=mask)
 
 
 def _resolve(prior, encoder, compactness, color_scale, iterations, min_size_factor, device, seed, prior_checkpoint,

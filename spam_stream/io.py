@@ -77,6 +77,16 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.suffix.lower() in VIDEO_SUFFIXES - IMAGE_SUFFIXES:
         raise InputError(f"{path}: is a video, not an image: use 'spam-stream video' (or 'spam-stream batch', "
                          "which takes both)")
+    if path.suffix.lower() in (".tif", ".tiff", ".btf"):  # read through tifffile: no bomb guard for a tiled TIFF
+        from .largeio import LargeImage
+
+        try:
+            with LargeImage(path) as big:
+                return big.read(0, big.height, 0, big.width)
+        except InputError:
+            pass  # not a TIFF tifffile reads (e.g. a planar one): Pillow's turn, with its guard
+        except MemoryError:
+            raise InputError(f"{path}: unreadable image (not enough memory to decode it)") from None
     try:
         with _pil_open(path) as im:
             im.load()

@@ -242,7 +242,8 @@ class SPAM:
         """D: 5 without a CNN, the encoder's output channels with one."""
         return 5 if self.encoder is None else self.encoder.out_dim
 
-    def frame(self, image, n_superpixels: int = 400, prior=None, density=None, *, key=None, index: int = 0) -> Frame:
+    def frame(self, image, n_superpixels: int = 400, prior=None, density=None, *, key=None, index: int = 0,
+              mask=None) -> Frame:
         """A checked :class:`~spam_stream.frame.Frame` for ``image`` (any array :func:`as_rgb` takes, or an image
         file's path).
 
@@ -253,7 +254,12 @@ class SPAM:
         image = as_rgb(image)
         h, w = image.shape[:2]
         k = self.check_request(h, w, n_superpixels)
-        return Frame(index=index, key=key, image=image, n_superpixels=k, prior=prior, density=density)
+        frame = Frame(index=index, key=key, image=image, n_superpixels=k, prior=prior, density=density)
+        if mask is not None:  # superpixels only where the mask is non-zero (spam_stream.masking)
+            from .masking import check_mask
+
+            frame.meta["mask"] = check_mask(mask, (h, w))
+        return frame
 
     def check_request(self, height: int, width: int, n_superpixels) -> int:
         """K as an int, after checking it against an H×W frame (ValueError) and the frame against the memory
@@ -320,6 +326,15 @@ class SPAM:
             return frame
         from . import kernels  # device dispatch lives there
 
+        if frame.meta.get("mask") is not None:  # masked-out pixels: no seed, no candidate (spam_stream.masking)
+            from .masking import masked_seeds
+
+            with frame.timed("seeds"):
+                frame.seeds, frame.cands, frame.partition = masked_seeds(
+                    frame.partition, frame.meta["mask"], frame.n_superpixels, frame.density, self.seed,
+                    self.max_candidate_distance)
+            return frame
+
         with frame.timed("seeds"):
             h, w = frame.image.shape[:2]
             k = frame.n_superpixels
@@ -361,10 +376,10 @@ class SPAM:
                     frame.init_centroids = tile_initial_centroids(frame)
             elif kernels.resident_frame(self.device):  # uint8 upload, Lab and positions in torch on the device
                 frame.features = kernels.resident_features(frame.image, frame.n_superpixels, self.encoder,
-                                                           self.color_scale, self.compactness, self.device)
+                                                           self.color_scale, frame.meta.get("compactness", self.compactness), self.device)
             else:
                 frame.features = pixel_features(frame.image, frame.n_superpixels, self.encoder, self.color_scale,
-                                                self.compactness, self.device, memory_budget=self.memory_budget)
+                                                frame.meta.get("compactness", self.compactness), self.device, memory_budget=self.memory_budget)
         return frame
 
     def cluster_stage(self, frame: Frame) -> Frame:
@@ -395,6 +410,17 @@ class SPAM:
     def connectivity_stage(self, frame: Frame) -> Frame:
         """Final labels (H, W) int32 0..K'-1: every superpixel 4-connected and inside one prior object; and
         ``frame.label_source`` (K',) int64, the cluster each superpixel keeps (-1: a fragment kept on its own)."""
+        if frame.meta.get("mask") is not None:  # the masked-out region is one excluded object, then 0
+            from .masking import masked_labels
+
+            with frame.timed("connectivity"):
+                inside = frame.meta["mask"]
+                frame.meta.pop("cluster_labels_device", None)
+                min_size = max(1, int(self.min_size_factor * int(inside.sum()) / frame.n_superpixels))
+                labels, frame.label_source = enforce_connectivity(frame.cluster_labels, frame.partition, min_size,
+                                                                  return_source=True)
+                frame.labels = masked_labels(labels, inside)
+            return frame
         with frame.timed("connectivity"):
             h, w = frame.cluster_labels.shape
             tile_h = h // frame.meta.get("tiles", 1)  # a batch of tiles: the fragment size of one tile
@@ -421,7 +447,8 @@ class SPAM:
         return self.connectivity_stage(frame)
 
     def segment(self, image, n_superpixels: int = 400, prior=None, density=None, *, attention=None,
-                attention_ratio: float = 2.5, focus=None, key=None, start_label: int = 0) -> np.ndarray:
+                attention_ratio: float = 2.5, focus=None, key=None, start_label: int = 0, mask=None,
+                tile_size: int | None = None) -> np.ndarray:
         """Superpixels of one image, or of a batch of same-sized images.
 
         Args:
@@ -440,16 +467,36 @@ class SPAM:
             key: the input's name (file stem) or frame index, for providers that read one prior file per input.
             start_label: the first label (default 0). scikit-image's ``regionprops`` skips label 0: pass 1 to give
                 it every superpixel (as ``skimage.segmentation.slic`` numbers them).
+            mask: optional (H, W) array (or a lower pyramid level's, an integer factor smaller: scaled up by nearest
+                neighbour): pixels where it is 0 get no superpixel and label 0, the superpixels are numbered from
+                ``max(start_label, 1)``; masked-out pixels are skipped, not segmented (:mod:`spam_stream.masking`).
+            tile_size: segment in tiles of this side (edges at its multiples), seam-free, one density over the
+                whole image (:mod:`spam_stream.tiling`); None or 0: the whole frame. ``image`` may then also be a
+                lazily read file (:func:`spam_stream.largeio.open_large`). No prior or mask in this mode yet.
         Returns:
             (H, W) int32 labels start_label..start_label+K'-1 ((B, H, W) for a batch, numbered per image); every
             superpixel is 4-connected and inside one prior object.
         """
         start = check_start_label(start_label)
+        if mask is not None and is_batch(image):
+            raise ValueError("a batch of images segmented as tiles takes no mask")
+        if tile_size:
+            if prior is not None or self.prior is not None or mask is not None or attention is not None or focus:
+                raise ValueError("tiled segmentation (tile_size) takes no prior, mask, attention or focus yet: "
+                                 "use tile_size=0")
+            from .tiling import segment_large
+
+            labels = segment_large(self, image, n_superpixels, tile_size)
+            return labels + np.int32(start) if start else labels
         if is_batch(image):
             from .tiles import segment_tiles
 
             labels = segment_tiles(self, image, n_superpixels, prior, density, attention, attention_ratio, focus)
         else:
-            frame = self.frame(image, n_superpixels, prior, density, key=key)
+            frame = self.frame(image, n_superpixels, prior, density, key=key, mask=mask)
             labels = self.run_stages(frame, attention, attention_ratio, focus).labels
+            if mask is not None:
+                from .masking import shift_labels
+
+                return shift_labels(labels, start, True)
         return labels + np.int32(start) if start else labels

@@ -8,7 +8,9 @@ from tqdm import tqdm
 
 from ..graph import region_graph, save_graph
 from ..io import InputError, read_image, write_labels, write_overlay
-from .common import (add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
+from ..largeio import is_large_format
+from ..masking import mask_path, read_mask, shift_labels
+from .common import (non_negative_int, positive_int, add_model_arguments, add_output_arguments, add_prior_arguments, build_attention, build_model,
                      prepare_outdir, report_failures, resolve_prior_arguments)
 
 
@@ -22,6 +24,24 @@ def add_parser(sub) -> None:
     add_output_arguments(p)
     add_model_arguments(p)
     add_prior_arguments(p)
+    p.add_argument("--mask", type=Path, metavar="PATH",
+                   help="superpixels only where this mask is non-zero (a label/binary image, a TIFF or a .npy of the "
+                        "image's size, or of a lower pyramid level: scaled up by nearest neighbour; or a folder of "
+                        "them matched by file stem): label 0 outside, superpixels numbered from 1 (or "
+                        "--start-label); masked-out pixels are skipped, not segmented")
+    g = p.add_argument_group(
+        "large images",
+        "TIFF / BigTIFF / OME-TIFF / GeoTIFF inputs are read lazily (tile by tile, tifffile) and segmented in tiles "
+        "when the whole frame would not fit the memory limit (or with --tile-size N): one superpixel density over "
+        "the whole image, no seam at tile edges. Outputs: <stem>_labels.tif (tiled, compressed uint32 BigTIFF with "
+        "the input's resolution and GeoTIFF tags) and <stem>_overlay.png (a preview, long side <= 4096 px).")
+    g.add_argument("--tile-size", type=non_negative_int, default=None, metavar="N",
+                   help="segment in NxN tiles whose edges lie at multiples of N (0 = the whole frame, as for small "
+                        "images; default: chosen from the memory limit for TIFF inputs, the whole frame otherwise)")
+    g.add_argument("--superpixel-size", type=positive_int, default=None, metavar="PIXELS",
+                   help="one superpixel per PIXELS pixels (K = H*W / PIXELS), instead of -k")
+    g.add_argument("--level", type=non_negative_int, default=0, metavar="N",
+                   help="pyramid level of a TIFF / slide to segment (default 0, full resolution)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even for one input")
     p.set_defaults(run=run)
 
@@ -34,11 +54,20 @@ def run(args) -> int:
     failures = []
     for path in tqdm(args.inputs, desc="images", unit="img", disable=len(args.inputs) < 2 and not args.progress):
         try:
+            if is_large_format(path) and args.tile_size != 0 or args.tile_size:
+                try:
+                    if run_large(model, args, path):
+                        continue
+                except ValueError as exc:
+                    raise InputError(f"{path}: {exc}") from None
             image = read_image(path)
+            mask = None if args.mask is None else read_mask(mask_path(args.mask, path))
             try:
-                frame = model.run_stages(model.frame(image, args.superpixels, key=path.stem), attention=attention,
-                                         attention_ratio=args.attention_ratio, focus=args.focus)
-                labels = frame.labels + args.start_label
+                k = args.superpixels if args.superpixel_size is None else max(
+                    1, round(image.shape[0] * image.shape[1] / args.superpixel_size))
+                frame = model.run_stages(model.frame(image, k, key=path.stem, mask=mask),
+                                         attention=attention, attention_ratio=args.attention_ratio, focus=args.focus)
+                labels = shift_labels(frame.labels, args.start_label, mask is not None)
                 write_labels(args.output / f"{path.stem}_labels.png", labels)
             except (ValueError, InputError) as exc:
                 raise InputError(f"{path}: {exc}") from None
@@ -50,3 +79,41 @@ def run(args) -> int:
             failures.append(str(exc))
             tqdm.write(f"error: {exc}", file=sys.stderr)
     return report_failures(failures, len(args.inputs) - len(failures), len(args.inputs), "image(s)", args.output)
+
+
+def run_large(model, args, path) -> bool:
+    """Segment one input in tiles (``--tile-size``, or the tile the memory limit gives a TIFF too large for one
+    frame): writes <stem>_labels.tif and the <stem>_overlay.png preview. False when the whole frame fits (the
+    caller then runs the ordinary path)."""
+    from ..largeio import LargeImage, open_large, write_label_tiff
+    from ..tiling import default_tile_size, preview, segment_large
+
+    if args.mask is not None or args.prior != "none" or args.graph:
+        if args.tile_size:
+            raise InputError(f"{path}: --tile-size takes no --mask, --prior or --graph yet (use --tile-size 0)")
+        return False
+    if not path.is_file():
+        return False
+    with open_large(path, args.level) as image:
+        h, w = image.shape[:2]
+        k = args.superpixels if args.superpixel_size is None else max(1, round(h * w / args.superpixel_size))
+        if k > h * w:
+            raise InputError(f"{path}: {k} superpixels requested but the image has only {h * w} pixels")
+        tile = args.tile_size if args.tile_size else default_tile_size(model, h, w, k)
+        if not tile:
+            if isinstance(image, LargeImage) and args.level == 0:
+                return False  # fits as one frame: the ordinary path (read whole)
+            tile = max(h, w)
+        n_tiles = -(-h // tile) * -(-w // tile)
+        with tqdm(total=n_tiles, desc=path.name, unit="tile", disable=n_tiles < 2 and not args.progress) as bar:
+            labels = segment_large(model, image, k, tile, progress=bar.update)
+        labels = labels + args.start_label if args.start_label else labels
+        write_label_tiff(args.output / f"{path.stem}_labels.tif", labels, image if isinstance(image, LargeImage)
+                         else None)
+        from PIL import Image
+
+        from ..io import atomic_path
+
+        with atomic_path(args.output / f"{path.stem}_overlay.png") as tmp:
+            Image.fromarray(preview(image.read, image.shape, labels, color=args.boundary_color)).save(tmp, "PNG")
+    return True

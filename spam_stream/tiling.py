@@ -1,0 +1,214 @@
+"""Images of any size: one superpixel density over the whole image, segmented tile by tile without seams.
+
+(Not :mod:`spam_stream.tiles`, which stacks a batch of *small* images into one frame.)
+
+* **One global grid of seeds** (:func:`~spam_stream.seeding.grid_shape` over the whole H×W image, ids
+  ``cy·nw + cx``), so the density is the whole image's and every superpixel has one global id.
+* **Each tile with a halo.** Tile cores are ``tile_size``×``tile_size`` with edges at multiples of it; a tile is
+  segmented on its core plus a halo of :func:`halo_for` pixels (≥ 2 grid steps, plus the encoder's receptive field
+  :data:`spam_stream.encoder.HALO`; the region's origin on the encoder's alignment), so the encoder's features of
+  the core equal the whole image's and the clustering near the core's edges sees the same neighbours. The tile is
+  an ordinary :class:`~spam_stream.frame.Frame` run through the model's own stages (features, cluster): its seeds
+  are the global cells that meet the region, its candidates each pixel's cell and 8 neighbours (a table in global
+  ids), its positions scaled by the whole image's factor (``meta["compactness"]``).
+* **Keep the core.** Only the core's labels are kept, as global ids, so a superpixel that straddles a tile edge
+  carries the same id on both sides and joins there.
+* **Connectivity once over the labels** (:func:`~spam_stream.connectivity.enforce_connectivity`, the frame's
+  rule: each superpixel 4-connected, small fragments merged): it only has work where the two sides of a tile edge
+  disagreed.
+
+Tiles run on a thread pool (one thread per core, each single-threaded), so every core is busy. Memory: one tile's
+features and activations per thread, plus the (H, W) labels (4 bytes a pixel) and connectivity's pass over them.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from .connectivity import enforce_connectivity
+from .frame import Frame
+from .kernels.candidates import N_SLOTS, Candidates
+from .scales import position_scale
+from .seeding import Seeds, grid_shape
+
+ALIGN = 4  # region origins on the encoder's pooling alignment (its tiles then equal the whole frame's)
+
+
+def halo_for(height: int, width: int, n_superpixels: int) -> int:
+    """Halo of a tile, in pixels: two grid steps plus the encoder's receptive field, on the alignment."""
+    from .encoder import HALO
+
+    step = math.sqrt(height * width / n_superpixels)
+    return int(math.ceil((2 * step + HALO) / ALIGN) * ALIGN)
+
+
+def tile_grid(height: int, width: int, tile_size: int) -> list[tuple[int, int, int, int]]:
+    """Cores (y0, y1, x0, x1) in raster order, edges at multiples of ``tile_size``."""
+    return [(y, min(height, y + tile_size), x, min(width, x + tile_size))
+            for y in range(0, height, tile_size) for x in range(0, width, tile_size)]
+
+
+def _cells(lo: int, hi: int, size: int, n: int) -> np.ndarray:
+    return (np.arange(lo, hi, dtype=np.int64) * n // size).astype(np.int64)
+
+
+def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[int, int, int, int]):
+    """Seeds, candidates and the local→global id table of one region (ry0, ry1, rx0, rx1) of the global grid."""
+    nh, nw = grid
+    ry0, ry1, rx0, rx1 = region
+    cy, cx = _cells(ry0, ry1, height, nh), _cells(rx0, rx1, width, nw)
+    cy0, cy1, cx0, cx1 = int(cy[0]), int(cy[-1]), int(cx[0]), int(cx[-1])
+    lh, lw = cy1 - cy0 + 1, cx1 - cx0 + 1
+    ly, lx = cy - cy0, cx - cx0
+    rh, rw = ry1 - ry0, rx1 - rx0
+    table = np.empty((rh, rw, N_SLOTS), np.int32)
+    for s in range(N_SLOTS):
+        ny, nx = ly + (s // 3 - 1), lx + (s % 3 - 1)
+        row = np.where((ny >= 0) & (ny < lh), ny * lw, -(10 ** 9))
+        col = np.where((nx >= 0) & (nx < lw), nx, -(10 ** 9))
+        v = row[:, None] + col[None, :]
+        table[:, :, s] = np.where(v >= 0, v, -1)
+    init = (ly[:, None] * lw + lx[None, :]).astype(np.int32).reshape(-1)
+    gy, gx = np.meshgrid((np.arange(cy0, cy1 + 1) + 0.5) * height / nh - ry0,
+                         (np.arange(cx0, cx1 + 1) + 0.5) * width / nw - rx0, indexing="ij")
+    k = lh * lw
+    seeds = Seeds(np.stack([gy.ravel(), gx.ravel()], 1), np.zeros(k, np.int32), init)
+    cands = Candidates(rh, rw, torch.zeros(rh * rw, dtype=torch.int32), torch.zeros(k, dtype=torch.int32),
+                       table=torch.from_numpy(table.reshape(-1, N_SLOTS)))
+    to_global = ((np.arange(cy0, cy1 + 1)[:, None] * nw) + np.arange(cx0, cx1 + 1)[None, :]).ravel()
+    return seeds, cands, to_global.astype(np.int64)
+
+
+def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int) -> np.ndarray:
+    """Cluster labels of one core (global seed ids, (y1-y0, x1-x0) int64): the model's feature and cluster stages
+    on the core plus its halo. ``read(y0, y1, x0, x1)`` → (h, w, 3) uint8."""
+    height, width = shape
+    y0, y1, x0, x1 = core
+    ry0, rx0 = max(0, y0 - halo) // ALIGN * ALIGN, max(0, x0 - halo) // ALIGN * ALIGN
+    ry1, rx1 = min(height, y1 + halo), min(width, x1 + halo)
+    seeds, cands, to_global = region_layout(height, width, grid, (ry0, ry1, rx0, rx1))
+    frame = Frame(key=core, image=np.ascontiguousarray(read(ry0, ry1, rx0, rx1)), n_superpixels=len(seeds))
+    frame.seeds, frame.cands = seeds, cands
+    rh, rw = ry1 - ry0, rx1 - rx0
+    k = len(seeds)
+    # positions scaled by the whole image's factor: λ' with position_scale(rh, rw, k, λ') == the global one
+    frame.meta["compactness"] = (position_scale(height, width, n_superpixels, model.compactness)
+                                 / max(math.sqrt(k) / rh, math.sqrt(k) / rw))
+    model.feature_stage(frame)
+    model.cluster_stage(frame)
+    local = frame.cluster_labels[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
+    return np.where(local >= 0, to_global[np.clip(local, 0, None)], -1)
+
+
+def _single_threaded(fn):
+    def run(*args):
+        import numba
+
+        numba.set_num_threads(1)  # per calling thread: one tile per core
+        return fn(*args)
+    return run
+
+
+def segment_large(model, image, n_superpixels: int, tile_size: int, *, workers: int | None = None,
+                  progress=None) -> np.ndarray:
+    """(H, W) int32 labels 0..K'-1 of an image of any size, tile by tile (module docstring).
+
+    ``image``: an (H, W, 3) array, or an object with ``shape`` and ``read(y0, y1, x0, x1)`` (a lazily read file,
+    :class:`spam_stream.largeio.LargeImage`). ``progress(n)``: called once per finished tile."""
+    if hasattr(image, "read"):
+        height, width = image.shape[:2]
+        read = image.read
+    else:
+        from .io import as_rgb
+
+        image = as_rgb(image)
+        height, width = image.shape[:2]
+
+        def read(y0, y1, x0, x1):
+            return image[y0:y1, x0:x1]
+    k = int(n_superpixels)
+    if k < 1 or k > height * width:
+        raise ValueError(f"{k} superpixels requested for a {width}x{height} image")
+    grid = grid_shape(height, width, k)
+    halo = halo_for(height, width, k)
+    tile_size = int(tile_size) if tile_size and tile_size > 0 else max(height, width)  # 0: one tile, the frame
+    cores = tile_grid(height, width, tile_size)
+    labels = np.empty((height, width), np.int32)
+    workers = workers or min(len(cores), os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    work = _single_threaded(lambda core: segment_tile(model, read, (height, width), k, grid, core, halo))
+    try:
+        if workers > 1:
+            torch.set_num_threads(1)
+        with ThreadPoolExecutor(workers) as pool:
+            for core, tile in zip(cores, pool.map(work, cores)):
+                y0, y1, x0, x1 = core
+                labels[y0:y1, x0:x1] = tile
+                if progress is not None:
+                    progress(1)
+    finally:
+        torch.set_num_threads(threads)
+    min_size = max(1, int(model.min_size_factor * height * width / k))
+    return enforce_connectivity(labels, None, min_size)
+
+
+def seam_fractions(labels: np.ndarray, tile_size: int) -> tuple[float, float]:
+    """(on tile edges, halfway between): the fraction of the pixels on the tile edge lines (columns and rows at
+    multiples of ``tile_size``) whose label differs from the pixel across the line, and the same on the lines
+    halfway between edges. Seam-free: the first is no larger than the second (up to noise)."""
+    labels = np.asarray(labels)
+    h, w = labels.shape
+
+    def fraction(offset):
+        hits = total = 0
+        for c in range(offset, w, tile_size):
+            if c > 0:
+                hits += int((labels[:, c] != labels[:, c - 1]).sum())
+                total += h
+        for r in range(offset, h, tile_size):
+            if r > 0:
+                hits += int((labels[r] != labels[r - 1]).sum())
+                total += w
+        return hits / max(total, 1)
+
+    return fraction(tile_size), fraction(tile_size // 2)
+
+
+def default_tile_size(model, height: int, width: int, n_superpixels: int, workers: int | None = None) -> int:
+    """The largest tile side (a multiple of 256, at most 2048) whose region (core + halo) fits, one per worker
+    thread, in half the model's memory limit (:meth:`SPAM.frame_bytes`, the memory model); 0 (the whole frame)
+    when the whole frame fits that."""
+    from .model import default_memory_limit
+
+    limit = model.memory_limit if model.memory_limit else default_memory_limit()
+    if not limit:
+        return 0
+    workers = workers or os.cpu_count() or 1
+    if model.frame_bytes(height, width, n_superpixels) <= limit // 2:
+        return 0
+    halo = halo_for(height, width, n_superpixels)
+    density = n_superpixels / (height * width)
+    best = 256
+    for t in range(256, 2049, 256):
+        side = t + 2 * halo
+        if workers * model.frame_bytes(side, side, max(1, int(density * side * side))) <= limit // 2:
+            best = t
+    return best
+
+
+def preview(read, shape, labels, long_side: int = 4096, color="auto") -> np.ndarray:
+    """An overlay preview (long side ≤ ``long_side``): image and labels subsampled by one integer factor, the
+    boundaries drawn (:func:`spam_stream.io.overlay`). ``read(y0, y1, x0, x1)`` is read in strips."""
+    from .io import overlay
+
+    h, w = shape[:2]
+    f = max(1, -(-max(h, w) // long_side))
+    rows = []
+    step = max(f, (256 // f) * f)
+    for y in range(0, h, step):
+        rows.append(read(y, min(h, y + step), 0, w)[::f, ::f])
+    return overlay(np.concatenate(rows), labels[::f, ::f], color)

@@ -1,0 +1,132 @@
+"""Large images: lazy tiled TIFF reading, seam-free tiled segmentation, label TIFFs read back, bad tiles."""
+import numpy as np
+import pytest
+import tifffile
+from skimage.measure import label as cc_label
+
+from spam_stream.largeio import LargeImage, TileError, read_label_tiff, write_label_tiff
+from spam_stream.model import SPAM
+from spam_stream.tiling import seam_fractions, segment_large
+
+
+def _picture(h, w, seed=0):
+    """Smooth colour blobs plus noise: superpixels follow edges that tile edges do not explain."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    img = np.zeros((h, w, 3), np.float64)
+    for _ in range(12):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(60, 250)
+        img += ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r)[..., None] * rng.uniform(0, 120, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def picture():
+    return _picture(1100, 1500)
+
+
+def test_tiff_window_read_equals_array(tmp_path, picture):
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, picture, tile=(256, 256), compression="zlib", bigtiff=True)
+    strips = tmp_path / "s.tif"
+    tifffile.imwrite(strips, picture, rowsperstrip=64, compression="zlib")
+    for p in (path, strips):
+        with LargeImage(p) as im:
+            assert im.shape == picture.shape
+            assert (im.read(300, 777, 250, 1299) == picture[300:777, 250:1299]).all()
+
+
+def test_tiled_segmentation_seam_free(picture):
+    model = SPAM(encoder=None)
+    k = picture.shape[0] * picture.shape[1] // 1000
+    whole = model.segment(picture, k)
+    tiled = model.segment(picture, k, tile_size=256)
+    n = int(tiled.max()) + 1
+    assert abs(n - (int(whole.max()) + 1)) <= 0.02 * k
+    on_edges, halfway = seam_fractions(tiled, 256)
+    assert on_edges <= 1.2 * halfway, (on_edges, halfway)
+    # every superpixel 4-connected: as many 4-connected regions as labels
+    assert cc_label(tiled + 1, connectivity=1, background=0).max() == n
+
+
+def test_label_tiff_window_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 200_000, (700, 900)).astype(np.int64)  # ids beyond 65535 are normal here
+    path = tmp_path / "x_labels.tif"
+    write_label_tiff(path, labels, tile=256)
+    assert (read_label_tiff(path) == labels).all()
+    assert (read_label_tiff(path, (100, 613, 257, 899)) == labels[100:613, 257:899]).all()
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_truncated_tiff_names_the_tile(tmp_path, picture):
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, picture, tile=(256, 256), compression="zlib")
+    data = path.read_bytes()
+    with tifffile.TiffFile(path) as tf:
+        offsets = tf.pages[0].dataoffsets
+    cut = tmp_path / "cut2.tif"
+    cut.write_bytes(data[:int(offsets[20]) + 10])  # tile 20 and after are gone (the header is at the start)
+    with LargeImage(cut) as im:
+        assert (im.read(0, 256, 0, 1500) == picture[:256]).all()  # the tiles before are read
+        with pytest.raises(TileError, match="tile 2[0-9]"):
+            im.read(0, 1100, 0, 1500)
+
+
+def test_cli_tiled_tiff(tmp_path, picture):
+    from spam_stream.cli import main
+
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, picture, tile=(256, 256), compression="zlib", bigtiff=True, resolution=(300, 300))
+    out = tmp_path / "out"
+    assert main(["image", str(path), "-o", str(out), "--tile-size", "512", "--superpixel-size", "2000",
+                 "--encoder", "none"]) == 0
+    with tifffile.TiffFile(out / "big_labels.tif") as tf:
+        page = tf.pages[0]
+        assert page.is_tiled and page.dtype == np.uint32 and tf.is_bigtiff
+        assert page.tags["XResolution"].value == (300, 1)
+    labels = read_label_tiff(out / "big_labels.tif")
+    assert labels.shape == picture.shape[:2]
+    assert abs(int(labels.max()) + 1 - picture.shape[0] * picture.shape[1] / 2000) <= 0.05 * 825
+    assert (out / "big_overlay.png").is_file()
+
+
+def test_tiff_over_pillow_bomb_limit_is_read(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from spam_stream.io import read_image
+
+    img = _picture(300, 400)
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), compression="zlib")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would refuse it as a bomb
+    assert (read_image(path) == img).all()
+    png = tmp_path / "t.png"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    Image.fromarray(img).save(png)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    from spam_stream.io import InputError
+
+    with pytest.raises(InputError, match="too large"):
+        read_image(png)
+
+
+def test_openslide_path(tmp_path, picture):
+    pytest.importorskip("openslide", reason="the slides extra (openslide-python, openslide-bin) is not installed")
+    from spam_stream.largeio import SlideImage
+
+    path = tmp_path / "slide.tif"  # OpenSlide reads a generic tiled TIFF
+    tifffile.imwrite(path, picture, tile=(256, 256), compression="zlib")
+    with SlideImage(path) as im:
+        assert im.shape == picture.shape
+        assert (im.read(100, 400, 200, 700) == picture[100:400, 200:700]).all()
+
+
+@pytest.mark.parametrize("encoder", [None, "default"])
+def test_one_tile_equals_the_whole_frame(encoder):
+    """The tiled path with one tile (global grid as a candidate table, the model's stages) gives the labels of
+    SPAM.segment on the whole frame."""
+    img = _picture(321, 481, seed=3)
+    model = SPAM(encoder=encoder)
+    assert (segment_large(model, img, 300, 0) == model.segment(img, 300)).all()
