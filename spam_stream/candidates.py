@@ -104,4 +104,5 @@ def object_candidates(partition: np.ndarray, seeds: Seeds, max_distance: float =
     _expand_rows(rows, qidx, table)
     return Candidates(h, w, torch.from_numpy(np.ascontiguousarray(flat, np.int32)),
                       torch.from_numpy(seed_obj.astype(np.int32)), table=torch.from_numpy(table),
-                      rows=torch.from_numpy(rows), pixel_row=torch.from_numpy(qidx), block=block)
+                      rows=torch.from_numpy(rows), pixel_row=torch.from_numpy(qidx),
+                      block_y=torch.arange(h) // block, block_x=torch.arange(w) // block)

@@ -77,8 +77,12 @@ def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[
                          (np.arange(cx0, cx1 + 1) + 0.5) * width / nw - rx0, indexing="ij")
     k = lh * lw
     seeds = Seeds(np.stack([gy.ravel(), gx.ravel()], 1), np.zeros(k, np.int32), init)
+    # the compact form (the CPU's cell layout): one row per local cell, each pixel pointing at its cell's
+    cell_rows = table[np.searchsorted(ly, np.arange(lh))][:, np.searchsorted(lx, np.arange(lw))].reshape(-1, N_SLOTS)
     cands = Candidates(rh, rw, torch.zeros(rh * rw, dtype=torch.int32), torch.zeros(k, dtype=torch.int32),
-                       table=torch.from_numpy(table.reshape(-1, N_SLOTS)))
+                       table=torch.from_numpy(table.reshape(-1, N_SLOTS)),
+                       rows=torch.from_numpy(np.ascontiguousarray(cell_rows)), pixel_row=torch.from_numpy(init),
+                       block_y=torch.from_numpy(ly), block_x=torch.from_numpy(lx))
     to_global = ((np.arange(cy0, cy1 + 1)[:, None] * nw) + np.arange(cx0, cx1 + 1)[None, :]).ravel()
     return seeds, cands, to_global.astype(np.int64)
 

@@ -32,9 +32,11 @@ class Candidates:
         superpixel_object: (K,) int32 prior object id of each superpixel.
         grid: ``(nh, nw)`` for the grid layout, else None.
         table: (N, 9) int32 candidate superpixel indices (-1 = empty) for the table layout, else None.
-        rows, pixel_row, block: optionally, the table's compact form when it was built from one row per (block,
-            object) of ``block`` x ``block`` pixel blocks (object seeds): rows (Q, 9) int32, and pixel_row (N,)
-            int32 the row of each pixel (``table[p] == rows[pixel_row[p]]``); the CPU's cell layout reads these.
+        rows, pixel_row, block_y, block_x: optionally, the table's compact form when it was built from one row per
+            (block, object) of a separable block grid (object seeds: squares; a tiled image's region: its cells):
+            rows (Q, 9) int32; pixel_row (N,) int32 the row of each pixel (``table[p] == rows[pixel_row[p]]``);
+            block_y (H,), block_x (W,) int64, non-decreasing, the block row / column of each image row / column.
+            The CPU's cell layout reads these.
     """
 
     height: int
@@ -45,7 +47,8 @@ class Candidates:
     table: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     pixel_row: torch.Tensor | None = None
-    block: int = 0
+    block_y: torch.Tensor | None = None
+    block_x: torch.Tensor | None = None
 
     def __post_init__(self):
         if (self.grid is None) == (self.table is None):
@@ -79,7 +82,7 @@ class Candidates:
             self.height, self.width, self.pixel_object.to(device), self.superpixel_object.to(device),
             self.grid, None if self.table is None else self.table.to(device),
             None if self.rows is None else self.rows.to(device),
-            None if self.pixel_row is None else self.pixel_row.to(device), self.block,
+            None if self.pixel_row is None else self.pixel_row.to(device), self.block_y, self.block_x,
         )
 
 

@@ -22,8 +22,9 @@ Used by :func:`.cpu.hard_converge` for
 
 * grid candidates whose cells each hold pixels of one prior object (every grid layout spam-stream makes: the plain
   grid, and a batch's tiles): a cell's 9 neighbours, emptied where they belong to another object;
-* object-seed candidates given in their compact form (``Candidates.rows`` / ``pixel_row``, one row per (block,
-  object) of ``block``-pixel blocks, what :func:`spam_stream.candidates.object_candidates` makes): a block's most
+* candidates given in their compact form (``Candidates.rows`` / ``pixel_row`` / ``block_y`` / ``block_x``, one
+  row per (block, object) of a separable block grid: what :func:`spam_stream.candidates.object_candidates` makes for
+  object seeds, and :mod:`spam_stream.tiling` for a tile's cells): a block's most
   common row is laid out for it, and its pixels of another object (the blocks an object boundary crosses) are
   *exceptions*, listed per image row and assigned from their own row by the scalar rule after the vector loop.
 
@@ -100,7 +101,8 @@ def _flush(sums, counts, k, run, d_count, cnt):
         counts[k] += cnt
         for d in range(d_count):
             sums[k, d] += run[d]
-            run[d] = 0.0
+    for d in range(d_count):
+        run[d] = 0.0  # also after a run of unassigned pixels (-1), whose features go nowhere
 
 
 @njit(inline="always")
@@ -294,21 +296,28 @@ def _cells_uniform(pix_obj, height, width, nh, nw):
 
 
 @njit(cache=True, nogil=True)
-def _block_plan(pixel_row, rows, pix_obj, sp_obj, height, width, b):
-    """For object-seed candidates (one row per (block, object) of b x b blocks): each block's most common row laid
+def _block_plan(pixel_row, rows, pix_obj, sp_obj, height, width, block_y, block_x):
+    """For compact candidates (one row per (block, object) of a separable block grid: block_y (H,), block_x (W,)
+    non-decreasing block indices): each block's most common row laid
     out as its candidates (slots invalid for its pixels' object emptied), and the other pixels of the block as
     exceptions, listed by image row. Returns (rowtab (nby, nbx, 9) int32, exc_start (H+1,) int64, exc_x (E,) int32,
     exc_row (E,) int32)."""
-    nby = (height + b - 1) // b
-    nbx = (width + b - 1) // b
+    nby = block_y[height - 1] + 1
+    nbx = block_x[width - 1] + 1
+    ystart = np.zeros(nby + 1, np.int64)
+    xstart = np.zeros(nbx + 1, np.int64)
+    for y in range(height):
+        ystart[block_y[y] + 1] = y + 1
+    for x in range(width):
+        xstart[block_x[x] + 1] = x + 1
     dom = np.empty((nby, nbx), np.int64)
     cand_q = np.empty(16, np.int64)
     cand_n = np.empty(16, np.int64)
     for by in range(nby):
         for bx in range(nbx):
             m = 0
-            for y in range(by * b, min(height, by * b + b)):
-                for x in range(bx * b, min(width, bx * b + b)):
+            for y in range(ystart[by], ystart[by + 1]):
+                for x in range(xstart[bx], xstart[bx + 1]):
                     q = pixel_row[y * width + x]
                     found = False
                     for i in range(m):
@@ -330,7 +339,7 @@ def _block_plan(pixel_row, rows, pix_obj, sp_obj, height, width, b):
     for y in range(height):
         n_exc = 0
         for x in range(width):
-            if pixel_row[y * width + x] != dom[y // b, x // b]:
+            if pixel_row[y * width + x] != dom[block_y[y], block_x[x]]:
                 n_exc += 1
         exc_start[y + 1] = exc_start[y] + n_exc
     exc_x = np.empty(exc_start[height], np.int32)
@@ -341,7 +350,7 @@ def _block_plan(pixel_row, rows, pix_obj, sp_obj, height, width, b):
         for x in range(width):
             p = y * width + x
             q = pixel_row[p]
-            by, bx = y // b, x // b
+            by, bx = block_y[y], block_x[x]
             if q != dom[by, bx]:
                 exc_x[e] = x
                 exc_row[e] = q
@@ -372,13 +381,14 @@ def plan(cands: Candidates):
     h, w = cands.height, cands.width
     result = None
     if cands.grid is None:
-        if cands.rows is not None and cands.pixel_row is not None and cands.block > 0:
-            b = int(cands.block)
+        if cands.rows is not None and cands.pixel_row is not None and cands.block_y is not None:
             po, so = cands.pixel_object.numpy(), cands.superpixel_object.numpy()
             rows = np.ascontiguousarray(cands.rows.numpy(), np.int32)
-            rowtab, exc_start, exc_x, exc_row = _block_plan(cands.pixel_row.numpy(), rows, po, so, h, w, b)
-            ybound = np.minimum(np.arange(rowtab.shape[0] + 1, dtype=np.int64) * b, h)
-            xblock = np.arange(w, dtype=np.int64) // b
+            block_y = np.ascontiguousarray(np.asarray(cands.block_y), np.int64)
+            xblock = np.ascontiguousarray(np.asarray(cands.block_x), np.int64)
+            rowtab, exc_start, exc_x, exc_row = _block_plan(cands.pixel_row.numpy(), rows, po, so, h, w, block_y,
+                                                            xblock)
+            ybound = np.searchsorted(block_y, np.arange(rowtab.shape[0] + 1)).astype(np.int64)
             result = (ybound, xblock, rowtab, (exc_start, exc_x, exc_row, rows, po, so))
         cands.__dict__["_cell_plan"] = (result,)
         return result
