@@ -13,7 +13,7 @@ from PIL import Image
 from spam_stream import SPAM
 from spam_stream.encoder import (INT8_CALIBRATION_SUFFIX, Encoder, attach_int8, calibrate_int8, encode_learned,
                                  encode_tiled, fold_batchnorm, float32_twin, int8_supported, quantize_encoder)
-from spam_stream.features import pixel_features
+from spam_stream.features import COLOR_SCALE, pixel_features
 from spam_stream.model import DEFAULT_WEIGHTS
 
 from helpers import synthetic_image
@@ -61,10 +61,23 @@ def test_saturated_colours_take_the_float32_path():
 def test_int8_tiles_equal_the_whole_frame():
     """Tiles (origins on the pooling grid, even sizes) give the whole frame's int8 channels: no seams."""
     enc = SPAM().encoder
-    colour = pixel_features(images()[1], 200)[:3].clone() * (enc.input_color_scale / 0.26)
+    colour = pixel_features(images()[1], 200)[:3].clone() * (enc.input_color_scale / COLOR_SCALE)
     whole = encode_tiled(enc, colour, tile=(200, 300))
     tiled = encode_tiled(enc, colour, tile=(48, 64))
     assert (whole - tiled).abs().max().item() <= 1e-4
+
+
+@needs_int8
+def test_int8_tiles_on_an_odd_frame_stay_close_to_float32():
+    """On an odd-sized frame a tile's own bilinear mapping differs from the frame's by a fraction of a pixel: the
+    tiled int8 channels stay within the int8 tolerance of the float32 ones."""
+    enc = SPAM().encoder
+    image = np.ascontiguousarray(images()[0][:201, :301])
+    colour = pixel_features(image, 200)[:3].clone()
+    factor = enc.input_color_scale / COLOR_SCALE
+    tiled = encode_tiled(enc, colour, tile=(48, 64), colour_factor=factor)
+    ref = encode_tiled(float32_twin(enc), colour, tile=(48, 64), colour_factor=factor)
+    assert rel_rms(tiled, ref) <= INT8_REL_RMS
 
 
 def test_float32_path_forced_and_on_cpus_without_int8(monkeypatch):
