@@ -7,10 +7,20 @@ mode, on a 481x321 input, for several widths. Random weights with non-trivial BN
 tiled forward (default memory budget: what the default encoder runs) and the fast variants (--resolutions ×
 --upsample bilinear/guided × --sigmas) — median wall and CPU time of --repeats interleaved repeats, one process.
 
+``--part speed``: old vs new in one run, interleaved: the float32 path (the code of commit 8640962, kept as the
+reference twin: ``float32_twin``) vs the default CPU encoder (int8 where the CPU runs it): the encoder forward at
+481x321 and 1920x1080, and ``segment()`` with the bundled encoder at 481x321 K=400 and 1920x1080 K=2000; median wall
+of --repeats, with the load average.
+
+``--part quality``: the 50-image contract: ASA / GR at K=--k on the first --limit BSDS500 --split images, float32 vs
+default (int8) for the bundled encoder and ``--encoder fast``.
+
 ``--part asa``: ASA / GR / ΔK at K=--k on the first --limit BSDS500 --split images (select σ on ``val``, report on
 ``test``), default vs the same fast variants, same run.
 
-    python benchmarks/bench_encoder.py [--part fold|fast|asa] [--repeats 7] [--size 1280x720] [--limit 50]
+    python benchmarks/bench_encoder.py --part speed --repeats 5     # old vs new timings (idle machine)
+    python benchmarks/bench_encoder.py --part quality --limit 50     # ASA/GR contract, float32 vs int8
+    python benchmarks/bench_encoder.py [--part fold|fast|asa|speed|quality] [--repeats 7] [--size 1280x720] [--limit 50]
         [--split test] [--resolutions 0.5] [--upsample bilinear,guided] [--sigmas 4] [--supports 2]
 """
 from __future__ import annotations
@@ -135,9 +145,80 @@ def part_asa(args):
         print(f"| {name} | {a.mean():.4f} | {diff} | {gr:.3f} | {dk:.3f} | {worst} | {worse} |")
 
 
+def _models(encoder):
+    """(float32 reference SPAM, default SPAM) for the "default" or "fast" bundled encoder."""
+    from spam_stream.encoder import float32_twin
+    from spam_stream.model import SPAM
+
+    ref, new = SPAM(encoder=encoder), SPAM(encoder=encoder)
+    ref.encoder = float32_twin(ref.encoder)
+    return ref, new
+
+
+def part_speed(args):
+    from spam_stream.features import pixel_features
+
+    image0 = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    ref, new = _models("default")
+    precision = "int8" if "int8" in new.encoder.__dict__ else "float32 (no int8 on this CPU / no calibration)"
+    rows = []
+    for (w, h), k in (((481, 321), 400), ((1920, 1080), 2000)):
+        image = np.asarray(Image.fromarray(image0).resize((w, h)))
+        colour = pixel_features(image, k)[:3].clone()
+        rows.append((f"encoder forward {w}x{h}", lambda m, c=colour: encode_learned(m.encoder, c)))
+        rows.append((f"segment() {w}x{h} K={k}", lambda m, im=image, k=k: m.segment(im, k)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; new = {precision}; old = the float32 path (commit 8640962's "
+          f"code, kept as float32_twin); median wall of {args.repeats} interleaved repeats; load average before: "
+          f"{os.getloadavg()[0]:.2f}")
+    print("| run | old float32 (ms) | new (ms) | old ÷ new |")
+    print("|---|---|---|---|")
+    for name, fn in rows:
+        fn(ref), fn(new)  # warm-up
+        t = {"old": [], "new": []}
+        for _ in range(args.repeats):
+            for key, m in (("old", ref), ("new", new)):
+                a = time.perf_counter()
+                fn(m)
+                t[key].append(time.perf_counter() - a)
+        o, n = 1e3 * statistics.median(t["old"]), 1e3 * statistics.median(t["new"])
+        print(f"| {name} | {o:.0f} | {n:.0f} | {o / n:.2f}× |", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def part_quality(args):
+    from tqdm import tqdm
+
+    from spam_stream.datasets import BSDS500
+    from spam_stream.metrics import evaluate
+
+    ds = BSDS500(None, args.split)
+    n = min(args.limit, len(ds))
+    runs = []
+    for encoder in ("default", "fast"):
+        ref, new = _models(encoder)
+        runs += [(f"{encoder}, float32 (8640962)", ref), (f"{encoder}, new default", new)]
+    res = {name: [] for name, _ in runs}
+    for i in tqdm(range(n), desc="BSDS images"):
+        s = ds[i]
+        for name, m in runs:
+            res[name].append(evaluate(m.segment(s.image, args.k), s.gts, s.image, args.k))
+    print(f"BSDS500 {args.split}, first {n} images, K={args.k}, no prior, same run (contract: |ΔASA| ≤ 0.001, "
+          f"|ΔGR| ≤ 0.01 vs float32)")
+    print("| encoder | ASA | GR | ΔK | ASA − float32 | GR − float32 |")
+    print("|---|---|---|---|---|---|")
+    for i, (name, _) in enumerate(runs):
+        asa, gr = np.mean([r["asa"] for r in res[name]]), np.mean([r["gr"] for r in res[name]])
+        dk = np.mean([r["delta_k"] for r in res[name]])
+        base = runs[i - i % 2][0]
+        a0, g0 = np.mean([r["asa"] for r in res[base]]), np.mean([r["gr"] for r in res[base]])
+        d = "—" if i % 2 == 0 else f"{asa - a0:+.4f} | {gr - g0:+.4f}"
+        print(f"| {name} | {asa:.4f} | {gr:.3f} | {dk:.3f} | {d if i % 2 else '— | —'} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("fold", "fast", "asa"), default="fold")
+    ap.add_argument("--part", choices=("fold", "fast", "asa", "speed", "quality"), default="fold")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--limit", type=int, default=50)
@@ -156,6 +237,10 @@ def main():
         return part_fast(args)
     if args.part == "asa":
         return part_asa(args)
+    if args.part == "speed":
+        return part_speed(args)
+    if args.part == "quality":
+        return part_quality(args)
     torch.manual_seed(0)
     x = torch.randn(1, 5, 321, 481)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input 1x5x321x481, D=20")

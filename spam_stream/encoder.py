@@ -223,7 +223,12 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
         out = torch.empty((encoder.out_dim - IN_CHANNELS, h, w), dtype=torch.float32, device=colour.device)
     h2, w2 = (h + 1) // 2, (w + 1) // 2  # MaxPool2d(3, 2, padding=1): floor((n + 2 − 3) / 2) + 1
     h4, w4 = (h2 + 1) // 2, (w2 + 1) // 2
+    int8 = encoder.__dict__.get("int8") if colour.device.type == "cpu" else None
+    if int8 is not None and not _in_int8_range(int8, colour, colour_factor):
+        int8 = None  # colours beyond the calibrated input range (saturated, synthetic): the float32 path
     with torch.inference_mode():
+        if int8 is not None:  # the quantized twin (see attach_int8); float32_twin(encoder) is the reference
+            return _encode_tiled_int8(int8, colour, out, th, tw, colour_factor, skip, region)
         r0, r1, q0, q1 = region if region is not None else (0, h, 0, w)
         if r0 % ALIGN or q0 % ALIGN:
             raise ValueError(f"encode_tiled: the region must start at multiples of {ALIGN}, got {region}")
@@ -262,6 +267,144 @@ def encode_tiled(encoder: Encoder, colour: torch.Tensor, out: torch.Tensor | Non
                     del cat
                     out[:, g0:g1, d0:d1].copy_(y[0, :, g0 - ra:g1 - ra, d0 - ca:d1 - ca])
                 del x, s1, s2, s3
+    return out
+
+
+# --- int8 inference (the CPU default where the quantized engine runs) ------------------------------------------------
+# The float32 module above is the reference twin. On a CPU with AVX2 (VNNI where present) oneDNN's int8 convolutions
+# run the same network with per-channel int8 weights and uint8 activations (PyTorch's FX post-training quantization,
+# activation ranges calibrated on BSDS500 train images: ``benchmarks/calibrate_int8.py`` writes them next to the
+# weights as ``<weights>.int8.pt``). Each tile runs the whole quantized network on its core plus HALO (its own bilinear
+# mapping, equal to the frame's away from an odd-sized frame edge) and keeps the core.
+INT8_ENGINE = "onednn"
+INT8_CALIBRATION_SUFFIX = ".int8.pt"
+
+
+class LearnedChannels(nn.Module):
+    """An encoder's learned channels alone: colour (B, 3, H, W) → (B, out_dim − 5, H, W) (what int8 quantizes)."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.scale1, self.scale2, self.scale3, self.output = encoder.scale1, encoder.scale2, encoder.scale3, encoder.output
+
+    def forward(self, colour: torch.Tensor) -> torch.Tensor:
+        s1 = self.scale1(colour)
+        s2 = self.scale2(s1)
+        s3 = self.scale3(s2)
+        size = s1.shape[-2:]
+        s2 = F.interpolate(s2, size=size, mode="bilinear", align_corners=False)
+        s3 = F.interpolate(s3, size=size, mode="bilinear", align_corners=False)
+        return self.output(torch.cat([colour, s1, s2, s3], 1))
+
+
+def int8_supported() -> bool:
+    """True when this CPU runs oneDNN's int8 convolutions (AVX2 or better); else the float32 path is used."""
+    caps = torch.backends.cpu.get_cpu_capability()
+    return (INT8_ENGINE in torch.backends.quantized.supported_engines and caps in ("AVX2", "AVX512", "AVX512_BF16")
+            or caps.startswith("AVX512"))
+
+
+def _prepare_int8(encoder: Encoder):
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = INT8_ENGINE
+    with warnings.catch_warnings():  # FX quantization's deprecation notices
+        warnings.simplefilter("ignore")
+        module = LearnedChannels(copy.deepcopy(encoder).cpu().eval()).eval()
+        example = (torch.zeros(1, COLOR_CHANNELS, 16, 16),)
+        return prepare_fx(module, get_default_qconfig_mapping(INT8_ENGINE), example)
+
+
+def calibrate_int8(encoder: Encoder, colours) -> dict:
+    """Activation ranges of ``encoder`` (as trained, eval mode) over ``colours``, an iterable of (3, H, W) float32
+    colour maps as the encoder sees them (Lab · ``input_color_scale``): the observers' state, for
+    :func:`quantize_encoder` (``torch.save`` it next to the weights as ``<weights>.int8.pt``)."""
+    prepared = _prepare_int8(encoder)
+    with torch.no_grad():
+        for colour in colours:
+            prepared(colour.reshape(1, COLOR_CHANNELS, *colour.shape[-2:]).float())
+    return {k: v for k, v in prepared.state_dict().items() if "activation_post_process" in k}
+
+
+def quantize_encoder(encoder: Encoder, calibration: dict):
+    """The int8 twin of ``encoder`` (as trained: BatchNorm is folded here) from :func:`calibrate_int8`'s ranges: a
+    module colour (1, 3, h, w) float32 → learned channels (1, out_dim − 5, h, w) float32, on the CPU."""
+    import warnings
+
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    prepared = _prepare_int8(encoder)
+    missing = [k for k in prepared.state_dict() if "activation_post_process" in k and k not in calibration]
+    if missing:
+        raise ValueError(f"quantize_encoder: the calibration lacks {len(missing)} activation ranges (another network?)")
+    prepared.load_state_dict(calibration, strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_fx(prepared).eval()
+
+
+def attach_int8(inference: Encoder, trained: Encoder, weights: str | Path | None) -> bool:
+    """Give the CPU ``inference`` encoder (see :func:`fold_batchnorm`) its int8 twin, built from ``trained`` and the
+    calibration next to ``weights`` (``<weights>.int8.pt``), when this CPU runs int8 and such a file exists; the
+    environment variable ``SPAM_ENCODER_PRECISION=float32`` keeps the float32 path. Returns whether it did."""
+    import os
+
+    if os.environ.get("SPAM_ENCODER_PRECISION", "int8").lower() in ("float32", "fp32") or not int8_supported():
+        return False
+    cal = None if weights is None else Path(str(weights) + INT8_CALIBRATION_SUFFIX)
+    if cal is None or not cal.is_file():
+        return False
+    inference.__dict__["int8"] = quantize_encoder(trained, torch.load(cal, map_location="cpu", weights_only=True))
+    return True
+
+
+def float32_twin(encoder: Encoder) -> Encoder:
+    """``encoder`` without its int8 twin (a shallow copy sharing the weights): the float32 reference path."""
+    twin = copy.copy(encoder)
+    twin.__dict__ = dict(encoder.__dict__)
+    twin.__dict__.pop("int8", None)
+    return twin
+
+
+def _in_int8_range(module, colour: torch.Tensor, colour_factor: float) -> bool:
+    """Whether the colour (as the encoder sees it) lies in the int8 twin's calibrated input range, where uint8
+    holds it without clipping. The range is that of natural images (BSDS500 train), so that saturated colours
+    (synthetic frames, graphics) would clip: such frames take the float32 path."""
+    scale = float(module.scale1_0_0_input_scale_0)
+    zero = int(module.scale1_0_0_input_zero_point_0)
+    lo, hi = (0 - zero) * scale, (255 - zero) * scale
+    c_lo, c_hi = torch.aminmax(colour)
+    return lo <= float(c_lo) * colour_factor and float(c_hi) * colour_factor <= hi
+
+
+def _encode_tiled_int8(module, colour, out, th, tw, colour_factor, skip, region):
+    import warnings
+
+    with warnings.catch_warnings():  # quantized cat's notice on inputs of different ranges (it requantizes them)
+        warnings.simplefilter("ignore", UserWarning)
+        return _int8_tiles(module, colour, out, th, tw, colour_factor, skip, region)
+
+
+def _int8_tiles(module, colour, out, th, tw, colour_factor, skip, region):
+    h, w = colour.shape[-2:]
+    r0, r1, q0, q1 = region if region is not None else (0, h, 0, w)
+    for c0 in range(r0, min(h, r1), th):
+        c1 = min(h, r1, c0 + th)
+        a, b = max(0, c0 - HALO), min(h, c1 + HALO)
+        for d0 in range(q0, min(w, q1), tw):
+            d1 = min(w, q1, d0 + tw)
+            if skip is not None and skip(c0, c1, d0, d1):
+                continue
+            e, f = max(0, d0 - HALO), min(w, d1 + HALO)
+            x = colour[:, :, a:b, e:f].contiguous(memory_format=torch.channels_last)
+            if colour_factor != 1.0:
+                x = x * colour_factor
+            y = module(x)
+            out[:, c0:c1, d0:d1].copy_(y[0, :, c0 - a:c1 - a, d0 - e:d1 - e])
+            del x, y
     return out
 
 
@@ -474,6 +617,7 @@ def load_encoder(path: str | Path) -> tuple[Encoder, dict]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         enc = Encoder(out_dim=int(ckpt["out_dim"]), width=int(ckpt["width"]))
         enc.load_state_dict(ckpt["state_dict"])
+        enc.weights_path = str(path)  # where an int8 calibration may sit (attach_int8)
     except Exception as exc:  # corrupt file, wrong format, mismatched shapes
         # one line: the first sentence of torch's message (it runs over many lines); the whole cause stays chained
         first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]

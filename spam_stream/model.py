@@ -15,7 +15,7 @@ import torch
 from .candidates import grid_candidates, object_candidates
 from .clustering import as_pixel_rows, cluster_converge
 from .connectivity import enforce_connectivity
-from .encoder import Encoder, estimate_frame_bytes, fold_batchnorm, load_encoder, tile_for_budget
+from .encoder import Encoder, attach_int8, estimate_frame_bytes, fold_batchnorm, load_encoder, tile_for_budget
 from .frame import Frame
 from .features import COLOR_SCALE, default_spatial_scale, pixel_features
 from .io import InputError, as_rgb, read_image  # noqa: F401  (as_rgb: model.as_rgb, as before)
@@ -229,6 +229,8 @@ class SPAM:
         if enc is not None:
             self.encoder = fold_batchnorm(enc).to(self.device)
             self.encoder.input_color_scale = float(meta.get("color_scale", COLOR_SCALE))
+            if self.device.type == "cpu":  # int8 twin where the CPU runs it and the weights ship a calibration
+                attach_int8(self.encoder, enc, getattr(enc, "weights_path", None))
         self.compactness = default_spatial_scale(encoder) if compactness is None else compactness
         self.color_scale = color_scale
         self.iterations, self.tol = resolve_iterations(iterations, tol)
