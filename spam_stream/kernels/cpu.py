@@ -595,8 +595,8 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
     if prev_labels is not None:  # compared with the first pass (whose block winners are tried first)
         labels[:n] = torch.as_tensor(prev_labels).detach().cpu().numpy()
     limit, compare_first = reference.max_changed(tol, n), prev_labels is not None
-    cell_plan = cells.plan(cands)
-    if cell_plan is not None:  # grid cells inside one object each: the cell layout, no block plan to build
+    cell_plan = cells.plan(cands) if features.shape[1] in cells.FAST_DIMS else None
+    if cell_plan is not None:  # the cell layout (its vector loop is the faster one for these D), no block plan
         run = cells.hard_converge(f_flat, n_cols, c, cell_plan, cands, labels, max_iter, limit, compare_first)
         return torch.from_numpy(labels[:n]), torch.from_numpy(c), run
     plan = cands.__dict__.get("_cpu_hard_plan")
