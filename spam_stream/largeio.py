@@ -171,29 +171,46 @@ def open_large(path, level: int = 0):
     return LargeImage(path, level)
 
 
-def label_tiles(labels, tile: int = LABEL_TILE):
-    """The (tile, tile) uint32 blocks of an (H, W) label array in raster order (edge tiles padded with 0), as
-    tifffile's tile-by-tile writer takes them."""
-    h, w = labels.shape
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            block = np.zeros((tile, tile), np.uint32)
-            part = labels[y:y + tile, x:x + tile]
-            block[:part.shape[0], :part.shape[1]] = part
-            yield block
+def label_tiles(rows, width: int, tile: int = LABEL_TILE, dtype=np.uint32):
+    """The (tile, tile) blocks of label rows in raster order (edge tiles padded with 0), as tifffile's
+    tile-by-tile writer takes them. ``rows``: ``(y0, labels)`` pieces in order, of any heights (a row of
+    segmentation tiles, or one (H, W) array); only one row of label tiles is buffered."""
+    buf, have = [], 0
+    for _, part in rows:
+        buf.append(part)
+        have += len(part)
+        while have >= tile:
+            block = np.concatenate(buf) if len(buf) > 1 else buf[0]
+            yield from _row_of_tiles(block[:tile], width, tile, dtype)
+            buf, have = [block[tile:]], have - tile
+    if have:
+        yield from _row_of_tiles(np.concatenate(buf), width, tile, dtype)
 
 
-def write_label_tiff(path, labels: np.ndarray, source: LargeImage | None = None, tile: int = LABEL_TILE) -> None:
-    """Write (H, W) labels as a tiled deflate uint32 BigTIFF, tile by tile, atomically (a temporary name renamed
-    when complete; a full disk removes the partial file and raises InputError saying so). ``source``: the input,
-    whose resolution and GeoTIFF tags are copied."""
+def _row_of_tiles(strip, width, tile, dtype):
+    for x in range(0, width, tile):
+        block = np.zeros((tile, tile), dtype)
+        part = strip[:, x:x + tile]
+        block[:part.shape[0], :part.shape[1]] = part
+        yield block
+
+
+def write_label_tiff(path, labels, source: LargeImage | None = None, tile: int = LABEL_TILE,
+                     shape: tuple[int, int] | None = None, dtype=np.uint32) -> None:
+    """Write labels as a tiled deflate BigTIFF (uint32, or ``dtype``), tile by tile, atomically (a temporary name
+    renamed when complete; a full disk removes the partial file and raises InputError saying so). ``labels``: an
+    (H, W) array, or ``(y0, rows)`` pieces in order (:func:`spam_stream.tiling.iter_bands`) with ``shape`` (H, W):
+    then written as they come. ``source``: the input, whose resolution and GeoTIFF tags are copied."""
     import errno
 
     import tifffile
 
     from .io import atomic_path
 
-    h, w = labels.shape
+    if shape is None:
+        labels = np.asarray(labels)
+        shape, labels = labels.shape, [(0, labels)]
+    h, w = shape
     options = {}
     if source is not None and source.resolution is not None:
         xr, yr, unit = source.resolution
@@ -203,7 +220,7 @@ def write_label_tiff(path, labels: np.ndarray, source: LargeImage | None = None,
     try:
         with atomic_path(path) as tmp:
             with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-                tw.write(label_tiles(labels, tile), shape=(h, w), dtype=np.uint32, tile=(tile, tile),
+                tw.write(label_tiles(labels, w, tile, dtype), shape=(h, w), dtype=dtype, tile=(tile, tile),
                          compression="zlib", photometric="minisblack",
                          extratags=[] if source is None else source.extratags, **options)
     except OSError as exc:

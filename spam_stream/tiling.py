@@ -117,47 +117,144 @@ def _single_threaded(fn):
     return run
 
 
-def segment_large(model, image, n_superpixels: int, tile_size: int, *, workers: int | None = None,
-                  progress=None) -> np.ndarray:
-    """(H, W) int32 labels 0..K'-1 of an image of any size, tile by tile (module docstring).
+def connectivity_margins(height: int, width: int, grid) -> tuple[int, int]:
+    """Rows and columns of context around a core for its connectivity window: a superpixel lies in its seed's cell
+    and the 8 around it, so 5 cell steps (+2 pixels) hold whole every superpixel that touches the core, every
+    neighbour a fragment of one can merge into, and the neighbours of those."""
+    nh, nw = grid
+    return 5 * -(-height // nh) + 2, 5 * -(-width // nw) + 2
+
+
+def label_dtype(height: int, width: int, grid, start: int = 0) -> type:
+    """uint32 while every id (+ ``start``) fits (:func:`iter_bands`' ids are < cells + pixels), else uint64."""
+    return np.uint32 if grid[0] * grid[1] + height * width + start < 2 ** 32 else np.uint64
+
+
+def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int], width: int,
+                    n_cells: int, min_size: int, dtype) -> np.ndarray:
+    """Connectivity (:func:`~spam_stream.connectivity.enforce_connectivity`) on one window of raw cluster labels
+    (global seed ids) around a core; the core's final labels as global ids: a superpixel keeps the id of the seed
+    whose largest component it holds, one split off on its own (rare) gets ``n_cells`` + the global raster index
+    of its first pixel. Both are properties of the superpixel, not of the window, so neighbouring windows agree."""
+    out, source = enforce_connectivity(raw, None, min_size, return_source=True)
+    ids = source.astype(np.int64)
+    alone = np.flatnonzero(ids < 0)
+    if alone.size:
+        flat = np.flatnonzero(np.isin(out.ravel(), alone))
+        u, first = np.unique(out.ravel()[flat], return_index=True)
+        wy, wx = np.divmod(flat[first], raw.shape[1])
+        ids[u] = n_cells + (wy + origin[0]) * width + (wx + origin[1])
+    y0, y1, x0, x1 = core
+    return ids[out[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]].astype(dtype)
+
+
+def iter_bands(model, image, n_superpixels: int, tile_size: int, *, workers: int | None = None, progress=None):
+    """Final labels of an image of any size, one row of tiles at a time, in bounded memory (module docstring).
 
     ``image``: an (H, W, 3) array, or an object with ``shape`` and ``read(y0, y1, x0, x1)`` (a lazily read file,
-    :class:`spam_stream.largeio.LargeImage`). ``progress(n)``: called once per finished tile."""
-    if hasattr(image, "read"):
-        height, width = image.shape[:2]
-        read = image.read
-    else:
-        from .io import as_rgb
+    :class:`spam_stream.largeio.LargeImage`). Yields ``(y0, labels)``: rows y0.. as (rows, W) :func:`label_dtype`
+    global ids (seed numbers, not consecutive; every superpixel 4-connected, none cut by a tile edge).
+    ``progress(n)``: called once per clustered tile.
 
-        image = as_rgb(image)
-        height, width = image.shape[:2]
-
-        def read(y0, y1, x0, x1):
-            return image[y0:y1, x0:x1]
+    Two kinds of task share one thread pool (one thread per core, each single-threaded): clustering a tile
+    (:func:`segment_tile`, raw labels of its core), and its connectivity (:func:`finalize_window`, on the raw
+    labels of the core plus :func:`connectivity_margins`). Only the raw rows the next windows need are held:
+    memory is a few rows of tiles, whatever the image's height."""
+    read, height, width = _reader(image)
     k = int(n_superpixels)
     if k < 1 or k > height * width:
         raise ValueError(f"{k} superpixels requested for a {width}x{height} image")
     grid = grid_shape(height, width, k)
     halo = halo_for(height, width, k)
     tile_size = int(tile_size) if tile_size and tile_size > 0 else max(height, width)  # 0: one tile, the frame
-    cores = tile_grid(height, width, tile_size)
-    labels = np.empty((height, width), np.int32)
-    workers = workers or min(len(cores), os.cpu_count() or 1)
+    ys = [(y, min(height, y + tile_size)) for y in range(0, height, tile_size)]
+    xs = [(x, min(width, x + tile_size)) for x in range(0, width, tile_size)]
+    my, mx = connectivity_margins(height, width, grid)
+    ahead = -(-my // tile_size)  # rows of tiles below a row that its windows reach
+    min_size = max(1, int(model.min_size_factor * height * width / k))
+    n_cells, dtype = grid[0] * grid[1], label_dtype(height, width, grid)
+    workers = workers or min(len(ys) * len(xs), os.cpu_count() or 1)
     threads = torch.get_num_threads()
-    work = _single_threaded(lambda core: segment_tile(model, read, (height, width), k, grid, core, halo))
+    cluster = _single_threaded(lambda core: segment_tile(model, read, (height, width), k, grid, core, halo))
+    finalize = _single_threaded(finalize_window)
+    raw: list[tuple[int, np.ndarray]] = []  # (first row, raw labels (rows, W) int32), in order
+    pending = {}
+
+    def submit_row(pool, r):
+        pending[r] = [pool.submit(cluster, (*ys[r], x0, x1)) for x0, x1 in xs]
+
+    def collect_row(r):
+        y0, y1 = ys[r]
+        band = np.empty((y1 - y0, width), np.int32)
+        for (x0, x1), f in zip(xs, pending.pop(r)):
+            band[:, x0:x1] = f.result()
+            if progress is not None:
+                progress(1)
+        raw.append((y0, band))
+
+    def rows(a, b, c, d):
+        return np.concatenate([band[max(a, y) - y:min(b, y + len(band)) - y, c:d] for y, band in raw
+                               if y < b and y + len(band) > a])
+
     try:
         if workers > 1:
             torch.set_num_threads(1)
         with ThreadPoolExecutor(workers) as pool:
-            for core, tile in zip(cores, pool.map(work, cores)):
-                y0, y1, x0, x1 = core
-                labels[y0:y1, x0:x1] = tile
-                if progress is not None:
-                    progress(1)
+            for r in range(min(len(ys), ahead + 1)):
+                submit_row(pool, r)
+            for r, (y0, y1) in enumerate(ys):
+                for rr in range(r, min(len(ys), r + ahead + 1)):
+                    if rr in pending:
+                        collect_row(rr)
+                wy0, wy1 = max(0, y0 - my), min(height, y1 + my)
+                finals = []
+                for x0, x1 in xs:
+                    wx0, wx1 = max(0, x0 - mx), min(width, x1 + mx)
+                    finals.append(pool.submit(finalize, rows(wy0, wy1, wx0, wx1), (wy0, wx0), (y0, y1, x0, x1),
+                                              width, n_cells, min_size, dtype))
+                if r + ahead + 1 < len(ys):
+                    submit_row(pool, r + ahead + 1)  # the workers cluster ahead while the windows run
+                band = np.empty((y1 - y0, width), dtype)
+                for (x0, x1), f in zip(xs, finals):
+                    band[:, x0:x1] = f.result()
+                keep = y1 - my  # the next row's windows start here
+                raw[:] = [(max(y, keep), b[max(0, keep - y):]) for y, b in raw if y + len(b) > keep]
+                yield y0, band
     finally:
         torch.set_num_threads(threads)
-    min_size = max(1, int(model.min_size_factor * height * width / k))
-    return enforce_connectivity(labels, None, min_size)
+
+
+def _reader(image):
+    if hasattr(image, "read"):
+        return image.read, image.shape[0], image.shape[1]
+    from .io import as_rgb
+
+    image = as_rgb(image)
+
+    def read(y0, y1, x0, x1):
+        return image[y0:y1, x0:x1]
+    return read, image.shape[0], image.shape[1]
+
+
+def compact(labels: np.ndarray) -> np.ndarray:
+    """Ids 0..K'-1 in the order of the ids (an (H, W) array of :func:`iter_bands` ids), as int32."""
+    present = np.zeros(int(labels.max()) + 1, bool)
+    present[labels.ravel()] = True
+    rank = (np.cumsum(present) - 1).astype(np.int32)
+    return rank[labels]
+
+
+def segment_large(model, image, n_superpixels: int, tile_size: int, *, workers: int | None = None,
+                  progress=None) -> np.ndarray:
+    """(H, W) int32 labels 0..K'-1 of an image of any size that fits in memory as labels: :func:`iter_bands`'
+    rows gathered and numbered consecutively. (The ``image`` command writes the rows as they come instead.)"""
+    read, height, width = _reader(image)
+    labels = None
+    for y0, band in iter_bands(model, image, n_superpixels, tile_size, workers=workers, progress=progress):
+        if labels is None:
+            labels = np.empty((height, width), band.dtype)
+        labels[y0:y0 + len(band)] = band
+    return compact(labels)
 
 
 def seam_fractions(labels: np.ndarray, tile_size: int) -> tuple[float, float]:
@@ -204,15 +301,21 @@ def default_tile_size(model, height: int, width: int, n_superpixels: int, worker
     return best
 
 
-def preview(read, shape, labels, long_side: int = 4096, color="auto") -> np.ndarray:
-    """An overlay preview (long side ≤ ``long_side``): image and labels subsampled by one integer factor, the
-    boundaries drawn (:func:`spam_stream.io.overlay`). ``read(y0, y1, x0, x1)`` is read in strips."""
+def preview_factor(shape, long_side: int = 4096) -> int:
+    """The integer subsampling that brings an image's long side to at most ``long_side``."""
+    return max(1, -(-max(shape[:2]) // long_side))
+
+
+def preview(read, shape, small_labels, long_side: int = 4096, color="auto") -> np.ndarray:
+    """An overlay preview (long side ≤ ``long_side``): the image subsampled by :func:`preview_factor` f, read in
+    strips with ``read(y0, y1, x0, x1)``, and ``small_labels`` (the labels' every f-th row and column) drawn on it
+    (:func:`spam_stream.io.overlay`)."""
     from .io import overlay
 
     h, w = shape[:2]
-    f = max(1, -(-max(h, w) // long_side))
+    f = preview_factor(shape, long_side)
     rows = []
     step = max(f, (256 // f) * f)
     for y in range(0, h, step):
         rows.append(read(y, min(h, y + step), 0, w)[::f, ::f])
-    return overlay(np.concatenate(rows), labels[::f, ::f], color)
+    return overlay(np.concatenate(rows), small_labels, color)

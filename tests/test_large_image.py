@@ -88,7 +88,9 @@ def test_cli_tiled_tiff(tmp_path, picture):
         assert page.tags["XResolution"].value == (300, 1)
     labels = read_label_tiff(out / "big_labels.tif")
     assert labels.shape == picture.shape[:2]
-    assert abs(int(labels.max()) + 1 - picture.shape[0] * picture.shape[1] / 2000) <= 0.05 * 825
+    ids = np.unique(labels)  # the seeds' global numbers: not consecutive
+    assert abs(len(ids) - picture.shape[0] * picture.shape[1] / 2000) <= 0.05 * 825
+    assert cc_label(np.searchsorted(ids, labels) + 1, connectivity=1, background=0).max() == len(ids)
     assert (out / "big_overlay.png").is_file()
 
 
@@ -129,4 +131,61 @@ def test_one_tile_equals_the_whole_frame(encoder):
     SPAM.segment on the whole frame."""
     img = _picture(321, 481, seed=3)
     model = SPAM(encoder=encoder)
-    assert (segment_large(model, img, 300, 0) == model.segment(img, 300)).all()
+    assert same_partition(segment_large(model, img, 300, 0), model.segment(img, 300))
+
+
+def same_partition(a, b):
+    """Whether two label maps split the pixels the same way (ids may differ)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()], 1), axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+@pytest.mark.parametrize("tile", [128, 400])
+def test_streamed_rows_equal_one_connectivity_pass(picture, tile):
+    """iter_bands' rows (connectivity per window, global ids) split the image as one connectivity pass over all
+    the tiles' raw labels does, every id is one 4-connected region, and the windows reach past one row of tiles
+    when the margin is larger than a tile (tile 128)."""
+    from spam_stream.connectivity import enforce_connectivity
+    from spam_stream.seeding import grid_shape
+    from spam_stream.tiling import halo_for, iter_bands, segment_tile, tile_grid
+
+    img = picture[:700, :900]
+    h, w = img.shape[:2]
+    model = SPAM(encoder=None)
+    k = h * w // 1000
+    rows = list(iter_bands(model, img, k, tile))
+    assert [y for y, _ in rows] == list(range(0, h, tile))
+    streamed = np.concatenate([b for _, b in rows]).astype(np.int64)
+    assert streamed.shape == (h, w)
+    grid, halo = grid_shape(h, w, k), halo_for(h, w, k)
+    raw = np.empty((h, w), np.int64)
+    for y0, y1, x0, x1 in tile_grid(h, w, tile):
+        raw[y0:y1, x0:x1] = segment_tile(model, lambda a, b, c, d: img[a:b, c:d], (h, w), k, grid,
+                                         (y0, y1, x0, x1), halo)
+    once = enforce_connectivity(raw, None, max(1, int(model.min_size_factor * h * w / k)))
+    assert same_partition(streamed, once)
+    ids, first = np.unique(streamed, return_index=True)
+    assert cc_label(np.searchsorted(ids, streamed) + 1, connectivity=1, background=0).max() == len(ids)
+
+
+def test_rows_stream_in_bounded_memory(picture):
+    """A row of tiles is final before the image's far rows are read: iter_bands reads only a bounded look-ahead."""
+    from spam_stream.seeding import grid_shape
+    from spam_stream.tiling import connectivity_margins, halo_for, iter_bands
+
+    h, w = picture.shape[:2]
+    k, tile = h * w // 1000, 256
+    read_to = []
+
+    class Lazy:
+        shape = picture.shape
+
+        def read(self, y0, y1, x0, x1):
+            read_to.append(y1)
+            return picture[y0:y1, x0:x1]
+
+    my = connectivity_margins(h, w, grid_shape(h, w, k))[0]
+    reach = (-(-my // tile) + 1) * tile + halo_for(h, w, k)  # rows clustered ahead of a final row, plus the halo
+    for y0, band in iter_bands(SPAM(encoder=None), Lazy(), k, tile, workers=1):
+        assert max(read_to) <= y0 + len(band) + reach, (y0, max(read_to))
+    assert max(read_to) == h

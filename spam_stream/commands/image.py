@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ..graph import region_graph, save_graph
@@ -34,7 +35,9 @@ def add_parser(sub) -> None:
         "TIFF / BigTIFF / OME-TIFF / GeoTIFF inputs are read lazily (tile by tile, tifffile) and segmented in tiles "
         "when the whole frame would not fit the memory limit (or with --tile-size N): one superpixel density over "
         "the whole image, no seam at tile edges. Outputs: <stem>_labels.tif (tiled, compressed uint32 BigTIFF with "
-        "the input's resolution and GeoTIFF tags) and <stem>_overlay.png (a preview, long side <= 4096 px).")
+        "the input's resolution and GeoTIFF tags, written row of tiles by row of tiles in bounded memory; ids are the "
+        "superpixels' seed numbers + --start-label, not consecutive) and <stem>_overlay.png (a preview, long side "
+        "<= 4096 px).")
     g.add_argument("--tile-size", type=non_negative_int, default=None, metavar="N",
                    help="segment in NxN tiles whose edges lie at multiples of N (0 = the whole frame, as for small "
                         "images; default: chosen from the memory limit for TIFF inputs, the whole frame otherwise)")
@@ -86,7 +89,8 @@ def run_large(model, args, path) -> bool:
     frame): writes <stem>_labels.tif and the <stem>_overlay.png preview. False when the whole frame fits (the
     caller then runs the ordinary path)."""
     from ..largeio import LargeImage, open_large, write_label_tiff
-    from ..tiling import default_tile_size, preview, segment_large
+    from ..seeding import grid_shape
+    from ..tiling import default_tile_size, iter_bands, label_dtype, preview, preview_factor
 
     if args.mask is not None or args.prior != "none" or args.graph:
         if args.tile_size:
@@ -105,15 +109,26 @@ def run_large(model, args, path) -> bool:
                 return False  # fits as one frame: the ordinary path (read whole)
             tile = max(h, w)
         n_tiles = -(-h // tile) * -(-w // tile)
+        dtype = label_dtype(h, w, grid_shape(h, w, k), args.start_label)
+        f = preview_factor((h, w))
+        small = []  # every f-th row and column of the labels, for the preview
+
+        def rows(bar):
+            for y0, band in iter_bands(model, image, k, tile, progress=bar.update):
+                band = band.astype(dtype, copy=False)
+                if args.start_label:
+                    band += dtype(args.start_label)
+                small.append(band[(-y0) % f::f, ::f])
+                yield y0, band
+
         with tqdm(total=n_tiles, desc=path.name, unit="tile", disable=n_tiles < 2 and not args.progress) as bar:
-            labels = segment_large(model, image, k, tile, progress=bar.update)
-        labels = labels + args.start_label if args.start_label else labels
-        write_label_tiff(args.output / f"{path.stem}_labels.tif", labels, image if isinstance(image, LargeImage)
-                         else None)
+            write_label_tiff(args.output / f"{path.stem}_labels.tif", rows(bar),
+                             image if isinstance(image, LargeImage) else None, shape=(h, w), dtype=dtype)
         from PIL import Image
 
         from ..io import atomic_path
 
         with atomic_path(args.output / f"{path.stem}_overlay.png") as tmp:
-            Image.fromarray(preview(image.read, image.shape, labels, color=args.boundary_color)).save(tmp, "PNG")
+            Image.fromarray(preview(image.read, image.shape, np.concatenate(small),
+                                    color=args.boundary_color)).save(tmp, "PNG")
     return True
