@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,10 @@ class LargeImage:
         self._nty = -(-self.height // self._ch)
         self._ntx = -(-self.width // self._cw)
         self._lock = threading.Lock()
+        self._cache, self._cached = OrderedDict(), 0
+        # six rows of tiles (a row of segmentation tiles with its halos reaches over four or five rows of 512, the
+        # next row re-reads the last ones), at most 384 MB
+        self.cache_bytes = min(384 << 20, 6 * self._ntx * self._ch * self._cw * 3)
         self.level = level
         self.extratags = []
         for tag in page.tags.values():
@@ -83,6 +88,23 @@ class LargeImage:
             self.resolution = (xr.value, yr.value, None if unit is None else unit.value)
 
     def _tile(self, ty: int, tx: int) -> np.ndarray:
+        """Decoded tile (ty, tx) as (h, w, 3) uint8, from a small LRU cache: neighbouring segmentation tiles read
+        overlapping windows (their halos), so a tile is decoded once, not up to four times."""
+        key = (ty, tx)
+        with self._lock:
+            block = self._cache.get(key)
+            if block is not None:
+                self._cache.move_to_end(key)
+                return block
+        block = _rgb(self._decode(ty, tx))
+        with self._lock:
+            self._cache[key] = block
+            self._cached += block.nbytes
+            while self._cached > self.cache_bytes and len(self._cache) > 1:
+                self._cached -= self._cache.popitem(last=False)[1].nbytes
+        return block
+
+    def _decode(self, ty: int, tx: int) -> np.ndarray:
         index = ty * self._ntx + tx
         page = self._page
         try:
@@ -105,7 +127,7 @@ class LargeImage:
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
         for ty in range(y0 // self._ch, -(-y1 // self._ch)):
             for tx in range(x0 // self._cw, -(-x1 // self._cw)):
-                block = _rgb(self._tile(ty, tx))
+                block = self._tile(ty, tx)
                 by, bx = ty * self._ch, tx * self._cw
                 a, b = max(y0, by), min(y1, by + self._ch, self.height)
                 c, d = max(x0, bx), min(x1, bx + self._cw, self.width)

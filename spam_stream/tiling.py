@@ -38,12 +38,14 @@ from .seeding import Seeds, grid_shape
 ALIGN = 4  # region origins on the encoder's pooling alignment (its tiles then equal the whole frame's)
 
 
-def halo_for(height: int, width: int, n_superpixels: int) -> int:
-    """Halo of a tile, in pixels: two grid steps plus the encoder's receptive field, on the alignment."""
+def halo_for(height: int, width: int, n_superpixels: int, model=None) -> int:
+    """Halo of a tile, in pixels: two grid steps, plus the encoder's receptive field when ``model`` has an encoder
+    (or is not given), on the alignment."""
     from .encoder import HALO
 
+    field = 0 if model is not None and model.encoder is None else HALO
     step = math.sqrt(height * width / n_superpixels)
-    return int(math.ceil((2 * step + HALO) / ALIGN) * ALIGN)
+    return int(math.ceil((2 * step + field) / ALIGN) * ALIGN)
 
 
 def tile_grid(height: int, width: int, tile_size: int) -> list[tuple[int, int, int, int]]:
@@ -65,22 +67,18 @@ def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[
     lh, lw = cy1 - cy0 + 1, cx1 - cx0 + 1
     ly, lx = cy - cy0, cx - cx0
     rh, rw = ry1 - ry0, rx1 - rx0
-    table = np.empty((rh, rw, N_SLOTS), np.int32)
-    for s in range(N_SLOTS):
-        ny, nx = ly + (s // 3 - 1), lx + (s % 3 - 1)
-        row = np.where((ny >= 0) & (ny < lh), ny * lw, -(10 ** 9))
-        col = np.where((nx >= 0) & (nx < lw), nx, -(10 ** 9))
-        v = row[:, None] + col[None, :]
-        table[:, :, s] = np.where(v >= 0, v, -1)
+    # one row per local cell (its 9 neighbours, -1 outside the region's cells), each pixel pointing at its cell's
+    ny = np.arange(lh)[:, None, None] + (np.arange(N_SLOTS) // 3 - 1)[None, None, :]
+    nx = np.arange(lw)[None, :, None] + (np.arange(N_SLOTS) % 3 - 1)[None, None, :]
+    cell_rows = np.where((ny >= 0) & (ny < lh) & (nx >= 0) & (nx < lw), ny * lw + nx, -1).astype(np.int32)
+    cell_rows = cell_rows.reshape(-1, N_SLOTS)
     init = (ly[:, None] * lw + lx[None, :]).astype(np.int32).reshape(-1)
     gy, gx = np.meshgrid((np.arange(cy0, cy1 + 1) + 0.5) * height / nh - ry0,
                          (np.arange(cx0, cx1 + 1) + 0.5) * width / nw - rx0, indexing="ij")
     k = lh * lw
     seeds = Seeds(np.stack([gy.ravel(), gx.ravel()], 1), np.zeros(k, np.int32), init)
-    # the compact form (the CPU's cell layout): one row per local cell, each pixel pointing at its cell's
-    cell_rows = table[np.searchsorted(ly, np.arange(lh))][:, np.searchsorted(lx, np.arange(lw))].reshape(-1, N_SLOTS)
     cands = Candidates(rh, rw, torch.zeros(rh * rw, dtype=torch.int32), torch.zeros(k, dtype=torch.int32),
-                       table=torch.from_numpy(table.reshape(-1, N_SLOTS)),
+                       table=torch.from_numpy(cell_rows[init]),  # = rows[pixel_row]
                        rows=torch.from_numpy(np.ascontiguousarray(cell_rows)), pixel_row=torch.from_numpy(init),
                        block_y=torch.from_numpy(ly), block_x=torch.from_numpy(lx))
     to_global = ((np.arange(cy0, cy1 + 1)[:, None] * nw) + np.arange(cx0, cx1 + 1)[None, :]).ravel()
@@ -165,7 +163,7 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, workers: int
     if k < 1 or k > height * width:
         raise ValueError(f"{k} superpixels requested for a {width}x{height} image")
     grid = grid_shape(height, width, k)
-    halo = halo_for(height, width, k)
+    halo = halo_for(height, width, k, model)
     tile_size = int(tile_size) if tile_size and tile_size > 0 else max(height, width)  # 0: one tile, the frame
     ys = [(y, min(height, y + tile_size)) for y in range(0, height, tile_size)]
     xs = [(x, min(width, x + tile_size)) for x in range(0, width, tile_size)]
@@ -291,7 +289,7 @@ def default_tile_size(model, height: int, width: int, n_superpixels: int, worker
     workers = workers or os.cpu_count() or 1
     if model.frame_bytes(height, width, n_superpixels) <= limit // 2:
         return 0
-    halo = halo_for(height, width, n_superpixels)
+    halo = halo_for(height, width, n_superpixels, model)
     density = n_superpixels / (height * width)
     best = 256
     for t in range(256, 2049, 256):

@@ -157,7 +157,7 @@ def test_streamed_rows_equal_one_connectivity_pass(picture, tile):
     assert [y for y, _ in rows] == list(range(0, h, tile))
     streamed = np.concatenate([b for _, b in rows]).astype(np.int64)
     assert streamed.shape == (h, w)
-    grid, halo = grid_shape(h, w, k), halo_for(h, w, k)
+    grid, halo = grid_shape(h, w, k), halo_for(h, w, k, model)
     raw = np.empty((h, w), np.int64)
     for y0, y1, x0, x1 in tile_grid(h, w, tile):
         raw[y0:y1, x0:x1] = segment_tile(model, lambda a, b, c, d: img[a:b, c:d], (h, w), k, grid,

@@ -130,5 +130,5 @@ def run_large(model, args, path) -> bool:
 
         with atomic_path(args.output / f"{path.stem}_overlay.png") as tmp:
             Image.fromarray(preview(image.read, image.shape, np.concatenate(small),
-                                    color=args.boundary_color)).save(tmp, "PNG")
+                                    color=args.boundary_color)).save(tmp, "PNG", compress_level=1)
     return True
