@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError
+from .io import InputError, check_finite
 
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf", ".tf8", ".ome.tif"}
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide"}
@@ -35,6 +35,9 @@ def _rgb(block: np.ndarray) -> np.ndarray:
         block = block[..., None]
     if block.dtype == np.uint16:
         block = (block >> 8).astype(np.uint8)
+    elif np.issubdtype(block.dtype, np.floating):  # values in [0, 1], as for arrays (io.as_rgb)
+        check_finite(block, "it")
+        block = np.clip(block * 255.0 + 0.5, 0, 255).astype(np.uint8)
     elif block.dtype != np.uint8:
         block = np.clip(block, 0, 255).astype(np.uint8)
     if block.shape[2] == 1:
@@ -96,7 +99,12 @@ class LargeImage:
             if block is not None:
                 self._cache.move_to_end(key)
                 return block
-        block = _rgb(self._decode(ty, tx))
+        try:
+            block = _rgb(self._decode(ty, tx))
+        except ValueError as exc:  # NaN or ±inf in a float TIFF
+            what = "tile" if self._page.is_tiled else "strip"
+            raise InputError(f"{self.path}: {what} {ty * self._ntx + tx} (rows {ty * self._ch}.., columns "
+                             f"{tx * self._cw}..): {exc}") from None
         with self._lock:
             self._cache[key] = block
             self._cached += block.nbytes
