@@ -137,3 +137,59 @@ def shift_labels(labels: np.ndarray, start_label: int, masked: bool) -> np.ndarr
     if start_label <= 1:
         return labels
     return np.where(labels > 0, labels + np.int32(start_label - 1), 0).astype(np.int32)
+
+
+class MaskSource:
+    """A mask read window by window, for images segmented in tiles (:mod:`spam_stream.tiling`): never scaled up
+    or held whole at the image's size. ``mask``: a 2-D array (or (h, w, c): any channel non-zero) of the image's
+    size or of a lower pyramid level (as :func:`check_mask`), or a lazily read TIFF
+    (:class:`spam_stream.largeio.LargeImage`: a mask as large as the image stays on disk)."""
+
+    def __init__(self, mask, shape):
+        self.height, self.width = int(shape[0]), int(shape[1])
+        self._lazy = hasattr(mask, "read")
+        if self._lazy:
+            self._src, (h, w) = mask, mask.shape[:2]
+        else:
+            m = np.asarray(mask)
+            if m.ndim == 3:
+                m = (m != 0).any(-1)
+            if m.ndim != 2:
+                raise ValueError(f"a mask must be a 2-D array, got shape {m.shape}")
+            self._src, (h, w) = m, m.shape
+        if (h, w) == (self.height, self.width):
+            self.factor = 1
+        else:
+            fy, fx = _factor(self.height, h), _factor(self.width, w)
+            if fy is None or fx is None or fy != fx:
+                raise ValueError(f"the mask is {w}x{h} but the image is {self.width}x{self.height} (a mask must "
+                                 "have the image's size, or a pyramid level's: an integer factor smaller)")
+            self.factor = fy
+        self._small = (h, w)
+        self._area = None
+
+    def _read_small(self, y0, y1, x0, x1):
+        h, w = self._small
+        y1, x1 = min(y1, h), min(x1, w)
+        block = self._src.read(y0, y1, x0, x1) if self._lazy else self._src[y0:y1, x0:x1]
+        if block.ndim == 3:
+            block = (block != 0).any(-1)
+        return block != 0
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """(y1-y0, x1-x0) bool: inside the mask, at the image's resolution (nearest neighbour)."""
+        f = self.factor
+        if f == 1:
+            return self._read_small(y0, y1, x0, x1)
+        h, w = self._small
+        ys = np.minimum(np.arange(y0, y1) // f, h - 1)
+        xs = np.minimum(np.arange(x0, x1) // f, w - 1)
+        block = self._read_small(int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1)
+        return block[(ys - ys[0])[:, None], (xs - xs[0])[None, :]]
+
+    def area(self, rows: int = 1024) -> int:
+        """Pixels inside the mask at the image's resolution (read in bands of ``rows``)."""
+        if self._area is None:
+            self._area = sum(int(self.read(y, min(self.height, y + rows), 0, self.width).sum())
+                             for y in range(0, self.height, rows))
+        return self._area

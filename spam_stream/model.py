@@ -474,7 +474,7 @@ class SPAM:
                 ``max(start_label, 1)``; masked-out pixels are skipped, not segmented (:mod:`spam_stream.masking`).
             tile_size: segment in tiles of this side (edges at its multiples), seam-free, one density over the
                 whole image (:mod:`spam_stream.tiling`); None or 0: the whole frame. ``image`` may then also be a
-                lazily read file (:func:`spam_stream.largeio.open_large`). No prior or mask in this mode yet.
+                lazily read file (:func:`spam_stream.largeio.open_large`). A mask, but no prior, in this mode yet.
         Returns:
             (H, W) int32 labels start_label..start_label+K'-1 ((B, H, W) for a batch, numbered per image); every
             superpixel is 4-connected and inside one prior object.
@@ -483,13 +483,14 @@ class SPAM:
         if mask is not None and is_batch(image):
             raise ValueError("a batch of images segmented as tiles takes no mask")
         if tile_size:
-            if prior is not None or self.prior is not None or mask is not None or attention is not None or focus:
-                raise ValueError("tiled segmentation (tile_size) takes no prior, mask, attention or focus yet: "
+            if prior is not None or self.prior is not None or attention is not None or focus:
+                raise ValueError("tiled segmentation (tile_size) takes no prior, attention or focus yet: "
                                  "use tile_size=0")
+            from .masking import shift_labels
             from .tiling import segment_large
 
-            labels = segment_large(self, image, n_superpixels, tile_size)
-            return labels + np.int32(start) if start else labels
+            labels = segment_large(self, image, n_superpixels, tile_size, mask=mask)
+            return shift_labels(labels, start, mask is not None)
         if is_batch(image):
             from .tiles import segment_tiles
 

@@ -58,8 +58,11 @@ def _cells(lo: int, hi: int, size: int, n: int) -> np.ndarray:
     return (np.arange(lo, hi, dtype=np.int64) * n // size).astype(np.int64)
 
 
-def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[int, int, int, int]):
-    """Seeds, candidates and the local→global id table of one region (ry0, ry1, rx0, rx1) of the global grid."""
+def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[int, int, int, int],
+                  inside: np.ndarray | None = None, cells_kept: np.ndarray | None = None):
+    """Seeds, candidates and the local→global id table of one region (ry0, ry1, rx0, rx1) of the global grid.
+    ``inside``: the region's (rh, rw) bool mask, or None: pixels outside get no candidate (label -1) and start in
+    no seed; ``cells_kept``: the whole grid's (nh, nw) bool (:func:`mask_cells`), the cells that keep a seed."""
     nh, nw = grid
     ry0, ry1, rx0, rx1 = region
     cy, cx = _cells(ry0, ry1, height, nh), _cells(rx0, rx1, width, nw)
@@ -73,26 +76,37 @@ def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[
     cell_rows = np.where((ny >= 0) & (ny < lh) & (nx >= 0) & (nx < lw), ny * lw + nx, -1).astype(np.int32)
     cell_rows = cell_rows.reshape(-1, N_SLOTS)
     init = (ly[:, None] * lw + lx[None, :]).astype(np.int32).reshape(-1)
+    pixel_row = init
+    if inside is not None:
+        flat = inside.ravel()
+        empty = ~cells_kept[cy0:cy1 + 1, cx0:cx1 + 1].ravel()
+        cell_rows = np.where(empty[np.maximum(cell_rows, 0)], -1, cell_rows)
+        cell_rows = np.concatenate([cell_rows, np.full((1, N_SLOTS), -1, np.int32)])  # the outside's empty row
+        pixel_row = np.where(flat, init, lh * lw).astype(np.int32)
+        init = np.where(flat & ~empty[init], init, -1).astype(np.int32)
     gy, gx = np.meshgrid((np.arange(cy0, cy1 + 1) + 0.5) * height / nh - ry0,
                          (np.arange(cx0, cx1 + 1) + 0.5) * width / nw - rx0, indexing="ij")
     k = lh * lw
     seeds = Seeds(np.stack([gy.ravel(), gx.ravel()], 1), np.zeros(k, np.int32), init)
     cands = Candidates(rh, rw, torch.zeros(rh * rw, dtype=torch.int32), torch.zeros(k, dtype=torch.int32),
-                       table=torch.from_numpy(cell_rows[init]),  # = rows[pixel_row]
-                       rows=torch.from_numpy(np.ascontiguousarray(cell_rows)), pixel_row=torch.from_numpy(init),
+                       table=torch.from_numpy(cell_rows[pixel_row]),  # = rows[pixel_row]
+                       rows=torch.from_numpy(np.ascontiguousarray(cell_rows)), pixel_row=torch.from_numpy(pixel_row),
                        block_y=torch.from_numpy(ly), block_x=torch.from_numpy(lx))
     to_global = ((np.arange(cy0, cy1 + 1)[:, None] * nw) + np.arange(cx0, cx1 + 1)[None, :]).ravel()
     return seeds, cands, to_global.astype(np.int64)
 
 
-def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int) -> np.ndarray:
-    """Cluster labels of one core (global seed ids, (y1-y0, x1-x0) int64): the model's feature and cluster stages
-    on the core plus its halo. ``read(y0, y1, x0, x1)`` → (h, w, 3) uint8."""
+def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int, mask=None) -> np.ndarray:
+    """Cluster labels of one core (global seed ids, (y1-y0, x1-x0) int64, -1 outside the mask): the model's
+    feature and cluster stages on the core plus its halo. ``read(y0, y1, x0, x1)`` → (h, w, 3) uint8; ``mask``:
+    None or a :class:`~spam_stream.masking.MaskSource`."""
     height, width = shape
     y0, y1, x0, x1 = core
     ry0, rx0 = max(0, y0 - halo) // ALIGN * ALIGN, max(0, x0 - halo) // ALIGN * ALIGN
     ry1, rx1 = min(height, y1 + halo), min(width, x1 + halo)
-    seeds, cands, to_global = region_layout(height, width, grid, (ry0, ry1, rx0, rx1))
+    inside = None if mask is None else mask.read(ry0, ry1, rx0, rx1)
+    seeds, cands, to_global = region_layout(height, width, grid, (ry0, ry1, rx0, rx1), inside,
+                                            None if mask is None else mask.cells_kept)
     frame = Frame(key=core, image=np.ascontiguousarray(read(ry0, ry1, rx0, rx1)), n_superpixels=len(seeds))
     frame.seeds, frame.cands = seeds, cands
     rh, rw = ry1 - ry0, rx1 - rx0
@@ -115,6 +129,27 @@ def _single_threaded(fn):
     return run
 
 
+def mask_cells(mask, shape, grid, rows: int = 1024) -> np.ndarray:
+    """(nh, nw) bool: the grid cells that keep their seed under a mask — those at least half inside it, and those
+    with a pixel inside and no such cell among their 8 neighbours (so every pixel inside has a candidate). A cell
+    cut to a sliver by the mask's edge thus joins its neighbours instead of making a superpixel of its own, and the
+    count inside is the mask's area over the density. One pass over the mask, in bands of ``rows``."""
+    from scipy.ndimage import maximum_filter
+
+    height, width = shape
+    nh, nw = grid
+    cy, cx = _cells(0, height, height, nh), _cells(0, width, width, nw)
+    counts = np.zeros(nh * nw, np.int64)
+    for y in range(0, height, rows):
+        inside = mask.read(y, min(height, y + rows), 0, width)
+        idx = cy[y:y + len(inside), None] * nw + cx[None, :]
+        counts += np.bincount(idx[inside], minlength=nh * nw)
+    counts = counts.reshape(nh, nw)
+    cell_area = np.bincount(cy, minlength=nh)[:, None] * np.bincount(cx, minlength=nw)[None, :]
+    half = 2 * counts >= cell_area
+    return half | ((counts > 0) & ~maximum_filter(half, size=3, mode="constant"))
+
+
 def connectivity_margins(height: int, width: int, grid) -> tuple[int, int]:
     """Rows and columns of context around a core for its connectivity window: a superpixel lies in its seed's cell
     and the 8 around it, so 5 cell steps (+2 pixels) hold whole every superpixel that touches the core, every
@@ -125,16 +160,20 @@ def connectivity_margins(height: int, width: int, grid) -> tuple[int, int]:
 
 def label_dtype(height: int, width: int, grid, start: int = 0) -> type:
     """uint32 while every id (+ ``start``) fits (:func:`iter_bands`' ids are < cells + pixels), else uint64."""
-    return np.uint32 if grid[0] * grid[1] + height * width + start < 2 ** 32 else np.uint64
+    return np.uint32 if grid[0] * grid[1] + height * width + start + 1 < 2 ** 32 else np.uint64
 
 
 def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int], width: int,
-                    n_cells: int, min_size: int, dtype) -> np.ndarray:
+                    n_cells: int, min_size: int, dtype, masked: bool = False) -> np.ndarray:
     """Connectivity (:func:`~spam_stream.connectivity.enforce_connectivity`) on one window of raw cluster labels
     (global seed ids) around a core; the core's final labels as global ids: a superpixel keeps the id of the seed
     whose largest component it holds, one split off on its own (rare) gets ``n_cells`` + the global raster index
-    of its first pixel. Both are properties of the superpixel, not of the window, so neighbouring windows agree."""
-    out, source = enforce_connectivity(raw, None, min_size, return_source=True)
+    of its first pixel. Both are properties of the superpixel, not of the window, so neighbouring windows agree.
+    ``masked``: the raw -1 pixels are outside a mask: an object of their own (nothing merges across the mask's
+    edge), 0 in the result, and every id inside is one more (numbered from 1, scikit-image's mask convention)."""
+    outside = raw < 0 if masked else None
+    out, source = enforce_connectivity(raw, None if outside is None else outside.astype(np.int32), min_size,
+                                       return_source=True)
     ids = source.astype(np.int64)
     alone = np.flatnonzero(ids < 0)
     if alone.size:
@@ -143,16 +182,23 @@ def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, i
         wy, wx = np.divmod(flat[first], raw.shape[1])
         ids[u] = n_cells + (wy + origin[0]) * width + (wx + origin[1])
     y0, y1, x0, x1 = core
-    return ids[out[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]].astype(dtype)
+    core_slice = (slice(y0 - origin[0], y1 - origin[0]), slice(x0 - origin[1], x1 - origin[1]))
+    final = ids[out[core_slice]]
+    if masked:
+        final = np.where(outside[core_slice], 0, final + 1)
+    return final.astype(dtype)
 
 
-def iter_bands(model, image, n_superpixels: int, tile_size: int, *, workers: int | None = None, progress=None):
+def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, workers: int | None = None,
+               progress=None):
     """Final labels of an image of any size, one row of tiles at a time, in bounded memory (module docstring).
 
     ``image``: an (H, W, 3) array, or an object with ``shape`` and ``read(y0, y1, x0, x1)`` (a lazily read file,
     :class:`spam_stream.largeio.LargeImage`). Yields ``(y0, labels)``: rows y0.. as (rows, W) :func:`label_dtype`
     global ids (seed numbers, not consecutive; every superpixel 4-connected, none cut by a tile edge).
-    ``progress(n)``: called once per clustered tile.
+    ``mask``: None, or a :class:`~spam_stream.masking.MaskSource` (or what it takes): then ``n_superpixels`` is
+    the count inside the mask (the grid's density is that over the mask's area), pixels outside are skipped and 0,
+    the ids inside numbered from 1. ``progress(n)``: called once per clustered tile.
 
     Two kinds of task share one thread pool (one thread per core, each single-threaded): clustering a tile
     (:func:`segment_tile`, raw labels of its core), and its connectivity (:func:`finalize_window`, on the raw
@@ -160,9 +206,21 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, workers: int
     memory is a few rows of tiles, whatever the image's height."""
     read, height, width = _reader(image)
     k = int(n_superpixels)
+    if mask is not None:
+        from .masking import MaskSource
+
+        mask = mask if isinstance(mask, MaskSource) else MaskSource(mask, (height, width))
+        area = mask.area()
+        if area == 0:
+            raise ValueError("the mask is 0 everywhere: no pixel to segment")
+        if k < 1 or k > area:
+            raise ValueError(f"{k} superpixels requested for a mask of {area} pixels")
+        k = max(1, min(height * width, round(k * height * width / area)))  # the density over the mask
     if k < 1 or k > height * width:
         raise ValueError(f"{k} superpixels requested for a {width}x{height} image")
     grid = grid_shape(height, width, k)
+    if mask is not None:
+        mask.cells_kept = mask_cells(mask, (height, width), grid)
     halo = halo_for(height, width, k, model)
     tile_size = int(tile_size) if tile_size and tile_size > 0 else max(height, width)  # 0: one tile, the frame
     ys = [(y, min(height, y + tile_size)) for y in range(0, height, tile_size)]
@@ -173,7 +231,7 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, workers: int
     n_cells, dtype = grid[0] * grid[1], label_dtype(height, width, grid)
     workers = workers or min(len(ys) * len(xs), os.cpu_count() or 1)
     threads = torch.get_num_threads()
-    cluster = _single_threaded(lambda core: segment_tile(model, read, (height, width), k, grid, core, halo))
+    cluster = _single_threaded(lambda core: segment_tile(model, read, (height, width), k, grid, core, halo, mask))
     finalize = _single_threaded(finalize_window)
     raw: list[tuple[int, np.ndarray]] = []  # (first row, raw labels (rows, W) int32), in order
     pending = {}
@@ -209,7 +267,7 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, workers: int
                 for x0, x1 in xs:
                     wx0, wx1 = max(0, x0 - mx), min(width, x1 + mx)
                     finals.append(pool.submit(finalize, rows(wy0, wy1, wx0, wx1), (wy0, wx0), (y0, y1, x0, x1),
-                                              width, n_cells, min_size, dtype))
+                                              width, n_cells, min_size, dtype, mask is not None))
                 if r + ahead + 1 < len(ys):
                     submit_row(pool, r + ahead + 1)  # the workers cluster ahead while the windows run
                 band = np.empty((y1 - y0, width), dtype)
@@ -234,25 +292,31 @@ def _reader(image):
     return read, image.shape[0], image.shape[1]
 
 
-def compact(labels: np.ndarray) -> np.ndarray:
-    """Ids 0..K'-1 in the order of the ids (an (H, W) array of :func:`iter_bands` ids), as int32."""
+def compact(labels: np.ndarray, masked: bool = False) -> np.ndarray:
+    """Ids 0..K'-1 in the order of the ids (an (H, W) array of :func:`iter_bands` ids), as int32; ``masked``: 0
+    stays 0 (outside the mask) and the superpixels are 1..K'."""
     present = np.zeros(int(labels.max()) + 1, bool)
     present[labels.ravel()] = True
-    rank = (np.cumsum(present) - 1).astype(np.int32)
+    if masked:
+        present[0] = False
+    rank = (np.cumsum(present) - (0 if masked else 1)).astype(np.int32)
+    if masked:
+        rank[0] = 0
     return rank[labels]
 
 
-def segment_large(model, image, n_superpixels: int, tile_size: int, *, workers: int | None = None,
+def segment_large(model, image, n_superpixels: int, tile_size: int, *, mask=None, workers: int | None = None,
                   progress=None) -> np.ndarray:
     """(H, W) int32 labels 0..K'-1 of an image of any size that fits in memory as labels: :func:`iter_bands`'
     rows gathered and numbered consecutively. (The ``image`` command writes the rows as they come instead.)"""
     read, height, width = _reader(image)
     labels = None
-    for y0, band in iter_bands(model, image, n_superpixels, tile_size, workers=workers, progress=progress):
+    for y0, band in iter_bands(model, image, n_superpixels, tile_size, mask=mask, workers=workers,
+                               progress=progress):
         if labels is None:
             labels = np.empty((height, width), band.dtype)
         labels[y0:y0 + len(band)] = band
-    return compact(labels)
+    return compact(labels, mask is not None)
 
 
 def seam_fractions(labels: np.ndarray, tile_size: int) -> tuple[float, float]:

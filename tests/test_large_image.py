@@ -189,3 +189,47 @@ def test_rows_stream_in_bounded_memory(picture):
     for y0, band in iter_bands(SPAM(encoder=None), Lazy(), k, tile, workers=1):
         assert max(read_to) <= y0 + len(band) + reach, (y0, max(read_to))
     assert max(read_to) == h
+
+
+def _disc_mask(h, w):
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - h * 0.45) ** 2 + (xx - w * 0.55) ** 2 < (0.42 * min(h, w)) ** 2
+
+
+@pytest.mark.parametrize("level", [1, 4])
+def test_tiled_mask(picture, level):
+    """Tiles with a mask (of the image's size, or a pyramid level 4x smaller): 0 exactly outside, every pixel inside
+    in a superpixel, each superpixel one 4-connected region, K held inside, ids 1..K'."""
+    h, w = picture.shape[:2]
+    inside = _disc_mask(h, w)
+    mask = inside[::level, ::level] if level > 1 else inside
+    if level > 1:
+        inside = np.repeat(np.repeat(mask, level, 0), level, 1)[:h, :w]
+    k = 600
+    labels = SPAM(encoder=None).segment(picture, k, tile_size=256, mask=mask)
+    assert ((labels == 0) == ~inside).all()
+    n = int(labels.max())
+    assert np.array_equal(np.unique(labels), np.arange(n + 1))
+    assert abs(n - k) <= 0.05 * k, n
+    assert cc_label(labels, connectivity=1, background=0).max() == n
+
+
+def test_cli_tiled_tiff_with_a_tiff_mask(tmp_path, picture):
+    from spam_stream.cli import main
+
+    h, w = picture.shape[:2]
+    inside = _disc_mask(h, w)
+    tifffile.imwrite(tmp_path / "big.tif", picture, tile=(256, 256), compression="zlib")
+    tifffile.imwrite(tmp_path / "big_mask.tif", inside.astype(np.uint8), tile=(256, 256))
+    out = tmp_path / "out"
+    assert main(["image", str(tmp_path / "big.tif"), "-o", str(out), "--tile-size", "512", "--superpixel-size",
+                 "2000", "--encoder", "none", "--mask", str(tmp_path / "big_mask.tif"), "--start-label", "5"]) == 0
+    labels = read_label_tiff(out / "big_labels.tif")
+    assert ((labels == 0) == ~inside).all()
+    ids = np.unique(labels[inside])
+    assert ids.min() >= 5
+    assert abs(len(ids) - inside.sum() / 2000) <= 0.05 * inside.sum() / 2000
+    assert cc_label(np.searchsorted(np.r_[0, ids], labels), connectivity=1, background=0).max() == len(ids)
+    code = main(["image", str(tmp_path / "big.tif"), "-o", str(out), "--tile-size", "512", "--encoder", "none",
+                 "--mask", str(tmp_path / "big_mask.tif")[:-4] + "_wrong.npy"])
+    assert code == 1

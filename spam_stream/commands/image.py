@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,22 @@ def run(args) -> int:
     return report_failures(failures, len(args.inputs) - len(failures), len(args.inputs), "image(s)", args.output)
 
 
+def open_mask(path, shape, stack):
+    """A --mask file for a tiled run as a :class:`~spam_stream.masking.MaskSource`: a TIFF read lazily, tile by
+    tile (a mask as large as the image stays on disk), any other file read whole (then small, or a lower pyramid
+    level's size, scaled up window by window). InputError for a wrong size."""
+    from ..largeio import LargeImage, is_large_format
+    from ..masking import MaskSource
+
+    try:
+        if is_large_format(path) and Path(path).is_file():
+            src = stack.enter_context(LargeImage(path))
+            return MaskSource(src, shape)
+        return MaskSource(read_mask(path), shape)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
 def run_large(model, args, path) -> bool:
     """Segment one input in tiles (``--tile-size``, or the tile the memory limit gives a TIFF too large for one
     frame): writes <stem>_labels.tif and the <stem>_overlay.png preview. False when the whole frame fits (the
@@ -92,32 +109,41 @@ def run_large(model, args, path) -> bool:
     from ..seeding import grid_shape
     from ..tiling import default_tile_size, iter_bands, label_dtype, preview, preview_factor
 
-    if args.mask is not None or args.prior != "none" or args.graph:
+    if args.prior != "none" or args.graph:
         if args.tile_size:
-            raise InputError(f"{path}: --tile-size takes no --mask, --prior or --graph yet (use --tile-size 0)")
+            raise InputError(f"{path}: --tile-size takes no --prior or --graph yet (use --tile-size 0)")
         return False
     if not path.is_file():
         return False
-    with open_large(path, args.level) as image:
+    with open_large(path, args.level) as image, ExitStack() as stack:
         h, w = image.shape[:2]
-        k = args.superpixels if args.superpixel_size is None else max(1, round(h * w / args.superpixel_size))
-        if k > h * w:
-            raise InputError(f"{path}: {k} superpixels requested but the image has only {h * w} pixels")
+        mask = None
+        if args.mask is not None:
+            mask = open_mask(mask_path(args.mask, path), (h, w), stack)
+        area = h * w if mask is None else mask.area()
+        if area == 0:
+            raise InputError(f"{path}: the mask is 0 everywhere: no pixel to segment")
+        k = args.superpixels if args.superpixel_size is None else max(1, round(area / args.superpixel_size))
+        if k > area:
+            raise InputError(f"{path}: {k} superpixels requested but the image has only {area} pixels"
+                             + (" inside the mask" if mask is not None else ""))
         tile = args.tile_size if args.tile_size else default_tile_size(model, h, w, k)
         if not tile:
             if isinstance(image, LargeImage) and args.level == 0:
                 return False  # fits as one frame: the ordinary path (read whole)
             tile = max(h, w)
         n_tiles = -(-h // tile) * -(-w // tile)
-        dtype = label_dtype(h, w, grid_shape(h, w, k), args.start_label)
+        k_grid = k if mask is None else max(1, min(h * w, round(k * h * w / area)))
+        dtype = label_dtype(h, w, grid_shape(h, w, k_grid), args.start_label)
+        start = args.start_label if mask is None else max(args.start_label, 1) - 1  # masked ids start at 1
         f = preview_factor((h, w))
         small = []  # every f-th row and column of the labels, for the preview
 
         def rows(bar):
-            for y0, band in iter_bands(model, image, k, tile, progress=bar.update):
+            for y0, band in iter_bands(model, image, k, tile, mask=mask, progress=bar.update):
                 band = band.astype(dtype, copy=False)
-                if args.start_label:
-                    band += dtype(args.start_label)
+                if start:
+                    band = np.where(band > 0, band + dtype(start), 0).astype(dtype) if mask else band + dtype(start)
                 small.append(band[(-y0) % f::f, ::f])
                 yield y0, band
 
