@@ -169,6 +169,7 @@ def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, i
     (global seed ids) around a core; the core's final labels as global ids: a superpixel keeps the id of the seed
     whose largest component it holds, one split off on its own (rare) gets ``n_cells`` + the global raster index
     of its first pixel. Both are properties of the superpixel, not of the window, so neighbouring windows agree.
+    Returns (the core's labels as ``dtype``, the distinct ids in it).
     ``masked``: the raw -1 pixels are outside a mask: an object of their own (nothing merges across the mask's
     edge), 0 in the result, and every id inside is one more (numbered from 1, scikit-image's mask convention)."""
     outside = raw < 0 if masked else None
@@ -183,10 +184,17 @@ def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, i
         ids[u] = n_cells + (wy + origin[0]) * width + (wx + origin[1])
     y0, y1, x0, x1 = core
     core_slice = (slice(y0 - origin[0], y1 - origin[0]), slice(x0 - origin[1], x1 - origin[1]))
-    final = ids[out[core_slice]]
+    local = out[core_slice]
+    final = ids[local]
+    here = np.bincount(local.ravel(), minlength=len(ids)) > 0  # the window's superpixels in the core
     if masked:
+        is_out = np.zeros(len(ids), bool)
+        is_out[out[outside]] = True  # a superpixel is wholly outside or wholly inside
         final = np.where(outside[core_slice], 0, final + 1)
-    return final.astype(dtype)
+        present = np.concatenate([[0] if (here & is_out).any() else [], ids[here & ~is_out] + 1]).astype(np.int64)
+    else:
+        present = ids[here]
+    return final.astype(dtype), present
 
 
 def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, workers: int | None = None,
@@ -194,8 +202,9 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
     """Final labels of an image of any size, one row of tiles at a time, in bounded memory (module docstring).
 
     ``image``: an (H, W, 3) array, or an object with ``shape`` and ``read(y0, y1, x0, x1)`` (a lazily read file,
-    :class:`spam_stream.largeio.LargeImage`). Yields ``(y0, labels)``: rows y0.. as (rows, W) :func:`label_dtype`
-    global ids (seed numbers, not consecutive; every superpixel 4-connected, none cut by a tile edge).
+    :class:`spam_stream.largeio.LargeImage`). Yields ``(y0, labels, ids)``: rows y0.. as (rows, W)
+    :func:`label_dtype` global ids (seed numbers, not consecutive; every superpixel 4-connected, none cut by a tile
+    edge), and the distinct ids in those rows (int64).
     ``mask``: None, or a :class:`~spam_stream.masking.MaskSource` (or what it takes): then ``n_superpixels`` is
     the count inside the mask (the grid's density is that over the mask's area), pixels outside are skipped and 0,
     the ids inside numbered from 1. ``progress(n)``: called once per clustered tile.
@@ -256,26 +265,32 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
         if workers > 1:
             torch.set_num_threads(1)
         with ThreadPoolExecutor(workers) as pool:
-            for r in range(min(len(ys), ahead + 1)):
-                submit_row(pool, r)
-            for r, (y0, y1) in enumerate(ys):
-                for rr in range(r, min(len(ys), r + ahead + 1)):
-                    if rr in pending:
-                        collect_row(rr)
-                wy0, wy1 = max(0, y0 - my), min(height, y1 + my)
-                finals = []
-                for x0, x1 in xs:
-                    wx0, wx1 = max(0, x0 - mx), min(width, x1 + mx)
-                    finals.append(pool.submit(finalize, rows(wy0, wy1, wx0, wx1), (wy0, wx0), (y0, y1, x0, x1),
-                                              width, n_cells, min_size, dtype, mask is not None))
-                if r + ahead + 1 < len(ys):
-                    submit_row(pool, r + ahead + 1)  # the workers cluster ahead while the windows run
-                band = np.empty((y1 - y0, width), dtype)
-                for (x0, x1), f in zip(xs, finals):
-                    band[:, x0:x1] = f.result()
-                keep = y1 - my  # the next row's windows start here
-                raw[:] = [(max(y, keep), b[max(0, keep - y):]) for y, b in raw if y + len(b) > keep]
-                yield y0, band
+            try:
+                for r in range(min(len(ys), ahead + 1)):
+                    submit_row(pool, r)
+                for r, (y0, y1) in enumerate(ys):
+                    for rr in range(r, min(len(ys), r + ahead + 1)):
+                        if rr in pending:
+                            collect_row(rr)
+                    wy0, wy1 = max(0, y0 - my), min(height, y1 + my)
+                    finals = []
+                    for x0, x1 in xs:
+                        wx0, wx1 = max(0, x0 - mx), min(width, x1 + mx)
+                        finals.append(pool.submit(finalize, rows(wy0, wy1, wx0, wx1), (wy0, wx0), (y0, y1, x0, x1),
+                                                  width, n_cells, min_size, dtype, mask is not None))
+                    if r + ahead + 1 < len(ys):
+                        submit_row(pool, r + ahead + 1)  # the workers cluster ahead while the windows run
+                    band = np.empty((y1 - y0, width), dtype)
+                    present = []
+                    for (x0, x1), f in zip(xs, finals):
+                        band[:, x0:x1], ids = f.result()
+                        present.append(ids)
+                    keep = y1 - my  # the next row's windows start here
+                    raw[:] = [(max(y, keep), b[max(0, keep - y):]) for y, b in raw if y + len(b) > keep]
+                    yield y0, band, np.unique(np.concatenate(present))
+            except BaseException:  # a failed tile (or a closed generator): drop the work queued ahead
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
         torch.set_num_threads(threads)
 
@@ -311,8 +326,8 @@ def segment_large(model, image, n_superpixels: int, tile_size: int, *, mask=None
     rows gathered and numbered consecutively. (The ``image`` command writes the rows as they come instead.)"""
     read, height, width = _reader(image)
     labels = None
-    for y0, band in iter_bands(model, image, n_superpixels, tile_size, mask=mask, workers=workers,
-                               progress=progress):
+    for y0, band, _ in iter_bands(model, image, n_superpixels, tile_size, mask=mask, workers=workers,
+                                  progress=progress):
         if labels is None:
             labels = np.empty((height, width), band.dtype)
         labels[y0:y0 + len(band)] = band
@@ -368,16 +383,22 @@ def preview_factor(shape, long_side: int = 4096) -> int:
     return max(1, -(-max(shape[:2]) // long_side))
 
 
-def preview(read, shape, small_labels, long_side: int = 4096, color="auto") -> np.ndarray:
+def preview(read, shape, small_labels, long_side: int = 4096, color="auto", rows: int | None = None) -> np.ndarray:
     """An overlay preview (long side ≤ ``long_side``): the image subsampled by :func:`preview_factor` f, read in
     strips with ``read(y0, y1, x0, x1)``, and ``small_labels`` (the labels' every f-th row and column) drawn on it
-    (:func:`spam_stream.io.overlay`)."""
+    (:func:`spam_stream.io.overlay`). ``rows``: only the image's first rows are read (those of an incomplete run),
+    the rest is black."""
     from .io import overlay
 
     h, w = shape[:2]
     f = preview_factor(shape, long_side)
-    rows = []
     step = max(f, (256 // f) * f)
+    done = h if rows is None else rows
+    strips = []
     for y in range(0, h, step):
-        rows.append(read(y, min(h, y + step), 0, w)[::f, ::f])
-    return overlay(np.concatenate(rows), small_labels, color)
+        y1 = min(h, y + step)
+        strip = np.zeros((y1 - y, w, 3), np.uint8)
+        if y < done:
+            strip[:min(y1, done) - y] = read(y, min(y1, done), 0, w)
+        strips.append(strip[::f, ::f])
+    return overlay(np.concatenate(strips), small_labels, color)

@@ -154,8 +154,9 @@ def test_streamed_rows_equal_one_connectivity_pass(picture, tile):
     model = SPAM(encoder=None)
     k = h * w // 1000
     rows = list(iter_bands(model, img, k, tile))
-    assert [y for y, _ in rows] == list(range(0, h, tile))
-    streamed = np.concatenate([b for _, b in rows]).astype(np.int64)
+    assert [y for y, _, _ in rows] == list(range(0, h, tile))
+    streamed = np.concatenate([b for _, b, _ in rows]).astype(np.int64)
+    assert all(np.array_equal(ids, np.unique(b)) for _, b, ids in rows)
     assert streamed.shape == (h, w)
     grid, halo = grid_shape(h, w, k), halo_for(h, w, k, model)
     raw = np.empty((h, w), np.int64)
@@ -186,7 +187,7 @@ def test_rows_stream_in_bounded_memory(picture):
 
     my = connectivity_margins(h, w, grid_shape(h, w, k))[0]
     reach = (-(-my // tile) + 1) * tile + halo_for(h, w, k)  # rows clustered ahead of a final row, plus the halo
-    for y0, band in iter_bands(SPAM(encoder=None), Lazy(), k, tile, workers=1):
+    for y0, band, _ in iter_bands(SPAM(encoder=None), Lazy(), k, tile, workers=1):
         assert max(read_to) <= y0 + len(band) + reach, (y0, max(read_to))
     assert max(read_to) == h
 
@@ -233,3 +234,28 @@ def test_cli_tiled_tiff_with_a_tiff_mask(tmp_path, picture):
     code = main(["image", str(tmp_path / "big.tif"), "-o", str(out), "--tile-size", "512", "--encoder", "none",
                  "--mask", str(tmp_path / "big_mask.tif")[:-4] + "_wrong.npy"])
     assert code == 1
+
+
+def test_cli_truncated_tiff_keeps_the_rows_before(tmp_path, picture, capsys):
+    """A tile that cannot be decoded: one line naming it; the label TIFF keeps the rows of tiles finished before
+    it (equal to an intact run's there) and is 0 after."""
+    from spam_stream.cli import main
+
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, picture, tile=(128, 128), compression="zlib")
+    with tifffile.TiffFile(path) as tf:
+        offsets = tf.pages[0].dataoffsets
+    ntx = -(-picture.shape[1] // 128)
+    cut = tmp_path / "c.tif"
+    cut.write_bytes(path.read_bytes()[:int(offsets[6 * ntx]) + 10])  # rows of tiles 6.. (from y = 768) are gone
+    args = ["--tile-size", "256", "--superpixel-size", "2000", "--encoder", "none"]
+    assert main(["image", str(path), "-o", str(tmp_path / "whole"), *args]) == 0
+    capsys.readouterr()
+    assert main(["image", str(cut), "-o", str(tmp_path / "out"), *args]) == 1
+    err = capsys.readouterr().err
+    assert "c.tif" in err and f"tile {6 * ntx} " in err and "kept in" in err and "Traceback" not in err
+    part = read_label_tiff(tmp_path / "out" / "c_labels.tif")
+    whole = read_label_tiff(tmp_path / "whole" / "cut_labels.tif")
+    done = int((part != 0).any(1).nonzero()[0].max()) + 1  # rows segmented
+    assert done % 256 == 0 and 256 <= done <= 768 - 256  # whole rows of tiles, none needing the lost ones
+    assert (part[:done] == whole[:done]).all() and (part[done:] == 0).all()

@@ -85,29 +85,13 @@ def run(args) -> int:
     return report_failures(failures, len(args.inputs) - len(failures), len(args.inputs), "image(s)", args.output)
 
 
-def open_mask(path, shape, stack):
-    """A --mask file for a tiled run as a :class:`~spam_stream.masking.MaskSource`: a TIFF read lazily, tile by
-    tile (a mask as large as the image stays on disk), any other file read whole (then small, or a lower pyramid
-    level's size, scaled up window by window). InputError for a wrong size."""
-    from ..largeio import LargeImage, is_large_format
-    from ..masking import MaskSource
-
-    try:
-        if is_large_format(path) and Path(path).is_file():
-            src = stack.enter_context(LargeImage(path))
-            return MaskSource(src, shape)
-        return MaskSource(read_mask(path), shape)
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-
-
 def run_large(model, args, path) -> bool:
     """Segment one input in tiles (``--tile-size``, or the tile the memory limit gives a TIFF too large for one
-    frame): writes <stem>_labels.tif and the <stem>_overlay.png preview. False when the whole frame fits (the
-    caller then runs the ordinary path)."""
-    from ..largeio import LargeImage, open_large, write_label_tiff
-    from ..seeding import grid_shape
-    from ..tiling import default_tile_size, iter_bands, label_dtype, preview, preview_factor
+    frame; :func:`spam_stream.pipelines.large.process_large`): writes <stem>_labels.tif and the <stem>_overlay.png
+    preview. False when the whole frame fits (the caller then runs the ordinary path). A tile that cannot be read
+    is an InputError naming it, after the rows before it are written."""
+    from ..largeio import LargeImage, open_large
+    from ..pipelines.large import open_mask, process_large, superpixel_count, tiles_for
 
     if args.prior != "none" or args.graph:
         if args.tile_size:
@@ -117,44 +101,26 @@ def run_large(model, args, path) -> bool:
         return False
     with open_large(path, args.level) as image, ExitStack() as stack:
         h, w = image.shape[:2]
-        mask = None
-        if args.mask is not None:
-            mask = open_mask(mask_path(args.mask, path), (h, w), stack)
+        mask = None if args.mask is None else open_mask(mask_path(args.mask, path), (h, w), stack)
         area = h * w if mask is None else mask.area()
         if area == 0:
             raise InputError(f"{path}: the mask is 0 everywhere: no pixel to segment")
-        k = args.superpixels if args.superpixel_size is None else max(1, round(area / args.superpixel_size))
+        k = superpixel_count(h, w, area, args.superpixels, args.superpixel_size)
         if k > area:
             raise InputError(f"{path}: {k} superpixels requested but the image has only {area} pixels"
                              + (" inside the mask" if mask is not None else ""))
-        tile = args.tile_size if args.tile_size else default_tile_size(model, h, w, k)
+        tile = tiles_for(model, image, k, args.tile_size)
         if not tile:
             if isinstance(image, LargeImage) and args.level == 0:
                 return False  # fits as one frame: the ordinary path (read whole)
             tile = max(h, w)
         n_tiles = -(-h // tile) * -(-w // tile)
-        k_grid = k if mask is None else max(1, min(h * w, round(k * h * w / area)))
-        dtype = label_dtype(h, w, grid_shape(h, w, k_grid), args.start_label)
-        start = args.start_label if mask is None else max(args.start_label, 1) - 1  # masked ids start at 1
-        f = preview_factor((h, w))
-        small = []  # every f-th row and column of the labels, for the preview
-
-        def rows(bar):
-            for y0, band in iter_bands(model, image, k, tile, mask=mask, progress=bar.update):
-                band = band.astype(dtype, copy=False)
-                if start:
-                    band = np.where(band > 0, band + dtype(start), 0).astype(dtype) if mask else band + dtype(start)
-                small.append(band[(-y0) % f::f, ::f])
-                yield y0, band
-
+        labels_out = args.output / f"{path.stem}_labels.tif"
         with tqdm(total=n_tiles, desc=path.name, unit="tile", disable=n_tiles < 2 and not args.progress) as bar:
-            write_label_tiff(args.output / f"{path.stem}_labels.tif", rows(bar),
-                             image if isinstance(image, LargeImage) else None, shape=(h, w), dtype=dtype)
-        from PIL import Image
-
-        from ..io import atomic_path
-
-        with atomic_path(args.output / f"{path.stem}_overlay.png") as tmp:
-            Image.fromarray(preview(image.read, image.shape, np.concatenate(small),
-                                    color=args.boundary_color)).save(tmp, "PNG", compress_level=1)
+            result = process_large(model, image, labels_out, args.output / f"{path.stem}_overlay.png", k, tile,
+                                   mask=mask, start_label=args.start_label, color=args.boundary_color,
+                                   progress=bar.update)
+    if result.error:
+        raise InputError(f"{result.error}; rows 0..{result.rows - 1} of {result.height} were segmented and kept in "
+                         f"{labels_out} (the rest is 0)")
     return True
