@@ -1,4 +1,6 @@
 """Large images: lazy tiled TIFF reading, seam-free tiled segmentation, label TIFFs read back, bad tiles."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -259,3 +261,43 @@ def test_cli_truncated_tiff_keeps_the_rows_before(tmp_path, picture, capsys):
     done = int((part != 0).any(1).nonzero()[0].max()) + 1  # rows segmented
     assert done % 256 == 0 and 256 <= done <= 768 - 256  # whole rows of tiles, none needing the lost ones
     assert (part[:done] == whole[:done]).all() and (part[done:] == 0).all()
+
+
+def test_batch_large_unit_manifest_and_resume(tmp_path, picture):
+    """In a batch, a TIFF too large for one frame (under --memory-limit) is one unit segmented in tiles: a label
+    TIFF, a preview and a 'large' manifest line; a truncated one keeps its rows before the bad tile, is
+    'incomplete', and --resume does it again (never trusting its label TIFF) while skipping the complete ones."""
+    import json
+
+    from PIL import Image
+
+    from spam_stream.cli import main
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "big.tif", picture, tile=(128, 128), compression="zlib")
+    data = (inputs / "big.tif").read_bytes()
+    with tifffile.TiffFile(inputs / "big.tif") as tf:
+        offsets = tf.pages[0].dataoffsets
+    (inputs / "cut.tif").write_bytes(data[:int(offsets[6 * 12]) + 10])
+    Image.fromarray(picture[:200, :300]).save(inputs / "small.png")
+    out = tmp_path / "out"
+    args = ["batch", str(inputs), "-o", str(out), "--encoder", "none", "--superpixel-size", "1500",
+            "--memory-limit", "60"]  # 60 MB: the 1100x1500 frame does not fit, the 200x300 one does
+    assert main(args) == 1
+    lines = {Path(e["input"]).name: e for e in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    big, cut, small = lines["big.tif"], lines["cut.tif"], lines["small.png"]
+    assert big["kind"] == "large" and big["status"] == "ok" and big["tiles"] > 1
+    labels = read_label_tiff(out / "big_labels.tif")
+    assert big["superpixels"] == len(np.unique(labels))
+    assert abs(big["superpixels"] - labels.size / 1500) <= 0.05 * labels.size / 1500
+    assert cut["kind"] == "large" and cut["status"] == "incomplete" and "tile 72" in cut["error"]
+    assert 0 < cut["rows"] < 1100 and (out / "cut_labels.tif").is_file()
+    assert small["status"] == "ok" and (out / "small_labels.png").is_file()
+    assert abs(len(np.unique(np.asarray(Image.open(out / "small_labels.png")))) - 40) <= 4  # 60000 px / 1500
+    stamp, cut_stamp = (out / "big_labels.tif").stat().st_mtime_ns, (out / "cut_labels.tif").stat().st_mtime_ns
+    assert main(args + ["--resume"]) == 1  # cut.tif is done again (and is still cut)
+    again = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(Path(e["input"]).name for e in again) == ["big.tif", "cut.tif", "small.png"]
+    assert (out / "big_labels.tif").stat().st_mtime_ns == stamp  # skipped, not redone
+    assert (out / "cut_labels.tif").stat().st_mtime_ns != cut_stamp

@@ -52,6 +52,12 @@ def add_parser(sub) -> None:
     g.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                    help="process only shard I of N, counted from 0 (0/2 and 1/2 are the two halves), by a hash of "
                         "each input's relative path; the manifest is then manifest-I-of-N.jsonl")
+    g.add_argument("--superpixel-size", type=positive_int, default=None, metavar="PIXELS",
+                   help="one superpixel per PIXELS pixels of each image (K = H*W / PIXELS), instead of -k; the "
+                        "natural knob for slides and satellite images. A TIFF or slide too large for one frame is "
+                        "one unit, segmented in tiles (as 'spam-stream image' does): <stem>_labels.tif and "
+                        "<stem>_overlay.png, its manifest line 'large' (status 'incomplete' when a tile cannot be "
+                        "read: the rows before it are kept, --resume does it again)")
     g.add_argument("--sequential", action="store_true",
                    help="run the stages one image (video frame) at a time instead of pipelined (same results)")
     add_video_arguments(p.add_argument_group("videos (each video in INPUTS, as for 'spam-stream video')"))
@@ -127,7 +133,7 @@ def run_ray(args) -> int:
                                             resume=args.resume, shard_spec=args.shard, color=args.boundary_color,
                                             workers=args.workers, num_gpus_per_worker=args.num_gpus_per_worker,
                                             address=args.address, progress=progress,
-                                            video_options=_video_options(args))
+                                            video_options=_video_options(args), superpixel_size=args.superpixel_size)
     return _report(entries, carried, total, args)
 
 
@@ -191,7 +197,8 @@ def run(args) -> int:
                                             pipelined=not args.sequential, progress=progress, attention=attention,
                                             attention_ratio=args.attention_ratio, focus=args.focus,
                                             video_options=options, on_video_frame=on_video_frame,
-                                            on_video=on_video, on_start=on_start, schedule=schedule)
+                                            on_video=on_video, on_start=on_start, schedule=schedule,
+                                            superpixel_size=args.superpixel_size)
     except PipelineError as exc:
         raise InputError(str(exc)) from None
     finally:

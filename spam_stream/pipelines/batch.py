@@ -65,6 +65,12 @@ class BatchItem:
         """A video's output folder: OUTDIR/<relative path without suffix>/."""
         return Path(outdir) / self.rel.parent / self.rel.stem
 
+    def large_outputs(self, outdir: Path) -> dict[str, Path]:
+        """A large image's outputs (segmented in tiles, :mod:`spam_stream.pipelines.large`): the label TIFF and
+        the preview."""
+        base = Path(outdir) / self.rel.parent
+        return {"labels": base / f"{self.rel.stem}_labels.tif", "overlay": base / f"{self.rel.stem}_overlay.png"}
+
     def outputs(self, outdir: Path, video_options: VideoOptions | None = None) -> dict[str, Path]:
         """Output paths: an image's two PNGs; a video's overlay MP4, labels folder and frames CSV."""
         if self.is_video:
@@ -187,6 +193,9 @@ def is_complete(item: BatchItem, outdir: Path | Listing, entry: dict | None = No
     else:
         outputs = item.outputs(outdir, video_options)
         is_file, png_count = Path.is_file, _png_count
+    if entry and entry.get("kind") == "large":  # a large image: its manifest line says ok (not incomplete)
+        large = item.large_outputs(Path() if isinstance(outdir, Listing) else outdir)
+        return entry.get("status") == "ok" and all(is_file(p) for p in large.values())
     if not item.is_video:
         return all(is_file(p) for p in outputs.values())
     if not entry or entry.get("status") != "ok" or entry.get("kind") != "video":
@@ -282,6 +291,66 @@ def video_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400,
         entry["ms"] = {}
     entry["ms"]["total"] = round(1e3 * (time.perf_counter() - t), 2)
     entry.update(status="failed" if error else "ok", error=error)
+    return entry
+
+
+def large_unit(model, item: BatchItem, n_superpixels: int, superpixel_size: int | None = None) -> bool:
+    """Whether an image item is a large unit: a TIFF or whole-slide file whose whole frame would not fit the
+    memory limit (:func:`spam_stream.pipelines.large.tiles_for`); it is then segmented in tiles
+    (:func:`large_entry`), not decoded whole. An unreadable file is not (it fails as an image does)."""
+    from ..largeio import is_large_format, open_large
+    from .large import superpixel_count, tiles_for
+
+    if item.is_video or not is_large_format(item.path) or not item.path.is_file():
+        return False
+    try:
+        with open_large(item.path) as image:
+            h, w = image.shape[:2]
+            return tiles_for(model, image, superpixel_count(h, w, h * w, n_superpixels, superpixel_size), None) > 0
+    except InputError:
+        return False
+
+
+def large_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400, *,
+                superpixel_size: int | None = None, start_label: int = 0, color="auto", progress=None,
+                remote: RemoteOutputs | None = None) -> dict:
+    """Process one large image of a batch (both engines) with :func:`spam_stream.pipelines.large.process_large`
+    and return its manifest line: ``kind`` "large", ``outputs`` (label TIFF, preview), ``superpixels``,
+    ``tiles``, ``rows`` (finished), ``ms`` (``total``), ``status`` ("ok"; "incomplete" when a tile could not be
+    read: the rows before it are kept and ``--resume`` does the image again; "failed") and ``error``.
+    ``remote``: a URI OUTDIR; ``outdir`` is then a staging folder, the outputs are uploaded (labels, then preview)."""
+    from ..largeio import open_large
+    from .large import process_large, superpixel_count, tiles_for
+
+    t = time.perf_counter()
+    entry = {"input": str(item.path), "kind": "large", "outputs": {}, "superpixels": None, "tiles": 0}
+    error, status = None, "failed"
+    try:
+        outputs = item.large_outputs(outdir)
+        outputs["labels"].parent.mkdir(parents=True, exist_ok=True)
+        with open_large(item.path) as image:
+            h, w = image.shape[:2]
+            k = superpixel_count(h, w, h * w, n_superpixels, superpixel_size)
+            if k > h * w:
+                raise InputError(f"{k} superpixels requested but the image has only {h * w} pixels")
+            tile = tiles_for(model, image, k, None) or max(h, w)
+            result = process_large(model, image, outputs["labels"], outputs["overlay"], k, tile,
+                                   start_label=start_label, color=color, progress=progress)
+        error, status = result.error, result.status
+        entry.update(outputs={k: str(v) for k, v in result.outputs.items()}, superpixels=result.superpixels,
+                     tiles=result.tiles, rows=result.rows)
+        if remote is not None:
+            try:
+                entry["outputs"] = {key: remote.upload(path, item.large_outputs(Path())[key])
+                                    for key, path in result.outputs.items()}
+            except OSError as exc:
+                entry["outputs"], error, status = {}, f"{item.path}: upload to {remote}: {describe(exc)}", "failed"
+    except Exception as exc:  # unreadable, K too large, a full disk, ...: one failed line
+        message = describe(exc) if not isinstance(exc, (InputError, ValueError)) else str(exc)
+        error = message if message.startswith(str(item.path)) else f"{item.path}: {message}"
+        status = "failed"
+    entry["ms"] = {"total": round(1e3 * (time.perf_counter() - t), 2)}
+    entry.update(status=status, error=error)
     return entry
 
 
@@ -407,10 +476,11 @@ class BatchWriter:
 
 def batch_frames(model, items: list[BatchItem], n_superpixels: int = 400, *, attention=None,
                  attention_ratio: float = 2.5, focus=None, pipelined: bool = True, queue_size: int = 2,
-                 extra_stages=(), schedule: list | None = None):
+                 extra_stages=(), schedule: list | None = None, superpixel_size: int | None = None):
     """Segment each item (decoded in the source thread): yields finished frames in input order, ``meta["item"]``
     naming the item; failures (missing, unreadable, wrong size) carry ``frame.error``. ``schedule``: a list that
-    gets the run's schedule line at the end (:func:`~.executor.schedule_line`)."""
+    gets the run's schedule line at the end (:func:`~.executor.schedule_line`). ``superpixel_size``: K of each
+    image is its pixels / this, instead of ``n_superpixels``."""
 
     def source():
         for index, item in enumerate(items):
@@ -419,7 +489,9 @@ def batch_frames(model, items: list[BatchItem], n_superpixels: int = 400, *, att
             t = time.perf_counter()
             try:
                 image = read_image(item.path)
-                checked = model.frame(image, n_superpixels, key=item.path.stem, index=index)
+                if superpixel_size is not None:  # one superpixel per superpixel_size pixels of this image
+                    frame.n_superpixels = max(1, round(image.shape[0] * image.shape[1] / superpixel_size))
+                checked = model.frame(image, frame.n_superpixels, key=item.path.stem, index=index)
                 frame.image = checked.image
             except Exception as exc:  # whatever one file does, it is that file's failed line, never the batch's end
                 message = str(exc) if isinstance(exc, (InputError, ValueError)) else describe(exc)
@@ -543,12 +615,14 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
               video_options: VideoOptions | None = None, on_video_frame=None, on_video=None, on_start=None,
               schedule: list | None = None, **options):
     """The ``spam-stream batch`` job: returns (entries of this run, skipped items' carried entries, number of
-    items). The images run through one pipeline, then each video through its own (:func:`video_entry`); the
-    manifest lines are appended as items finish and rewritten in input order at the end.
+    items). The images run through one pipeline, then each large image in tiles (:func:`large_entry`; a TIFF or
+    slide too large for one frame), then each video through its own (:func:`video_entry`); the manifest lines are
+    appended as items finish and rewritten in input order at the end. ``superpixel_size`` (in ``options``): one
+    superpixel per that many pixels of each image, instead of ``n_superpixels``.
 
     ``on_start(n)``: called once the plan is known, with the number of items this run processes (a progress bar's
     total); ``progress``: optional callable invoked with each finished image frame (a progress bar);
-    ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video;
+    ``on_video_frame(item, frame)``: each finished frame of a video; ``on_video(entry)``: each finished video or large image;
     ``schedule``: a list that gets the images' schedule line (policy, each stage's busy fraction).
     ``outdir``: a local folder, or a URI OUTDIR (``s3://…``: each item is written to a local staging folder, a
     temporary folder removed at the end, then uploaded; see :mod:`spam_stream.pipelines.outputs`)."""
@@ -556,7 +630,9 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
     remote = outdir if isinstance(outdir, RemoteOutputs) else None
     items, todo, carried, manifest_name = plan_batch(inputs, outdir, resume=resume, shard_spec=shard_spec,
                                                      video_options=video_options)
-    images = [it for it in todo if not it.is_video]
+    superpixel_size = options.pop("superpixel_size", None)
+    large = [it for it in todo if large_unit(model, it, n_superpixels, superpixel_size)]
+    images = [it for it in todo if not it.is_video and it not in large]
     videos = [it for it in todo if it.is_video]
     if on_start is not None:
         on_start(len(todo))
@@ -567,9 +643,17 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
     try:
         if images or not videos:
             for frame in batch_frames(model, images, n_superpixels, pipelined=pipelined, extra_stages=[stage],
-                                      schedule=schedule if images else None, **options):
+                                      schedule=schedule if images else None, superpixel_size=superpixel_size,
+                                      **options):
                 if progress is not None:
                     progress(frame)
+        for item in large:
+            entry = large_entry(model, item, target, n_superpixels, superpixel_size=superpixel_size,
+                                start_label=(video_options or VideoOptions()).start_label, color=color,
+                                remote=remote)
+            writer.record(entry)
+            if on_video is not None:
+                on_video(entry)
         for item in videos:
             def each_frame(frame, message, item=item):
                 if on_video_frame is not None:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import InputError
-from .batch import BatchItem, BatchWriter, batch_frames, plan_batch, video_entry
+from .batch import BatchItem, BatchWriter, batch_frames, large_entry, large_unit, plan_batch, video_entry
 from .executor import Stage, describe
 from .outputs import RemoteOutputs, resolve_outdir
 from .video import VideoOptions
@@ -114,10 +114,11 @@ class SpamWorker:
     path, a URI or a RemoteOutputs (then each item is staged in a temporary folder and uploaded)."""
 
     def __init__(self, spec: dict, outdir, n_superpixels: int, color="auto", threads: int = 1,
-                 video_options: VideoOptions | None = None):
+                 video_options: VideoOptions | None = None, superpixel_size: int | None = None):
         import ray
 
         self.n_superpixels, self.color, self.threads = n_superpixels, color, threads
+        self.superpixel_size = superpixel_size
         self.outdir = self.remote = None
         self.video_options = video_options or VideoOptions()
         self._set_threads()
@@ -155,10 +156,13 @@ class SpamWorker:
         if item.is_video:
             return video_entry(self.model, item, outdir, self.n_superpixels, self.video_options,
                                color=self.color, pipelined=False, remote=self.remote, **self.options)
+        if large_unit(self.model, item, self.n_superpixels, self.superpixel_size):  # one task, in tiles
+            return large_entry(self.model, item, outdir, self.n_superpixels, superpixel_size=self.superpixel_size,
+                               start_label=self.video_options.start_label, color=self.color, remote=self.remote)
         writer = BatchWriter(outdir, self.color, manifest_name=None, remote=self.remote, options=self.video_options)
         stage = Stage("write", writer, fatal=True, run_on_error=True)
         for _ in batch_frames(self.model, [item], self.n_superpixels, pipelined=False, extra_stages=[stage],
-                              **self.options):
+                              superpixel_size=self.superpixel_size, **self.options):
             pass
         return writer.entries[0]
 
@@ -236,7 +240,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 def run_batch_ray(spec: dict, inputs, outdir, n_superpixels: int = 400, *, resume: bool = False,
                   shard_spec: tuple[int, int] = (0, 1), color="auto", workers: int | None = None,
                   num_gpus_per_worker: float = 0, address: str | None = None, progress=None,
-                  video_options: VideoOptions | None = None):
+                  video_options: VideoOptions | None = None, superpixel_size: int | None = None):
     """The batch job on Ray Data: returns (entries of this run, skipped items' carried entries, number of items),
     like :func:`~spam_stream.pipelines.batch.run_batch`.
 
@@ -293,7 +297,8 @@ def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per
                                                    else str(outdir),
                                                    "n_superpixels": n_superpixels, "color": color,
                                                    "threads": max(1, int(num_cpus)),
-                                                   "video_options": video_options})
+                                                   "video_options": video_options,
+                                                   "superpixel_size": superpixel_size})
         done: dict[int, dict] = {}
         for row in ds.iter_rows():
             index, entry = int(row["index"]), json.loads(row["entry"])
