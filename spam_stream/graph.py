@@ -188,6 +188,68 @@ def region_graph(labels, image=None, features=None, prior=None) -> RegionGraph:
     return RegionGraph(**s, shape=(int(h), int(w)))
 
 
+class GraphRows:
+    """The region graph of a label map given row band by row band (a large image segmented in tiles,
+    :mod:`spam_stream.pipelines.large`): :meth:`add` each band with its image rows, then :meth:`graph` is the
+    :class:`RegionGraph` of the whole map (equal to :func:`region_graph` on it, without a prior) while only per-band
+    node and edge tables are held: ≈ K rows, never the (H, W) map."""
+
+    def __init__(self, shape):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._nodes, self._edges, self._last = [], [], None
+
+    def add(self, y0: int, labels: np.ndarray, image: np.ndarray | None = None) -> None:
+        """Rows ``y0..`` of the map ((h, W) integers) and of the image ((h, W, 3), for ``mean_rgb``), in order."""
+        g = region_graph(np.ascontiguousarray(labels), image).to_numpy()
+        ids, area = g["ids"], g["area"]
+        cy, cx = g["centroid"][:, 0].astype(np.float64) + y0, g["centroid"][:, 1].astype(np.float64)
+        bbox = g["bbox"] + np.array([y0, 0, y0, 0])
+        rgb = g["mean_rgb"].astype(np.float64) * area[:, None] if "mean_rgb" in g else None
+        self._nodes.append((ids, area, cy * area, cx * area, bbox, rgb))
+        e = ids[g["edges"]]
+        pairs = [(e[:, 0], e[:, 1], g["boundary"])]
+        if self._last is not None:  # pairs across the line between the previous band and this one
+            a, b = self._last.astype(np.int64), labels[0].astype(np.int64)
+            cut = a != b
+            lo, hi = np.minimum(a[cut], b[cut]), np.maximum(a[cut], b[cut])
+            pairs.append((lo, hi, np.ones(len(lo), np.int64)))
+        self._edges.extend(pairs)
+        self._last = np.array(labels[-1])
+
+    def graph(self) -> RegionGraph:
+        nodes = list(zip(*self._nodes))
+        ids_all = np.concatenate(nodes[0])
+        ids, inv = np.unique(ids_all, return_inverse=True)
+        k = len(ids)
+        area_all = np.concatenate(nodes[1])
+        area = np.bincount(inv, weights=area_all, minlength=k)
+        centroid = np.stack([np.bincount(inv, weights=np.concatenate(nodes[2]), minlength=k) / area,
+                             np.bincount(inv, weights=np.concatenate(nodes[3]), minlength=k) / area], 1)
+        bb = np.concatenate(nodes[4])
+        bbox = np.empty((k, 4), np.int64)
+        for j, (fn, init) in enumerate(((np.minimum, np.iinfo(np.int64).max), (np.minimum, np.iinfo(np.int64).max),
+                                        (np.maximum, -1), (np.maximum, -1))):
+            col = np.full(k, init, np.int64)
+            fn.at(col, inv, bb[:, j])
+            bbox[:, j] = col
+        mean_rgb = None
+        if nodes[5][0] is not None:
+            rgb = np.concatenate(nodes[5])
+            mean_rgb = np.stack([np.bincount(inv, weights=rgb[:, c], minlength=k) for c in range(rgb.shape[1])], 1)
+            mean_rgb = torch.from_numpy((mean_rgb / area[:, None]).astype(np.float32))
+        a, b, n = (np.concatenate(x) for x in zip(*self._edges))
+        ia, ib = np.searchsorted(ids, a), np.searchsorted(ids, b)
+        key, inv_e = np.unique(ia * k + ib, return_inverse=True)
+        boundary = np.bincount(inv_e, weights=n, minlength=len(key)).astype(np.int64)
+        edges = np.stack([key // k, key % k], 1)
+        return RegionGraph(ids=torch.from_numpy(ids.astype(np.int64)), area=torch.from_numpy(area.astype(np.int64)),
+                           centroid=torch.from_numpy(centroid.astype(np.float32)), bbox=torch.from_numpy(bbox),
+                           mean_rgb=mean_rgb, mean_features=None,
+                           object=torch.full((k,), -1, dtype=torch.int64), edges=torch.from_numpy(edges),
+                           boundary=torch.from_numpy(boundary), same_object=torch.zeros(len(key), dtype=torch.bool),
+                           shape=self.shape)
+
+
 POOL_MATRIX_LIMIT = 2**26  # entries of the (B, K_max, h·w) pooling matrix of low-resolution features (256 MB f32)
 
 
@@ -297,4 +359,4 @@ def save_graph(path, graphs, frames=None) -> None:
         np.savez(fh, **arrays)
 
 
-__all__ = ["RegionGraph", "region_graph", "Tokens", "tokens", "graph_arrays", "save_graph", "PYG_MISSING"]
+__all__ = ["RegionGraph", "region_graph", "GraphRows", "Tokens", "tokens", "graph_arrays", "save_graph", "PYG_MISSING"]

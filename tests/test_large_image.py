@@ -301,3 +301,22 @@ def test_batch_large_unit_manifest_and_resume(tmp_path, picture):
     assert sorted(Path(e["input"]).name for e in again) == ["big.tif", "cut.tif", "small.png"]
     assert (out / "big_labels.tif").stat().st_mtime_ns == stamp  # skipped, not redone
     assert (out / "cut_labels.tif").stat().st_mtime_ns != cut_stamp
+
+
+def test_cli_tiled_graph_equals_the_whole_maps_graph(tmp_path, picture):
+    """--graph with tiles: the graph built row band by row band equals region_graph of the whole label map."""
+    from spam_stream.cli import main
+    from spam_stream.graph import region_graph
+
+    tifffile.imwrite(tmp_path / "g.tif", picture, tile=(256, 256), compression="zlib")
+    out = tmp_path / "out"
+    assert main(["image", str(tmp_path / "g.tif"), "-o", str(out), "--tile-size", "384", "--superpixel-size",
+                 "1500", "--encoder", "none", "--graph"]) == 0
+    labels = read_label_tiff(out / "g_labels.tif")
+    whole = region_graph(labels, picture).to_numpy()
+    streamed = dict(np.load(out / "g_graph.npz"))
+    assert sorted(whole) == sorted(streamed)
+    for name, a in whole.items():
+        b = streamed[name]
+        assert a.shape == b.shape, name
+        assert (np.allclose(a, b, atol=1e-3) if a.dtype.kind == "f" else (a == b).all()), name

@@ -93,9 +93,9 @@ def run_large(model, args, path) -> bool:
     from ..largeio import LargeImage, open_large
     from ..pipelines.large import open_mask, process_large, superpixel_count, tiles_for
 
-    if args.prior != "none" or args.graph:
+    if args.prior != "none":
         if args.tile_size:
-            raise InputError(f"{path}: --tile-size takes no --prior or --graph yet (use --tile-size 0)")
+            raise InputError(f"{path}: --tile-size takes no --prior yet (use --tile-size 0)")
         return False
     if not path.is_file():
         return False
@@ -119,7 +119,8 @@ def run_large(model, args, path) -> bool:
         with tqdm(total=n_tiles, desc=path.name, unit="tile", disable=n_tiles < 2 and not args.progress) as bar:
             result = process_large(model, image, labels_out, args.output / f"{path.stem}_overlay.png", k, tile,
                                    mask=mask, start_label=args.start_label, color=args.boundary_color,
-                                   progress=bar.update)
+                                   progress=bar.update,
+                                   graph_path=args.output / f"{path.stem}_graph.npz" if args.graph else None)
     if result.error:
         raise InputError(f"{result.error}; rows 0..{result.rows - 1} of {result.height} were segmented and kept in "
                          f"{labels_out} (the rest is 0)")

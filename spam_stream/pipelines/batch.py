@@ -65,11 +65,14 @@ class BatchItem:
         """A video's output folder: OUTDIR/<relative path without suffix>/."""
         return Path(outdir) / self.rel.parent / self.rel.stem
 
-    def large_outputs(self, outdir: Path) -> dict[str, Path]:
+    def large_outputs(self, outdir: Path, graph: bool = False) -> dict[str, Path]:
         """A large image's outputs (segmented in tiles, :mod:`spam_stream.pipelines.large`): the label TIFF and
-        the preview."""
+        the preview (and the graph)."""
         base = Path(outdir) / self.rel.parent
-        return {"labels": base / f"{self.rel.stem}_labels.tif", "overlay": base / f"{self.rel.stem}_overlay.png"}
+        paths = {"labels": base / f"{self.rel.stem}_labels.tif", "overlay": base / f"{self.rel.stem}_overlay.png"}
+        if graph:
+            paths["graph"] = base / f"{self.rel.stem}_graph.npz"
+        return paths
 
     def outputs(self, outdir: Path, video_options: VideoOptions | None = None) -> dict[str, Path]:
         """Output paths: an image's two PNGs; a video's overlay MP4, labels folder and frames CSV."""
@@ -194,7 +197,8 @@ def is_complete(item: BatchItem, outdir: Path | Listing, entry: dict | None = No
         outputs = item.outputs(outdir, video_options)
         is_file, png_count = Path.is_file, _png_count
     if entry and entry.get("kind") == "large":  # a large image: its manifest line says ok (not incomplete)
-        large = item.large_outputs(Path() if isinstance(outdir, Listing) else outdir)
+        large = item.large_outputs(Path() if isinstance(outdir, Listing) else outdir,
+                                   bool(video_options and video_options.graph))
         return entry.get("status") == "ok" and all(is_file(p) for p in large.values())
     if not item.is_video:
         return all(is_file(p) for p in outputs.values())
@@ -313,7 +317,7 @@ def large_unit(model, item: BatchItem, n_superpixels: int, superpixel_size: int 
 
 def large_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400, *,
                 superpixel_size: int | None = None, start_label: int = 0, color="auto", progress=None,
-                remote: RemoteOutputs | None = None) -> dict:
+                remote: RemoteOutputs | None = None, graph: bool = False) -> dict:
     """Process one large image of a batch (both engines) with :func:`spam_stream.pipelines.large.process_large`
     and return its manifest line: ``kind`` "large", ``outputs`` (label TIFF, preview), ``superpixels``,
     ``tiles``, ``rows`` (finished), ``ms`` (``total``), ``status`` ("ok"; "incomplete" when a tile could not be
@@ -326,7 +330,7 @@ def large_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400, 
     entry = {"input": str(item.path), "kind": "large", "outputs": {}, "superpixels": None, "tiles": 0}
     error, status = None, "failed"
     try:
-        outputs = item.large_outputs(outdir)
+        outputs = item.large_outputs(outdir, graph)
         outputs["labels"].parent.mkdir(parents=True, exist_ok=True)
         with open_large(item.path) as image:
             h, w = image.shape[:2]
@@ -335,13 +339,14 @@ def large_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400, 
                 raise InputError(f"{k} superpixels requested but the image has only {h * w} pixels")
             tile = tiles_for(model, image, k, None) or max(h, w)
             result = process_large(model, image, outputs["labels"], outputs["overlay"], k, tile,
-                                   start_label=start_label, color=color, progress=progress)
+                                   start_label=start_label, color=color, progress=progress,
+                                   graph_path=outputs.get("graph"))
         error, status = result.error, result.status
         entry.update(outputs={k: str(v) for k, v in result.outputs.items()}, superpixels=result.superpixels,
                      tiles=result.tiles, rows=result.rows)
         if remote is not None:
             try:
-                entry["outputs"] = {key: remote.upload(path, item.large_outputs(Path())[key])
+                entry["outputs"] = {key: remote.upload(path, item.large_outputs(Path(), graph)[key])
                                     for key, path in result.outputs.items()}
             except OSError as exc:
                 entry["outputs"], error, status = {}, f"{item.path}: upload to {remote}: {describe(exc)}", "failed"
@@ -650,7 +655,7 @@ def run_batch(model, inputs, outdir, n_superpixels: int = 400, *, resume: bool =
         for item in large:
             entry = large_entry(model, item, target, n_superpixels, superpixel_size=superpixel_size,
                                 start_label=(video_options or VideoOptions()).start_label, color=color,
-                                remote=remote)
+                                remote=remote, graph=(video_options or VideoOptions()).graph)
             writer.record(entry)
             if on_video is not None:
                 on_video(entry)

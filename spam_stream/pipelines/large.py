@@ -68,11 +68,13 @@ def superpixel_count(height, width, area, superpixels: int, superpixel_size: int
 
 
 def process_large(model, image, labels_path, overlay_path, n_superpixels: int, tile_size: int, *, mask=None,
-                  start_label: int = 0, color="auto", progress=None) -> LargeResult:
+                  start_label: int = 0, color="auto", progress=None, graph_path=None) -> LargeResult:
     """Segment an opened large image (:func:`spam_stream.largeio.open_large`) in ``tile_size`` tiles and write
     ``labels_path`` (tiled uint32 BigTIFF, ids = the superpixels' global numbers + ``start_label``; with a mask 0
     outside and numbered from ``max(start_label, 1)``) and ``overlay_path`` (the preview PNG) as rows finish.
     ``mask``: None or a :class:`~spam_stream.masking.MaskSource`. ``progress(n)``: once per clustered tile.
+    ``graph_path``: also write the region graph of every superpixel there (``.npz``, the arrays of
+    :func:`spam_stream.graph.save_graph`), built row band by row band (:class:`spam_stream.graph.GraphRows`).
 
     A :class:`~spam_stream.largeio.TileError` while reading ends it there (module docstring); other errors
     (a full disk: the partial TIFF is removed) raise."""
@@ -94,6 +96,11 @@ def process_large(model, image, labels_path, overlay_path, n_superpixels: int, t
     seen = np.zeros(n_cells + 2, bool)  # ids below the cells' count (+1 with a mask), and the rare others:
     others = set()
     result = LargeResult(height=h)
+    graph = None
+    if graph_path is not None:
+        from ..graph import GraphRows
+
+        graph = GraphRows((h, w))
 
     def count(progress_n):
         result.tiles += progress_n
@@ -112,6 +119,8 @@ def process_large(model, image, labels_path, overlay_path, n_superpixels: int, t
                     band = (np.where(band > 0, band + dtype(start), 0).astype(dtype) if mask is not None
                             else band + dtype(start))
                 small.append(band[(-y0) % f::f, ::f])
+                if graph is not None:
+                    graph.add(y0, band, image.read(y0, y0 + len(band), 0, w))
                 y = y0 + len(band)
                 result.rows = y
                 yield y0, band
@@ -132,4 +141,9 @@ def process_large(model, image, labels_path, overlay_path, n_superpixels: int, t
                                 rows=None if result.error is None else result.rows)).save(
             tmp, "PNG", compress_level=1)
     result.outputs = {"labels": Path(labels_path), "overlay": Path(overlay_path)}
+    if graph is not None and result.error is None:
+        from ..graph import save_graph
+
+        save_graph(graph_path, graph.graph())
+        result.outputs["graph"] = Path(graph_path)
     return result

@@ -158,7 +158,8 @@ class SpamWorker:
                                color=self.color, pipelined=False, remote=self.remote, **self.options)
         if large_unit(self.model, item, self.n_superpixels, self.superpixel_size):  # one task, in tiles
             return large_entry(self.model, item, outdir, self.n_superpixels, superpixel_size=self.superpixel_size,
-                               start_label=self.video_options.start_label, color=self.color, remote=self.remote)
+                               start_label=self.video_options.start_label, color=self.color, remote=self.remote,
+                               graph=self.video_options.graph)
         writer = BatchWriter(outdir, self.color, manifest_name=None, remote=self.remote, options=self.video_options)
         stage = Stage("write", writer, fatal=True, run_on_error=True)
         for _ in batch_frames(self.model, [item], self.n_superpixels, pipelined=False, extra_stages=[stage],
