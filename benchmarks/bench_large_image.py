@@ -65,9 +65,21 @@ def write_mosaic(path, images, h, w, tile=512):
                      bigtiff=True, photometric="rgb")
 
 
+def write_disc_mask(path, h, w, fraction, factor=16):
+    """A uint8 TIFF mask, ``factor`` times smaller than the image (a pyramid level's size): a centred disc covering
+    ``fraction`` of it (clipped to the image for fractions above pi/4)."""
+    import tifffile
+
+    sh, sw = -(-h // factor), -(-w // factor)
+    yy, xx = np.mgrid[:sh, :sw]
+    r = np.sqrt(fraction * sh * sw / np.pi)
+    tifffile.imwrite(path, (((yy - sh / 2) ** 2 + (xx - sw / 2) ** 2) < r * r).astype(np.uint8), tile=(256, 256))
+
+
 CHILD = r"""
 import json, resource, sys, time
-path, px, tile, encoder, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+path, px, tile, encoder, out, mask = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5],
+                                      sys.argv[6])
 t, c = time.perf_counter(), time.process_time()
 if tile < 0:  # the 1080p baseline: one whole frame in a process, timed after one warm-up frame (a steady frame)
     from spam_stream.model import SPAM
@@ -85,6 +97,8 @@ else:  # the command a user runs, the whole process timed (start-up, reading, wr
     argv = ["image", path, "-o", out, "--superpixel-size", str(px), "--encoder", encoder]
     if tile:
         argv += ["--tile-size", str(tile)]
+    if mask:
+        argv += ["--mask", mask]
     assert main(argv) == 0
     import tifffile
     with tifffile.TiffFile(path) as tf:
@@ -110,9 +124,9 @@ def count_ids(path, rows=2048):
     return len(ids)
 
 
-def child(path, px, tile, encoder, out):
+def child(path, px, tile, encoder, out, mask=""):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(px), str(tile), encoder, str(out)],
+    res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(px), str(tile), encoder, str(out), str(mask)],
                          capture_output=True, text=True, env=env)
     if res.returncode != 0:
         sys.exit(res.stderr[-2000:])
@@ -153,34 +167,62 @@ def main():
     ap.add_argument("--seam-size", default="6000x4000", help="WxH of the seam test ('' to skip)")
     ap.add_argument("--seam-tile", type=int, default=1024)
     ap.add_argument("--skip-big", action="store_true")
+    ap.add_argument("--input", help="an existing RGB TIFF instead of generating the mosaic (e.g. a kept 40000^2)")
+    ap.add_argument("--mask-fraction", type=float, default=0.0,
+                    help="also run with a centred disc mask covering this fraction of the image (0: no masked run)")
+    ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
     args = ap.parse_args()
     images, root = bsds_images()
     print(f"load average before: {os.getloadavg()}")
     if not args.skip_big:
-        w, h = (int(v) for v in args.size.lower().split("x"))
-        with tempfile.TemporaryDirectory(prefix="bench-large-") as tmp:
-            big, hd = Path(tmp) / "mosaic.tif", Path(tmp) / "hd.tif"
-            t = time.perf_counter()
-            write_mosaic(big, images, h, w)
+        with tempfile.TemporaryDirectory(prefix="bench-large-", dir=args.tmp) as tmp:
+            hd = Path(tmp) / "hd.tif"
             write_mosaic(hd, images, 1080, 1920)
-            print(f"generated {w}x{h} mosaic TIFF ({big.stat().st_size / 2**20:.0f} MB) in "
-                  f"{time.perf_counter() - t:.0f} s")
-            base = child(hd, args.superpixel_size, -1, args.encoder, Path(tmp) / "hd_labels.tif")
-            run = child(big, args.superpixel_size, args.tile_size, args.encoder, Path(tmp) / "out")
-            out = Path(tmp) / "out" / "mosaic_labels.tif"
-            if out.is_file():
-                run["k_out"] = count_ids(out)
-            else:  # the command found that the whole frame fits the memory limit: one frame, a PNG
-                from PIL import Image
+            if args.input:
+                big = Path(args.input)
+                import tifffile
 
-                run["k_out"], run["tile"] = len(np.unique(np.asarray(Image.open(out.with_suffix(".png"))))), 0
-        print("\n| run | Mpx | tile | K | K' | wall s | CPU/wall | ms/Mpx | peak RSS MB |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for name, r in (("1080p frame (whole)", base), (f"{w}x{h} tiled", run)):
+                with tifffile.TiffFile(big) as tf:
+                    h, w = tf.pages[0].shape[:2]
+            else:
+                w, h = (int(v) for v in args.size.lower().split("x"))
+                big = Path(tmp) / "mosaic.tif"
+                t = time.perf_counter()
+                write_mosaic(big, images, h, w)
+                print(f"generated {w}x{h} mosaic TIFF ({big.stat().st_size / 2**20:.0f} MB) in "
+                      f"{time.perf_counter() - t:.0f} s")
+            runs = [("1080p frame (whole)", child(hd, args.superpixel_size, -1, args.encoder, Path(tmp) / "hd"))]
+            masks = [("", f"{w}x{h} tiled")]
+            if args.mask_fraction:
+                mask = Path(tmp) / "mask.tif"
+                write_disc_mask(mask, h, w, args.mask_fraction)
+                masks.append((mask, f"{w}x{h} tiled, disc mask ({args.mask_fraction:.0%} of it, a level 16x "
+                                    "smaller)"))
+            for mask, name in masks:
+                r = child(big, args.superpixel_size, args.tile_size, args.encoder, Path(tmp) / "out", mask)
+                out = Path(tmp) / "out" / f"{big.stem}_labels.tif"
+                if out.is_file():
+                    r["k_out"] = count_ids(out) - (1 if mask else 0)  # 0 is the outside
+                    if mask:
+                        r["k"] = round(r["k"] * args.mask_fraction)
+                        r["mpx_inside"] = r["mpx"] * args.mask_fraction
+                    out.unlink()
+                else:  # the command found that the whole frame fits the memory limit: one frame, a PNG
+                    from PIL import Image
+
+                    r["k_out"], r["tile"] = len(np.unique(np.asarray(Image.open(out.with_suffix(".png"))))), 0
+                runs.append((name, r))
+        base = runs[0][1]
+        print("\n| run | Mpx | tile | K | K' | wall s | CPU/wall | ms/Mpx | / 1080p | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, r in runs:
+            per = 1e3 * r["wall"] / r["mpx"]
             print(f"| {name} | {r['mpx']:.1f} | {r['tile'] if r['tile'] >= 0 else '-'} | {r['k']} | {r['k_out']} | "
-                  f"{r['wall']:.1f} | {r['cpu'] / r['wall']:.2f} | {1e3 * r['wall'] / r['mpx']:.0f} | "
-                  f"{r['rss_mb']:.0f} |")
-        print(f"\ntime per Mpx, tiled / 1080p: {(run['wall'] / run['mpx']) / (base['wall'] / base['mpx']):.2f}")
+                  f"{r['wall']:.1f} | {r['cpu'] / r['wall']:.2f} | {per:.0f} | "
+                  f"{per / (1e3 * base['wall'] / base['mpx']):.2f} | {r['rss_mb']:.0f} |")
+        if len(runs) > 2:
+            print(f"\nmasked / unmasked wall time: {runs[2][1]['wall'] / runs[1][1]['wall']:.2f} "
+                  f"(the mask covers {args.mask_fraction:.0%})")
     if args.seam_size:
         w, h = (int(v) for v in args.seam_size.lower().split("x"))
         k, rows = seams(root, (w, h), args.seam_tile, args.encoder, args.superpixel_size)

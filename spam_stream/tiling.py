@@ -104,7 +104,16 @@ def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int, 
     y0, y1, x0, x1 = core
     ry0, rx0 = max(0, y0 - halo) // ALIGN * ALIGN, max(0, x0 - halo) // ALIGN * ALIGN
     ry1, rx1 = min(height, y1 + halo), min(width, x1 + halo)
-    inside = None if mask is None else mask.read(ry0, ry1, rx0, rx1)
+    inside = None
+    if mask is not None:  # masked-out pixels are skipped: the region shrinks to the box of those inside
+        inside = mask.read(ry0, ry1, rx0, rx1)
+        rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+        if not len(rows) or not inside[max(0, y0 - ry0):y1 - ry0, max(0, x0 - rx0):x1 - rx0].any():
+            return np.full((y1 - y0, x1 - x0), -1, np.int64)  # nothing inside the core: no work at all
+        ny0, nx0 = (ry0 + rows[0]) // ALIGN * ALIGN, (rx0 + cols[0]) // ALIGN * ALIGN
+        ny1, nx1 = ry0 + rows[-1] + 1, rx0 + cols[-1] + 1
+        inside = inside[ny0 - ry0:ny1 - ry0, nx0 - rx0:nx1 - rx0]
+        ry0, ry1, rx0, rx1 = ny0, ny1, nx0, nx1
     seeds, cands, to_global = region_layout(height, width, grid, (ry0, ry1, rx0, rx1), inside,
                                             None if mask is None else mask.cells_kept)
     frame = Frame(key=core, image=np.ascontiguousarray(read(ry0, ry1, rx0, rx1)), n_superpixels=len(seeds))
@@ -116,8 +125,11 @@ def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int, 
                                  / max(math.sqrt(k) / rh, math.sqrt(k) / rw))
     model.feature_stage(frame)
     model.cluster_stage(frame)
-    local = frame.cluster_labels[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
-    return np.where(local >= 0, to_global[np.clip(local, 0, None)], -1)
+    out = np.full((y1 - y0, x1 - x0), -1, np.int64)  # (a masked region may not cover the whole core)
+    a, b, c, d = max(y0, ry0), min(y1, ry1), max(x0, rx0), min(x1, rx1)
+    local = frame.cluster_labels[a - ry0:b - ry0, c - rx0:d - rx0]
+    out[a - y0:b - y0, c - x0:d - x0] = np.where(local >= 0, to_global[np.clip(local, 0, None)], -1)
+    return out
 
 
 def _single_threaded(fn):
