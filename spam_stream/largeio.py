@@ -76,9 +76,9 @@ class LargeImage:
         self._ntx = -(-self.width // self._cw)
         self._lock = threading.Lock()
         self._cache, self._cached = OrderedDict(), 0
-        # six rows of tiles (a row of segmentation tiles with its halos reaches over four or five rows of 512, the
-        # next row re-reads the last ones), at most 384 MB
-        self.cache_bytes = min(384 << 20, 6 * self._ntx * self._ch * self._cw * 3)
+        # six rows of tiles (a row of segmentation tiles with its halos reaches over up to six rows of 512, the
+        # next row re-reads the last one), at most 128 MB (a wide image then decodes that last row again)
+        self.cache_bytes = min(128 << 20, 6 * self._ntx * self._ch * self._cw * 3)
         self.level = level
         self.extratags = []
         for tag in page.tags.values():
@@ -204,17 +204,24 @@ def open_large(path, level: int = 0):
 def label_tiles(rows, width: int, tile: int = LABEL_TILE, dtype=np.uint32):
     """The (tile, tile) blocks of label rows in raster order (edge tiles padded with 0), as tifffile's
     tile-by-tile writer takes them. ``rows``: ``(y0, labels)`` pieces in order, of any heights (a row of
-    segmentation tiles, or one (H, W) array); only one row of label tiles is buffered."""
-    buf, have = [], 0
+    segmentation tiles, or one (H, W) array); at most one row of label tiles is copied."""
+    rest = None  # rows carried over (fewer than ``tile``)
     for _, part in rows:
-        buf.append(part)
-        have += len(part)
-        while have >= tile:
-            block = np.concatenate(buf) if len(buf) > 1 else buf[0]
-            yield from _row_of_tiles(block[:tile], width, tile, dtype)
-            buf, have = [block[tile:]], have - tile
-    if have:
-        yield from _row_of_tiles(np.concatenate(buf), width, tile, dtype)
+        if rest is not None:
+            need = tile - len(rest)
+            rest = np.concatenate([rest, part[:need]])
+            part = part[need:]
+            if len(rest) < tile:
+                continue
+            yield from _row_of_tiles(rest, width, tile, dtype)
+            rest = None
+        full = len(part) // tile * tile
+        for y in range(0, full, tile):
+            yield from _row_of_tiles(part[y:y + tile], width, tile, dtype)
+        if full < len(part):
+            rest = np.array(part[full:])
+    if rest is not None:
+        yield from _row_of_tiles(rest, width, tile, dtype)
 
 
 def _row_of_tiles(strip, width, tile, dtype):

@@ -31,7 +31,7 @@ import torch
 
 from .connectivity import enforce_connectivity
 from .frame import Frame
-from .kernels.candidates import N_SLOTS, Candidates
+from .kernels.candidates import LAZY, N_SLOTS, Candidates
 from .scales import position_scale
 from .seeding import Seeds, grid_shape
 
@@ -89,7 +89,7 @@ def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[
     k = lh * lw
     seeds = Seeds(np.stack([gy.ravel(), gx.ravel()], 1), np.zeros(k, np.int32), init)
     cands = Candidates(rh, rw, torch.zeros(rh * rw, dtype=torch.int32), torch.zeros(k, dtype=torch.int32),
-                       table=torch.from_numpy(cell_rows[pixel_row]),  # = rows[pixel_row]
+                       table=LAZY,  # rows[pixel_row] when a kernel other than the cell layout needs it
                        rows=torch.from_numpy(np.ascontiguousarray(cell_rows)), pixel_row=torch.from_numpy(pixel_row),
                        block_y=torch.from_numpy(ly), block_x=torch.from_numpy(lx))
     to_global = ((np.arange(cy0, cy1 + 1)[:, None] * nw) + np.arange(cx0, cx1 + 1)[None, :]).ravel()

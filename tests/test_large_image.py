@@ -320,3 +320,28 @@ def test_cli_tiled_graph_equals_the_whole_maps_graph(tmp_path, picture):
         b = streamed[name]
         assert a.shape == b.shape, name
         assert (np.allclose(a, b, atol=1e-3) if a.dtype.kind == "f" else (a == b).all()), name
+
+
+def test_region_table_is_made_only_when_a_kernel_reads_it(picture):
+    """A tiled region's candidates keep their compact form: the D=5 cell layout never makes the (N, 9) table (36
+    bytes a pixel); reading ``table`` makes it, equal to rows[pixel_row] and to the candidates' meaning."""
+    import torch
+
+    from spam_stream.frame import Frame
+    from spam_stream.kernels.candidates import LAZY
+    from spam_stream.seeding import grid_shape
+    from spam_stream.tiling import region_layout
+
+    h, w = picture.shape[:2]
+    k = h * w // 1000
+    seeds, cands, _ = region_layout(h, w, grid_shape(h, w, k), (96, 700, 200, 900))
+    model = SPAM(encoder=None)
+    frame = Frame(key=0, image=np.ascontiguousarray(picture[96:700, 200:900]), n_superpixels=len(seeds))
+    frame.seeds, frame.cands = seeds, cands
+    model.feature_stage(frame)
+    model.cluster_stage(frame)
+    assert cands.__dict__["_table"] is LAZY
+    table = cands.table
+    assert torch.equal(table, cands.rows[cands.pixel_row.long()])
+    labels = frame.cluster_labels.ravel()
+    assert (table[torch.arange(len(labels)), :] == torch.from_numpy(labels.astype(np.int32))[:, None]).any(1).all()

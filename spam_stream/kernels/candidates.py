@@ -36,7 +36,9 @@ class Candidates:
             (block, object) of a separable block grid (object seeds: squares; a tiled image's region: its cells):
             rows (Q, 9) int32; pixel_row (N,) int32 the row of each pixel (``table[p] == rows[pixel_row[p]]``);
             block_y (H,), block_x (W,) int64, non-decreasing, the block row / column of each image row / column.
-            The CPU's cell layout reads these.
+            The CPU's cell layout reads these. ``table=LAZY`` with them: the (N, 9) table is made from them
+            (``rows[pixel_row]``) only when a kernel asks for it (the cell layout never does: 36 bytes a pixel
+            saved, e.g. the regions of a tiled image).
     """
 
     height: int
@@ -51,12 +53,14 @@ class Candidates:
     block_x: torch.Tensor | None = None
 
     def __post_init__(self):
-        if (self.grid is None) == (self.table is None):
+        if self.__dict__.get("_table") is LAZY and (self.rows is None or self.pixel_row is None):
+            raise ValueError("a lazy table needs rows and pixel_row")
+        if (self.grid is None) == (self.__dict__.get("_table") is None):
             raise ValueError("Candidates need exactly one of grid=(nh, nw) or table=(N, 9)")
         n = self.height * self.width
         if self.pixel_object.shape != (n,):
             raise ValueError(f"pixel_object must have shape ({n},), got {tuple(self.pixel_object.shape)}")
-        if self.table is not None and self.table.shape != (n, N_SLOTS):
+        if self.__dict__.get("_table") is not None and self._table is not LAZY and self.table.shape != (n, N_SLOTS):
             raise ValueError(f"table must have shape ({n}, {N_SLOTS}), got {tuple(self.table.shape)}")
         if self.grid is not None and self.superpixel_object.shape != (self.grid[0] * self.grid[1],):
             raise ValueError("a grid layout needs one superpixel_object entry per cell")
@@ -78,12 +82,32 @@ class Candidates:
         kernel survive, e.g. across the frames of a video that share their candidates)."""
         if torch.device(device) == self.pixel_object.device:
             return self
+        table = self.__dict__.get("_table")
         return Candidates(
             self.height, self.width, self.pixel_object.to(device), self.superpixel_object.to(device),
-            self.grid, None if self.table is None else self.table.to(device),
+            self.grid, None if table is None else LAZY if table is LAZY else table.to(device),
             None if self.rows is None else self.rows.to(device),
             None if self.pixel_row is None else self.pixel_row.to(device), self.block_y, self.block_x,
         )
+
+
+LAZY = object()
+"""``Candidates(table=LAZY, rows=..., pixel_row=...)``: the table made from its compact form when first read."""
+
+
+def _get_table(self):
+    table = self.__dict__.get("_table")
+    if table is LAZY:
+        table = self.rows[self.pixel_row.long()].contiguous()
+        self.__dict__["_table"] = table
+    return table
+
+
+def _set_table(self, value):
+    self.__dict__["_table"] = value
+
+
+Candidates.table = property(_get_table, _set_table, doc=Candidates.__doc__ and "(N, 9) int32 table, or None")
 
 
 def block_size(step: float) -> int:
