@@ -220,6 +220,7 @@ def label_tiles(rows, width: int, tile: int = LABEL_TILE, dtype=np.uint32):
             yield from _row_of_tiles(part[y:y + tile], width, tile, dtype)
         if full < len(part):
             rest = np.array(part[full:])
+        part = None  # not held while the next rows are made
     if rest is not None:
         yield from _row_of_tiles(rest, width, tile, dtype)
 

@@ -35,6 +35,7 @@ from .kernels.candidates import LAZY, N_SLOTS, Candidates
 from .scales import position_scale
 from .seeding import Seeds, grid_shape
 
+ROW_BUFFER_BYTES = 512 << 20  # default tiles keep iter_bands' rows of tiles within this (a 40000-wide image: 1024)
 ALIGN = 4  # region origins on the encoder's pooling alignment (its tiles then equal the whole frame's)
 
 
@@ -93,11 +94,11 @@ def region_layout(height: int, width: int, grid: tuple[int, int], region: tuple[
                        rows=torch.from_numpy(np.ascontiguousarray(cell_rows)), pixel_row=torch.from_numpy(pixel_row),
                        block_y=torch.from_numpy(ly), block_x=torch.from_numpy(lx))
     to_global = ((np.arange(cy0, cy1 + 1)[:, None] * nw) + np.arange(cx0, cx1 + 1)[None, :]).ravel()
-    return seeds, cands, to_global.astype(np.int64)
+    return seeds, cands, to_global.astype(np.int32)  # the grid has fewer than 2^31 cells
 
 
 def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int, mask=None) -> np.ndarray:
-    """Cluster labels of one core (global seed ids, (y1-y0, x1-x0) int64, -1 outside the mask): the model's
+    """Cluster labels of one core (global seed ids, (y1-y0, x1-x0) int32, -1 outside the mask): the model's
     feature and cluster stages on the core plus its halo. ``read(y0, y1, x0, x1)`` → (h, w, 3) uint8; ``mask``:
     None or a :class:`~spam_stream.masking.MaskSource`."""
     height, width = shape
@@ -109,7 +110,7 @@ def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int, 
         inside = mask.read(ry0, ry1, rx0, rx1)
         rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
         if not len(rows) or not inside[max(0, y0 - ry0):y1 - ry0, max(0, x0 - rx0):x1 - rx0].any():
-            return np.full((y1 - y0, x1 - x0), -1, np.int64)  # nothing inside the core: no work at all
+            return np.full((y1 - y0, x1 - x0), -1, np.int32)  # nothing inside the core: no work at all
         ny0, nx0 = (ry0 + rows[0]) // ALIGN * ALIGN, (rx0 + cols[0]) // ALIGN * ALIGN
         ny1, nx1 = ry0 + rows[-1] + 1, rx0 + cols[-1] + 1
         inside = inside[ny0 - ry0:ny1 - ry0, nx0 - rx0:nx1 - rx0]
@@ -125,7 +126,7 @@ def segment_tile(model, read, shape, n_superpixels: int, grid, core, halo: int, 
                                  / max(math.sqrt(k) / rh, math.sqrt(k) / rw))
     model.feature_stage(frame)
     model.cluster_stage(frame)
-    out = np.full((y1 - y0, x1 - x0), -1, np.int64)  # (a masked region may not cover the whole core)
+    out = np.full((y1 - y0, x1 - x0), -1, np.int32)  # (a masked region may not cover the whole core)
     a, b, c, d = max(y0, ry0), min(y1, ry1), max(x0, rx0), min(x1, rx1)
     local = frame.cluster_labels[a - ry0:b - ry0, c - rx0:d - rx0]
     out[a - y0:b - y0, c - x0:d - x0] = np.where(local >= 0, to_global[np.clip(local, 0, None)], -1)
@@ -176,12 +177,12 @@ def label_dtype(height: int, width: int, grid, start: int = 0) -> type:
 
 
 def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int], width: int,
-                    n_cells: int, min_size: int, dtype, masked: bool = False) -> np.ndarray:
+                    n_cells: int, min_size: int, dtype, masked: bool = False, out_core: np.ndarray | None = None):
     """Connectivity (:func:`~spam_stream.connectivity.enforce_connectivity`) on one window of raw cluster labels
     (global seed ids) around a core; the core's final labels as global ids: a superpixel keeps the id of the seed
     whose largest component it holds, one split off on its own (rare) gets ``n_cells`` + the global raster index
     of its first pixel. Both are properties of the superpixel, not of the window, so neighbouring windows agree.
-    Returns (the core's labels as ``dtype``, the distinct ids in it).
+    Returns (the core's labels as ``dtype``, written into ``out_core`` when given, the distinct ids in it).
     ``masked``: the raw -1 pixels are outside a mask: an object of their own (nothing merges across the mask's
     edge), 0 in the result, and every id inside is one more (numbered from 1, scikit-image's mask convention)."""
     outside = raw < 0 if masked else None
@@ -206,7 +207,10 @@ def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, i
         present = np.concatenate([[0] if (here & is_out).any() else [], ids[here & ~is_out] + 1]).astype(np.int64)
     else:
         present = ids[here]
-    return final.astype(dtype), present
+    if out_core is None:
+        return final.astype(dtype), present
+    out_core[...] = final
+    return out_core, present
 
 
 def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, workers: int | None = None,
@@ -253,7 +257,9 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
     workers = workers or min(len(ys) * len(xs), os.cpu_count() or 1)
     threads = torch.get_num_threads()
     cluster = _single_threaded(lambda core: segment_tile(model, read, (height, width), k, grid, core, halo, mask))
-    finalize = _single_threaded(finalize_window)
+    # a window's raw labels are cut out when its task runs (not when queued: a row's windows would all be copies)
+    finalize = _single_threaded(lambda win, core, out: finalize_window(
+        rows(*win), (win[0], win[2]), core, width, n_cells, min_size, dtype, mask is not None, out))
     raw: list[tuple[int, np.ndarray]] = []  # (first row, raw labels (rows, W) int32), in order
     pending = {}
 
@@ -285,21 +291,20 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
                         if rr in pending:
                             collect_row(rr)
                     wy0, wy1 = max(0, y0 - my), min(height, y1 + my)
+                    band = np.empty((y1 - y0, width), dtype)  # the windows write their cores into it
                     finals = []
                     for x0, x1 in xs:
                         wx0, wx1 = max(0, x0 - mx), min(width, x1 + mx)
-                        finals.append(pool.submit(finalize, rows(wy0, wy1, wx0, wx1), (wy0, wx0), (y0, y1, x0, x1),
-                                                  width, n_cells, min_size, dtype, mask is not None))
+                        finals.append(pool.submit(finalize, (wy0, wy1, wx0, wx1), (y0, y1, x0, x1), band[:, x0:x1]))
                     if r + ahead + 1 < len(ys):
                         submit_row(pool, r + ahead + 1)  # the workers cluster ahead while the windows run
-                    band = np.empty((y1 - y0, width), dtype)
-                    present = []
-                    for (x0, x1), f in zip(xs, finals):
-                        band[:, x0:x1], ids = f.result()
-                        present.append(ids)
+                    present = [f.result()[1] for f in finals]
+                    finals = None
                     keep = y1 - my  # the next row's windows start here
-                    raw[:] = [(max(y, keep), b[max(0, keep - y):]) for y, b in raw if y + len(b) > keep]
+                    raw[:] = [(max(y, keep), np.array(b[max(0, keep - y):]) if y < keep else b) for y, b in raw
+                              if y + len(b) > keep]  # (a copy of a kept tail: the band it was cut from is freed)
                     yield y0, band, np.unique(np.concatenate(present))
+                    band = present = None  # the caller holds the rows now; only they keep them alive
             except BaseException:  # a failed tile (or a closed generator): drop the work queued ahead
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
@@ -370,7 +375,7 @@ def seam_fractions(labels: np.ndarray, tile_size: int) -> tuple[float, float]:
 
 def default_tile_size(model, height: int, width: int, n_superpixels: int, workers: int | None = None) -> int:
     """The largest tile side (a multiple of 256, at most 2048) whose region (core + halo) fits, one per worker
-    thread, in half the model's memory limit (:meth:`SPAM.frame_bytes`, the memory model); 0 (the whole frame)
+    thread, in half the model's memory limit, and whose rows of tiles fit :data:`ROW_BUFFER_BYTES` (:meth:`SPAM.frame_bytes`, the memory model); 0 (the whole frame)
     when the whole frame fits that."""
     from .model import default_memory_limit
 
@@ -385,7 +390,9 @@ def default_tile_size(model, height: int, width: int, n_superpixels: int, worker
     best = 256
     for t in range(256, 2049, 256):
         side = t + 2 * halo
-        if workers * model.frame_bytes(side, side, max(1, int(density * side * side))) <= limit // 2:
+        rows = 3 * t * width * 4  # iter_bands holds about three rows of tiles of int32 labels
+        if (workers * model.frame_bytes(side, side, max(1, int(density * side * side))) <= limit // 2
+                and rows <= ROW_BUFFER_BYTES):
             best = t
     return best
 

@@ -118,17 +118,18 @@ def process_large(model, image, labels_path, overlay_path, n_superpixels: int, t
                 if start:
                     band = (np.where(band > 0, band + dtype(start), 0).astype(dtype) if mask is not None
                             else band + dtype(start))
-                small.append(band[(-y0) % f::f, ::f])
+                small.append(band[(-y0) % f::f, ::f].copy())  # a copy: a view would keep every band alive
                 if graph is not None:
                     graph.add(y0, band, image.read(y0, y0 + len(band), 0, w))
                 y = y0 + len(band)
                 result.rows = y
                 yield y0, band
+                band = None  # the writer has it; nothing here keeps it past its tiles
         except TileError as exc:  # keep the rows before; the rest of the file is 0
             result.error = str(exc)
             while y < h:
                 part = np.zeros((min(h, y + 1024) - y, w), dtype)
-                small.append(part[(-y) % f::f, ::f])
+                small.append(part[(-y) % f::f, ::f].copy())
                 yield y, part
                 y += len(part)
 
