@@ -290,6 +290,13 @@ def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_c
 def _cells_uniform(pix_obj, height, width, nh, nw):
     """(nh, nw) int32 prior object of every grid cell's pixels, or None when some cell holds pixels of two."""
     out = np.empty((nh, nw), np.int32)
+    o0 = pix_obj[0]
+    same = True
+    for p in range(height * width):  # one object everywhere (no prior): a vectorised scan, no division per pixel
+        same &= pix_obj[p] == o0
+    if same:
+        out[:] = o0
+        return out
     seen = np.zeros((nh, nw), np.bool_)
     for y in range(height):
         cy = y * nh // height
