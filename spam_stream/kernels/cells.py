@@ -193,16 +193,23 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
         y0, y1 = ybound[br], ybound[br + 1]
         for x0 in range(0, width, XC):
             n = min(XC, width - x0)
-            for j in range(N_SLOTS):  # lay out slot j's centroids per pixel column, once per cell row
-                for x in range(n):
-                    k = rowtab[br, xblock[x0 + x], j]
-                    cid[j, x] = k
-                    if k < 0:
-                        for d in range(d_count):
-                            cexp[j * d_count + d, x] = INF
-                    else:
-                        for d in range(d_count):
-                            cexp[j * d_count + d, x] = c[k, d]
+            xs = 0
+            while xs < n:  # lay out the slots' centroids per pixel column, once per cell row: cell by cell,
+                bx = xblock[x0 + xs]  # each value filled along the cell's columns (a vector fill, no gather)
+                xe = xs + 1
+                while xe < n and xblock[x0 + xe] == bx:
+                    xe += 1
+                for j in range(N_SLOTS):
+                    k = rowtab[br, bx, j]
+                    ci = cid[j]
+                    for x in range(xs, xe):
+                        ci[x] = k
+                    for d in range(d_count):
+                        v = INF if k < 0 else c[k, d]
+                        ce = cexp[j * d_count + d]
+                        for x in range(xs, xe):
+                            ce[x] = v
+                xs = xe
             for y in range(y0, y1):
                 base = y * width + x0
                 if d_count == 5:
