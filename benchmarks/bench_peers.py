@@ -133,10 +133,10 @@ def stages(sizes, repeats: int) -> None:
                 if i:
                     totals.append(1e3 * (time.perf_counter() - t))
                     rows.append({s: 1e3 * v for s, v in frame.timings.items()})
-            med = {s: statistics.median(r.get(s, 0.0) for r in rows) for s in ("prior", "seeds", "features",
-                                                                               "cluster", "connectivity")}
+            names = ("prior", "seeds", "features", "cluster", "connectivity")
+            med = {s: statistics.median(r.get(s, 0.0) for r in rows) for s in names}
             total = statistics.median(totals)
-            other = total - sum(med.values())
+            other = statistics.median(t - sum(r.get(s, 0.0) for s in names) for t, r in zip(totals, rows))
             print(f"| {w}×{h}, K={k} | {name} | {med['prior'] + med['seeds']:.1f} | {med['features']:.1f} | "
                   f"{med['cluster']:.1f} | {med['connectivity']:.1f} | {other:.1f} | {total:.1f} | "
                   f"{frame.meta.get('iterations')} |")
