@@ -12,7 +12,10 @@ under build isolation; this builds it:
 ``pip install "cython<3" numpy setuptools wheel py-cpuinfo && pip install --no-build-isolation fast-slic==0.4.0``.
 OpenCV: ``pip install opencv-contrib-python-headless`` (the ``eval`` extra).
 
-    python benchmarks/bench_peers.py [--repeats 5] [--quality 30] [--encoder] [--sizes 481x321:400,1920x1080:2000]
+    python benchmarks/bench_peers.py [--repeats 5] [--quality 30] [--encoder] [--stages] [--sizes 481x321:400,...]
+
+``--stages``: also where ``segment()``'s time goes (median ms per stage of :class:`spam_stream.SPAM`'s frame:
+seeds + candidates, features, clustering, connectivity; and the clustering rounds run), without and with the prior.
 """
 from __future__ import annotations
 
@@ -111,6 +114,34 @@ def speed(sizes, repeats: int, with_encoder: bool) -> None:
         print(f"| {w}×{h}, K={k} | " + " | ".join(cells) + f" | {peer_txt} |")
 
 
+def stages(sizes, repeats: int) -> None:
+    """Median ms per stage of SPAM(encoder=None)'s frame (the stages ``segment()`` runs), without and with the
+    25-object prior."""
+    from spam_stream import SPAM
+
+    model = SPAM(encoder=None)
+    print("\n| frame | prior | seeds | features | cluster | connectivity | other | total | rounds |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for (w, h), k in sizes:
+        img = bench_image((w, h))
+        for name, prior in (("none", None), ("25 objects", voronoi_prior(h, w))):
+            rows, totals = [], []
+            for i in range(repeats + 1):  # the first call warms up
+                frame = model.frame(img, k, prior)
+                t = time.perf_counter()
+                model.run_stages(frame)
+                if i:
+                    totals.append(1e3 * (time.perf_counter() - t))
+                    rows.append({s: 1e3 * v for s, v in frame.timings.items()})
+            names = ("prior", "seeds", "features", "cluster", "connectivity")
+            med = {s: statistics.median(r.get(s, 0.0) for r in rows) for s in names}
+            total = statistics.median(totals)
+            other = statistics.median(t - sum(r.get(s, 0.0) for s in names) for t, r in zip(totals, rows))
+            print(f"| {w}×{h}, K={k} | {name} | {med['prior'] + med['seeds']:.1f} | {med['features']:.1f} | "
+                  f"{med['cluster']:.1f} | {med['connectivity']:.1f} | {other:.1f} | {total:.1f} | "
+                  f"{frame.meta.get('iterations')} |")
+
+
 def quality(n_images: int, with_encoder: bool, k: int = 400) -> None:
     from spam_stream import SPAM
     from spam_stream.datasets import BSDS500, default_bsds_root
@@ -143,6 +174,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quality", type=int, default=0, help="BSDS test images for the quality table (0: none)")
     ap.add_argument("--encoder", action="store_true", help="also time the bundled encoder")
+    ap.add_argument("--stages", action="store_true", help="also time segment()'s stages (D=5, without/with prior)")
     ap.add_argument("--sizes", default=DEFAULT_SIZES, help="WxH:K,... (default %(default)s)")
     args = ap.parse_args()
     sizes = []
@@ -152,6 +184,8 @@ def main():
         sizes.append(((int(w), int(h)), int(k)))
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     speed(sizes, args.repeats, args.encoder)
+    if args.stages:
+        stages(sizes, args.repeats)
     if args.quality:
         quality(args.quality, args.encoder)
     print(f"load average after: {os.getloadavg()[0]:.2f}")

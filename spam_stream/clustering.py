@@ -79,7 +79,9 @@ def cluster_converge(features: torch.Tensor, cands: Candidates, init_labels: tor
     if centroids is not None and tuple(centroids.shape) == (k, d):
         centroids = centroids.to(device=features.device, dtype=features.dtype).contiguous()
     else:
-        centroids = initial_centroids(features, init_labels, k)
+        centroids = kernels.initial_centroids(features, init_labels, k)  # the backend's equal, faster twin
+        if centroids is None:
+            centroids = initial_centroids(features, init_labels, k)
         prev_labels = None
     return kernels.hard_converge(features, centroids, cands, max_iter, tol, prev_labels)
 

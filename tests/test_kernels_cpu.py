@@ -1,4 +1,5 @@
 """The CPU fast path against the torch reference on random inputs."""
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,24 @@ def test_hard_pass_reads_channel_major_features_in_place(layout, h, w, d, nh, nw
     lb, cb = cpu.hard_iterations(f, c, cands, 4)
     assert torch.equal(la, lb) and torch.equal(ca, cb)
     torch.testing.assert_close(rows, f)
+
+
+@pytest.mark.parametrize("h,w,d,k,unseeded", [(37, 53, 5, 40, 0.0), (30, 41, 20, 12, 0.8), (16, 16, 3, 7, 0.3)])
+def test_initial_centroids_equal_the_torch_ones(h, w, d, k, unseeded):
+    """The CPU twin of clustering.initial_centroids (one numba pass over the channel planes) gives the same
+    centroids bit for bit: float32 sums in pixel order, as torch's index_add; pixels with label -1 ignored."""
+    from spam_stream.clustering import initial_centroids
+
+    rng = np.random.default_rng(h * w + d)
+    planes = cpu.empty_features(h, w, d)
+    planes.copy_(torch.from_numpy(rng.normal(size=(d, h, w)).astype(np.float32) * 40))
+    rows = planes.reshape(d, -1).t()
+    init = (np.arange(h * w) * k // (h * w)).astype(np.int32)
+    init = np.where(rng.random(h * w) < unseeded, -1, init).astype(np.int32)
+    init[rng.permutation(h * w)[:k]] = np.arange(k)  # every seed starts with a pixel, in scattered runs
+    init = torch.from_numpy(init)
+    got = cpu.initial_centroids(rows, init, k)
+    assert got is not None and torch.equal(got, initial_centroids(rows, init, k))
+    assert cpu.initial_centroids(rows.contiguous(), init, k) is None  # pixel rows: the torch version instead
+    init[init == 3] = 4  # seed 3 without a starting pixel: left to the torch version (its fallback mean)
+    assert cpu.initial_centroids(rows, init, k) is None

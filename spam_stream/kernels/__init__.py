@@ -83,6 +83,14 @@ def empty_features(height: int, width: int, channels: int, device) -> torch.Tens
     return backend(device).empty_features(height, width, channels, device)
 
 
+def initial_centroids(features, init_labels, n_superpixels: int):
+    """The seeds' mean features (K, D) for hard clustering, computed by the backend when it has a faster way
+    (:func:`.cpu.initial_centroids`, equal to :func:`spam_stream.clustering.initial_centroids`), else None: the
+    caller then uses the torch version."""
+    impl = getattr(backend(features.device), "initial_centroids", None)
+    return None if impl is None else impl(features, init_labels, n_superpixels)
+
+
 def masked_distances(features, centroids, cands: Candidates):
     return backend(features.device).masked_distances(features, centroids, cands)
 
@@ -274,6 +282,6 @@ __all__ = [
     "upload", "resident_frame", "resident_features", "resident_grid_seeds", "resident_grid_candidates",
     "resident_object_seeds", "resident_object_candidates", "resident_connectivity",
     "empty_features", "N_SLOTS", "Candidates", "candidate_table", "grid_table", "valid_slots", "backend", "backend_name",
-    "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
+    "initial_centroids", "masked_distances", "assign", "associate", "centroid_sums_hard", "centroid_sums_soft", "hard_iterations",
     "hard_converge", "soft_iteration",
 ]
