@@ -13,12 +13,17 @@
   ids), its positions scaled by the whole image's factor (``meta["compactness"]``).
 * **Keep the core.** Only the core's labels are kept, as global ids, so a superpixel that straddles a tile edge
   carries the same id on both sides and joins there.
-* **Connectivity once over the labels** (:func:`~spam_stream.connectivity.enforce_connectivity`, the frame's
-  rule: each superpixel 4-connected, small fragments merged): it only has work where the two sides of a tile edge
-  disagreed.
+* **Connectivity per tile, on a window of raw labels** (:func:`finalize_window`,
+  :func:`~spam_stream.connectivity.enforce_connectivity`, the frame's rule): the core plus
+  :func:`connectivity_margins` (5 grid steps) holds whole every superpixel that touches the core and the neighbours
+  its fragments can merge into; a superpixel's final id is the seed whose largest component it holds, a property
+  of the superpixel, so neighbouring windows agree.
+* **Rows of tiles in order** (:func:`iter_bands`): a row is final once the row below is clustered; its labels are
+  handed on (the label TIFF, the preview, the graph) and only the raw rows the next windows need are kept.
 
-Tiles run on a thread pool (one thread per core, each single-threaded), so every core is busy. Memory: one tile's
-features and activations per thread, plus the (H, W) labels (4 bytes a pixel) and connectivity's pass over them.
+Tiles and windows run on a thread pool (one thread per core, each single-threaded), so every core is busy.
+Memory: one region's features and activations per thread, about three rows of tiles of int32 labels, whatever the
+image's height. A mask (:class:`~spam_stream.masking.MaskSource`) skips the pixels outside it.
 """
 from __future__ import annotations
 
