@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from spam_stream import SPAM
-from spam_stream.encoder import (INT8_CALIBRATION_SUFFIX, Encoder, attach_int8, calibrate_int8, encode_learned,
-                                 encode_tiled, fold_batchnorm, float32_twin, int8_supported, quantize_encoder)
+from spam_stream.encoder import (INT8_CALIBRATION_SUFFIX, Encoder, Int8LearnedChannels, attach_int8, calibrate_int8,
+                                 encode_learned, encode_tiled, fold_batchnorm, float32_twin, int8_supported,
+                                 make_int8_companion, quantize_encoder)
 from spam_stream.features import COLOR_SCALE, pixel_features
 from spam_stream.model import DEFAULT_WEIGHTS
 
@@ -38,7 +39,7 @@ def images():
 @pytest.mark.parametrize("encoder", ["default", "fast"])
 def test_int8_learned_channels_close_to_float32(encoder):
     new = SPAM(encoder=encoder).encoder
-    assert "int8" in new.__dict__
+    assert isinstance(new.__dict__.get("int8"), Int8LearnedChannels)  # the saved int8 weights, no FX at load
     ref = float32_twin(new)
     assert "int8" not in ref.__dict__ and "int8" in new.__dict__  # the twin leaves the default as it is
     for image in images():
@@ -115,3 +116,49 @@ def test_calibrate_and_quantize_a_checkpoint(tmp_path):
     assert attach_int8(inference, enc, weights) and "int8" in inference.__dict__
     with pytest.raises(ValueError, match="calibration"):
         quantize_encoder(Encoder(12, 8).eval(), {})
+
+
+def _random_encoder(seed):
+    torch.manual_seed(seed)
+    enc = Encoder(12, 8)
+    for m in enc.modules():  # non-trivial BatchNorm statistics, folded by the conversion
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return enc.eval()
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+def test_companion_loads_without_fx_and_equals_the_fx_conversion(tmp_path, monkeypatch):
+    """make_int8_companion saves the converted weights: attach_int8 builds Int8LearnedChannels from them without
+    FX (quantize_encoder made to fail), and its channels are the FX-converted module's, exactly."""
+    enc = _random_encoder(0)
+    colours = [torch.rand(3, 40, 56) * 30 for _ in range(3)]
+    weights = tmp_path / "enc.pt"
+    blob = make_int8_companion(enc, colours, str(weights) + INT8_CALIBRATION_SUFFIX)
+    fx = quantize_encoder(enc, blob["calibration"])
+
+    def no_fx(*args, **kwargs):
+        raise AssertionError("FX conversion at load")
+
+    monkeypatch.setattr("spam_stream.encoder.quantize_encoder", no_fx)
+    inference = fold_batchnorm(enc)
+    assert attach_int8(inference, enc, weights)
+    assert isinstance(inference.__dict__["int8"], Int8LearnedChannels)
+    twin = float32_twin(inference)
+    twin.__dict__["int8"] = fx
+    c = colours[0] * 0.8  # inside the calibrated range
+    torch.testing.assert_close(encode_learned(inference, c), encode_learned(twin, c), rtol=0, atol=0)
+    assert rel_rms(encode_learned(inference, c), encode_learned(float32_twin(inference), c)) <= 2.5 * INT8_REL_RMS
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+def test_companion_of_other_weights_is_not_used(tmp_path):
+    """A companion left beside retrained weights (its fingerprint differs) leaves the float32 path, with a warning."""
+    weights = tmp_path / "enc.pt"
+    make_int8_companion(_random_encoder(0), [torch.rand(3, 40, 56) * 30], str(weights) + INT8_CALIBRATION_SUFFIX)
+    other = _random_encoder(1)
+    inference = fold_batchnorm(other)
+    with pytest.warns(UserWarning, match="other weights"):
+        assert not attach_int8(inference, other, weights)
+    assert "int8" not in inference.__dict__
