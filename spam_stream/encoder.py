@@ -372,8 +372,8 @@ class Int8LearnedChannels(nn.Module):
     conv+ReLU with per-channel int8 weights, uint8 activations), under the same names, so that the converted state
     dict saved by :func:`make_int8_companion` loads into it without FX tracing or conversion (start-up: ≈ 10 ms
     instead of ≈ 3 s). Its forward is the converted graph's: quantize the colour, the three scales, bilinear
-    upsampling and concatenation of quantized tensors (the result takes the colour's quantization), the output conv,
-    dequantize."""
+    upsampling and concatenation of quantized tensors (in a range that holds all four: :meth:`cover_cat_inputs`),
+    the output conv, dequantize."""
 
     def __init__(self, out_dim: int, width: int):
         super().__init__()
@@ -385,6 +385,23 @@ class Int8LearnedChannels(nn.Module):
         self.output = _q_conv_relu(COLOR_CHANNELS + 3 * width, out_dim - IN_CHANNELS)
         self.register_buffer("scale1_0_0_input_scale_0", torch.tensor(1.0))
         self.register_buffer("scale1_0_0_input_zero_point_0", torch.tensor(0, dtype=torch.int64))
+        self.cat_qparams = (1.0, 0)  # set by cover_cat_inputs once the weights are loaded
+
+    def cover_cat_inputs(self) -> "Int8LearnedChannels":
+        """Quantization of the concatenated [colour, s1, up(s2), up(s3)]: the colour's (as FX's graph has it: torch.cat
+        of quantized tensors takes its first input's) when its range holds the others', else the union of the
+        four ranges, so that a checkpoint whose activations reach beyond its colour range is not clipped there."""
+        ranges = [(float(self.scale1_0_0_input_scale_0), int(self.scale1_0_0_input_zero_point_0))]
+        ranges += [(float(m.scale), int(m.zero_point)) for m in (self.scale1[1][0], self.scale2[2][0], self.scale3[2][0])]
+        lo, hi = min(-z * s for s, z in ranges), max((255 - z) * s for s, z in ranges)
+        s0, z0 = ranges[0]
+        if -z0 * s0 <= lo and hi <= (255 - z0) * s0:
+            self.cat_qparams = (s0, z0)
+        else:
+            lo = min(lo, 0.0)
+            scale = (hi - lo) / 255
+            self.cat_qparams = (scale, int(min(255, max(0, round(-lo / scale)))))
+        return self
 
     def forward(self, colour: torch.Tensor) -> torch.Tensor:
         q = torch.quantize_per_tensor(colour, self.scale1_0_0_input_scale_0, self.scale1_0_0_input_zero_point_0,
@@ -395,13 +412,15 @@ class Int8LearnedChannels(nn.Module):
         size = s1.shape[-2:]
         s2 = F.interpolate(s2, size=size, mode="bilinear", align_corners=False)
         s3 = F.interpolate(s3, size=size, mode="bilinear", align_corners=False)
-        return self.output(torch.cat([q, s1, s2, s3], 1)).dequantize()
+        cat = torch.ops.quantized.cat([q, s1, s2, s3], 1, *self.cat_qparams)
+        return self.output(cat).dequantize()
 
 
 def make_int8_companion(trained: Encoder, colours, path: str | Path | None = None, calibration: dict | None = None
                         ) -> dict:
-    """Calibrate ``trained`` (eval statistics) on ``colours`` (:func:`calibrate_int8`; or take a ready
-    ``calibration``, e.g. that of a companion in the former bare format), convert it to int8 (FX, once, here) and return the companion {format, out_dim, width, fingerprint, state (the converted weights), calibration};
+    """The int8 companion of ``trained`` (eval statistics): calibrated on ``colours`` (:func:`calibrate_int8`; or a
+    ready ``calibration``, e.g. that of a companion in the former bare format), converted to int8 (FX, once, here).
+    Returns {format, out_dim, width, fingerprint (of ``trained``), state (the converted weights), calibration};
     written to ``path`` (``<weights>.int8.pt``, :data:`INT8_CALIBRATION_SUFFIX`) when given, which
     :func:`attach_int8` loads into :class:`Int8LearnedChannels` without FX."""
     import warnings
@@ -418,6 +437,27 @@ def make_int8_companion(trained: Encoder, colours, path: str | Path | None = Non
     if path is not None:
         torch.save(blob, str(path))
     return blob
+
+
+INT8_MAX_REL_RMS = 0.05  # int8 learned channels farther than this from float32 (relative RMS): no companion
+
+
+def int8_error(trained: Encoder, module, colours) -> float:
+    """Relative RMS ‖int8 − float32‖ / ‖float32‖ of the learned channels of ``module`` (an int8 twin of ``trained``)
+    over ``colours`` ((3, H, W) as the encoder sees them; the int8 input clips beyond its calibrated range)."""
+    ref = LearnedChannels(copy.deepcopy(trained).cpu().eval()).eval()
+    num = den = 0.0
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for colour in colours:
+            x = colour.reshape(1, COLOR_CHANNELS, *colour.shape[-2:]).float().contiguous(
+                memory_format=torch.channels_last)
+            a, b = module(x), ref(x)
+            num += float((a - b).pow(2).sum())
+            den += float(b.pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else 0.0
 
 
 def load_int8(trained: Encoder, blob: dict):
@@ -437,7 +477,7 @@ def load_int8(trained: Encoder, blob: dict):
             warnings.simplefilter("ignore", UserWarning)
             module = Int8LearnedChannels(trained.out_dim, trained.width)
             module.load_state_dict(blob["state"])
-        return module.eval()
+        return module.cover_cat_inputs().eval()
     except Exception:  # a state this torch cannot load: convert again from the calibration
         return quantize_encoder(trained, blob["calibration"])
 
