@@ -25,6 +25,7 @@ from torch import nn
 from .io import InputError
 from .scales import COLOR_SCALE
 from .kernels.resize import bilinear_gather
+from .kernels.qconcat import qconcat_cpu, qconcat_torch
 from .kernels.upsample import guided_gather
 
 IN_CHANNELS = 5  # [L, a, b, y, x]
@@ -386,6 +387,7 @@ class Int8LearnedChannels(nn.Module):
         self.register_buffer("scale1_0_0_input_scale_0", torch.tensor(1.0))
         self.register_buffer("scale1_0_0_input_zero_point_0", torch.tensor(0, dtype=torch.int64))
         self.cat_qparams = (1.0, 0)  # set by cover_cat_inputs once the weights are loaded
+        self.fused_concat = True  # False: torch's quantized upsampling + cat (the reference twin of the numba pass)
 
     def cover_cat_inputs(self) -> "Int8LearnedChannels":
         """Quantization of the concatenated [colour, s1, up(s2), up(s3)]: the colour's (as FX's graph has it: torch.cat
@@ -409,11 +411,25 @@ class Int8LearnedChannels(nn.Module):
         s1 = self.scale1(q)
         s2 = self.scale2(s1)
         s3 = self.scale3(s2)
-        size = s1.shape[-2:]
-        s2 = F.interpolate(s2, size=size, mode="bilinear", align_corners=False)
-        s3 = F.interpolate(s3, size=size, mode="bilinear", align_corners=False)
-        cat = torch.ops.quantized.cat([q, s1, s2, s3], 1, *self.cat_qparams)
+        size = tuple(s1.shape[-2:])
+        if self.fused_concat:  # one numba pass (kernels/qconcat.py) instead of two upsamplings and a cat
+            taps = _qconcat_taps(tuple(s2.shape[-2:]), tuple(s3.shape[-2:]), size)
+            cat = qconcat_cpu([q, s1, s2, s3], size, *self.cat_qparams, taps)
+        else:
+            cat = qconcat_torch([q, s1, s2, s3], size, *self.cat_qparams)
         return self.output(cat).dequantize()
+
+
+@functools.lru_cache(maxsize=256)
+def _qconcat_taps(size2, size3, size):
+    """Bilinear source rows and columns (index (2, n), weight (2, n)) of the int8 encoder's s2 and s3 maps at
+    ``size`` (:mod:`spam_stream.kernels.qconcat`), cached per shape (a video's tiles repeat)."""
+    out = []
+    for small in (size2, size3):
+        for n_in, n_out in zip(small, size):
+            i0, i1, w0, w1 = _source_rows(torch.arange(n_out), int(n_in), int(n_out))
+            out.append((torch.stack([i0, i1]).numpy(), torch.stack([w0, w1]).numpy()))
+    return tuple(out)
 
 
 def make_int8_companion(trained: Encoder, colours, path: str | Path | None = None, calibration: dict | None = None
