@@ -25,6 +25,7 @@ from torch import nn
 from .io import InputError
 from .scales import COLOR_SCALE
 from .kernels.resize import bilinear_gather
+from .kernels.qconcat import qconcat_cpu, qconcat_torch
 from .kernels.upsample import guided_gather
 
 IN_CHANNELS = 5  # [L, a, b, y, x]
@@ -346,18 +347,178 @@ def quantize_encoder(encoder: Encoder, calibration: dict):
         return convert_fx(prepared).eval()
 
 
+INT8_FORMAT = "spam-stream int8 encoder v2"  # converted int8 weights + their calibration (make_int8_companion)
+
+
+def weights_fingerprint(encoder: Encoder) -> str:
+    """SHA-256 of ``encoder``'s float weights and statistics (as trained): an int8 companion records the one it was
+    made from, so a companion left beside retrained weights is not used."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(encoder.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _q_conv_relu(cin: int, cout: int) -> nn.Sequential:
+    from torch.ao.nn.intrinsic.quantized import ConvReLU2d
+
+    return nn.Sequential(ConvReLU2d(cin, cout, 3, padding=1))
+
+
+class Int8LearnedChannels(nn.Module):
+    """The int8 twin of :class:`LearnedChannels` built by hand: the modules FX's ``convert_fx`` makes (fused
+    conv+ReLU with per-channel int8 weights, uint8 activations), under the same names, so that the converted state
+    dict saved by :func:`make_int8_companion` loads into it without FX tracing or conversion (start-up: ≈ 10 ms
+    instead of ≈ 3 s). Its forward is the converted graph's: quantize the colour, the three scales, bilinear
+    upsampling and concatenation of quantized tensors (in a range that holds all four: :meth:`cover_cat_inputs`),
+    the output conv, dequantize."""
+
+    def __init__(self, out_dim: int, width: int):
+        super().__init__()
+        torch.backends.quantized.engine = INT8_ENGINE  # weights are prepacked for the engine when they load
+        self.out_dim, self.width = out_dim, width
+        self.scale1 = nn.Sequential(_q_conv_relu(COLOR_CHANNELS, width), _q_conv_relu(width, width))
+        self.scale2 = nn.Sequential(nn.MaxPool2d(3, 2, padding=1), _q_conv_relu(width, width), _q_conv_relu(width, width))
+        self.scale3 = nn.Sequential(nn.MaxPool2d(3, 2, padding=1), _q_conv_relu(width, width), _q_conv_relu(width, width))
+        self.output = _q_conv_relu(COLOR_CHANNELS + 3 * width, out_dim - IN_CHANNELS)
+        self.register_buffer("scale1_0_0_input_scale_0", torch.tensor(1.0))
+        self.register_buffer("scale1_0_0_input_zero_point_0", torch.tensor(0, dtype=torch.int64))
+        self.cat_qparams = (1.0, 0)  # set by cover_cat_inputs once the weights are loaded
+        self.fused_concat = True  # False: torch's quantized upsampling + cat (the reference twin of the numba pass)
+
+    def cover_cat_inputs(self) -> "Int8LearnedChannels":
+        """Quantization of the concatenated [colour, s1, up(s2), up(s3)]: the colour's (as FX's graph has it: torch.cat
+        of quantized tensors takes its first input's) when its range holds the others', else the union of the
+        four ranges, so that a checkpoint whose activations reach beyond its colour range is not clipped there."""
+        ranges = [(float(self.scale1_0_0_input_scale_0), int(self.scale1_0_0_input_zero_point_0))]
+        ranges += [(float(m.scale), int(m.zero_point)) for m in (self.scale1[1][0], self.scale2[2][0], self.scale3[2][0])]
+        lo, hi = min(-z * s for s, z in ranges), max((255 - z) * s for s, z in ranges)
+        s0, z0 = ranges[0]
+        if -z0 * s0 <= lo and hi <= (255 - z0) * s0:
+            self.cat_qparams = (s0, z0)
+        else:
+            lo = min(lo, 0.0)
+            scale = (hi - lo) / 255
+            self.cat_qparams = (scale, int(min(255, max(0, round(-lo / scale)))))
+        return self
+
+    def forward(self, colour: torch.Tensor) -> torch.Tensor:
+        q = torch.quantize_per_tensor(colour, self.scale1_0_0_input_scale_0, self.scale1_0_0_input_zero_point_0,
+                                      torch.quint8)
+        s1 = self.scale1(q)
+        s2 = self.scale2(s1)
+        s3 = self.scale3(s2)
+        size = tuple(s1.shape[-2:])
+        if self.fused_concat:  # one numba pass (kernels/qconcat.py) instead of two upsamplings and a cat
+            taps = _qconcat_taps(tuple(s2.shape[-2:]), tuple(s3.shape[-2:]), size)
+            cat = qconcat_cpu([q, s1, s2, s3], size, *self.cat_qparams, taps)
+        else:
+            cat = qconcat_torch([q, s1, s2, s3], size, *self.cat_qparams)
+        return self.output(cat).dequantize()
+
+
+@functools.lru_cache(maxsize=256)
+def _qconcat_taps(size2, size3, size):
+    """Bilinear source rows and columns (index (2, n), weight (2, n)) of the int8 encoder's s2 and s3 maps at
+    ``size`` (:mod:`spam_stream.kernels.qconcat`), cached per shape (a video's tiles repeat)."""
+    out = []
+    for small in (size2, size3):
+        for n_in, n_out in zip(small, size):
+            i0, i1, w0, w1 = _source_rows(torch.arange(n_out), int(n_in), int(n_out))
+            out.append((torch.stack([i0, i1]).numpy(), torch.stack([w0, w1]).numpy()))
+    return tuple(out)
+
+
+def make_int8_companion(trained: Encoder, colours, path: str | Path | None = None, calibration: dict | None = None
+                        ) -> dict:
+    """The int8 companion of ``trained`` (eval statistics): calibrated on ``colours`` (:func:`calibrate_int8`; or a
+    ready ``calibration``, e.g. that of a companion in the former bare format), converted to int8 (FX, once, here).
+    Returns {format, out_dim, width, fingerprint (of ``trained``), state (the converted weights), calibration};
+    written to ``path`` (``<weights>.int8.pt``, :data:`INT8_CALIBRATION_SUFFIX`) when given, which
+    :func:`attach_int8` loads into :class:`Int8LearnedChannels` without FX."""
+    import warnings
+
+    trained = copy.deepcopy(trained).cpu().eval()
+    if calibration is None:
+        calibration = calibrate_int8(trained, colours)
+    converted = quantize_encoder(trained, calibration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        state = {k: v for k, v in converted.state_dict().items()}
+    blob = {"format": INT8_FORMAT, "out_dim": trained.out_dim, "width": trained.width, "engine": INT8_ENGINE,
+            "fingerprint": weights_fingerprint(trained), "state": state, "calibration": calibration}
+    if path is not None:
+        torch.save(blob, str(path))
+    return blob
+
+
+INT8_MAX_REL_RMS = 0.05  # int8 learned channels farther than this from float32 (relative RMS): no companion
+
+
+def int8_error(trained: Encoder, module, colours) -> float:
+    """Relative RMS ‖int8 − float32‖ / ‖float32‖ of the learned channels of ``module`` (an int8 twin of ``trained``)
+    over ``colours`` ((3, H, W) as the encoder sees them; the int8 input clips beyond its calibrated range)."""
+    ref = LearnedChannels(copy.deepcopy(trained).cpu().eval()).eval()
+    num = den = 0.0
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for colour in colours:
+            x = colour.reshape(1, COLOR_CHANNELS, *colour.shape[-2:]).float().contiguous(
+                memory_format=torch.channels_last)
+            a, b = module(x), ref(x)
+            num += float((a - b).pow(2).sum())
+            den += float(b.pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else 0.0
+
+
+def load_int8(trained: Encoder, blob: dict):
+    """The int8 module of a companion ``blob`` (:func:`make_int8_companion`, or a bare calibration: the format before
+    it) for ``trained``: the saved converted weights loaded into :class:`Int8LearnedChannels`; when they do not load
+    (another torch), its calibration converted by FX (:func:`quantize_encoder`, seconds). None when the companion
+    was made from other weights (its fingerprint differs) or is for another architecture."""
+    import warnings
+
+    if not isinstance(blob, dict) or blob.get("format") != INT8_FORMAT:
+        return quantize_encoder(trained, blob)  # a bare calibration (raises ValueError when it does not fit)
+    if (blob.get("out_dim"), blob.get("width")) != (trained.out_dim, trained.width) or \
+            blob.get("fingerprint") != weights_fingerprint(trained):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            module = Int8LearnedChannels(trained.out_dim, trained.width)
+            module.load_state_dict(blob["state"])
+        return module.cover_cat_inputs().eval()
+    except Exception:  # a state this torch cannot load: convert again from the calibration
+        return quantize_encoder(trained, blob["calibration"])
+
+
 def attach_int8(inference: Encoder, trained: Encoder, weights: str | Path | None) -> bool:
     """Give the CPU ``inference`` encoder (see :func:`fold_batchnorm`) its int8 twin, built from ``trained`` and the
-    calibration next to ``weights`` (``<weights>.int8.pt``), when this CPU runs int8 and such a file exists; the
-    environment variable ``SPAM_ENCODER_PRECISION=float32`` keeps the float32 path. Returns whether it did."""
+    companion next to ``weights`` (``<weights>.int8.pt``, :func:`load_int8`), when this CPU runs int8 and such a file
+    exists and fits the weights; the environment variable ``SPAM_ENCODER_PRECISION=float32`` keeps the float32 path.
+    Returns whether it did."""
     import os
+    import warnings
 
     if os.environ.get("SPAM_ENCODER_PRECISION", "int8").lower() in ("float32", "fp32") or not int8_supported():
         return False
     cal = None if weights is None else Path(str(weights) + INT8_CALIBRATION_SUFFIX)
     if cal is None or not cal.is_file():
         return False
-    inference.__dict__["int8"] = quantize_encoder(trained, torch.load(cal, map_location="cpu", weights_only=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        module = load_int8(trained, torch.load(cal, map_location="cpu", weights_only=True))
+    if module is None:
+        warnings.warn(f"{cal} was made from other weights than {weights}: the encoder runs in float32 "
+                      f"(benchmarks/calibrate_int8.py writes a new one)", stacklevel=2)
+        return False
+    inference.__dict__["int8"] = module
     return True
 
 

@@ -25,6 +25,8 @@ from .seeding import grid_seeds, object_seeds
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "spam_encoder.pt"
 
 
+_WARMED: set = set()  # kinds of model warmed up in this process (SPAM.warm_up)
+
 DEFAULT_MEMORY_FRACTION = 0.5  # the default frame limit: half of the machine's memory (or less, if less is free)
 
 
@@ -238,6 +240,39 @@ class SPAM:
         self.prior = prior
         self.memory_budget = memory_budget
         self.memory_limit = memory_limit
+        if self.device.type == "cpu":
+            self.warm_up()
+
+    def _warm_key(self):
+        """What a warm-up covers for the whole process: the kernels of this kind of model (numba's are global)."""
+        enc = self.encoder
+        if enc is None:
+            return ("none",)
+        return ("int8" in enc.__dict__, float(getattr(enc, "resolution", 1.0)), getattr(enc, "upsample", None))
+
+    def warm_up(self, force: bool = False) -> None:
+        """Segment a small synthetic frame, without and with a prior partition, so that one-time costs are paid
+        here, at load, not by the first frame: numba's CPU target starts (≈ 0.7 s in a fresh process) and loads
+        the compiled kernels from its on-disk cache (compiles them on a fresh install), the int8 encoder runs once.
+        Its colours are those of natural images (the int8 encoder's calibrated range); the model's prior provider,
+        if any, is not run. ``SPAM()`` calls it on the CPU, once per process and kind of model (``force``: again)."""
+        key = self._warm_key()
+        if key in _WARMED and not force:
+            return
+        rng = np.random.default_rng(0)
+        small = torch.from_numpy(rng.integers(0, 256, (3, 9, 13)).astype(np.float32))[None]
+        smooth = torch.nn.functional.interpolate(small, size=(145, 229), mode="bilinear", align_corners=False)[0]
+        image = np.ascontiguousarray((48 + smooth.permute(1, 2, 0).numpy() * (160 / 255)).astype(np.uint8))
+        halves = np.zeros((145, 229), np.int32)
+        halves[:, 100:] = 1
+        # K: few and many seeds (the nearest-seed search runs serially below PARALLEL_POINTS queries, else parallel)
+        for partition, k in ((None, 600), (halves, 24), (halves, 600)):
+            frame = self.frame(image, k, prior=partition)
+            if partition is not None:
+                self.prior_stage(frame)
+            for stage in (self.seed_stage, self.feature_stage, self.cluster_stage, self.connectivity_stage):
+                stage(frame)
+        _WARMED.add(key)
 
     @property
     def n_features(self) -> int:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .candidates import grid_candidates
 from .clustering import cluster_soft
-from .encoder import Encoder, fold_batchnorm
+from .encoder import INT8_CALIBRATION_SUFFIX, Encoder, fold_batchnorm
 from .features import COLOR_SCALE, position_scale
 from .kernels import resolve_device
 from .kernels.candidates import Candidates, candidate_table
@@ -58,6 +58,7 @@ class TrainConfig:
     threads: int = 0                 # torch/numba threads (0: library default)
     device: str = "auto"             # "auto": cuda when torch sees one (Triton soft iterations), else cpu (numba)
     minutes: float = 0.0             # > 0: a fresh run fits its schedule (iterations) to this wall time (fit_schedule)
+    int8_images: int = 32            # train images the int8 companion of best.pt is calibrated on (0: none)
 
 
 class CropSampler:
@@ -258,6 +259,8 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         if score > best:
             best = score
             encoder.save(out / "best.pt", **meta, step=step, val_asa=val_asa, val_gr=val_gr)
+            # the int8 companion of the former best would be refused (other weights): made for the final one below
+            Path(str(out / "best.pt") + INT8_CALIBRATION_SUFFIX).unlink(missing_ok=True)
         (out / "history.json").write_text(json.dumps(history, indent=2))
         tqdm.write(f"step {step}: val ASA {val_asa:.4f} GR {val_gr:.3f} (best score {best:.4f})", file=sys.stderr)
 
@@ -302,13 +305,47 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     bar.close()
     log.close()
     (out / "history.json").write_text(json.dumps(history, indent=2))
+    write_int8_companion(out / "best.pt", sampler, cfg)
     return out / "best.pt"
+
+
+def write_int8_companion(weights: Path, sampler: CropSampler, cfg: TrainConfig) -> Path | None:
+    """The int8 companion ``<weights>.int8.pt`` of a checkpoint (:func:`~spam_stream.encoder.make_int8_companion`),
+    calibrated on the first ``cfg.int8_images`` training images (whole images, colour as the encoder sees it), so
+    that ``SPAM(encoder=weights)`` runs the int8 encoder on the CPU. Written only when its learned channels on those
+    images are within :data:`~spam_stream.encoder.INT8_MAX_REL_RMS` of the float32 ones (else that checkpoint runs
+    in float32; a note says so); kept when it is already there for these weights. None when none is written, or
+    ``int8_images`` is 0, there is no checkpoint or this CPU has no int8 engine."""
+    from .encoder import INT8_MAX_REL_RMS, int8_error, int8_supported, load_encoder, load_int8, make_int8_companion
+
+    path = Path(str(weights) + INT8_CALIBRATION_SUFFIX)
+    if cfg.int8_images <= 0 or not weights.is_file() or not int8_supported():
+        return None
+    enc, _ = load_encoder(weights)
+    if path.is_file():
+        try:
+            if load_int8(enc, torch.load(path, map_location="cpu", weights_only=True)) is not None:
+                return path  # made for these weights already (a resumed run with no better checkpoint)
+        except Exception:
+            pass  # unreadable or another network: made again
+    colours = [torch.from_numpy(np.ascontiguousarray(lab.transpose(2, 0, 1)) * cfg.color_scale)
+               for lab, _ in sampler.items[:cfg.int8_images]]
+    blob = make_int8_companion(enc, tqdm(colours, desc="int8 calibration", unit="img", leave=False))
+    error = int8_error(enc, load_int8(enc, blob), colours)
+    if error > INT8_MAX_REL_RMS:
+        print(f"int8: {weights.name}'s int8 channels are {error:.3f} (relative RMS) from float32 on the calibration "
+              f"images, above {INT8_MAX_REL_RMS}: no {path.name}, it runs in float32", file=sys.stderr)
+        return None
+    torch.save(blob, path)
+    print(f"int8: wrote {path} ({error:.3f} relative RMS from float32 on {len(colours)} train images)",
+          file=sys.stderr)
+    return path
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig(root="")
     p.add_argument("--root", default=None, help="BSDS500 folder (default: ../shared/datasets/bsds500 or $SPAM_BSDS_ROOT)")
-    p.add_argument("--out", default=d.out, help=f"run folder: log.csv, last.pt (resume), best.pt (default {d.out})")
+    p.add_argument("--out", default=d.out, help=f"run folder: log.csv, last.pt (resume), best.pt and its int8 companion (default {d.out})")
     for name in ("iterations", "batch", "crop", "crop_superpixels", "soft_iterations", "width", "out_dim",
                  "val_every", "val_images", "val_superpixels", "checkpoint_every", "seed", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
@@ -320,6 +357,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="end within this wall time: a fresh run times its first steps and one validation, then sets "
                         "--iterations (the cosine schedule) to what fits, shortened at validations if steps slow down; a resumed run "
                         "keeps that schedule (default 0: off)")
+    p.add_argument("--int8-images", type=int, default=d.int8_images,
+                   help="at the end, calibrate the int8 CPU encoder of best.pt on this many train images and write "
+                        f"best.pt{INT8_CALIBRATION_SUFFIX} beside it (SPAM then runs it in int8 on CPUs with AVX2; "
+                        f"0: none, float32 only; default {d.int8_images})")
     p.add_argument("--device", default=d.device,
                    help="auto (default: cuda when available, with the Triton soft iterations), cpu or cuda[:N]")
     p.add_argument("--init", default=d.init, help="encoder weights to start from (fine-tuning); ignored on resume")

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from spam_stream import SPAM
-from spam_stream.encoder import (INT8_CALIBRATION_SUFFIX, Encoder, attach_int8, calibrate_int8, encode_learned,
-                                 encode_tiled, fold_batchnorm, float32_twin, int8_supported, quantize_encoder)
+from spam_stream.encoder import (INT8_CALIBRATION_SUFFIX, Encoder, Int8LearnedChannels, attach_int8, calibrate_int8,
+                                 encode_learned, encode_tiled, fold_batchnorm, float32_twin, int8_supported,
+                                 make_int8_companion, quantize_encoder)
 from spam_stream.features import COLOR_SCALE, pixel_features
 from spam_stream.model import DEFAULT_WEIGHTS
 
@@ -38,7 +39,7 @@ def images():
 @pytest.mark.parametrize("encoder", ["default", "fast"])
 def test_int8_learned_channels_close_to_float32(encoder):
     new = SPAM(encoder=encoder).encoder
-    assert "int8" in new.__dict__
+    assert isinstance(new.__dict__.get("int8"), Int8LearnedChannels)  # the saved int8 weights, no FX at load
     ref = float32_twin(new)
     assert "int8" not in ref.__dict__ and "int8" in new.__dict__  # the twin leaves the default as it is
     for image in images():
@@ -115,3 +116,97 @@ def test_calibrate_and_quantize_a_checkpoint(tmp_path):
     assert attach_int8(inference, enc, weights) and "int8" in inference.__dict__
     with pytest.raises(ValueError, match="calibration"):
         quantize_encoder(Encoder(12, 8).eval(), {})
+
+
+def _random_encoder(seed):
+    torch.manual_seed(seed)
+    enc = Encoder(12, 8)
+    for m in enc.modules():  # non-trivial BatchNorm statistics, folded by the conversion
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return enc.eval()
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+def test_companion_loads_without_fx_and_equals_the_fx_conversion(tmp_path, monkeypatch):
+    """make_int8_companion saves the converted weights: attach_int8 builds Int8LearnedChannels from them without
+    FX (quantize_encoder made to fail), and its channels are the FX-converted module's, exactly (with torch's
+    concatenation; the numba one: test_qconcat_kernel_equals_the_torch_twin)."""
+    enc = _random_encoder(0)
+    colours = [torch.rand(3, 40, 56) * 30 for _ in range(3)]
+    weights = tmp_path / "enc.pt"
+    blob = make_int8_companion(enc, colours, str(weights) + INT8_CALIBRATION_SUFFIX)
+    fx = quantize_encoder(enc, blob["calibration"])
+
+    def no_fx(*args, **kwargs):
+        raise AssertionError("FX conversion at load")
+
+    monkeypatch.setattr("spam_stream.encoder.quantize_encoder", no_fx)
+    inference = fold_batchnorm(enc)
+    assert attach_int8(inference, enc, weights)
+    assert isinstance(inference.__dict__["int8"], Int8LearnedChannels)
+    twin = float32_twin(inference)
+    twin.__dict__["int8"] = fx
+    c = colours[0] * 0.8  # inside the calibrated range
+    inference.__dict__["int8"].fused_concat = False  # torch's ops, as FX's graph has them: the same channels exactly
+    torch.testing.assert_close(encode_learned(inference, c), encode_learned(twin, c), rtol=0, atol=0)
+    inference.__dict__["int8"].fused_concat = True
+    assert rel_rms(encode_learned(inference, c), encode_learned(float32_twin(inference), c)) <= 2.5 * INT8_REL_RMS
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+def test_companion_of_other_weights_is_not_used(tmp_path):
+    """A companion left beside retrained weights (its fingerprint differs) leaves the float32 path, with a warning."""
+    weights = tmp_path / "enc.pt"
+    make_int8_companion(_random_encoder(0), [torch.rand(3, 40, 56) * 30], str(weights) + INT8_CALIBRATION_SUFFIX)
+    other = _random_encoder(1)
+    inference = fold_batchnorm(other)
+    with pytest.warns(UserWarning, match="other weights"):
+        assert not attach_int8(inference, other, weights)
+    assert "int8" not in inference.__dict__
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+@pytest.mark.parametrize("same", [True, False])
+def test_qconcat_kernel_equals_the_torch_twin(same):
+    """kernels/qconcat: the numba pass == quantized upsampling + quantized::cat, within one uint8 level (it rounds
+    once, torch twice), on odd sizes; colour and s1 in the result's quantization (copied) or not (requantized)."""
+    import warnings
+
+    from spam_stream.encoder import _qconcat_taps
+    from spam_stream.kernels.qconcat import qconcat_cpu, qconcat_torch
+
+    torch.manual_seed(0)
+    h, w = 37, 53
+    sizes = [(h, w), (h, w), ((h + 1) // 2, (w + 1) // 2), ((h + 3) // 4, (w + 3) // 4)]
+    qparams = [(0.14, 68), (0.14, 68) if same else (0.05, 0), (0.02, 0), (0.016, 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        parts = [torch.quantize_per_tensor(torch.rand(1, c, *hw).contiguous(memory_format=torch.channels_last) * 6,
+                                           s, z, torch.quint8) for c, hw, (s, z) in zip((3, 8, 8, 8), sizes, qparams)]
+        taps = _qconcat_taps(sizes[2], sizes[3], (h, w))
+        got = qconcat_cpu(parts, (h, w), 0.14, 68, taps)
+        ref = qconcat_torch(parts, (h, w), 0.14, 68)
+    assert got.shape == ref.shape == (1, 27, h, w) and (got.q_scale(), got.q_zero_point()) == (0.14, 68)
+    diff = (got.int_repr().int() - ref.int_repr().int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.1
+    assert torch.equal(got.int_repr()[:, :3], ref.int_repr()[:, :3])  # colour: copied or requantized alike
+
+
+@needs_int8
+def test_fused_concat_stays_close_to_the_torch_ops():
+    """The bundled int8 encoder with the numba concatenation vs torch's ops: the same learned channels within a
+    fraction of the int8 tolerance, both within it of float32."""
+    enc = SPAM().encoder
+    colour = pixel_features(images()[0], 400)[:3].clone() * (enc.input_color_scale / COLOR_SCALE)
+    assert enc.int8.fused_concat
+    fused = encode_tiled(enc, colour)
+    enc.int8.fused_concat = False
+    try:
+        plain = encode_tiled(enc, colour)
+    finally:
+        enc.int8.fused_concat = True
+    ref = encode_tiled(float32_twin(enc), colour)
+    assert rel_rms(fused, plain) <= INT8_REL_RMS / 4
+    assert rel_rms(fused, ref) <= INT8_REL_RMS and rel_rms(plain, ref) <= INT8_REL_RMS

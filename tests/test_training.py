@@ -9,13 +9,20 @@ import scipy.io
 import torch
 from PIL import Image
 
-from spam_stream.encoder import load_encoder
+from pathlib import Path
+
+from spam_stream import SPAM
+from spam_stream.encoder import (INT8_CALIBRATION_SUFFIX, INT8_MAX_REL_RMS, Int8LearnedChannels, int8_error,
+                                 int8_supported, load_encoder, load_int8)
+from spam_stream.model import DEFAULT_WEIGHTS
+from spam_stream.features import pixel_features
 from spam_stream.training import FIT_STEPS, FIT_WARMUP, TrainConfig, batch_loss, fit_schedule, resolve_device, train
 from spam_stream.encoder import Encoder
 
 
-def _fake_bsds(root, n=3, h=48, w=64):
-    """n images per split: coloured quadrants with noise, their quadrant segmentation as the only annotator."""
+def _fake_bsds(root, n=3, h=48, w=64, levels=(0, 256)):
+    """n images per split: coloured quadrants (channel values in ``levels``) with noise, their quadrant segmentation
+    as the only annotator."""
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         (root / "data" / "images" / split).mkdir(parents=True)
@@ -23,7 +30,7 @@ def _fake_bsds(root, n=3, h=48, w=64):
         for i in range(n):
             cy, cx = rng.integers(12, h - 12), rng.integers(12, w - 12)
             seg = 1 + (np.arange(h)[:, None] >= cy) * 2 + (np.arange(w)[None, :] >= cx)
-            colours = rng.integers(0, 256, (5, 3))
+            colours = rng.integers(*levels, (5, 3))
             img = np.clip(colours[seg] + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(root / "data" / "images" / split / f"{i}.jpg", quality=95)
             cells = np.empty((1, 1), dtype=object)
@@ -32,8 +39,8 @@ def _fake_bsds(root, n=3, h=48, w=64):
     return root
 
 
-def _config(tmp_path, **kw):
-    cfg = dict(root=str(_fake_bsds(tmp_path / "bsds")), out=str(tmp_path / "run"), iterations=4, batch=2, crop=33,
+def _config(tmp_path, levels=(0, 256), **kw):
+    cfg = dict(root=str(_fake_bsds(tmp_path / "bsds", levels=levels)), out=str(tmp_path / "run"), iterations=4, batch=2, crop=33,
                crop_superpixels=9, soft_iterations=2, width=8, val_every=2, val_images=2, val_superpixels=12,
                checkpoint_every=1)
     cfg.update(kw)
@@ -198,3 +205,36 @@ def test_train_cli_bad_options_are_one_line_errors(argv, message, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+def test_train_writes_the_int8_companion_of_its_checkpoint(tmp_path, capsys):
+    """best.pt gets its int8 companion, calibrated on the training images, when its int8 channels stay close to
+    float32 (fine-tuned from the bundled encoder): SPAM(encoder=best.pt) runs int8 on the CPU; a resumed run with a
+    new best writes one for the new weights. A barely trained random network's int8 channels are far from float32:
+    no companion (float32 path); --int8-images 0: none."""
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("no bundled encoder weights")
+    # natural-image colours (not saturated ones: those lie beyond what int8 holds well, as for the bundled encoder)
+    cfg = _config(tmp_path, levels=(60, 190), iterations=2, device="cpu", int8_images=3, width=32,
+                  init=str(DEFAULT_WEIGHTS), lr=1e-5)
+    best = train(cfg)
+    companion = Path(str(best) + INT8_CALIBRATION_SUFFIX)
+    assert companion.is_file()
+    model = SPAM(encoder=str(best))
+    assert isinstance(model.encoder.__dict__.get("int8"), Int8LearnedChannels)
+    enc, _ = load_encoder(best)
+    colours = [pixel_features(np.asarray(Image.open(tmp_path / "bsds" / "data" / "images" / "train" / f"{i}.jpg")),
+                              12)[:3].clone() for i in range(3)]
+    assert int8_error(enc, model.encoder.int8, colours) <= INT8_MAX_REL_RMS
+    cfg.iterations = 4  # resumed: a new best replaces the companion by one for the new weights
+    train(cfg)
+    enc, meta = load_encoder(best)
+    assert meta["step"] == 4 and load_int8(enc, torch.load(companion, weights_only=True)) is not None
+    capsys.readouterr()
+    rough = _config(tmp_path / "rough", iterations=2, device="cpu", int8_images=2)
+    assert not Path(str(train(rough)) + INT8_CALIBRATION_SUFFIX).exists()
+    assert "float32" in capsys.readouterr().err
+    assert "int8" not in SPAM(encoder=str(Path(rough.out) / "best.pt")).encoder.__dict__
+    off = _config(tmp_path / "off", iterations=2, device="cpu", int8_images=0, width=32, init=str(DEFAULT_WEIGHTS))
+    assert not Path(str(train(off)) + INT8_CALIBRATION_SUFFIX).exists()

@@ -1,0 +1,108 @@
+"""The int8 encoder's output-conv input in one pass: ``[colour, s1, up(s2), up(s3)]`` as one uint8 map.
+
+The int8 encoder (:class:`spam_stream.encoder.Int8LearnedChannels`) concatenates its quantized colour and scale-1 maps
+with its scale-2 and scale-3 maps upsampled bilinearly (``align_corners=False``) to full resolution, all requantized
+to the concatenation's (scale, zero point). torch does that as two quantized ``upsample_bilinear2d`` calls and one
+``quantized::cat``: three passes over full-resolution 32- to 99-channel maps, together more time than the int8
+convolutions around them on an AVX2 CPU. Here the uint8 result is written once, NHWC (a channels-last map's memory).
+
+* :func:`qconcat_torch` — the torch reference twin (quantized upsampling, then ``quantized::cat``);
+* :func:`qconcat_cpu`   — one numba pass, parallel over output rows: inputs already in the result's quantization are
+  copied, the others requantized; the bilinear value is computed from the uint8 levels in float32 and rounded once
+  (torch rounds twice: to the coarse map's levels, then to the result's), so the two differ by at most one level
+  (a few % of the upsampled values).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+
+
+def qconcat_torch(parts, size, scale: float, zero_point: int) -> torch.Tensor:
+    """parts: quint8 (1, C_i, h_i, w_i) maps — full-resolution ones (h_i, w_i) == ``size`` as they are, coarser ones
+    upsampled bilinearly to ``size`` — concatenated along channels in the quantization (scale, zero_point)."""
+    full = [p if tuple(p.shape[-2:]) == tuple(size) else F.interpolate(p, size=size, mode="bilinear",
+                                                                        align_corners=False) for p in parts]
+    return torch.ops.quantized.cat(full, 1, scale, zero_point)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy_or_requant(src, zp, ratio, same, out_zp, dst, base):
+    """src (w, C) uint8 row → dst[:, base:base + C], requantized unless ``same``."""
+    n_ch = src.shape[1]
+    if same:
+        dst[:, base:base + n_ch] = src
+        return
+    offset = np.float32(out_zp) - zp * ratio + np.float32(0.5)
+    for j in range(src.shape[0]):
+        for c in range(n_ch):
+            q = np.float32(src[j, c]) * ratio + offset
+            dst[j, base + c] = np.uint8(min(np.float32(255.0), max(np.float32(0.0), np.floor(q))))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _upsample_row(top, bottom, wa0, wa1, c0, c1, b0, b1, zp, ratio, out_zp, dst, base):
+    """One output row of the bilinear upsampling of source rows ``top``/``bottom`` (w', C) uint8, requantized into
+    dst[:, base:base + C]: level = round((v − zp)·ratio) + out_zp with v the bilinear value of the levels."""
+    n_ch = top.shape[1]
+    offset = np.float32(out_zp) - zp * ratio + np.float32(0.5)
+    for j in range(dst.shape[0]):
+        wb0, wb1 = b0[j], b1[j]
+        t0, t1, u0, u1 = top[c0[j]], top[c1[j]], bottom[c0[j]], bottom[c1[j]]
+        for c in range(n_ch):
+            v = wa0 * (wb0 * np.float32(t0[c]) + wb1 * np.float32(t1[c])) + \
+                wa1 * (wb0 * np.float32(u0[c]) + wb1 * np.float32(u1[c]))
+            q = np.floor(v * ratio + offset)  # round half up (torch: half to even; only exact halves differ)
+            dst[j, base + c] = np.uint8(min(np.float32(255.0), max(np.float32(0.0), q)))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _qconcat(col, s1, s2, s3, qp, r2, a2, c2, b2, r4, a4, c4, b4, out, out_scale, out_zp):
+    """col (h, w, 3), s1 (h, w, C), s2 (h2, w2, C), s3 (h4, w4, C) uint8; qp (4, 2) float64 (scale, zero point) of
+    each; r*, c* (2, n) int64 source rows/columns and a*, b* (2, n) float32 weights of s2 / s3; out (h, w, 3 + 3C)."""
+    h = out.shape[0]
+    nc, n1, n2 = col.shape[2], s1.shape[2], s2.shape[2]
+    ratio = (qp[:, 0] / out_scale).astype(np.float32)
+    zps = qp[:, 1].astype(np.float32)
+    same_col = qp[0, 0] == out_scale and qp[0, 1] == out_zp
+    same_s1 = qp[1, 0] == out_scale and qp[1, 1] == out_zp
+    for i in prange(h):
+        dst = out[i]
+        _copy_or_requant(col[i], zps[0], ratio[0], same_col, out_zp, dst, 0)
+        _copy_or_requant(s1[i], zps[1], ratio[1], same_s1, out_zp, dst, nc)
+        _upsample_row(s2[r2[0, i]], s2[r2[1, i]], a2[0, i], a2[1, i], c2[0], c2[1], b2[0], b2[1], zps[2], ratio[2],
+                      out_zp, dst, nc + n1)
+        _upsample_row(s3[r4[0, i]], s3[r4[1, i]], a4[0, i], a4[1, i], c4[0], c4[1], b4[0], b4[1], zps[3], ratio[3],
+                      out_zp, dst, nc + n1 + n2)
+
+
+def _nhwc_bytes(q: torch.Tensor):
+    """The uint8 levels of a channels-last quint8 (1, C, h, w) map as an (h, w, C) array on its memory, no copy (a
+    plain uint8 tensor set on the map's storage: torch ops on ``q.view(torch.uint8)`` itself are not safe)."""
+    _, c, h, w = q.shape
+    if not q.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("qconcat: maps must be channels-last contiguous")
+    raw = torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), (h, w, c), (w * c, c, 1))
+    return raw.numpy()
+
+
+def qconcat_cpu(parts, size, scale: float, zero_point: int, taps) -> torch.Tensor:
+    """:func:`qconcat_torch` for [colour, s1, s2, s3] (full-resolution colour and s1, coarser s2 and s3; channels-last
+    quint8 CPU maps) in one numba pass; a channels-last quint8 (1, 3 + 3C, *size) result. ``taps``: the bilinear
+    source rows and columns of s2 and s3, ``(rows2, cols2, rows3, cols3)``, each (index (2, n) int64, weight (2, n)
+    float32) for the n output rows / columns (PyTorch's mapping: ``spam_stream.encoder._source_rows``)."""
+    col, s1, s2, s3 = (p.contiguous(memory_format=torch.channels_last) for p in parts)
+    h, w = size
+    out = torch._empty_affine_quantized((1, col.shape[1] + s1.shape[1] + s2.shape[1] + s3.shape[1], h, w),
+                                        scale=float(scale), zero_point=int(zero_point), dtype=torch.quint8,
+                                        memory_format=torch.channels_last)
+    qp = torch.tensor([[p.q_scale(), p.q_zero_point()] for p in (col, s1, s2, s3)], dtype=torch.float64).numpy()
+    (r2, a2), (c2, b2), (r4, a4), (c4, b4) = taps
+    _qconcat(_nhwc_bytes(col), _nhwc_bytes(s1), _nhwc_bytes(s2), _nhwc_bytes(s3), qp, r2, a2, c2, b2, r4, a4, c4, b4,
+             _nhwc_bytes(out), float(scale), int(zero_point))
+    return out
+
+
+__all__ = ["qconcat_cpu", "qconcat_torch"]
