@@ -424,5 +424,5 @@ def preview(read, shape, small_labels, long_side: int = 4096, color="auto", rows
         strip = np.zeros((y1 - y, w, 3), np.uint8)
         if y < done:
             strip[:min(y1, done) - y] = read(y, min(y1, done), 0, w)
-        strips.append(strip[::f, ::f])
+        strips.append(strip[::f, ::f].copy())  # a copy: the strided view would keep the whole strip alive
     return overlay(np.concatenate(strips), small_labels, color)
