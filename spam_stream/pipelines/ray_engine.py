@@ -264,14 +264,14 @@ def run_batch_ray(spec: dict, inputs, outdir, n_superpixels: int = 400, *, resum
     try:
         if todo:
             _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress,
-                 video_options)
+                 video_options, superpixel_size)
     finally:
         writer.close(carried)
     return writer.entries, carried, len(items)
 
 
 def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per_worker, address, progress,
-         video_options=None):
+         video_options=None, superpixel_size=None):
     ray = require_ray()
     started = init_ray(address)
     try:
