@@ -345,3 +345,16 @@ def test_region_table_is_made_only_when_a_kernel_reads_it(picture):
     assert torch.equal(table, cands.rows[cands.pixel_row.long()])
     labels = frame.cluster_labels.ravel()
     assert (table[torch.arange(len(labels)), :] == torch.from_numpy(labels.astype(np.int32))[:, None]).any(1).all()
+
+
+def test_seam_fraction_over_all_lines_sees_a_seam():
+    """seam_fractions(..., "all"): a label map cut along the tile edges (a seam by construction) has every edge
+    line on a boundary, the other lines only where its superpixels end."""
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 50, (20, 20))
+    labels = np.kron(cells, np.ones((13, 13), np.int64))[:256, :256]  # 13-px superpixels, no relation to 64
+    cut = labels + 1000 * ((np.arange(256)[:, None] // 64) * 4 + np.arange(256)[None, :] // 64)
+    on, off = seam_fractions(cut, 64, "all")
+    assert on == 1.0 and off < 0.2
+    on, off = seam_fractions(labels, 64, "all")
+    assert on < 0.2 and off < 0.2
