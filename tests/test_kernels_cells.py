@@ -132,14 +132,16 @@ def test_object_seed_blocks_match_reference_for_learned_channels():
 
 
 @pytest.mark.parametrize("d", [5, 20])
-def test_unassigned_runs_add_nothing(d):
-    """Pixels with no valid candidate (label -1, e.g. outside a mask) in rows wider than one run of XC pixels."""
+@pytest.mark.parametrize("cols", [(100, 140), (cells.XC, 2 * cells.XC)])
+def test_unassigned_runs_add_nothing(d, cols):
+    """Pixels with no valid candidate (label -1, e.g. outside a mask) in rows wider than one run of XC pixels;
+    (XC, 2 XC): a whole run without a candidate, which skips the distances."""
     f, c, cands = object_case(40, 3 * cells.XC + 17, 60, seed=4)
     g = torch.Generator().manual_seed(2)
     if d > 5:
         f = torch.cat([f, torch.randn(f.shape[0], d - 5, generator=g)], 1)
         c = torch.cat([c, torch.randn(c.shape[0], d - 5, generator=g)], 1)
-    cands.rows[cands.pixel_row.reshape(40, -1)[:, 100:140].unique().long()] = -1  # rows with no candidate
+    cands.rows[cands.pixel_row.reshape(40, -1)[:, cols[0]:cols[1]].unique().long()] = -1  # rows with no candidate
     cands.table = cands.rows[cands.pixel_row.long()]
     cands.__dict__.pop("_cell_plan", None)
     la, ca = cpu.hard_iterations(f, c, cands, 4)

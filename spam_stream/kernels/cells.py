@@ -194,6 +194,7 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
         for x0 in range(0, width, XC):
             n = min(XC, width - x0)
             xs = 0
+            live = False  # any candidate in this run's cells (none: e.g. outside a mask, every pixel is -1)
             while xs < n:  # lay out the slots' centroids per pixel column, once per cell row: cell by cell,
                 bx = xblock[x0 + xs]  # each value filled along the cell's columns (a vector fill, no gather)
                 xe = xs + 1
@@ -201,6 +202,7 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
                     xe += 1
                 for j in range(N_SLOTS):
                     k = rowtab[br, bx, j]
+                    live |= k >= 0
                     ci = cid[j]
                     for x in range(xs, xe):
                         ci[x] = k
@@ -218,14 +220,20 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
                     f2a = fT[2 * n_cols + base:2 * n_cols + base + n]
                     f3a = fT[3 * n_cols + base:3 * n_cols + base + n]
                     f4a = fT[4 * n_cols + base:4 * n_cols + base + n]
-                    _argmin5(f0a, f1a, f2a, f3a, f4a, cexp, cid, lab, n)
+                    if live:
+                        _argmin5(f0a, f1a, f2a, f3a, f4a, cexp, cid, lab, n)
+                    else:  # what the argmin gives when every slot is empty (+inf), without the distances
+                        lab[:n] = -1
                     if exc_start[y + 1] > exc_start[y]:
                         _fix_exceptions(fT, n_cols, y, width, x0, n, c, lab, exc_start, exc_x, exc_row, rows,
                                         pix_obj, sp_obj)
                     if accumulate:
                         _accumulate5(f0a, f1a, f2a, f3a, f4a, lab, n, sums, counts)
                 else:
-                    _argmin_any(fT, n_cols, base, d_count, cexp, cid, lab, n, acc, best)
+                    if live:
+                        _argmin_any(fT, n_cols, base, d_count, cexp, cid, lab, n, acc, best)
+                    else:
+                        lab[:n] = -1
                     if exc_start[y + 1] > exc_start[y]:
                         _fix_exceptions(fT, n_cols, y, width, x0, n, c, lab, exc_start, exc_x, exc_row, rows,
                                         pix_obj, sp_obj)
