@@ -5,7 +5,6 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from ..graph import region_graph, save_graph
