@@ -219,7 +219,7 @@ def finalize_window(raw: np.ndarray, origin: tuple[int, int], core: tuple[int, i
 
 
 def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, workers: int | None = None,
-               progress=None):
+               progress=None, submit=None):
     """Final labels of an image of any size, one row of tiles at a time, in bounded memory (module docstring).
 
     ``image``: an (H, W, 3) array, or an object with ``shape`` and ``read(y0, y1, x0, x1)`` (a lazily read file,
@@ -229,6 +229,10 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
     ``mask``: None, or a :class:`~spam_stream.masking.MaskSource` (or what it takes): then ``n_superpixels`` is
     the count inside the mask (the grid's density is that over the mask's area), pixels outside are skipped and 0,
     the ids inside numbered from 1. ``progress(n)``: called once per clustered tile.
+    ``submit(shape, k, grid, core, halo)``: where the tiles are clustered (default: this process's pool), a callable
+    returning an object whose ``result()`` is :func:`segment_tile`'s (``model``, ``image`` and ``mask`` as given
+    here): :class:`spam_stream.pipelines.ray_engine.RayTiles` spreads them over a Ray cluster's workers; the
+    windows stay in this process.
 
     Two kinds of task share one thread pool (one thread per core, each single-threaded): clustering a tile
     (:func:`segment_tile`, raw labels of its core), and its connectivity (:func:`finalize_window`, on the raw
@@ -269,7 +273,10 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
     pending = {}
 
     def submit_row(pool, r):
-        pending[r] = [pool.submit(cluster, (*ys[r], x0, x1)) for x0, x1 in xs]
+        if submit is not None:
+            pending[r] = [submit((height, width), k, grid, (*ys[r], x0, x1), halo) for x0, x1 in xs]
+        else:
+            pending[r] = [pool.submit(cluster, (*ys[r], x0, x1)) for x0, x1 in xs]
 
     def collect_row(r):
         y0, y1 = ys[r]

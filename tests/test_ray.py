@@ -365,3 +365,30 @@ def test_a_worker_killed_in_the_middle_of_a_video_redoes_it_from_its_first_frame
     frames, _ = decode_all(out / "clip" / "clip_overlay.mp4")
     assert [read_index(f) for f in frames] == list(range(n))
     assert not [p for p in out.rglob("*") if ".part" in p.name]
+
+
+def test_ray_engine_spreads_a_large_images_tiles_over_the_workers(tmp_path, local_ray, capsys):
+    """A TIFF too large for one frame is segmented in tiles that Ray runs as tasks on its workers (more than one
+    worker process on a 2-CPU local cluster), while the driver runs the connectivity windows: its label TIFF equals
+    the local engine's, and its manifest line says how many worker processes clustered its tiles."""
+    import tifffile
+
+    from spam_stream.largeio import read_label_tiff
+
+    rng = np.random.default_rng(0)
+    picture = np.repeat(np.repeat(rng.integers(0, 255, (44, 60, 3), dtype=np.uint8), 25, 0), 25, 1)
+    picture = np.clip(picture + rng.normal(0, 6, picture.shape), 0, 255).astype(np.uint8)  # 1100x1500
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "big.tif", picture, tile=(128, 128), compression="zlib")
+    Image.fromarray(picture[:120, :160]).save(inputs / "small.png")
+    args = ["batch", str(inputs), "--encoder", "none", "--superpixel-size", "1500", "--memory-limit", "60"]
+    assert main(args + ["-o", str(tmp_path / "local")]) == 0
+    assert main(args + ["-o", str(tmp_path / "ray"), "--engine", "ray"]) == 0
+    lines = {Path(e["input"]).name: e for e in manifest(tmp_path / "ray")}
+    big = lines["big.tif"]
+    assert big["kind"] == "large" and big["status"] == "ok" and big["tiles"] > 2
+    assert big["tile_workers"] >= 2
+    assert lines["small.png"]["status"] == "ok"
+    assert np.array_equal(read_label_tiff(tmp_path / "ray" / "big_labels.tif"),
+                          read_label_tiff(tmp_path / "local" / "big_labels.tif"))

@@ -112,7 +112,8 @@ def worker_spec(args) -> dict:
                      iterations=args.iterations, tol=args.tol, device=args.device, prior=args.prior,
                      prior_options=prior_options,
                      attention=attention, attention_ratio=args.attention_ratio, focus=args.focus,
-                     memory_budget=None if args.max_memory is None else args.max_memory * 2**20)
+                     memory_budget=None if args.max_memory is None else args.max_memory * 2**20,
+                     memory_limit=None if args.memory_limit is None else args.memory_limit * 2**20)
 
 
 def run_ray(args) -> int:

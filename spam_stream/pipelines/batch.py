@@ -317,12 +317,15 @@ def large_unit(model, item: BatchItem, n_superpixels: int, superpixel_size: int 
 
 def large_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400, *,
                 superpixel_size: int | None = None, start_label: int = 0, color="auto", progress=None,
-                remote: RemoteOutputs | None = None, graph: bool = False) -> dict:
+                remote: RemoteOutputs | None = None, graph: bool = False, tiles=None) -> dict:
     """Process one large image of a batch (both engines) with :func:`spam_stream.pipelines.large.process_large`
     and return its manifest line: ``kind`` "large", ``outputs`` (label TIFF, preview), ``superpixels``,
     ``tiles``, ``rows`` (finished), ``ms`` (``total``), ``status`` ("ok"; "incomplete" when a tile could not be
     read: the rows before it are kept and ``--resume`` does the image again; "failed") and ``error``.
-    ``remote``: a URI OUTDIR; ``outdir`` is then a staging folder, the outputs are uploaded (labels, then preview)."""
+    ``remote``: a URI OUTDIR; ``outdir`` is then a staging folder, the outputs are uploaded (labels, then preview).
+    ``tiles(path)``: where the tiles are clustered, a factory of :func:`spam_stream.tiling.iter_bands`' ``submit``
+    (the Ray engine's :class:`~spam_stream.pipelines.ray_engine.RayTiles`; default this process); an object
+    with a ``workers`` set adds the line's ``tile_workers`` (the processes that clustered its tiles)."""
     from ..largeio import open_large
     from .large import process_large, superpixel_count, tiles_for
 
@@ -338,9 +341,12 @@ def large_entry(model, item: BatchItem, outdir: Path, n_superpixels: int = 400, 
             if k > h * w:
                 raise InputError(f"{k} superpixels requested but the image has only {h * w} pixels")
             tile = tiles_for(model, image, k, None) or max(h, w)
+            submit = None if tiles is None else tiles(item.path)
             result = process_large(model, image, outputs["labels"], outputs["overlay"], k, tile,
                                    start_label=start_label, color=color, progress=progress,
-                                   graph_path=outputs.get("graph"))
+                                   graph_path=outputs.get("graph"), submit=submit)
+            if submit is not None and hasattr(submit, "workers"):
+                entry["tile_workers"] = len(submit.workers)
         error, status = result.error, result.status
         entry.update(outputs={k: str(v) for k, v in result.outputs.items()}, superpixels=result.superpixels,
                      tiles=result.tiles, rows=result.rows)

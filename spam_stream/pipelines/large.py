@@ -68,13 +68,14 @@ def superpixel_count(height, width, area, superpixels: int, superpixel_size: int
 
 
 def process_large(model, image, labels_path, overlay_path, n_superpixels: int, tile_size: int, *, mask=None,
-                  start_label: int = 0, color="auto", progress=None, graph_path=None) -> LargeResult:
+                  start_label: int = 0, color="auto", progress=None, graph_path=None, submit=None) -> LargeResult:
     """Segment an opened large image (:func:`spam_stream.largeio.open_large`) in ``tile_size`` tiles and write
     ``labels_path`` (tiled uint32 BigTIFF, ids = the superpixels' global numbers + ``start_label``; with a mask 0
     outside and numbered from ``max(start_label, 1)``) and ``overlay_path`` (the preview PNG) as rows finish.
     ``mask``: None or a :class:`~spam_stream.masking.MaskSource`. ``progress(n)``: once per clustered tile.
     ``graph_path``: also write the region graph of every superpixel there (``.npz``, the arrays of
     :func:`spam_stream.graph.save_graph`), built row band by row band (:class:`spam_stream.graph.GraphRows`).
+    ``submit``: where the tiles are clustered (:func:`spam_stream.tiling.iter_bands`; default this process).
 
     A :class:`~spam_stream.largeio.TileError` while reading ends it there (module docstring); other errors
     (a full disk: the partial TIFF is removed) raise."""
@@ -110,7 +111,8 @@ def process_large(model, image, labels_path, overlay_path, n_superpixels: int, t
     def rows():
         y = 0
         try:
-            for y0, band, ids in iter_bands(model, image, n_superpixels, tile_size, mask=mask, progress=count):
+            for y0, band, ids in iter_bands(model, image, n_superpixels, tile_size, mask=mask, progress=count,
+                                            submit=submit):
                 low = ids[ids < len(seen)]
                 seen[low] = True
                 others.update(ids[ids >= len(seen)].tolist())

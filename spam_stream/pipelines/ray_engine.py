@@ -18,6 +18,13 @@ each actor is sent one task at a time (``max_tasks_in_flight_per_actor=1``), so 
 queue of an actor busy with a long video while another actor is free. The pool's size and CPUs are the same as for
 images, so videos cannot starve Ray Data's own tasks either.
 
+Large images. A TIFF or slide too large for one frame (:func:`~spam_stream.pipelines.batch.large_unit`, decided
+by the driver) is not one actor's task: after the dataset, the driver runs its rows of tiles
+(:func:`~spam_stream.pipelines.batch.large_entry`, the local engine's code) with each tile a Ray task
+(:class:`RayTiles`: the worker builds the model once and reads its tile's region from the file), so the tiles
+spread over the cluster's workers while the driver runs the connectivity windows and writes the label TIFF; the
+manifest line's ``tile_workers`` counts the worker processes that clustered its tiles.
+
 Resources. Each actor takes ``num_cpus`` CPUs (its torch and numba threads) and ``num_gpus`` GPUs; the pool is sized
 so that actors never hold all the cluster's CPUs: ``workers × num_cpus ≤ CPUs − 1``. (Measured with ray 2.60 on a
 2-CPU machine: a pool whose actors take both CPUs leaves none for Ray Data's own tasks and the job stalls.) The
@@ -65,14 +72,15 @@ def require_ray():
 
 def make_spec(*, encoder="default", compactness: float | None = None, color_scale: float = 0.26, iterations: int | str = 10,
               tol: float | None = None, device: str = "cpu", prior: str | None = None, prior_options: dict | None = None,
-              attention=None, attention_ratio: float = 2.5, focus=None, memory_budget: int | None = None) -> dict:
+              attention=None, attention_ratio: float = 2.5, focus=None, memory_budget: int | None = None,
+              memory_limit: int | None = None) -> dict:
     """The picklable description of the per-worker model: SPAM's arguments, the prior provider's
     (:func:`spam_stream.priors.make_provider` keyword arguments, ``name`` included) and the density options.
 
     ``attention``: None, ``"saliency"`` (spectral residual) or ``{"dino_weights": PATH}`` (DINO saliency)."""
     return {"model": {"encoder": str(encoder) if isinstance(encoder, Path) else encoder, "compactness": compactness,
                       "color_scale": color_scale, "iterations": iterations, "tol": tol, "device": device,
-                      "memory_budget": memory_budget},
+                      "memory_budget": memory_budget, "memory_limit": memory_limit},
             "prior": {"name": prior or "none", **(prior_options or {})},
             "attention": attention, "attention_ratio": attention_ratio, "focus": focus}
 
@@ -156,7 +164,7 @@ class SpamWorker:
         if item.is_video:
             return video_entry(self.model, item, outdir, self.n_superpixels, self.video_options,
                                color=self.color, pipelined=False, remote=self.remote, **self.options)
-        if large_unit(self.model, item, self.n_superpixels, self.superpixel_size):  # one task, in tiles
+        if large_unit(self.model, item, self.n_superpixels, self.superpixel_size):  # (the driver takes these first)
             return large_entry(self.model, item, outdir, self.n_superpixels, superpixel_size=self.superpixel_size,
                                start_label=self.video_options.start_label, color=self.color, remote=self.remote,
                                graph=self.video_options.graph)
@@ -179,6 +187,96 @@ class SpamWorker:
             entry.update(self.node, pid=os.getpid())
             entries.append(json.dumps(entry))
         return {"index": np.asarray(batch["index"]), "entry": np.asarray(entries, dtype=object)}
+
+
+_TILE_STATE: dict = {}  # in a Ray worker process: the model per spec and the open image per path (built once)
+
+
+def _tile_task(spec_key: str, spec: dict, path: str, shape, k: int, grid, core, halo: int):
+    """One tile of a large image, in a Ray worker: :func:`spam_stream.tiling.segment_tile` with this process's
+    model (built from ``spec`` once) and the image opened lazily (once per path). Returns (labels, pid, node)."""
+    import ray
+
+    from ..largeio import open_large
+    from ..tiling import segment_tile
+
+    state = _TILE_STATE
+    if state.get("spec") != spec_key:
+        state.clear()
+        state["spec"], state["model"] = spec_key, build_worker(spec)[0]
+        state["images"] = {}
+    images = state["images"]
+    if path not in images:
+        for old in images.values():
+            old.close()
+        images.clear()
+        images[path] = open_large(path)
+    import numba
+    import torch
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    labels = segment_tile(state["model"], images[path].read, tuple(shape), k, tuple(grid), tuple(core), halo)
+    return labels, os.getpid(), ray.get_runtime_context().get_node_id()
+
+
+class _TileResult:
+    """A tile in flight on Ray: ``result()`` waits for it (the task's own exception, e.g. a TileError, re-raised
+    as itself) and records which worker process ran it."""
+
+    def __init__(self, ref, workers: set):
+        self.ref, self.workers = ref, workers
+
+    def result(self):
+        import ray
+
+        try:
+            labels, pid, node = ray.get(self.ref)
+        except ray.exceptions.RayTaskError as exc:
+            raise (exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc) from None
+        self.workers.add((node, pid))
+        return labels
+
+
+class RayTiles:
+    """The ``tiles`` factory of :func:`~spam_stream.pipelines.batch.large_entry` on Ray: each tile of a large
+    image is a Ray task (one CPU; its worker process builds the model once from ``spec`` and reads its tile's
+    region from the file itself, so only the tile's labels travel back), spread by Ray over the cluster's
+    workers; the driver runs the connectivity windows and writes the outputs. The file must be readable at the
+    same path on every node (one machine, or a shared filesystem, as OUTDIR). ``workers``: the (node, pid) pairs
+    that ran a tile."""
+
+    def __init__(self, spec: dict, num_gpus: float = 0):
+        import ray
+
+        self.spec, self.key = spec, json.dumps(spec, sort_keys=True, default=str)
+        resources = {"num_cpus": 1, **({"num_gpus": num_gpus} if num_gpus else {})}
+        self.remote = ray.remote(max_retries=3, **resources)(_tile_task)
+
+    def __call__(self, path):
+        spec_ref, workers = self.spec, set()
+        remote, key, path = self.remote, self.key, str(path)
+
+        def submit(shape, k, grid, core, halo):
+            return _TileResult(remote.remote(key, spec_ref, path, shape, k, grid, core, halo), workers)
+        submit.workers = workers
+        return submit
+
+
+def remote_free(outdir) -> bool:
+    """Whether OUTDIR is a local path (not a URI's RemoteOutputs)."""
+    return not isinstance(outdir, RemoteOutputs)
+
+
+def _large_units(spec: dict, todo, n_superpixels: int, superpixel_size: int | None):
+    """The indices of the large units among ``todo`` (:func:`~spam_stream.pipelines.batch.large_unit`) and the
+    driver's model that decides it and runs their connectivity windows (None when no input is a TIFF or slide)."""
+    from ..largeio import is_large_format
+
+    if not any(not it.is_video and is_large_format(it.path) for it in todo):
+        return set(), None
+    model = build_worker(spec)[0]
+    return {i for i, it in enumerate(todo) if large_unit(model, it, n_superpixels, superpixel_size)}, model
 
 
 def size_pool(cluster_cpus: float, workers: int | None = None, num_gpus_per_worker: float = 0,
@@ -285,7 +383,8 @@ def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per
             spec = {**spec, "model": {**spec["model"], "device": "cuda"}}
         context = DataContext.get_current()
         context.execution_options.resource_limits = ExecutionResources(cpu=cpus, gpu=gpus)
-        rows = [{"index": i, "path": str(it.path), "rel": str(it.rel)} for i, it in enumerate(todo)]
+        large, driver = _large_units(spec, todo, n_superpixels, superpixel_size)
+        rows = [{"index": i, "path": str(it.path), "rel": str(it.rel)} for i, it in enumerate(todo) if i not in large]
         # one row = one task; videos (long tasks) first, and then one task in flight per actor (see the docstring)
         has_videos = any(it.is_video for it in todo)
         rows.sort(key=lambda row: not todo[row["index"]].is_video)
@@ -301,7 +400,7 @@ def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per
                                                    "video_options": video_options,
                                                    "superpixel_size": superpixel_size})
         done: dict[int, dict] = {}
-        for row in ds.iter_rows():
+        for row in (ds.iter_rows() if rows else ()):
             index, entry = int(row["index"]), json.loads(row["entry"])
             if index in done:  # a retried item that had already come back: keep one line
                 continue
@@ -309,6 +408,23 @@ def _run(writer, spec, todo, outdir, n_superpixels, color, workers, num_gpus_per
             writer.record(entry)
             if progress is not None:
                 progress(entry)
+        if large:  # after the images and videos (whose actors hold the CPUs): each large image's tiles as tasks
+            tiles = RayTiles(spec, num_gpus_per_worker)
+            options = video_options or VideoOptions()
+            for index in sorted(large):
+                item = todo[index]
+                kwargs = dict(superpixel_size=superpixel_size, start_label=options.start_label, color=color,
+                              graph=options.graph, tiles=tiles)
+                if remote_free(outdir):
+                    entry = large_entry(driver, item, Path(outdir), n_superpixels, **kwargs)
+                else:  # staged here, then uploaded (as an actor does)
+                    with tempfile.TemporaryDirectory(prefix="spam-stream-staging-") as staging:
+                        entry = large_entry(driver, item, Path(staging), n_superpixels, remote=outdir, **kwargs)
+                entry.update(node="driver", pid=os.getpid())
+                done[index] = entry
+                writer.record(entry)
+                if progress is not None:
+                    progress(entry)
     finally:
         if started:
             ray.shutdown()
