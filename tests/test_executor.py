@@ -300,3 +300,41 @@ def test_an_interrupt_while_the_threads_start_stops_cleanly(monkeypatch):
         list(Pipeline(stages, cores=2).run(frames(50)))
     time.sleep(0.3)
     assert not [t for t in threading.enumerate() if t.name.startswith("stage-") or t.name == "source"]
+
+
+def test_an_in_order_task_takes_a_core_that_falls_idle_while_it_runs():
+    """The live thread budget a clustering reads between its passes: a long in-order task that started beside a
+    parallel one (one thread each) is raised to every core once the other worker has nothing left to do, and
+    lowered again when a task starts beside it."""
+    from spam_stream.kernels import cpu
+
+    seen = []
+
+    def slow(frame):
+        budget = cpu._LOCAL.budget
+        start = int(budget[0])
+        time.sleep(0.15)  # the parallel tasks (all admitted at once) are long done by now
+        seen.append((start, int(budget[0])))
+        return frame
+
+    items = list(Pipeline([Stage("quick", jitter("quick"), parallel=True), Stage("slow", slow)],
+                          cores=2).run(frames(4)))
+    assert [f.index for f in items] == [0, 1, 2, 3]
+    assert [late for _, late in seen] == [2, 2, 2, 2]
+
+    budgets = {}
+
+    def watch(frame):
+        time.sleep(0.05)
+        budgets.setdefault(frame.index, []).append(int(cpu._LOCAL.budget[0]))
+        time.sleep(0.1)
+        budgets[frame.index].append(int(cpu._LOCAL.budget[0]))
+        return frame
+
+    def busy(frame):  # a second in-order stage: starts beside `watch` of the frame before
+        time.sleep(0.08)
+        return frame
+
+    list(Pipeline([Stage("watch", watch), Stage("busy", busy)], cores=2).run(frames(3)))
+    assert any(1 in b for b in budgets.values())  # lowered while `busy` ran beside it
+    assert budgets[2][-1] == 2  # the last frame's watch: nothing beside it at its end

@@ -129,3 +129,25 @@ def test_initial_centroids_equal_the_torch_ones(h, w, d, k, unseeded):
     assert cpu.initial_centroids(rows.contiguous(), init, k) is None  # pixel rows: the torch version instead
     init[init == 3] = 4  # seed 3 without a starting pixel: left to the torch version (its fallback mean)
     assert cpu.initial_centroids(rows, init, k) is None
+
+
+@pytest.mark.parametrize("layout", ["grid", "table"])
+def test_a_live_thread_budget_changes_no_result_and_does_not_outlive_the_call(layout):
+    """The executor's live budget (cpu.set_thread_budget) sets the clustering's numba threads pass by pass: the
+    labels and centroids equal the reference's with any budget, and the thread's own count is back afterwards."""
+    import numba
+
+    f, c, cands = random_case(50, 61, 20, 20, 25, layout, seed=7)
+    lb, cb = reference.hard_iterations(f, c, cands, 4)
+    numba.set_num_threads(1)
+    try:
+        for value in (1, 2, 0):
+            budget = np.array([value], np.int64)
+            cpu.set_thread_budget(budget)
+            la, ca = cpu.hard_iterations(f, c, cands, 4)
+            assert torch.equal(la, lb)
+            torch.testing.assert_close(ca, cb, rtol=1e-5, atol=1e-5)
+            assert numba.get_num_threads() == 1
+    finally:
+        cpu.set_thread_budget(None)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

@@ -53,6 +53,8 @@ identical table rows average 8 pixels, too short for LLVM's runtime-trip-count v
 """
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 import torch
@@ -65,6 +67,17 @@ from . import cells, reference
 from .candidates import N_SLOTS, Candidates
 
 INF = np.float32(np.inf)
+_LOCAL = threading.local()
+_NO_BUDGET = np.zeros(1, np.int64)
+
+
+def set_thread_budget(budget: np.ndarray | None) -> None:
+    """Give this thread's hard clustering a live thread count: ``budget`` (1,) int64, which another thread may
+    rewrite while the clustering runs (the executor's pool: the cores the other workers leave free); the loop
+    reads it before every pass. None: off (the thread's numba count, as set)."""
+    _LOCAL.budget = budget
+
+
 
 
 MAX_CHUNKS = 32
@@ -425,7 +438,7 @@ def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, max_changed, compare_first):
+def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, max_changed, compare_first, budget):
     """At most ``n_iter`` rounds of (assign + centroid sums, new centroids; c updated in place), then a final
     assignment, all in one call: one parallel region per pass, no Python in between. Returns the rounds run.
 
@@ -440,6 +453,10 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
     order) and clears them; then, serially, the chunks' touched rows are added in chunk order and the centroids of
     the superpixels with members become float32(sum) / float32(count), the reference's new_centroids (torch
     divides the float32-cast sums and counts); a superpixel without members keeps its centroid.
+
+    ``budget``: (1,) int64, this call's numba threads, read again before every pass (0: leave them): another
+    thread (the executor's pool, :func:`set_thread_budget`) raises it when a core falls idle mid-call. The chunks
+    are added in chunk order whatever the threads, so the result does not depend on it.
     """
     k_count, d_count = c.shape
     c_flat = c.ravel()
@@ -457,6 +474,8 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
     while True:
         accumulate = not final
         n_changed[:] = 0
+        if budget[0] > 0:
+            numba.set_num_threads(min(budget[0], numba.config.NUMBA_NUM_THREADS))
         for t in prange(n_chunks):
             dist = np.empty(N_SLOTS * LANES * LANES, np.float32)  # (members ≤ 9 · 16, 16 lanes)
             best_d = np.empty(LANES, np.float32)
@@ -662,7 +681,14 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
         start, members, prio = _prepare(n, cands.pixel_object.numpy(), cands.superpixel_object.numpy(),
                                         cands.width, cands.height, nh, nw, table, use_table, chunks)
         cands.__dict__["_cpu_hard_plan"] = ((n, chunks), start, members, prio)
-    run = _hard_loop(f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks, limit, compare_first)
+    budget = getattr(_LOCAL, "budget", None)
+    threads = numba.get_num_threads()
+    try:
+        run = _hard_loop(f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks, limit,
+                         compare_first, _NO_BUDGET if budget is None else budget)
+    finally:
+        if budget is not None:
+            numba.set_num_threads(threads)  # the budget's count does not outlive the call
     return torch.from_numpy(labels[:n]), torch.from_numpy(c), int(run)
 
 

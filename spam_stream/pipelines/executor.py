@@ -293,10 +293,12 @@ class Pipeline:
         """One of the pool's workers: the oldest ready task, with ``cores // busy workers`` threads, again (busy:
         the running tasks, this one and the other ready ones that idle workers are about to take)."""
         threads = None
+        budget = _share_budget()  # this worker's live thread count, for a task that reads it between passes
         while True:
             with self._cond:
                 while True:
                     if self._stop.is_set() or (self._ended and not self._slots):
+                        _share_budget(None)
                         return
                     ready = self._ready()
                     task = next(ready, None)
@@ -312,6 +314,8 @@ class Pipeline:
                 # the workers busy once the other ready tasks are taken too (those starting at the same moment)
                 others = sum(1 for _ in zip(range(self.cores - self._running), ready))
                 want = max(1, self.cores // (self._running + others))
+                self._wants[id(budget)] = (budget, want)
+                self._rebudget()
             if want != threads:
                 _set_threads(want, torch_too=True)
                 threads = want
@@ -320,6 +324,8 @@ class Pipeline:
             elapsed = time.perf_counter() - t
             with self._cond:
                 self._running -= 1
+                self._wants.pop(id(budget), None)
+                self._rebudget()  # the running tasks may take the core this one leaves
                 self._inside[stage.name] -= 1
                 self.busy[stage.name] = self.busy.get(stage.name, 0.0) + elapsed
                 if item is None:  # a fatal stage failed: stopping
@@ -330,6 +336,15 @@ class Pipeline:
                 if not stage.parallel:
                     self._in_order[s] += 1
                 self._cond.notify_all()
+
+    def _rebudget(self) -> None:
+        """Each running task's live thread count (call with the lock held): the cores the other running tasks
+        do not hold (their threads as set when they started), at least 1. A clustering reads it before each pass
+        (:func:`spam_stream.kernels.cpu.set_thread_budget`), so a long in-order task takes a core that falls idle
+        (the other workers out of ready tasks) instead of keeping the one thread it started with."""
+        total = sum(want for _, want in self._wants.values())
+        for budget, want in self._wants.values():
+            budget[0] = max(1, self.cores - (total - want))
 
     def _collect(self, outq: queue.Queue) -> None:
         """Hand the pool's finished items on in input order (the pool's output side), then the end marker."""
@@ -367,6 +382,7 @@ class Pipeline:
             self._first, self._ended, self._running = 0, False, 0
             self._in_order = [0] * len(self._pooled)  # items each stage has taken in order (stateful stages)
             self._inside: dict[str, int] = {}
+            self._wants: dict[int, tuple] = {}  # running tasks: their worker's live budget and starting threads
             q = queue.Queue(self.queue_size)
             threads.append(threading.Thread(target=self._admit, args=(feed,), name="stage-pool-admit", daemon=True))
             threads += [threading.Thread(target=self._worker, name=f"stage-pool-{w}", daemon=True)
@@ -476,6 +492,19 @@ class Pipeline:
     def stop(self) -> None:
         """Ask every stage to stop (from any thread)."""
         self._stop.set()
+
+
+def _share_budget(budget=True):
+    """This thread's live thread budget for SPAM's CPU clustering (a (1,) int64 array, returned; None: off)."""
+    import numpy as np
+
+    array = np.zeros(1, np.int64) if budget is True else None
+    try:
+        from ..kernels.cpu import set_thread_budget
+    except Exception:  # pragma: no cover - the kernels need numba
+        return array
+    set_thread_budget(array)
+    return array
 
 
 def _close(it) -> None:
