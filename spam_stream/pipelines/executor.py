@@ -11,7 +11,11 @@
   compilation) or content that changes (a scene cut, motion, a prior every N frames) cannot mislead it.
 * **Threads per task.** A task runs with ``cores // busy`` numba and torch threads, ``busy`` being the workers busy
   when it starts (itself included, and the idle ones about to take the other ready tasks): alone it has every core, as in a sequential run; with every worker busy, one
-  thread each (the total stays at the cores; numba's and torch's thread counts are per calling thread).
+  thread each (the total stays at the cores; numba's and torch's thread counts are per calling thread). A task's
+  count is also *live* for SPAM's CPU clustering: each worker has a budget (the cores the other running tasks do
+  not hold) that the clustering loop reads before every pass (:func:`spam_stream.kernels.cpu.set_thread_budget`),
+  so an in-order clustering that started beside another task takes the core that task leaves when the other
+  workers run out of ready tasks (a cluster-bound video), and gives it back when a task starts beside it.
 * **I/O threads.** The source (decoding) has a thread of its own, and so has each ``io`` stage after the last
   compute stage (the writers: encoders that release the GIL), joined by bounded queues.
 * **Backpressure.** At most ``window`` items are inside the pool (decoded, not yet handed on), and every queue holds
