@@ -306,12 +306,12 @@ def test_an_in_order_task_takes_a_core_that_falls_idle_while_it_runs():
     """The live thread budget a clustering reads between its passes: a long in-order task that started beside a
     parallel one (one thread each) is raised to every core once the other worker has nothing left to do, and
     lowered again when a task starts beside it."""
-    from spam_stream.kernels import cpu
+    from spam_stream.kernels.threads import thread_budget
 
     seen = []
 
     def slow(frame):
-        budget = cpu._LOCAL.budget
+        budget = thread_budget()
         start = int(budget[0])
         time.sleep(0.15)  # the parallel tasks (all admitted at once) are long done by now
         seen.append((start, int(budget[0])))
@@ -326,9 +326,9 @@ def test_an_in_order_task_takes_a_core_that_falls_idle_while_it_runs():
 
     def watch(frame):
         time.sleep(0.05)
-        budgets.setdefault(frame.index, []).append(int(cpu._LOCAL.budget[0]))
+        budgets.setdefault(frame.index, []).append(int(thread_budget()[0]))
         time.sleep(0.1)
-        budgets[frame.index].append(int(cpu._LOCAL.budget[0]))
+        budgets[frame.index].append(int(thread_budget()[0]))
         return frame
 
     def busy(frame):  # a second in-order stage: starts beside `watch` of the frame before

@@ -32,10 +32,12 @@ Other layouts (an explicit table alone) take :mod:`.cpu`'s block path.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .candidates import N_SLOTS, Candidates
+from .threads import run_with_budget
 
 INF = np.float32(np.inf)
 XC = 128  # pixels per run: 9 slots x 5 channels x 128 x 4 B = 23 KB of laid-out centroids, in L1 beside the rows
@@ -261,11 +263,11 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_chunks, max_changed, compare_first,
-               exc_start, exc_x, exc_row, rows, pix_obj, sp_obj):
+               exc_start, exc_x, exc_row, rows, pix_obj, sp_obj, budget):
     """At most ``n_iter`` rounds of (assign + centroid sums, new centroids; ``c`` updated in place), then a final
     assignment, in one call — the rounds and the convergence rule of :func:`.cpu._hard_loop`. Returns the rounds
     run. ``labels`` (≥ H·W,) int32: -1 before a cold start, the labels to compare the first round with when
-    ``compare_first``."""
+    ``compare_first``. ``budget``: the live thread count read before every pass (:mod:`.threads`; 0: leave it)."""
     k_count, d_count = c.shape
     sums = np.zeros((n_chunks, k_count, d_count), np.float64)
     counts = np.zeros((n_chunks, k_count), np.int64)
@@ -274,6 +276,8 @@ def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_c
     final = n_iter <= 0
     while True:
         accumulate = not final
+        if budget[0] > 0:
+            numba.set_num_threads(min(budget[0], numba.config.NUMBA_NUM_THREADS))
         for t in prange(n_chunks):
             if accumulate:
                 sums[t] = 0.0
@@ -454,5 +458,5 @@ def hard_converge(f_flat, n_cols, c, cell_plan, cands: Candidates, labels, max_i
     (K, D) float32 (updated in place) and ``labels`` (n_cols,) int32 (written); returns the rounds run."""
     ybound, xblock, rowtab, exceptions = cell_plan
     chunks = n_chunks(len(ybound) - 1, c.shape[0], c.shape[1])
-    return int(_cell_loop(f_flat, n_cols, cands.width, ybound, xblock, rowtab, c, labels, int(max_iter), chunks,
-                          int(max_changed), bool(compare_first), *exceptions))
+    return int(run_with_budget(_cell_loop, f_flat, n_cols, cands.width, ybound, xblock, rowtab, c, labels,
+                               int(max_iter), chunks, int(max_changed), bool(compare_first), *exceptions))

@@ -53,8 +53,6 @@ identical table rows average 8 pixels, too short for LLVM's runtime-trip-count v
 """
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 import torch
@@ -65,18 +63,9 @@ from numba.extending import intrinsic
 
 from . import cells, reference
 from .candidates import N_SLOTS, Candidates
+from .threads import run_with_budget
 
 INF = np.float32(np.inf)
-_LOCAL = threading.local()
-_NO_BUDGET = np.zeros(1, np.int64)
-
-
-def set_thread_budget(budget: np.ndarray | None) -> None:
-    """Give this thread's hard clustering a live thread count: ``budget`` (1,) int64, which another thread may
-    rewrite while the clustering runs (the executor's pool: the cores the other workers leave free); the loop
-    reads it before every pass. None: off (the thread's numba count, as set)."""
-    _LOCAL.budget = budget
-
 
 
 
@@ -455,7 +444,7 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
     divides the float32-cast sums and counts); a superpixel without members keeps its centroid.
 
     ``budget``: (1,) int64, this call's numba threads, read again before every pass (0: leave them): another
-    thread (the executor's pool, :func:`set_thread_budget`) raises it when a core falls idle mid-call. The chunks
+    thread (the executor's pool, :mod:`.threads`) raises it when a core falls idle mid-call. The chunks
     are added in chunk order whatever the threads, so the result does not depend on it.
     """
     k_count, d_count = c.shape
@@ -681,14 +670,8 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
         start, members, prio = _prepare(n, cands.pixel_object.numpy(), cands.superpixel_object.numpy(),
                                         cands.width, cands.height, nh, nw, table, use_table, chunks)
         cands.__dict__["_cpu_hard_plan"] = ((n, chunks), start, members, prio)
-    budget = getattr(_LOCAL, "budget", None)
-    threads = numba.get_num_threads()
-    try:
-        run = _hard_loop(f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks, limit,
-                         compare_first, _NO_BUDGET if budget is None else budget)
-    finally:
-        if budget is not None:
-            numba.set_num_threads(threads)  # the budget's count does not outlive the call
+    run = run_with_budget(_hard_loop, f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks, limit,
+                          compare_first)
     return torch.from_numpy(labels[:n]), torch.from_numpy(c), int(run)
 
 

@@ -13,7 +13,7 @@
   when it starts (itself included, and the idle ones about to take the other ready tasks): alone it has every core, as in a sequential run; with every worker busy, one
   thread each (the total stays at the cores; numba's and torch's thread counts are per calling thread). A task's
   count is also *live* for SPAM's CPU clustering: each worker has a budget (the cores the other running tasks do
-  not hold) that the clustering loop reads before every pass (:func:`spam_stream.kernels.cpu.set_thread_budget`),
+  not hold) that the clustering loop reads before every pass (:mod:`spam_stream.kernels.threads`),
   so an in-order clustering that started beside another task takes the core that task leaves when the other
   workers run out of ready tasks (a cluster-bound video), and gives it back when a task starts beside it.
 * **I/O threads.** The source (decoding) has a thread of its own, and so has each ``io`` stage after the last
@@ -344,7 +344,7 @@ class Pipeline:
     def _rebudget(self) -> None:
         """Each running task's live thread count (call with the lock held): the cores the other running tasks
         do not hold (their threads as set when they started), at least 1. A clustering reads it before each pass
-        (:func:`spam_stream.kernels.cpu.set_thread_budget`), so a long in-order task takes a core that falls idle
+        (:mod:`spam_stream.kernels.threads`), so a long in-order task takes a core that falls idle
         (the other workers out of ready tasks) instead of keeping the one thread it started with."""
         total = sum(want for _, want in self._wants.values())
         for budget, want in self._wants.values():
@@ -504,7 +504,7 @@ def _share_budget(budget=True):
 
     array = np.zeros(1, np.int64) if budget is True else None
     try:
-        from ..kernels.cpu import set_thread_budget
+        from ..kernels.threads import set_thread_budget
     except Exception:  # pragma: no cover - the kernels need numba
         return array
     set_thread_budget(array)
