@@ -105,4 +105,69 @@ def qconcat_cpu(parts, size, scale: float, zero_point: int, taps) -> torch.Tenso
     return out
 
 
-__all__ = ["qconcat_cpu", "qconcat_torch"]
+# --- the int8 tile's way in and out, from and to the feature planes ---------------------------------------------------
+# The float path around the quantized network was four passes with a layout change in two: the colour planes copied
+# to a channels-last tile, scaled, quantized; the result dequantized (channels-last) and copied, transposed, into the
+# (C, H, W) feature planes. Each of them is one pass here (parallel over rows, no intermediate map).
+
+def quantize_planes_torch(planes: torch.Tensor, factor: float, scale: float, zero_point: int) -> torch.Tensor:
+    """planes (C, h, w) float32 (any strides) × ``factor`` quantized to a channels-last quint8 (1, C, h, w) map."""
+    x = planes[None].contiguous(memory_format=torch.channels_last)
+    if factor != 1.0:
+        x = x * factor
+    return torch.quantize_per_tensor(x, float(scale), int(zero_point), torch.quint8)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _quantize_planes(src, factor, inv_scale, zp, out):
+    """src (C, h, w) float32 → out (h, w, C) uint8 levels of src·factor: clamp(round_half_even(v·inv_scale) + zp)."""
+    n_ch, h, w = src.shape
+    lo, hi = np.float32(0.0) - zp, np.float32(255.0) - zp
+    for i in prange(h):
+        for j in range(w):
+            for c in range(n_ch):
+                v = np.rint(np.float32(src[c, i, j] * factor) * inv_scale)
+                out[i, j, c] = np.uint8(min(hi, max(lo, v)) + zp)
+
+
+def quantize_planes(planes: torch.Tensor, factor: float, scale: float, zero_point: int) -> torch.Tensor:
+    """:func:`quantize_planes_torch` in one numba pass (the same levels but where v·(1/scale) falls within float32
+    rounding of a half level: torch computes 1/scale and rounds in its own order)."""
+    n_ch, h, w = planes.shape
+    out = torch._empty_affine_quantized((1, n_ch, h, w), scale=float(scale), zero_point=int(zero_point),
+                                        dtype=torch.quint8, memory_format=torch.channels_last)
+    _quantize_planes(planes.numpy(), np.float32(factor), np.float32(1.0) / np.float32(scale),
+                     np.float32(zero_point), _nhwc_bytes(out))
+    return out
+
+
+def dequantize_planes_torch(q: torch.Tensor, r0: int, c0: int, out: torch.Tensor) -> torch.Tensor:
+    """The window at (r0, c0) of a quint8 (1, C, h, w) map, dequantized into ``out`` (C, h', w') float32."""
+    return out.copy_(q.dequantize()[0, :, r0:r0 + out.shape[1], c0:c0 + out.shape[2]])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dequantize_planes(src, r0, c0, scale, zp, out):
+    """src (h, w, C) uint8 levels → out (C, h', w') float32 = (level − zp)·scale of src[r0 + i, c0 + j]."""
+    n_ch, oh, ow = out.shape
+    for i in prange(oh):
+        row = src[r0 + i]
+        for c in range(n_ch):
+            dst = out[c, i]
+            for j in range(ow):
+                dst[j] = (np.float32(row[c0 + j, c]) - zp) * scale
+
+
+def dequantize_planes(q: torch.Tensor, r0: int, c0: int, out: torch.Tensor) -> torch.Tensor:
+    """:func:`dequantize_planes_torch` in one numba pass (equal: the same float32 arithmetic); ``q`` channels-last,
+    ``out`` a CPU float32 tensor of any strides (a window of the feature planes)."""
+    _, n_ch, h, w = q.shape
+    if out.shape[0] != n_ch or r0 < 0 or c0 < 0 or r0 + out.shape[1] > h or c0 + out.shape[2] > w:
+        raise ValueError(f"dequantize_planes: a {tuple(out.shape)} window at ({r0}, {c0}) of a {tuple(q.shape)} map")
+    _dequantize_planes(_nhwc_bytes(q), int(r0), int(c0), np.float32(q.q_scale()), np.float32(q.q_zero_point()),
+                       out.numpy())
+    return out
+
+
+__all__ = ["qconcat_cpu", "qconcat_torch", "quantize_planes", "quantize_planes_torch", "dequantize_planes",
+           "dequantize_planes_torch"]
