@@ -7,7 +7,8 @@ to the concatenation's (scale, zero point). torch does that as two quantized ``u
 convolutions around them on an AVX2 CPU. Here the uint8 result is written once, NHWC (a channels-last map's memory).
 
 * :func:`qconcat_torch` — the torch reference twin (quantized upsampling, then ``quantized::cat``);
-* :func:`qconcat_cpu`   — one numba pass, parallel over output rows: inputs already in the result's quantization are
+* :func:`qconcat_cpu`   — one numba pass, parallel over blocks of output rows (each coarse row blended to the
+  output's columns once per block): inputs already in the result's quantization are
   copied, the others requantized; the bilinear value is computed from the uint8 levels in float32 and rounded once
   (torch rounds twice: to the coarse map's levels, then to the result's), so the two differ by at most one level
   (a few % of the upsampled values).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+import numba
 from numba import njit, prange
 
 
@@ -43,39 +45,70 @@ def _copy_or_requant(src, zp, ratio, same, out_zp, dst, base):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _upsample_row(top, bottom, wa0, wa1, c0, c1, b0, b1, zp, ratio, out_zp, dst, base):
-    """One output row of the bilinear upsampling of source rows ``top``/``bottom`` (w', C) uint8, requantized into
-    dst[:, base:base + C]: level = round((v − zp)·ratio) + out_zp with v the bilinear value of the levels."""
+def _column_blend(src_row, c0, c1, b0, b1, buf):
+    """buf[j] = b0[j]·src_row[c0[j]] + b1[j]·src_row[c1[j]]: one source row (w', C) uint8 resampled to the output's
+    columns, float32 (w, C)."""
+    for j in range(buf.shape[0]):
+        t0, t1 = src_row[c0[j]], src_row[c1[j]]
+        wb0, wb1 = b0[j], b1[j]
+        for c in range(buf.shape[1]):
+            buf[j, c] = wb0 * np.float32(t0[c]) + wb1 * np.float32(t1[c])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _blended(row, other, keys, bufs, src, c0, c1, b0, b1):
+    """The slot of ``bufs`` (2, w, C) that holds source row ``row`` blended to the output's columns, computing it
+    (into the slot not holding ``other``) unless one already does: consecutive output rows share source rows."""
+    if keys[0] == row:
+        return 0
+    if keys[1] == row:
+        return 1
+    slot = 1 if keys[0] == other else 0
+    _column_blend(src[row], c0, c1, b0, b1, bufs[slot])
+    keys[slot] = row
+    return slot
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _upsample_row(top, bottom, wa0, wa1, zp, ratio, out_zp, dst, base):
+    """One output row from its two source rows blended to the output's columns (``top``/``bottom`` (w, C) float32),
+    requantized into dst[:, base:base + C]: level = round((v − zp)·ratio) + out_zp with v the bilinear value of the
+    levels (wa0·top + wa1·bottom: the same float32 operations, in the same order, as blending each pixel's four)."""
     n_ch = top.shape[1]
     offset = np.float32(out_zp) - zp * ratio + np.float32(0.5)
     for j in range(dst.shape[0]):
-        wb0, wb1 = b0[j], b1[j]
-        t0, t1, u0, u1 = top[c0[j]], top[c1[j]], bottom[c0[j]], bottom[c1[j]]
         for c in range(n_ch):
-            v = wa0 * (wb0 * np.float32(t0[c]) + wb1 * np.float32(t1[c])) + \
-                wa1 * (wb0 * np.float32(u0[c]) + wb1 * np.float32(u1[c]))
+            v = wa0 * top[j, c] + wa1 * bottom[j, c]
             q = np.floor(v * ratio + offset)  # round half up (torch: half to even; only exact halves differ)
             dst[j, base + c] = np.uint8(min(np.float32(255.0), max(np.float32(0.0), q)))
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _qconcat(col, s1, s2, s3, qp, r2, a2, c2, b2, r4, a4, c4, b4, out, out_scale, out_zp):
+def _qconcat(col, s1, s2, s3, qp, r2, a2, c2, b2, r4, a4, c4, b4, out, out_scale, out_zp, n_blocks):
     """col (h, w, 3), s1 (h, w, C), s2 (h2, w2, C), s3 (h4, w4, C) uint8; qp (4, 2) float64 (scale, zero point) of
-    each; r*, c* (2, n) int64 source rows/columns and a*, b* (2, n) float32 weights of s2 / s3; out (h, w, 3 + 3C)."""
-    h = out.shape[0]
-    nc, n1, n2 = col.shape[2], s1.shape[2], s2.shape[2]
+    each; r*, c* (2, n) int64 source rows/columns and a*, b* (2, n) float32 weights of s2 / s3; out (h, w, 3 + 3C).
+    Parallel over blocks of consecutive output rows; within a block each coarse source row is blended to the
+    output's columns once (two rows of each coarse map kept), not once per output row and pixel."""
+    h, w = out.shape[0], out.shape[1]
+    nc, n1, n2, n3 = col.shape[2], s1.shape[2], s2.shape[2], s3.shape[2]
     ratio = (qp[:, 0] / out_scale).astype(np.float32)
     zps = qp[:, 1].astype(np.float32)
     same_col = qp[0, 0] == out_scale and qp[0, 1] == out_zp
     same_s1 = qp[1, 0] == out_scale and qp[1, 1] == out_zp
-    for i in prange(h):
-        dst = out[i]
-        _copy_or_requant(col[i], zps[0], ratio[0], same_col, out_zp, dst, 0)
-        _copy_or_requant(s1[i], zps[1], ratio[1], same_s1, out_zp, dst, nc)
-        _upsample_row(s2[r2[0, i]], s2[r2[1, i]], a2[0, i], a2[1, i], c2[0], c2[1], b2[0], b2[1], zps[2], ratio[2],
-                      out_zp, dst, nc + n1)
-        _upsample_row(s3[r4[0, i]], s3[r4[1, i]], a4[0, i], a4[1, i], c4[0], c4[1], b4[0], b4[1], zps[3], ratio[3],
-                      out_zp, dst, nc + n1 + n2)
+    n_blocks = max(1, min(h, n_blocks))
+    for blk in prange(n_blocks):
+        bufs2, keys2 = np.empty((2, w, n2), np.float32), np.full(2, -1, np.int64)
+        bufs3, keys3 = np.empty((2, w, n3), np.float32), np.full(2, -1, np.int64)
+        for i in range(blk * h // n_blocks, (blk + 1) * h // n_blocks):
+            dst = out[i]
+            _copy_or_requant(col[i], zps[0], ratio[0], same_col, out_zp, dst, 0)
+            _copy_or_requant(s1[i], zps[1], ratio[1], same_s1, out_zp, dst, nc)
+            t = _blended(r2[0, i], r2[1, i], keys2, bufs2, s2, c2[0], c2[1], b2[0], b2[1])
+            b = _blended(r2[1, i], r2[0, i], keys2, bufs2, s2, c2[0], c2[1], b2[0], b2[1])
+            _upsample_row(bufs2[t], bufs2[b], a2[0, i], a2[1, i], zps[2], ratio[2], out_zp, dst, nc + n1)
+            t = _blended(r4[0, i], r4[1, i], keys3, bufs3, s3, c4[0], c4[1], b4[0], b4[1])
+            b = _blended(r4[1, i], r4[0, i], keys3, bufs3, s3, c4[0], c4[1], b4[0], b4[1])
+            _upsample_row(bufs3[t], bufs3[b], a4[0, i], a4[1, i], zps[3], ratio[3], out_zp, dst, nc + n1 + n2)
 
 
 def _nhwc_bytes(q: torch.Tensor):
@@ -101,7 +134,7 @@ def qconcat_cpu(parts, size, scale: float, zero_point: int, taps) -> torch.Tenso
     qp = torch.tensor([[p.q_scale(), p.q_zero_point()] for p in (col, s1, s2, s3)], dtype=torch.float64).numpy()
     (r2, a2), (c2, b2), (r4, a4), (c4, b4) = taps
     _qconcat(_nhwc_bytes(col), _nhwc_bytes(s1), _nhwc_bytes(s2), _nhwc_bytes(s3), qp, r2, a2, c2, b2, r4, a4, c4, b4,
-             _nhwc_bytes(out), float(scale), int(zero_point))
+             _nhwc_bytes(out), float(scale), int(zero_point), 4 * numba.get_num_threads())
     return out
 
 
