@@ -151,7 +151,8 @@ def quantize_planes_torch(planes: torch.Tensor, factor: float, scale: float, zer
     return torch.quantize_per_tensor(x, float(scale), int(zero_point), torch.quint8)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+# explicit signatures (any strides): the warm-up's tile and a real frame's take the one compiled version
+@njit("void(float32[:, :, :], float32, float32, float32, uint8[:, :, :])", parallel=True, cache=True, nogil=True)
 def _quantize_planes(src, factor, inv_scale, zp, out):
     """src (C, h, w) float32 → out (h, w, C) uint8 levels of src·factor: clamp(round_half_even(v·inv_scale) + zp)."""
     n_ch, h, w = src.shape
@@ -179,7 +180,7 @@ def dequantize_planes_torch(q: torch.Tensor, r0: int, c0: int, out: torch.Tensor
     return out.copy_(q.dequantize()[0, :, r0:r0 + out.shape[1], c0:c0 + out.shape[2]])
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit("void(uint8[:, :, :], int64, int64, float32, float32, float32[:, :, :])", parallel=True, cache=True, nogil=True)
 def _dequantize_planes(src, r0, c0, scale, zp, out):
     """src (h, w, C) uint8 levels → out (C, h', w') float32 = (level − zp)·scale of src[r0 + i, c0 + j]."""
     n_ch, oh, ow = out.shape
