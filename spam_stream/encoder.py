@@ -25,7 +25,7 @@ from torch import nn
 from .io import InputError
 from .scales import COLOR_SCALE
 from .kernels.resize import bilinear_gather
-from .kernels.qconcat import qconcat_cpu, qconcat_torch
+from .kernels.qconcat import dequantize_planes, qconcat_cpu, qconcat_torch, quantize_planes
 from .kernels.upsample import guided_gather
 
 IN_CHANNELS = 5  # [L, a, b, y, x]
@@ -388,6 +388,7 @@ class Int8LearnedChannels(nn.Module):
         self.register_buffer("scale1_0_0_input_zero_point_0", torch.tensor(0, dtype=torch.int64))
         self.cat_qparams = (1.0, 0)  # set by cover_cat_inputs once the weights are loaded
         self.fused_concat = True  # False: torch's quantized upsampling + cat (the reference twin of the numba pass)
+        self.fused_io = True  # False: torch's copy, scaling, quantize, dequantize and copy around each tile
 
     def cover_cat_inputs(self) -> "Int8LearnedChannels":
         """Quantization of the concatenated [colour, s1, up(s2), up(s3)]: the colour's (as FX's graph has it: torch.cat
@@ -408,6 +409,14 @@ class Int8LearnedChannels(nn.Module):
     def forward(self, colour: torch.Tensor) -> torch.Tensor:
         q = torch.quantize_per_tensor(colour, self.scale1_0_0_input_scale_0, self.scale1_0_0_input_zero_point_0,
                                       torch.quint8)
+        return self.quantized(q).dequantize()
+
+    def input_qparams(self) -> tuple[float, int]:
+        """(scale, zero point) of the quantized colour input."""
+        return float(self.scale1_0_0_input_scale_0), int(self.scale1_0_0_input_zero_point_0)
+
+    def quantized(self, q: torch.Tensor) -> torch.Tensor:
+        """The network on a quantized colour (1, 3, h, w) quint8 channels-last: the learned channels, quint8."""
         s1 = self.scale1(q)
         s2 = self.scale2(s1)
         s3 = self.scale3(s2)
@@ -417,7 +426,7 @@ class Int8LearnedChannels(nn.Module):
             cat = qconcat_cpu([q, s1, s2, s3], size, *self.cat_qparams, taps)
         else:
             cat = qconcat_torch([q, s1, s2, s3], size, *self.cat_qparams)
-        return self.output(cat).dequantize()
+        return self.output(cat)
 
 
 @functools.lru_cache(maxsize=256)
@@ -560,6 +569,13 @@ def _int8_tiles(module, colour, out, th, tw, colour_factor, skip, region):
             if skip is not None and skip(c0, c1, d0, d1):
                 continue
             e, f = max(0, d0 - HALO), min(w, d1 + HALO)
+            # colour planes → quantized tile → feature planes, one numba pass each way (kernels/qconcat.py); an
+            # FX-converted module (no ``fused_io``) or fused_io=False: torch's copies, quantize and dequantize
+            if getattr(module, "fused_io", False):
+                q = quantize_planes(colour[0, :, a:b, e:f], colour_factor, *module.input_qparams())
+                dequantize_planes(module.quantized(q), c0 - a, d0 - e, out[:, c0:c1, d0:d1])
+                del q
+                continue
             x = colour[:, :, a:b, e:f].contiguous(memory_format=torch.channels_last)
             if colour_factor != 1.0:
                 x = x * colour_factor

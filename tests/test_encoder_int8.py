@@ -210,3 +210,52 @@ def test_fused_concat_stays_close_to_the_torch_ops():
     ref = encode_tiled(float32_twin(enc), colour)
     assert rel_rms(fused, plain) <= INT8_REL_RMS / 4
     assert rel_rms(fused, ref) <= INT8_REL_RMS and rel_rms(plain, ref) <= INT8_REL_RMS
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+@pytest.mark.parametrize("factor", [1.0, 0.7])
+def test_quantize_planes_equals_the_torch_twin(factor):
+    """kernels/qconcat.quantize_planes: strided colour planes × factor → channels-last quint8 in one pass, the levels
+    of torch's copy, scaling and quantize_per_tensor (values beyond the range clamp alike)."""
+    from spam_stream.kernels.qconcat import quantize_planes, quantize_planes_torch
+
+    torch.manual_seed(0)
+    planes = (torch.rand(5, 45, 70) * 90 - 10)[:3, 2:43, 1:68]  # a window of feature planes: strided
+    got, ref = quantize_planes(planes, factor, 0.21, 17), quantize_planes_torch(planes, factor, 0.21, 17)
+    assert got.shape == ref.shape == (1, 3, 41, 67) and got.is_contiguous(memory_format=torch.channels_last)
+    assert (got.q_scale(), got.q_zero_point()) == (0.21, 17)
+    assert torch.equal(got.int_repr(), ref.int_repr())
+    assert got.int_repr().min() == 0 and got.int_repr().max() == 255  # both clamps exercised
+
+
+@pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
+def test_dequantize_planes_equals_the_torch_twin():
+    """kernels/qconcat.dequantize_planes: a window of a channels-last quint8 map into a window of feature planes,
+    exactly torch's dequantize and copy; nothing outside the window written."""
+    from spam_stream.kernels.qconcat import dequantize_planes, dequantize_planes_torch, quantize_planes_torch
+
+    torch.manual_seed(1)
+    q = quantize_planes_torch(torch.rand(15, 41, 67) * 9, 1.0, 0.05, 3)
+    got, ref = torch.full((20, 60, 90), -1.0), torch.full((20, 60, 90), -1.0)
+    dequantize_planes(q, 5, 7, got[5:, 10:40, 20:70])
+    dequantize_planes_torch(q, 5, 7, ref[5:, 10:40, 20:70])
+    assert torch.equal(got, ref) and (got[5:, 10:40, 20:70] >= 0).all() and (got[:5] == -1).all()
+    with pytest.raises(ValueError):
+        dequantize_planes(q, 20, 7, got[5:, 10:40, 20:70])  # the window reaches beyond the map
+
+
+@needs_int8
+def test_fused_tile_io_equals_the_torch_ops():
+    """The bundled int8 encoder with the one-pass quantize/dequantize around each tile (fused_io) gives the learned
+    channels of torch's copies, quantize and dequantize, exactly, whole frame and tiled."""
+    enc = SPAM().encoder
+    module = enc.__dict__["int8"]
+    for image in images():
+        got = [pixel_features(image, 400, enc), pixel_features(image, 400, enc, tile=96)]
+        module.fused_io = False
+        try:
+            ref = [pixel_features(image, 400, enc), pixel_features(image, 400, enc, tile=96)]
+        finally:
+            module.fused_io = True
+        for a, b in zip(got, ref):
+            assert torch.equal(a, b)
