@@ -42,7 +42,16 @@ _MATRIX = _white_scaled_matrix()
 _CBRT_MAGIC = 709921077  # (127 - 127 / 3) << 23: a first guess of the cube root from the float's bits
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
+def _lab_signature(readonly: bool):
+    t = numba.types
+    return t.void(t.Array(t.uint8, 3, "C", readonly=readonly), t.Array(t.float32, 1, "C", readonly=True),
+                  t.Array(t.float32, 2, "C", readonly=True), t.Array(t.float32, 3, "A"), t.float64, t.float64,
+                  t.boolean)
+
+
+# explicit signatures: one compiled version for every call (a C-contiguous ``out`` and a feature buffer's planes
+# alike), loaded at import, so no frame of a stream loads another on first use
+@numba.njit([_lab_signature(False), _lab_signature(True)], parallel=True, cache=True, fastmath=True, nogil=True)
 def _lab_kernel(image, table, m, out, color_scale, pos_scale, with_yx):
     """image (H, W, 3) uint8 → out (C, H, W) float32: rows 0..2 Lab·color_scale, rows 3, 4 y·pos_scale, x·pos_scale
     when ``with_yx``.
@@ -101,7 +110,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} array of shape {image.shape}")
-    return image
+    return np.ascontiguousarray(image)  # (the kernel's signature: a crop's view is copied)
 
 
 def rgb_to_lab(image: np.ndarray) -> np.ndarray:

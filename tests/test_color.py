@@ -113,3 +113,23 @@ def test_torch_feature_twin_equals_numba_features(channels_first):
     assert out.dtype == torch.float32 and tuple(out.shape) == ref.shape
     assert np.abs(out[:3].numpy() - ref[:3]).max() <= TOL * 0.26
     np.testing.assert_array_equal(out[3:].numpy(), ref[3:])
+
+
+def test_the_lab_kernel_never_compiles_on_a_frame():
+    """Its versions exist from import (explicit signatures): a new array, a feature buffer's planes, a read-only
+    decoded image and a crop's view all take them, so no frame of a stream loads another on first use."""
+    import numpy as np
+
+    from spam_stream import color
+
+    before = set(color._lab_kernel.overloads)
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    ro = image.copy()
+    ro.flags.writeable = False
+    planes = np.zeros((8, 20, 30), np.float32)
+    a = color.lab_yx_features(image, 0.26, 0.5)
+    color.lab_yx_features(ro, 0.26, 0.5, out=planes[:5])
+    color.lab_yx_features(np.concatenate([image, image], 1)[:, ::2], 0.26, 0.5)
+    color.rgb_to_lab(ro)
+    assert set(color._lab_kernel.overloads) == before and len(before) == 2
+    assert np.array_equal(a, planes[:5])
