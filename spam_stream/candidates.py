@@ -5,9 +5,9 @@ of b×b pixels (:func:`block_size`: a third of the grid step) and object: the pi
 the 9 seeds of that object nearest to the block's centre within ``max_distance`` grid steps (the nearest one is
 always kept); uncertain pixels (-1) take the 9 nearest seeds of any object. One exact bucket-grid search per
 (block, object) pair (:func:`spam_stream.seeding.nearest_seeds`) — about 9K queries whatever the frame size —
-then one pass that writes each pixel's row: linear time, where a search per pixel cost 0.55 s at 1080p (issue 22).
-Pixels of a block share a row, which the CPU kernels' run detection takes as one vectorised run. Layout rules:
-:mod:`spam_stream.kernels.candidates`.
+then each pixel's row index (``pixel_row``): linear time, where a search per pixel cost 0.55 s at 1080p (issue 22).
+The (N, 9) table is ``LAZY``: written out (``rows[pixel_row]``) only for a kernel that reads it, not for the CPU's
+D = 5 cell layout, which reads the compact form. Layout rules: :mod:`spam_stream.kernels.candidates`.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
-from .kernels.candidates import N_SLOTS, Candidates, block_size
+from .kernels.candidates import LAZY, N_SLOTS, Candidates, block_size
 from .seeding import Seeds, build_seed_grid, nearest_seeds
 
 
@@ -62,15 +62,6 @@ def _block_queries(group, h, w, b, n_groups):
     return qy[:n].copy(), qx[:n].copy(), qg[:n].copy(), qidx
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _expand_rows(rows, qidx, out):
-    """out[p, :] = rows[qidx[p], :] for every pixel."""
-    for p in prange(qidx.shape[0]):
-        q = qidx[p]
-        for j in range(rows.shape[1]):
-            out[p, j] = rows[q, j]
-
-
 def object_candidates(partition: np.ndarray, seeds: Seeds, max_distance: float = 3.0) -> Candidates:
     """Table layout for seeds placed inside the objects of ``partition`` (H, W) int32: the pixels of one object in
     one block of :func:`block_size` pixels share the ≤ 9 seeds of that object nearest to the block's centre (every
@@ -100,9 +91,9 @@ def object_candidates(partition: np.ndarray, seeds: Seeds, max_distance: float =
     # the CPU fast path processes as one vectorised run
     rows = nearest_seeds(np.stack([qy, qx], 1), qg, grid, seeds.yx, k=min(N_SLOTS, n_seeds), limit=limit,
                          width=N_SLOTS, dtype=np.int32)
-    table = np.empty((h * w, N_SLOTS), np.int32)
-    _expand_rows(rows, qidx, table)
+    # the (N, 9) table only when a kernel reads it (LAZY: the CPU's D = 5 cell layout reads the compact form alone;
+    # writing 36 fresh bytes a pixel cost 20-75 ms at 1080p, mostly page faults, for a table nobody read)
     return Candidates(h, w, torch.from_numpy(np.ascontiguousarray(flat, np.int32)),
-                      torch.from_numpy(seed_obj.astype(np.int32)), table=torch.from_numpy(table),
+                      torch.from_numpy(seed_obj.astype(np.int32)), table=LAZY,
                       rows=torch.from_numpy(rows), pixel_row=torch.from_numpy(qidx),
                       block_y=torch.arange(h) // block, block_x=torch.arange(w) // block)
