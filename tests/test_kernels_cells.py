@@ -173,3 +173,18 @@ def test_a_live_thread_budget_changes_no_result_and_does_not_outlive_the_call():
     finally:
         threads.set_thread_budget(None)
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_the_clustering_loops_stay_cachable():
+    """The loops that read the live budget stay in numba's on-disk cache (a thread switch written in nopython code
+    makes a function uncachable: it would compile in every fresh process, seconds on a video's first frame)."""
+    from test_kernels_cpu import random_case
+
+    f, c, cands = cell_case(120, 200, 5, 10, 16, 1, seed=5)
+    cpu.hard_iterations(f, c, cands, 2)
+    f, c, cands = random_case(50, 61, 20, 20, 25, "grid", 7)
+    cpu.hard_iterations(f, c, cands, 2)
+    for kernel in (cells._cell_loop, cpu._hard_loop):
+        assert kernel.overloads
+        for overload in kernel.overloads.values():
+            assert not overload.library.has_dynamic_globals, kernel.py_func.__name__

@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from .candidates import N_SLOTS, Candidates
-from .threads import run_with_budget
+from .threads import apply_threads, run_with_budget
 
 INF = np.float32(np.inf)
 XC = 128  # pixels per run: 9 slots x 5 channels x 128 x 4 B = 23 KB of laid-out centroids, in L1 beside the rows
@@ -273,11 +273,14 @@ def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_c
     counts = np.zeros((n_chunks, k_count), np.int64)
     n_changed = np.zeros(n_chunks, np.int64)
     it = 0
+    applied = 0  # the budget last applied
     final = n_iter <= 0
     while True:
         accumulate = not final
-        if budget[0] > 0:
-            numba.set_num_threads(min(budget[0], numba.config.NUMBA_NUM_THREADS))
+        if budget[0] > 0 and budget[0] != applied:  # (a budget that changed: switch in object mode, see threads)
+            applied = budget[0]
+            with numba.objmode():
+                apply_threads(applied)
         for t in prange(n_chunks):
             if accumulate:
                 sums[t] = 0.0

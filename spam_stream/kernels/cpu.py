@@ -63,7 +63,7 @@ from numba.extending import intrinsic
 
 from . import cells, reference
 from .candidates import N_SLOTS, Candidates
-from .threads import run_with_budget
+from .threads import apply_threads, run_with_budget
 
 INF = np.float32(np.inf)
 
@@ -459,12 +459,15 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
     total = np.zeros((k_count, d_count), np.float64)
     total_counts = np.zeros(k_count, np.int64)
     it = 0
+    applied = 0  # the budget last applied
     final = n_iter <= 0
     while True:
         accumulate = not final
         n_changed[:] = 0
-        if budget[0] > 0:
-            numba.set_num_threads(min(budget[0], numba.config.NUMBA_NUM_THREADS))
+        if budget[0] > 0 and budget[0] != applied:  # (a budget that changed: switch in object mode, see threads)
+            applied = budget[0]
+            with numba.objmode():
+                apply_threads(applied)
         for t in prange(n_chunks):
             dist = np.empty(N_SLOTS * LANES * LANES, np.float32)  # (members ≤ 9 · 16, 16 lanes)
             best_d = np.empty(LANES, np.float32)

@@ -9,9 +9,15 @@ The loops add their chunks in chunk order whatever the threads, so no result dep
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numba
 import numpy as np
+from numba.core.errors import NumbaWarning
+
+# the loops switch threads in a short object-mode block (numba.set_num_threads called in nopython code would make
+# them uncachable: a compile in every process); numba warns, when compiling, that such a block holds the GIL
+warnings.filterwarnings("ignore", message="Code running in object mode won't allow parallel", category=NumbaWarning)
 
 _LOCAL = threading.local()
 NO_BUDGET = np.zeros(1, np.int64)  # 0: leave the thread's count as set
@@ -39,3 +45,9 @@ def run_with_budget(kernel, *args):
         return kernel(*args, budget)
     finally:
         numba.set_num_threads(threads)
+
+
+def apply_threads(n) -> None:
+    """numba threads of this thread's next parallel regions: ``n`` (within numba's pool). Called by the clustering
+    loops, in an object-mode block, when their budget changes."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
