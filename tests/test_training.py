@@ -12,6 +12,7 @@ from PIL import Image
 from pathlib import Path
 
 from spam_stream import SPAM
+import spam_stream.encoder
 from spam_stream.encoder import (INT8_CALIBRATION_SUFFIX, INT8_MAX_REL_RMS, Int8LearnedChannels, int8_error,
                                  int8_supported, load_encoder, load_int8)
 from spam_stream.model import DEFAULT_WEIGHTS
@@ -208,10 +209,10 @@ def test_train_cli_bad_options_are_one_line_errors(argv, message, tmp_path, caps
 
 
 @pytest.mark.skipif(not int8_supported(), reason="no int8 engine on this CPU")
-def test_train_writes_the_int8_companion_of_its_checkpoint(tmp_path, capsys):
+def test_train_writes_the_int8_companion_of_its_checkpoint(tmp_path, capsys, monkeypatch):
     """best.pt gets its int8 companion, calibrated on the training images, when its int8 channels stay close to
     float32 (fine-tuned from the bundled encoder): SPAM(encoder=best.pt) runs int8 on the CPU; a resumed run with a
-    new best writes one for the new weights. A barely trained random network's int8 channels are far from float32:
+    new best writes one for the new weights. A checkpoint whose int8 channels are farther from float32 than the gate:
     no companion (float32 path); --int8-images 0: none."""
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip("no bundled encoder weights")
@@ -233,7 +234,11 @@ def test_train_writes_the_int8_companion_of_its_checkpoint(tmp_path, capsys):
     assert meta["step"] == 4 and load_int8(enc, torch.load(companion, weights_only=True)) is not None
     capsys.readouterr()
     rough = _config(tmp_path / "rough", iterations=2, device="cpu", int8_images=2)
+    # how far a barely trained network's int8 channels land depends on the CPU's int8 engine (0.012 with AVX-512,
+    # above 0.05 with AVX2): a gate below any int8 error makes this checkpoint one that fails it on every CPU
+    monkeypatch.setattr(spam_stream.encoder, "INT8_MAX_REL_RMS", 1e-9)
     assert not Path(str(train(rough)) + INT8_CALIBRATION_SUFFIX).exists()
+    monkeypatch.undo()
     assert "float32" in capsys.readouterr().err
     assert "int8" not in SPAM(encoder=str(Path(rough.out) / "best.pt")).encoder.__dict__
     off = _config(tmp_path / "off", iterations=2, device="cpu", int8_images=0, width=32, init=str(DEFAULT_WEIGHTS))
