@@ -22,7 +22,7 @@
   handed on (the label TIFF, the preview, the graph) and only the raw rows the next windows need are kept.
 
 Tiles and windows run on a thread pool (one thread per core, each single-threaded), so every core is busy.
-Memory: one region's features and activations per thread, about four rows of tiles of int32 labels, whatever the
+Memory: one region's features and activations per thread, about three rows of tiles of int32 labels, whatever the
 image's height. A mask (:class:`~spam_stream.masking.MaskSource`) skips the pixels outside it.
 """
 from __future__ import annotations
@@ -40,8 +40,7 @@ from .kernels.candidates import LAZY, N_SLOTS, Candidates
 from .scales import position_scale
 from .seeding import Seeds, grid_shape
 
-ROW_BUFFER_BYTES = 704 << 20  # default tiles keep iter_bands' rows of tiles within this (a 40000-wide image: 1024)
-PREFETCH_ROWS = 1  # rows of tiles clustered beyond what the next windows need: no worker waits on a row's last tile
+ROW_BUFFER_BYTES = 512 << 20  # default tiles keep iter_bands' rows of tiles within this (a 40000-wide image: 1024)
 ALIGN = 4  # region origins on the encoder's pooling alignment (its tiles then equal the whole frame's)
 
 
@@ -297,7 +296,7 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
             torch.set_num_threads(1)
         with ThreadPoolExecutor(workers) as pool:
             try:
-                for r in range(min(len(ys), ahead + 1 + PREFETCH_ROWS)):
+                for r in range(min(len(ys), ahead + 1)):
                     submit_row(pool, r)
                 for r, (y0, y1) in enumerate(ys):
                     for rr in range(r, min(len(ys), r + ahead + 1)):
@@ -309,8 +308,8 @@ def iter_bands(model, image, n_superpixels: int, tile_size: int, *, mask=None, w
                     for x0, x1 in xs:
                         wx0, wx1 = max(0, x0 - mx), min(width, x1 + mx)
                         finals.append(pool.submit(finalize, (wy0, wy1, wx0, wx1), (y0, y1, x0, x1), band[:, x0:x1]))
-                    if r + ahead + 1 + PREFETCH_ROWS < len(ys):  # the workers cluster ahead while the windows run
-                        submit_row(pool, r + ahead + 1 + PREFETCH_ROWS)
+                    if r + ahead + 1 < len(ys):
+                        submit_row(pool, r + ahead + 1)  # the workers cluster ahead while the windows run
                     present = [f.result()[1] for f in finals]
                     finals = None
                     keep = y1 - my  # the next row's windows start here
@@ -412,7 +411,7 @@ def default_tile_size(model, height: int, width: int, n_superpixels: int, worker
     best = 256
     for t in range(256, 2049, 256):
         side = t + 2 * halo
-        rows = (3 + PREFETCH_ROWS) * t * width * 4  # the rows of tiles of int32 labels iter_bands holds
+        rows = 3 * t * width * 4  # iter_bands holds about three rows of tiles of int32 labels
         if (workers * model.frame_bytes(side, side, max(1, int(density * side * side))) <= limit // 2
                 and rows <= ROW_BUFFER_BYTES):
             best = t

@@ -174,7 +174,7 @@ def test_streamed_rows_equal_one_connectivity_pass(picture, tile):
 def test_rows_stream_in_bounded_memory(picture):
     """A row of tiles is final before the image's far rows are read: iter_bands reads only a bounded look-ahead."""
     from spam_stream.seeding import grid_shape
-    from spam_stream.tiling import PREFETCH_ROWS, connectivity_margins, halo_for, iter_bands
+    from spam_stream.tiling import connectivity_margins, halo_for, iter_bands
 
     h, w = picture.shape[:2]
     k, tile = h * w // 1000, 256
@@ -188,7 +188,7 @@ def test_rows_stream_in_bounded_memory(picture):
             return picture[y0:y1, x0:x1]
 
     my = connectivity_margins(h, w, grid_shape(h, w, k))[0]
-    reach = (-(-my // tile) + 1 + PREFETCH_ROWS) * tile + halo_for(h, w, k)  # rows clustered ahead, the halo
+    reach = (-(-my // tile) + 1) * tile + halo_for(h, w, k)  # rows clustered ahead of a final row, plus the halo
     for y0, band, _ in iter_bands(SPAM(encoder=None), Lazy(), k, tile, workers=1):
         assert max(read_to) <= y0 + len(band) + reach, (y0, max(read_to))
     assert max(read_to) == h
