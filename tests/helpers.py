@@ -91,3 +91,26 @@ def dotted_line_case():
         prior[y, x] = 1
         labels[y, x] = 1  # the dots carry the block's label: fragments of superpixel 1
     return labels, prior, dots
+
+
+def assert_budget_free(f, c, cands, n_iter: int, budgets=(1, 2, 0)):
+    """cpu.hard_iterations under each live thread budget (spam_stream.kernels.threads) equals the torch reference,
+    and leaves the calling thread's numba count (set to 1 here) as it was."""
+    import numba
+    import numpy as np
+    import torch
+
+    from spam_stream.kernels import cpu, reference, threads
+
+    lb, cb = reference.hard_iterations(f, c, cands, n_iter)
+    numba.set_num_threads(1)
+    try:
+        for value in budgets:
+            threads.set_thread_budget(np.array([value], np.int64))
+            la, ca = cpu.hard_iterations(f, c, cands, n_iter)
+            assert torch.equal(la, lb)
+            torch.testing.assert_close(ca, cb, rtol=1e-5, atol=1e-5)
+            assert numba.get_num_threads() == 1
+    finally:
+        threads.set_thread_budget(None)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

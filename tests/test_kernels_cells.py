@@ -154,25 +154,11 @@ def test_unassigned_runs_add_nothing(d, cols):
 def test_a_live_thread_budget_changes_no_result_and_does_not_outlive_the_call():
     """The cell loop follows the executor's live budget (kernels.threads) pass by pass: same labels and centroids
     as the reference with any budget, and the thread's own numba count is back afterwards."""
-    import numba
-    import numpy as np
-
-    from spam_stream.kernels import threads
+    from helpers import assert_budget_free
 
     f, c, cands = cell_case(120, 200, 5, 10, 16, 1, seed=5)
     assert cells.plan(cands) is not None
-    lb, cb = reference.hard_iterations(f, c, cands, 6)
-    numba.set_num_threads(1)
-    try:
-        for value in (2, 1, 0):
-            threads.set_thread_budget(np.array([value], np.int64))
-            la, ca = cpu.hard_iterations(f, c, cands, 6)
-            assert torch.equal(la, lb)
-            torch.testing.assert_close(ca, cb, rtol=1e-5, atol=1e-5)
-            assert numba.get_num_threads() == 1
-    finally:
-        threads.set_thread_budget(None)
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert_budget_free(f, c, cands, 6, budgets=(2, 1, 0))
 
 
 def test_the_clustering_loops_stay_cachable():

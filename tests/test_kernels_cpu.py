@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from spam_stream.kernels import cpu, reference, threads
+from spam_stream.kernels import cpu, reference
 from spam_stream.kernels.candidates import Candidates
 
 from helpers import two_soft_iterations_with_grads
@@ -135,19 +135,7 @@ def test_initial_centroids_equal_the_torch_ones(h, w, d, k, unseeded):
 def test_a_live_thread_budget_changes_no_result_and_does_not_outlive_the_call(layout):
     """The executor's live budget (kernels.threads) sets the clustering's numba threads pass by pass: the
     labels and centroids equal the reference's with any budget, and the thread's own count is back afterwards."""
-    import numba
+    from helpers import assert_budget_free
 
     f, c, cands = random_case(50, 61, 20, 20, 25, layout, seed=7)
-    lb, cb = reference.hard_iterations(f, c, cands, 4)
-    numba.set_num_threads(1)
-    try:
-        for value in (1, 2, 0):
-            budget = np.array([value], np.int64)
-            threads.set_thread_budget(budget)
-            la, ca = cpu.hard_iterations(f, c, cands, 4)
-            assert torch.equal(la, lb)
-            torch.testing.assert_close(ca, cb, rtol=1e-5, atol=1e-5)
-            assert numba.get_num_threads() == 1
-    finally:
-        threads.set_thread_budget(None)
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert_budget_free(f, c, cands, 4)
