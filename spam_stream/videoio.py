@@ -125,6 +125,11 @@ class VideoReader:
             self.container.close()
             raise InputError(f"{self.path}: --start {self.start} is past the last frame (the video has "
                              f"{self.n_frames} frames, numbered from 0)")
+        # read now: PyAV 18 refuses to read a closed container's attributes, and _check_complete runs after close
+        self._format = self.container.format.name if self.container.format is not None else ""
+        self._start_time = 0.0
+        if self.stream.start_time is not None and self.stream.time_base is not None:
+            self._start_time = float(self.stream.start_time * self.stream.time_base)
         self.decoded = 0
         self._last_time = None
 
@@ -170,8 +175,7 @@ class VideoReader:
         Containers with an index or a duration in their header (MP4, MKV, …) are checked against it; an MPEG
         transport stream carries no duration, but it is a whole number of 188-byte packets (192 for M2TS) unless it
         was cut."""
-        fmt = self.container.format.name if self.container.format is not None else ""
-        if fmt == "mpegts":
+        if self._format == "mpegts":
             size = self.path.stat().st_size
             if size % _ts_packet_size(self.path):
                 raise InputError(f"{self.path}: video ends early (truncated transport stream: ends inside a "
@@ -180,9 +184,7 @@ class VideoReader:
         expected = self.n_frames
         if not expected and self.duration:
             expected = int(round(self.duration * float(self.rate)))
-        start_time = 0.0
-        if self.stream.start_time is not None and self.stream.time_base is not None:
-            start_time = float(self.stream.start_time * self.stream.time_base)
+        start_time = self._start_time
         if self.duration and self._last_time is not None:
             missing = self.duration - (self._last_time - start_time) - 1.0 / float(self.rate)
             if missing > 2.0 / float(self.rate) and n < expected:
