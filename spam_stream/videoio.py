@@ -184,9 +184,8 @@ class VideoReader:
         expected = self.n_frames
         if not expected and self.duration:
             expected = int(round(self.duration * float(self.rate)))
-        start_time = self._start_time
         if self.duration and self._last_time is not None:
-            missing = self.duration - (self._last_time - start_time) - 1.0 / float(self.rate)
+            missing = self.duration - (self._last_time - self._start_time) - 1.0 / float(self.rate)
             if missing > 2.0 / float(self.rate) and n < expected:
                 raise InputError(f"{self.path}: video ends early (truncated or damaged): decoded {n} of about "
                                  f"{expected} frames")

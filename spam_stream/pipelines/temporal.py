@@ -56,7 +56,7 @@ def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int):
 @functools.lru_cache(maxsize=8)
 def _hann(shape: tuple[int, int]) -> np.ndarray:
     """The separable 2-D Hann window (the outer product of numpy's, as OpenCV's ``createHanningWindow`` makes for
-    its phase correlation). Not ``skimage.filters.window``: its import loads ``scipy.signal``, 0.6-0.8 s of a fresh
+    its phase correlation). Not ``skimage.filters.window``: its import loads ``scipy.signal``, 0.4-0.8 s of a fresh
     process's start (a tenth of a short clip's whole run), for a window numpy gives in microseconds."""
     return np.outer(np.hanning(shape[0]), np.hanning(shape[1])).astype(np.float32)
 
