@@ -8,12 +8,13 @@ tiled forward (default memory budget: what the default encoder runs) and the fas
 --upsample bilinear/guided × --sigmas) — median wall and CPU time of --repeats interleaved repeats, one process.
 
 ``--part speed``: old vs new in one run, interleaved: the float32 path (the code of commit 8640962, kept as the
-reference twin: ``float32_twin``) vs the default CPU encoder (int8 where the CPU runs it): the encoder forward at
+reference twin: ``float32_twin``, with every row in every clustering round, ``subsample=1``) vs the default CPU
+encoder and row subsampling (int8 where the CPU runs it): the encoder forward at
 481x321 and 1920x1080, and ``segment()`` with the bundled encoder at 481x321 K=400 and 1920x1080 K=2000; median wall
 of --repeats, with the load average.
 
-``--part quality``: the 50-image contract: ASA / GR at K=--k on the first --limit BSDS500 --split images, float32 vs
-default (int8) for the bundled encoder and ``--encoder fast``.
+``--part quality``: the 50-image contract: ASA / GR at K=--k on the first --limit BSDS500 --split images, float32 with
+every-row rounds (8640962) vs default (int8, row subsampling) for the bundled encoder and ``--encoder fast``.
 
 ``--part asa``: ASA / GR / ΔK at K=--k on the first --limit BSDS500 --split images (select σ on ``val``, report on
 ``test``), default vs the same fast variants, same run.
@@ -146,11 +147,13 @@ def part_asa(args):
 
 
 def _models(encoder):
-    """(float32 reference SPAM, default SPAM) for the "default" or "fast" bundled encoder."""
+    """(float32 reference SPAM, default SPAM) for the "default" or "fast" bundled encoder. The reference is the
+    float32 encoder with every row in every clustering round (``subsample=1``), as at commit 8640962; the default
+    has the int8 encoder and the default row subsampling."""
     from spam_stream.encoder import float32_twin
     from spam_stream.model import SPAM
 
-    ref, new = SPAM(encoder=encoder), SPAM(encoder=encoder)
+    ref, new = SPAM(encoder=encoder, subsample=1), SPAM(encoder=encoder)
     ref.encoder = float32_twin(ref.encoder)
     return ref, new
 

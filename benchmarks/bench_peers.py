@@ -81,19 +81,29 @@ def bench_image(size):
     return np.asarray(Image.open(path).convert("RGB").resize(size, Image.BICUBIC))
 
 
-def speed(sizes, repeats: int, with_encoder: bool) -> None:
+def speed(sizes, repeats: int, with_encoder: bool, subsample: int = 1) -> None:
     from spam_stream import SPAM
 
-    d5 = SPAM(encoder=None)
-    bundled = SPAM() if with_encoder else None
+    d5 = SPAM(encoder=None, subsample=subsample)
+    bundled = SPAM(subsample=subsample) if with_encoder else None
+    every_row = (SPAM(encoder=None, subsample=1), SPAM(subsample=1) if with_encoder else None) if subsample > 1 else None
+    print(f"spam-stream with subsample={subsample}" + (" (and subsample=1, the rows every round, same run)"
+                                                       if every_row else ""))
     print("| frame | " + " | ".join(["spam D=5", "D=5 + 25-object prior", "prior/none"]
-                                      + (["bundled encoder"] if with_encoder else [])) + " | peers (ms) |")
+                                      + (["bundled encoder"] if with_encoder else [])
+                                      + (["subsample=1: D=5 / prior" + (" / bundled" if with_encoder else "")]
+                                         if every_row else [])) + " | peers (ms) |")
     for (w, h), k in sizes:
         img = bench_image((w, h))
         prior = voronoi_prior(h, w)
         runs = {"D=5": lambda: d5.segment(img, k), "prior": lambda: d5.segment(img, k, prior=prior)}
         if with_encoder:
             runs["bundled"] = lambda: bundled.segment(img, k)
+        if every_row:
+            runs["D=5 s1"] = lambda: every_row[0].segment(img, k)
+            runs["prior s1"] = lambda: every_row[0].segment(img, k, prior=prior)
+            if with_encoder:
+                runs["bundled s1"] = lambda: every_row[1].segment(img, k)
         for name, fn in peers(k).items():
             runs[name] = (lambda f=fn: f(img))
         times = {name: [] for name in runs}
@@ -110,16 +120,20 @@ def speed(sizes, repeats: int, with_encoder: bool) -> None:
                  f"{med['prior']:.1f}", f"{med['prior'] / med['D=5']:.2f}"]
         if with_encoder:
             cells.append(f"{med['bundled']:.0f}")
-        peer_txt = ", ".join(f"{n} {med[n]:.1f}" for n in med if n not in ("D=5", "prior", "bundled"))
+        if every_row:
+            cells.append(" / ".join(f"{med[n + ' s1']:.1f}" for n in ("D=5", "prior") + (("bundled",) if with_encoder
+                                                                                         else ())))
+        ours = ("D=5", "prior", "bundled", "D=5 s1", "prior s1", "bundled s1")
+        peer_txt = ", ".join(f"{n} {med[n]:.1f}" for n in med if n not in ours)
         print(f"| {w}×{h}, K={k} | " + " | ".join(cells) + f" | {peer_txt} |")
 
 
-def stages(sizes, repeats: int) -> None:
+def stages(sizes, repeats: int, subsample: int = 1) -> None:
     """Median ms per stage of SPAM(encoder=None)'s frame (the stages ``segment()`` runs), without and with the
     25-object prior."""
     from spam_stream import SPAM
 
-    model = SPAM(encoder=None)
+    model = SPAM(encoder=None, subsample=subsample)
     print("\n| frame | prior | seeds | features | cluster | connectivity | other | total | rounds |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for (w, h), k in sizes:
@@ -142,7 +156,7 @@ def stages(sizes, repeats: int) -> None:
                   f"{frame.meta.get('iterations')} |")
 
 
-def quality(n_images: int, with_encoder: bool, k: int = 400) -> None:
+def quality(n_images: int, with_encoder: bool, k: int = 400, subsample: int = 1) -> None:
     from spam_stream import SPAM
     from spam_stream.datasets import BSDS500, default_bsds_root
     from spam_stream.metrics import evaluate
@@ -152,9 +166,9 @@ def quality(n_images: int, with_encoder: bool, k: int = 400) -> None:
         print("note: BSDS500 not found (../shared/datasets/bsds500 or SPAM_BSDS_ROOT): quality skipped")
         return
     data = BSDS500(root, "test")
-    methods = {"spam D=5": SPAM(encoder=None).segment}
+    methods = {"spam D=5": SPAM(encoder=None, subsample=subsample).segment}
     if with_encoder:
-        methods["spam bundled"] = SPAM().segment
+        methods["spam bundled"] = SPAM(subsample=subsample).segment
     methods.update(peers(k))
     scores = {name: [] for name in methods}
     for i in range(min(n_images, len(data))):
@@ -176,6 +190,9 @@ def main():
     ap.add_argument("--encoder", action="store_true", help="also time the bundled encoder")
     ap.add_argument("--stages", action="store_true", help="also time segment()'s stages (D=5, without/with prior)")
     ap.add_argument("--sizes", default=DEFAULT_SIZES, help="WxH:K,... (default %(default)s)")
+    ap.add_argument("--subsample", type=int, default=None,
+                    help="spam-stream's row subsampling (SPAM(subsample=...); default: SPAM's default); > 1 also "
+                         "times subsample=1 in the same run")
     args = ap.parse_args()
     sizes = []
     for item in args.sizes.split(","):
@@ -183,11 +200,14 @@ def main():
         w, h = wh.split("x")
         sizes.append(((int(w), int(h)), int(k)))
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    speed(sizes, args.repeats, args.encoder)
+    from spam_stream.model import DEFAULT_SUBSAMPLE
+
+    sub = DEFAULT_SUBSAMPLE if args.subsample is None else args.subsample
+    speed(sizes, args.repeats, args.encoder, sub)
     if args.stages:
-        stages(sizes, args.repeats)
+        stages(sizes, args.repeats, sub)
     if args.quality:
-        quality(args.quality, args.encoder)
+        quality(args.quality, args.encoder, subsample=sub)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -34,8 +34,9 @@ __version__ = "0.1.0"
 
 
 @lru_cache(maxsize=4)
-def _model(encoder, compactness, color_scale, iterations, min_size_factor, device, seed) -> SPAM:
-    return SPAM(encoder, compactness, color_scale, iterations, min_size_factor, device=device, seed=seed)
+def _model(encoder, compactness, color_scale, iterations, min_size_factor, device, seed, subsample=None) -> SPAM:
+    return SPAM(encoder, compactness, color_scale, iterations, min_size_factor, device=device, seed=seed,
+                subsample=subsample)
 
 
 _providers: dict = {}
@@ -55,7 +56,7 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
             color_scale: float = 0.26, iterations: int = 10, min_size_factor: float = 0.5, device: str = "cpu",
             seed: int = 0, density=None, prior_checkpoint=None, sam_model: str = "vit_h", prior_masks=None,
             prior_options: dict | None = None, attention=None, attention_ratio: float = 2.5, focus=None,
-            start_label: int = 0, mask=None):
+            start_label: int = 0, mask=None, subsample: int | None = None):
     """SPAM superpixels of one image: (H, W) int32 labels start_label..start_label+K'-1 (0..K'-1 by default).
 
     Args:
@@ -79,11 +80,12 @@ def segment(image, n_superpixels: int = 400, prior=None, *, encoder="default", c
             superpixel there.
         mask: optional (H, W) array (or a lower pyramid level's): pixels where it is 0 get no superpixel, label 0;
             the superpixels are numbered from ``max(start_label, 1)`` (:mod:`spam_stream.masking`).
+        subsample: row subsampling of the clustering rounds (:class:`SPAM`; None: its default).
     The model (and a prior model named by string) is cached across calls with the same settings; for many images,
     :class:`SPAM` with ``prior=make_provider(...)`` is explicit.
     """
     enc = str(encoder) if encoder is not None and not hasattr(encoder, "state_dict") else encoder
-    model = _model(enc, compactness, color_scale, iterations, min_size_factor, device, seed)
+    model = _model(enc, compactness, color_scale, iterations, min_size_factor, device, seed, subsample)
     if isinstance(prior, str):
         prior = _provider(prior, prior_checkpoint, sam_model, prior_masks, dict(prior_options or {}))
     return model.segment(image, n_superpixels, prior, density=density, attention=attention,

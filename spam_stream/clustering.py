@@ -67,13 +67,16 @@ def cluster_hard(features: torch.Tensor, cands: Candidates, init_labels: torch.T
 
 
 def cluster_converge(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, max_iter: int = 10,
-                     tol: float = 0.0, centroids: torch.Tensor | None = None, prev_labels: torch.Tensor | None = None):
+                     tol: float = 0.0, centroids: torch.Tensor | None = None, prev_labels: torch.Tensor | None = None,
+                     subsample: int = 1):
     """Hard clustering until convergence: (labels (N,) int32, centroids (K, D), rounds run).
 
     The iterations stop after the first round that changes the label of at most ``tol`` · N pixels (a fraction;
     0: only at a fixed point, which is the result of all ``max_iter`` rounds), and after ``max_iter`` rounds at
     most. ``prev_labels`` (N,) int32: labels the first round is compared with (a video's previous frame, whose
-    centroids start this one), so that an unchanged frame stops after one round. Other arguments: :func:`cluster_hard`.
+    centroids start this one), so that an unchanged frame stops after one round. ``subsample`` s > 1: each round
+    assigns and averages every s-th image row only (the rows rotate), and one full assignment ends the rounds
+    (:func:`spam_stream.kernels.reference.hard_converge`). Other arguments: :func:`cluster_hard`.
     """
     k, d = cands.n_superpixels, features.shape[1]
     if centroids is not None and tuple(centroids.shape) == (k, d):
@@ -83,7 +86,7 @@ def cluster_converge(features: torch.Tensor, cands: Candidates, init_labels: tor
         if centroids is None:
             centroids = initial_centroids(features, init_labels, k)
         prev_labels = None
-    return kernels.hard_converge(features, centroids, cands, max_iter, tol, prev_labels)
+    return kernels.hard_converge(features, centroids, cands, max_iter, tol, prev_labels, subsample)
 
 
 def cluster_soft(features: torch.Tensor, cands: Candidates, init_labels: torch.Tensor, iterations: int = 5):

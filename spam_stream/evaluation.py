@@ -81,6 +81,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=iterations_argument, default=10, metavar="N|auto",
                         help="SPAM clustering iterations (default 10; 'auto': until converged, see spam-stream image "
                              "--help)")
+    parser.add_argument("--subsample", type=positive_int, default=None, metavar="ROWS",
+                        help="SPAM's row subsampling of the clustering rounds (default: SPAM's, see spam-stream "
+                             "image --help)")
     parser.add_argument("--encoder", default="default", metavar="PATH|none|default",
                         help="SPAM encoder: 'default' (bundled weights), 'none' (D=5, no CNN) or a weights file")
     parser.add_argument("--no-baselines", action="store_true",
@@ -90,12 +93,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # methods
 # --------------------------------------------------------------------------------------------------------------
-def _spam_method(compactness: float, iterations: int, encoder) -> Method:
+def _spam_method(compactness: float, iterations: int, encoder, subsample: int | None = None) -> Method:
     def run(image, k, prior):
         import spam_stream  # looked up at call time (tests monkeypatch spam_stream.segment)
 
+        extra = {} if subsample is None else {"subsample": subsample}
         return spam_stream.segment(image, n_superpixels=k, prior=prior, compactness=compactness,
-                                   iterations=iterations, encoder=encoder)
+                                   iterations=iterations, encoder=encoder, **extra)
     return run
 
 
@@ -157,17 +161,25 @@ def _compactness(args) -> float:
     return default_spatial_scale(args.encoder) if args.compactness is None else args.compactness
 
 
+def _subsample(args) -> int:
+    """The row subsampling SPAM runs with: --subsample, else SPAM's default."""
+    from .model import DEFAULT_SUBSAMPLE
+
+    return DEFAULT_SUBSAMPLE if getattr(args, "subsample", None) is None else args.subsample
+
+
 def _build_methods(args) -> list[tuple[str, Method, bool]]:
     """[(name, method, uses_prior)]."""
     encoder = None if str(args.encoder).lower() == "none" else args.encoder
     spam_name = "SPAM" if args.prior == "none" else f"SPAM + {ORACLE_LABEL}"
-    methods = [(spam_name, _spam_method(args.compactness, args.iterations, encoder), args.prior == "oracle")]
+    methods = [(spam_name, _spam_method(args.compactness, args.iterations, encoder, args.subsample),
+                args.prior == "oracle")]
     if not args.no_baselines:
         from .model import DEFAULT_WEIGHTS
 
         uses_cnn = encoder is not None and not (encoder == "default" and not DEFAULT_WEIGHTS.is_file())
         if uses_cnn:  # what the CNN adds, measured in the same run
-            methods.append((NO_CNN_LABEL, _spam_method(args.compactness, args.iterations, None), False))
+            methods.append((NO_CNN_LABEL, _spam_method(args.compactness, args.iterations, None, args.subsample), False))
         methods.append((SLIC_LABEL, _slic, False))
         if opencv_available():
             methods += [(SLICO_LABEL, _slico, False), (LSC_LABEL, _lsc, False), (SEEDS_LABEL, _seeds, False)]
@@ -346,7 +358,8 @@ def run_eval(args) -> int:
     summary = summarize(rows)
     encoder = "none (D=5, no CNN)" if str(args.encoder).lower() == "none" else str(args.encoder)
     header = [f"BSDS500 `{args.split}` split, {n_images} images, K = {', '.join(map(str, ks))}.",
-              f"SPAM: compactness {_compactness(args)}, iterations {args.iterations}, encoder {encoder}, prior "
+              f"SPAM: compactness {_compactness(args)}, iterations {args.iterations}, "
+              f"subsample {_subsample(args)}, encoder {encoder}, prior "
               + (f"{ORACLE_LABEL}: first annotator's segmentation, 1-px uncertain band" if args.prior == "oracle"
                  else "none") + ".",
               "Baselines, same run: " + ("none (--no-baselines)." if args.no_baselines

@@ -95,7 +95,7 @@ def _tile_layout(n_tiles: int, height: int, width: int, n_superpixels: int):
     seeds = Seeds(yx, tile_of_sp, init.astype(np.int32), (n_tiles * nh, nw))
     tile_map = np.repeat(np.arange(n_tiles, dtype=np.int32), height * width)
     cands = Candidates(n_tiles * height, width, torch.from_numpy(tile_map), torch.from_numpy(tile_of_sp),
-                       grid=(n_tiles * nh, nw))
+                       grid=(n_tiles * nh, nw), row_period=height)  # row subsampling: each tile's own rows
     return seeds, cands, tile_map.reshape(n_tiles * height, width)
 
 

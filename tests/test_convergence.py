@@ -122,6 +122,54 @@ def test_cli_iterations_auto_and_tol(tmp_path):
                  "--iterations", "auto"]) == 0
     assert main(["image", str(path), "-o", str(tmp_path / "b"), "-k", "20", "--encoder", "none",
                  "--iterations", "30", "--tol", "0.01"]) == 0
-    for bad in (["--iterations", "often"], ["--tol", "1.5"], ["--tol", "x"]):
+    assert main(["image", str(path), "-o", str(tmp_path / "s"), "-k", "20", "--encoder", "none",
+                 "--subsample", "1"]) == 0
+    for bad in (["--iterations", "often"], ["--tol", "1.5"], ["--tol", "x"], ["--subsample", "0"],
+                ["--subsample", "two"]):
         with pytest.raises(SystemExit):
             main(["image", str(path), "-o", str(tmp_path / "c"), *bad])
+
+
+def test_row_subsampling_rounds_visit_their_rows_only():
+    """Round r sums only the rows y ≡ r (mod s): one round from the same centroids gives the means of those rows'
+    members; tol = 0 never stops early (a quiet subsample is no fixed point); a converged start ends with the
+    full assignment of its centroids."""
+    f, c, cands = smooth_case(seed=5)
+    labels_all = reference.assign(f, c, cands)
+    _, c1, run = reference.hard_converge(f, c, cands, 1, 0.0, subsample=2)
+    rows = torch.arange(f.shape[0]) // cands.width
+    sel = rows % 2 == 0
+    sums, counts = reference.centroid_sums_hard(f[sel], labels_all[sel], cands.n_superpixels)
+    assert run == 1 and torch.equal(c1, reference.new_centroids(sums, counts, c))
+    assert reference.hard_converge(f, c, cands, 25, 0.0, subsample=3)[2] == 25
+    labels, cents, _ = reference.hard_converge(f, c, cands, 50, 0.0)  # a fixed point
+    again, _, run = reference.hard_converge(f, cents, cands, 10, 0.01, prev_labels=labels, subsample=3)
+    assert run == 1 and torch.equal(again, labels)
+    ten_rows = Candidates(10, 7, torch.zeros(70, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), grid=(1, 1))
+    phases = ten_rows.row_phases(3)
+    assert phases.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    assert reference.round_limits(0.1, phases, 7, 3) == [int(0.1 * 4 * 7), int(0.1 * 3 * 7), int(0.1 * 3 * 7)]
+    assert reference.round_limits(0.0, phases, 7, 3) == [-1, -1, -1]
+    ten_rows.row_period, ten_rows.row_origin = 4, 1  # tiles of 4 rows, each a region starting at its row 1
+    assert ten_rows.row_phases(3).tolist() == [1, 2, 0, 1, 1, 2, 0, 1, 1, 2]
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError):
+            reference.subsample_rows(bad)
+
+
+@pytest.mark.parametrize("tol,prev", [(0.0, False), (0.05, True)])
+def test_triton_backend_row_subsampling_matches_reference(tol, prev):
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not torch.cuda.is_available():
+        pytest.skip("Triton kernels need a CUDA device or TRITON_INTERPRET=1")
+    from spam_stream.kernels import triton_kernels as tk
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    f, c, cands = smooth_case(seed=6)
+    prev_labels = reference.assign(f, c, cands) if prev else None
+    got = tk.hard_converge(f.to(device), c.to(device), cands.to(device), 12, tol,
+                           None if prev_labels is None else prev_labels.to(device), subsample=3)
+    ref = reference.hard_converge(f, c, cands, 12, tol, prev_labels, subsample=3)
+    assert torch.equal(got[0].cpu(), ref[0]) and got[2] == ref[2]

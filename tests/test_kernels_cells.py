@@ -174,3 +174,44 @@ def test_the_clustering_loops_stay_cachable():
         assert kernel.overloads
         for overload in kernel.overloads.values():
             assert not overload.library.has_dynamic_globals, kernel.py_func.__name__
+
+
+SUBSAMPLE_ROUNDS = [(0, 0.0), (1, 0.0), (4, 0.0), (12, 0.0), (30, 0.05), (30, 0.2)]
+
+
+@pytest.mark.parametrize("h,w,d,nh,nw,objects", [CASES[0], CASES[1], CASES[3], CASES[5]])
+@pytest.mark.parametrize("stride", [2, 3])
+def test_row_subsampling_matches_reference(h, w, d, nh, nw, objects, stride):
+    """Rounds on every stride-th row (rotating), a full final assignment: labels, centroids and rounds equal to the
+    reference's, cold and warm (previous labels), with and without a tolerance."""
+    f, c, cands = cell_case(h, w, d, nh, nw, objects, seed=h * w + d)
+    for rounds, tol in SUBSAMPLE_ROUNDS:
+        la, ca, ra = cpu.hard_converge(f, c, cands, rounds, tol, subsample=stride)
+        lb, cb, rb = reference.hard_converge(f, c, cands, rounds, tol, subsample=stride)
+        assert torch.equal(la, lb) and ra == rb
+        torch.testing.assert_close(ca, cb, rtol=1e-6, atol=1e-6)
+    la, _, ra = cpu.hard_converge(f, cb, cands, 5, 0.1, prev_labels=lb, subsample=stride)
+    lb2, _, rb = reference.hard_converge(f, cb, cands, 5, 0.1, prev_labels=lb, subsample=stride)
+    assert torch.equal(la, lb2) and ra == rb
+
+
+@pytest.mark.parametrize("h,w,d,nh,nw,objects", [CASES[0], CASES[1], CASES[3]])
+def test_row_subsampling_on_the_block_path_matches_reference(h, w, d, nh, nw, objects, monkeypatch):
+    """The block layout (16-pixel blocks that may straddle two rows: lanes of the other row masked)."""
+    monkeypatch.setattr(cells, "FAST_DIMS", ())
+    f, c, cands = cell_case(h, w, d, nh, nw, objects, seed=h * w + d)
+    assert w % 16  # blocks straddle rows
+    for rounds, tol in SUBSAMPLE_ROUNDS[1:]:
+        la, ca, ra = cpu.hard_converge(f, c, cands, rounds, tol, subsample=3)
+        lb, cb, rb = reference.hard_converge(f, c, cands, rounds, tol, subsample=3)
+        assert torch.equal(la, lb) and ra == rb
+        torch.testing.assert_close(ca, cb, rtol=1e-6, atol=1e-6)
+
+
+def test_row_subsampling_with_object_seeds_matches_reference():
+    f, c, cands = object_case(97, 203, 120, seed=300, uncertain=True)
+    for rounds, tol in ((3, 0.0), (10, 0.0), (30, 0.05)):
+        la, ca, ra = cpu.hard_converge(f, c, cands, rounds, tol, subsample=2)
+        lb, cb, rb = reference.hard_converge(f, c, cands, rounds, tol, subsample=2)
+        assert torch.equal(la, lb) and ra == rb
+        torch.testing.assert_close(ca, cb, rtol=1e-6, atol=1e-6)

@@ -139,3 +139,25 @@ def test_a_live_thread_budget_changes_no_result_and_does_not_outlive_the_call(la
 
     f, c, cands = random_case(50, 61, 20, 20, 25, layout, seed=7)
     assert_budget_free(f, c, cands, 4)
+
+
+def test_grid_block_plans_are_shared_by_equal_grids_only(monkeypatch):
+    """A new Candidates object on the same grid and objects (the next image of a size) reuses the block plan;
+    other objects on the same grid (a prior) or another grid build their own, and the labels stay the reference's."""
+    monkeypatch.setattr(cpu, "_GRID_PLANS", [])
+    monkeypatch.setattr(cpu.cells, "FAST_DIMS", ())  # D=5 through the block path too
+    f, c, cands = random_case(30, 41, 5, 4, 5, "grid", seed=9)
+    again = Candidates(cands.height, cands.width, cands.pixel_object.clone(), cands.superpixel_object.clone(),
+                       grid=cands.grid)
+    other = Candidates(cands.height, cands.width, cands.pixel_object.clone(), cands.superpixel_object.clone(),
+                       grid=cands.grid)
+    other.pixel_object[: cands.width * 10] = 1  # a prior object over the top rows
+    other.superpixel_object[:5] = 1
+    plans = []
+    for cc in (cands, again, other):
+        la, _, _ = cpu.hard_converge(f, c, cc, 3)
+        lb, _, _ = reference.hard_converge(f, c, cc, 3)
+        assert torch.equal(la, lb)
+        plans.append(cc.__dict__["_cpu_hard_plan"][1])
+    assert plans[0] is plans[1] and plans[2] is not plans[0]
+    assert len(cpu._GRID_PLANS) == 2

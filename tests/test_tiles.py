@@ -17,9 +17,11 @@ def per_image(model, images, k):
     return np.stack([model.segment(im, k) for im in images])
 
 
-@pytest.mark.parametrize("encoder", [None, "default"])
-def test_batch_equals_per_image(encoder):
-    model = SPAM(encoder=encoder)
+@pytest.mark.parametrize("encoder,subsample", [(None, 1), ("default", 1), (None, 3), ("default", 2)])
+def test_batch_equals_per_image(encoder, subsample):
+    """Row subsampling too: 37 rows a tile is no multiple of 2 or 3, so each tile's rounds must follow its own row
+    phases (Candidates.row_period), not the stacked frame's."""
+    model = SPAM(encoder=encoder, subsample=subsample)
     images = batch()
     labels = model.segment(images, 30)
     assert labels.shape == images.shape[:3] and labels.dtype == np.int32

@@ -109,7 +109,8 @@ def worker_spec(args) -> dict:
     if args.attention != "none":
         attention = "saliency" if args.saliency_weights is None else {"dino_weights": str(args.saliency_weights)}
     return make_spec(encoder=args.encoder, compactness=args.compactness, color_scale=args.color_scale,
-                     iterations=args.iterations, tol=args.tol, device=args.device, prior=args.prior,
+                     iterations=args.iterations, tol=args.tol, subsample=args.subsample, device=args.device,
+                     prior=args.prior,
                      prior_options=prior_options,
                      attention=attention, attention_ratio=args.attention_ratio, focus=args.focus,
                      memory_budget=None if args.max_memory is None else args.max_memory * 2**20,

@@ -116,11 +116,12 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     return backend(features.device).hard_iterations(features, centroids, cands, n_iter)
 
 
-def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None,
+                  subsample: int = 1):
     """(labels (N,) int32, centroids (K, D), rounds run): hard iterations until at most ``tol`` · N pixels change
     label in a round (``prev_labels``: what the first round is compared with), at most ``max_iter``, then a final
-    assignment (:func:`.reference.hard_converge`)."""
-    return backend(features.device).hard_converge(features, centroids, cands, max_iter, tol, prev_labels)
+    assignment; ``subsample``: rounds on every s-th image row (:func:`.reference.hard_converge`)."""
+    return backend(features.device).hard_converge(features, centroids, cands, max_iter, tol, prev_labels, subsample)
 
 
 class _FusedSoftIteration(torch.autograd.Function):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from numba import njit, prange
 
@@ -40,6 +41,10 @@ class Candidates:
             The CPU's cell layout reads these. ``table=LAZY`` with them: the (N, 9) table is made from them
             (``rows[pixel_row]``) only when a kernel asks for it (the cell layout never does: 36 bytes a pixel
             saved, e.g. the regions of a tiled image).
+        row_period, row_origin: which row phase each image row has under row subsampling
+            (:func:`row_phases`): row y is row ``(y % row_period) + row_origin`` of its picture — a batch stacked
+            as tiles restarts at every tile (``row_period`` = the tile height), a region of a larger image starts
+            at its first row (``row_origin``). Defaults: one picture, from row 0.
     """
 
     height: int
@@ -52,6 +57,8 @@ class Candidates:
     pixel_row: torch.Tensor | None = None
     block_y: torch.Tensor | None = None
     block_x: torch.Tensor | None = None
+    row_period: int | None = None
+    row_origin: int = 0
 
     def __post_init__(self):
         if self.__dict__.get("_table") is LAZY and (self.rows is None or self.pixel_row is None):
@@ -89,7 +96,16 @@ class Candidates:
             self.grid, None if table is None else LAZY if table is LAZY else table.to(device),
             None if self.rows is None else self.rows.to(device),
             None if self.pixel_row is None else self.pixel_row.to(device), self.block_y, self.block_x,
+            self.row_period, self.row_origin,
         )
+
+    def row_phases(self, stride: int) -> np.ndarray:
+        """(H,) int64 the round phase of each image row under row subsampling by ``stride``: rounds r visit the
+        rows whose phase is r % stride (the picture's row index mod stride, see ``row_period`` / ``row_origin``)."""
+        y = np.arange(self.height, dtype=np.int64)
+        if self.row_period:
+            y = y % int(self.row_period)
+        return (y + int(self.row_origin)) % max(1, int(stride))
 
 
 LAZY = object()

@@ -179,9 +179,10 @@ def _fix_exceptions(fT, n_cols, y, width, x0, n, c, lab, exc_start, exc_x, exc_r
 
 @njit(inline="always")
 def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, labels, accumulate, sums, counts,
-                exc_start, exc_x, exc_row, rows, pix_obj, sp_obj):
-    """Assign the cell rows of chunk t (and add their pixels' features into sums / counts when accumulating).
-    Returns the number of pixels whose label changed."""
+                exc_start, exc_x, exc_row, rows, pix_obj, sp_obj, stride, phases, rem):
+    """Assign the cell rows of chunk t (and add their pixels' features into sums / counts when accumulating);
+    only the image rows y with phases[y] == rem when stride > 1. Returns the number of pixels whose label
+    changed."""
     d_count = c.shape[1]
     n_brow = ybound.shape[0] - 1
     lab = np.empty(XC, np.int32)
@@ -215,6 +216,8 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
                             ce[x] = v
                 xs = xe
             for y in range(y0, y1):
+                if stride > 1 and phases[y] != rem:
+                    continue
                 base = y * width + x0
                 if d_count == 5:
                     f0a = fT[base:base + n]
@@ -263,11 +266,15 @@ def _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, label
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_chunks, max_changed, compare_first,
-               exc_start, exc_x, exc_row, rows, pix_obj, sp_obj, budget):
+               stride, phases, exc_start, exc_x, exc_row, rows, pix_obj, sp_obj, budget):
     """At most ``n_iter`` rounds of (assign + centroid sums, new centroids; ``c`` updated in place), then a final
     assignment, in one call — the rounds and the convergence rule of :func:`.cpu._hard_loop`. Returns the rounds
     run. ``labels`` (≥ H·W,) int32: -1 before a cold start, the labels to compare the first round with when
-    ``compare_first``. ``budget``: the live thread count read before every pass (:mod:`.threads`; 0: leave it)."""
+    ``compare_first``. ``budget``: the live thread count read before every pass (:mod:`.threads`; 0: leave it).
+
+    ``stride`` > 1 (row subsampling, :func:`.reference.hard_converge`): round r assigns and sums only the image rows
+    y with phases[y] == r % stride (phases (H,) int64); ``max_changed`` (stride,) int64 is the limit of a round by r % stride, and a converged
+    round is followed by the final full assignment like the last one."""
     k_count, d_count = c.shape
     sums = np.zeros((n_chunks, k_count, d_count), np.float64)
     counts = np.zeros((n_chunks, k_count), np.int64)
@@ -287,11 +294,15 @@ def _cell_loop(fT, n_cols, width, ybound, xblock, rowtab, c, labels, n_iter, n_c
                 counts[t] = 0
             n_changed[t] = _pass_chunk(t, n_chunks, fT, n_cols, width, ybound, xblock, rowtab, c, labels,
                                        accumulate, sums[t], counts[t], exc_start, exc_x, exc_row, rows, pix_obj,
-                                       sp_obj)
+                                       sp_obj, stride if accumulate else 1, phases, it % stride)
         if final:
             return it
-        if (it > 0 or compare_first) and n_changed.sum() <= max_changed:
-            return it + 1  # converged: these labels are the nearest to c, the result
+        if (it > 0 or compare_first) and n_changed.sum() <= max_changed[it % stride]:
+            it += 1
+            if stride == 1:
+                return it  # converged: these labels are the nearest to c, the result
+            final = True  # converged on a subsample: the full assignment to these centroids is the result
+            continue
         for k in range(k_count):
             total = 0
             for t in range(n_chunks):
@@ -455,11 +466,16 @@ def n_chunks(n_cell_rows: int, n_superpixels: int, n_features: int) -> int:
     return int(max(1, min(n_cell_rows, 8, by_memory)))
 
 
-def hard_converge(f_flat, n_cols, c, cell_plan, cands: Candidates, labels, max_iter: int, max_changed: int,
-                  compare_first: bool) -> int:
+def hard_converge(f_flat, n_cols, c, cell_plan, cands: Candidates, labels, max_iter: int, max_changed,
+                  compare_first: bool, stride: int = 1, phases=None) -> int:
     """Run :func:`_cell_loop` on channel-major features ``f_flat`` (D·n_cols,) float32 with centroids ``c``
-    (K, D) float32 (updated in place) and ``labels`` (n_cols,) int32 (written); returns the rounds run."""
+    (K, D) float32 (updated in place) and ``labels`` (n_cols,) int32 (written); returns the rounds run.
+    ``max_changed``: an int, or (stride,) the limit of a round by its row phase (:func:`.reference.round_limits`);
+    ``phases``: (H,) int64 each image row's phase (:meth:`Candidates.row_phases`), needed when ``stride`` > 1."""
     ybound, xblock, rowtab, exceptions = cell_plan
     chunks = n_chunks(len(ybound) - 1, c.shape[0], c.shape[1])
+    limits = np.broadcast_to(np.asarray(max_changed, np.int64), (int(stride),)).copy()
+    phases = np.zeros(cands.height, np.int64) if phases is None else np.ascontiguousarray(phases, np.int64)
     return int(run_with_budget(_cell_loop, f_flat, n_cols, cands.width, ybound, xblock, rowtab, c, labels,
-                               int(max_iter), chunks, int(max_changed), bool(compare_first), *exceptions))
+                               int(max_iter), chunks, limits, bool(compare_first), int(stride), phases,
+                               *exceptions))

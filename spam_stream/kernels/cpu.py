@@ -363,15 +363,33 @@ def _member_index(k, members, j0, n_u):
 
 @njit(inline="always")
 def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio_flat, labels, dist, best_d,
-                  best_p, best_j, accumulate, part, counts, touched, n_touched, n_changed):
+                  best_p, best_j, accumulate, part, counts, touched, n_touched, n_changed, width, stride, phases,
+                  rem):
     """Hard assignment of the blocks of chunk t (labels padded to n_cols). With ``accumulate``, the member
     features are added (float64) into ``part`` ((K, D, 8 lane pairs) flat, this chunk's) and the member counts
     into ``counts`` (K,); superpixels touched for the first time are appended to ``touched[:n_touched]``
     (count 0 ⇔ untouched). The pixels whose label differs from the one ``labels`` held are counted into
-    ``n_changed[t]`` (the convergence test). Returns the new n_touched."""
+    ``n_changed[t]`` (the convergence test). With ``stride`` > 1 only the pixels of the image rows y with
+    phases[y] == rem (``width`` pixels a row) are assigned and summed; the others keep their labels. Returns
+    the new n_touched."""
     n_blocks = start.shape[0] - 1
     for b in range(t * n_blocks // n_chunks, (t + 1) * n_blocks // n_chunks):
         j0, n_u, p0 = start[b], start[b + 1] - start[b], b * LANES
+        visit = (1 << LANES) - 1  # the lanes of this round's rows (row subsampling)
+        if stride > 1:
+            n_rows = phases.shape[0]
+            ya, yb = p0 // width, (p0 + LANES - 1) // width
+            if ya == yb and yb < n_rows:
+                if phases[ya] != rem:
+                    continue
+            else:  # the block straddles two rows (or the padding after the last)
+                visit = 0
+                for i in range(LANES):
+                    y = (p0 + i) // width
+                    if y < n_rows and phases[y] == rem:
+                        visit |= 1 << i
+                if visit == 0:
+                    continue
         best_d[:] = INF
         best_p[:] = NO_SLOT
         best_j[:] = -1
@@ -403,6 +421,9 @@ def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio
         assigned = 0
         changed = 0
         for i in range(LANES):
+            if not (visit >> i) & 1:  # a row of another round: its label stays, its features go nowhere
+                best_j[i] = -1
+                continue
             if best_d[i] == INF:  # no valid slot (or only infinite distances): -1 like the reference
                 best_j[i] = -1
                 new = np.int32(-1)
@@ -427,7 +448,8 @@ def _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, max_changed, compare_first, budget):
+def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, max_changed, compare_first, width,
+               stride, phases, budget):
     """At most ``n_iter`` rounds of (assign + centroid sums, new centroids; c updated in place), then a final
     assignment, all in one call: one parallel region per pass, no Python in between. Returns the rounds run.
 
@@ -442,6 +464,10 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
     order) and clears them; then, serially, the chunks' touched rows are added in chunk order and the centroids of
     the superpixels with members become float32(sum) / float32(count), the reference's new_centroids (torch
     divides the float32-cast sums and counts); a superpixel without members keeps its centroid.
+
+    Row subsampling (``stride`` > 1, :func:`.reference.hard_converge`): round r assigns and sums the image rows
+    y with phases[y] == r % stride only (phases (H,) int64); ``max_changed`` is (stride,) int64, the limit of a round by r % stride, and a round
+    that converges is followed by the final full assignment.
 
     ``budget``: (1,) int64, this call's numba threads, read again before every pass (0: leave them): another
     thread (the executor's pool, :mod:`.threads`) raises it when a core falls idle mid-call. The chunks
@@ -474,7 +500,8 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
             best_p = np.empty(LANES, np.int32)
             best_j = np.empty(LANES, np.int32)
             n_t = _assign_chunk(t, n_chunks, fT, n_cols, c_flat, d_count, start, members, prio_flat, labels, dist,
-                                best_d, best_p, best_j, accumulate, part[t], counts[t], touched[t], 0, n_changed)
+                                best_d, best_p, best_j, accumulate, part[t], counts[t], touched[t], 0, n_changed,
+                                width, stride if accumulate else 1, phases, it % stride)
             for i in range(n_t):  # fold this chunk's lane pairs, clear its partial sums
                 k = touched[t, i]
                 for d in range(d_count):
@@ -487,11 +514,15 @@ def _hard_loop(fT, n_cols, c, start, members, prio, labels, n_iter, n_chunks, ma
             n_touched[t] = n_t
         if final:
             return it
-        if (it > 0 or compare_first) and n_changed.sum() <= max_changed:
+        if (it > 0 or compare_first) and n_changed.sum() <= max_changed[it % stride]:
             for t in range(n_chunks):  # converged: these labels are the nearest to c, the result
                 for i in range(n_touched[t]):
                     counts[t, touched[t, i]] = 0
-            return it + 1
+            it += 1
+            if stride == 1:
+                return it
+            final = True  # converged on a subsample: the full assignment to these centroids is the result
+            continue
         for t in range(n_chunks):
             for i in range(n_touched[t]):
                 k = touched[t, i]
@@ -639,10 +670,46 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     return hard_converge(features, centroids, cands, n_iter)[:2]
 
 
-def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+_GRID_PLANS: list = []
+"""The block plans of the last few grid layouts (no per-pixel table), whatever Candidates object they came with:
+images of one size share their grid, so a batch job's or a benchmark's next image does not build it again
+(0.19-0.33 s at 1080p). Each entry: (key, pixel_object, superpixel_object, plan); the object arrays are
+compared in full, so a different prior partition on the same grid never reuses a plan."""
+GRID_PLANS_KEPT = 2
+
+
+def _block_plan_for(cands: Candidates, n: int, chunks: int):
+    """(start, members, prio) of :func:`_prepare` for ``cands``: cached on the object (a video's next frame) and,
+    for grid layouts, across objects with the same grid and objects (:data:`_GRID_PLANS`)."""
+    plan = cands.__dict__.get("_cpu_hard_plan")
+    if plan is not None and plan[0] == (n, chunks):  # same candidates (a video's next frame): reuse
+        return plan[1:]
+    use_table = cands.table is not None
+    po, so = cands.pixel_object.numpy(), cands.superpixel_object.numpy()
+    key = None if use_table else (n, chunks, cands.height, cands.width, tuple(cands.grid))
+    found = None
+    if key is not None:
+        for entry in _GRID_PLANS:
+            if entry[0] == key and np.array_equal(entry[1], po) and np.array_equal(entry[2], so):
+                found = entry[3]
+                break
+    if found is None:
+        table = cands.table.numpy() if use_table else np.zeros((1, N_SLOTS), np.int32)
+        nh, nw = (1, 1) if use_table else cands.grid
+        found = _prepare(n, po, so, cands.width, cands.height, nh, nw, table, use_table, chunks)
+        if key is not None:
+            _GRID_PLANS.insert(0, (key, po.copy(), so.copy(), found))
+            del _GRID_PLANS[GRID_PLANS_KEPT:]
+    cands.__dict__["_cpu_hard_plan"] = ((n, chunks), *found)
+    return found
+
+
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None,
+                  subsample: int = 1):
     """(labels (N,) int32, centroids (K, D), rounds run): at most ``max_iter`` fused assign+accumulate passes and a
     final assign; a pass whose labels changed on at most ``tol`` · N pixels ends them with its labels — the twin
-    of :func:`.reference.hard_converge` (same labels and centroids, same rounds).
+    of :func:`.reference.hard_converge` (same labels and centroids, same rounds; ``subsample``: its row
+    subsampling, the rounds visiting only their rows).
 
     ``features`` (N, D) float32: read in place when stored channel-major (:func:`empty_features`, the layout
     ``pixel_features`` gives on the CPU), else transposed once into the (D, N padded to 16) lanes."""
@@ -658,23 +725,19 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
     labels = np.full(n_cols, -1, np.int32)  # no warm start in the first pass
     if prev_labels is not None:  # compared with the first pass (whose block winners are tried first)
         labels[:n] = torch.as_tensor(prev_labels).detach().cpu().numpy()
-    limit, compare_first = reference.max_changed(tol, n), prev_labels is not None
+    stride = reference.subsample_rows(subsample)
+    phases = cands.row_phases(stride)
+    limit = np.array([reference.max_changed(tol, n)] if stride == 1 else
+                     reference.round_limits(tol, phases, cands.width, stride), np.int64)
+    compare_first = prev_labels is not None
     cell_plan = cells.plan(cands) if features.shape[1] in cells.FAST_DIMS else None
     if cell_plan is not None:  # the cell layout (its vector loop is the faster one for these D), no block plan
-        run = cells.hard_converge(f_flat, n_cols, c, cell_plan, cands, labels, max_iter, limit, compare_first)
+        run = cells.hard_converge(f_flat, n_cols, c, cell_plan, cands, labels, max_iter, limit, compare_first,
+                                  stride, phases)
         return torch.from_numpy(labels[:n]), torch.from_numpy(c), run
-    plan = cands.__dict__.get("_cpu_hard_plan")
-    if plan is not None and plan[0] == (n, chunks):  # same candidates (a video's next frame): reuse
-        start, members, prio = plan[1:]
-    else:
-        use_table = cands.table is not None
-        table = cands.table.numpy() if use_table else np.zeros((1, N_SLOTS), np.int32)
-        nh, nw = (1, 1) if use_table else cands.grid
-        start, members, prio = _prepare(n, cands.pixel_object.numpy(), cands.superpixel_object.numpy(),
-                                        cands.width, cands.height, nh, nw, table, use_table, chunks)
-        cands.__dict__["_cpu_hard_plan"] = ((n, chunks), start, members, prio)
+    start, members, prio = _block_plan_for(cands, n, chunks)
     run = run_with_budget(_hard_loop, f_flat, n_cols, c, start, members, prio, labels, int(max_iter), chunks, limit,
-                          compare_first)
+                          compare_first, int(cands.width), stride, phases)
     return torch.from_numpy(labels[:n]), torch.from_numpy(c), int(run)
 
 

@@ -9,6 +9,8 @@ returned as float32.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .candidates import Candidates, candidate_table, valid_slots
@@ -124,7 +126,25 @@ def max_changed(tol: float, n_pixels: int) -> int:
     return -1 if tol < 0 else int(float(tol) * n_pixels)
 
 
-def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+def round_limits(tol: float, phases, width: int, stride: int) -> list[int]:
+    """With row subsampling (``stride`` > 1): the most label changes that end the iterations in a round of phase
+    r (the rows whose ``phases`` entry, :meth:`Candidates.row_phases`, is r), :func:`max_changed` of that round's
+    pixel count, for r < stride; all -1 (never stop early) when ``tol`` is 0 — a round without changes on a
+    subsample is no fixed point of the whole image, so ``tol`` = 0 keeps its meaning "the result of all the
+    rounds"."""
+    phases = torch.as_tensor(phases)
+    return [-1 if tol <= 0 else max_changed(tol, int((phases == r).sum()) * width) for r in range(stride)]
+
+
+def subsample_rows(stride) -> int:
+    """The row stride of the clustering rounds, checked: an int >= 1 (1: every row in every round)."""
+    if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride < 1:
+        raise ValueError(f"subsample must be an integer >= 1 (rows per round: 1 = every row), got {stride!r}")
+    return int(stride)
+
+
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None,
+                  subsample: int = 1):
     """Hard iterations until convergence: rounds of (assign, recompute centroids), at most ``max_iter``, then a
     final assignment. A round whose assignment changed the label of at most ``tol`` · N pixels (:func:`max_changed`)
     compared with the round before — the first round too when ``prev_labels`` ((N,) int32, e.g. the previous
@@ -134,7 +154,17 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
     ``tol`` = 0 stops only at a fixed point (unchanged labels give unchanged centroids: the result is that of all
     ``max_iter`` rounds); ``tol`` < 0 runs every round. Returns (labels (N,) int32, centroids (K, D) float32,
     rounds run).
+
+    ``subsample`` = s > 1 (row subsampling, as fast SLIC implementations do): round r assigns only the image rows
+    y ≡ r (mod s) (:meth:`Candidates.row_phases`: a stacked tile's own rows, a region's rows in its image), and the
+    centroids are the means of those rows' members; the other pixels keep the label they
+    last had (-1 before their first round, or ``prev_labels``). A round converges when its rows' labels changed
+    on at most :func:`round_limits` pixels against what those rows held; then, as after the last round, one full
+    assignment gives the labels. Rounds cost 1/s of a full one; the final assignment is a full one.
     """
+    stride = subsample_rows(subsample)
+    if stride > 1:
+        return hard_converge_rows(features, centroids, cands, max_iter, tol, prev_labels, stride)
     limit = max_changed(tol, features.shape[0])
     prev = prev_labels
     run = 0
@@ -147,6 +177,33 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
         centroids = new_centroids(sums, counts, centroids)
         prev = labels
     return assign(features, centroids, cands), centroids, run
+
+
+def hard_converge_rows(features, centroids, cands: Candidates, max_iter: int, tol: float, prev_labels, stride: int,
+                       assign_fn=None):
+    """:func:`hard_converge` with row subsampling (``stride`` > 1), written plainly: every round assigns every pixel
+    (with ``assign_fn``, default :func:`assign`: a backend's own, e.g. the Triton one) and keeps its rows' labels."""
+    assign_fn = assign if assign_fn is None else assign_fn
+    n = features.shape[0]
+    phases = torch.from_numpy(cands.row_phases(stride)).to(features.device)
+    row_phase = phases[torch.arange(n, device=features.device) // cands.width]
+    limits = round_limits(tol, phases, cands.width, stride)
+    held = (torch.full((n,), -1, dtype=torch.int32, device=features.device) if prev_labels is None
+            else prev_labels.to(features.device, torch.int32).clone())
+    compare = prev_labels is not None
+    run = 0
+    while run < max_iter:
+        phase = run % stride
+        sel = row_phase == phase
+        labels = assign_fn(features, centroids, cands)
+        changed = int((labels[sel] != held[sel]).sum())
+        held[sel] = labels[sel]
+        run += 1
+        if (run > 1 or compare) and changed <= limits[phase]:
+            break  # converged on this subsample: the full assignment below is the result
+        sums, counts = centroid_sums_hard(features[sel], labels[sel], cands.n_superpixels)
+        centroids = new_centroids(sums, counts, centroids)
+    return assign_fn(features, centroids, cands), centroids, run
 
 
 def hard_iterations(features, centroids, cands: Candidates, n_iter: int):

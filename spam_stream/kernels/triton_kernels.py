@@ -395,7 +395,8 @@ def hard_iterations(features, centroids, cands: Candidates, n_iter: int):
     return hard_converge(features, centroids, cands, n_iter)[:2]
 
 
-def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None):
+def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: float = 0.0, prev_labels=None,
+                  subsample: int = 1):
     """At most ``max_iter`` fused passes (assign + Σf/count, :data:`CENTROID_UPDATE`), each followed by
     centroids = Σf / count on the device (:func:`.reference.new_centroids`: an empty superpixel keeps its centroid),
     then a final assignment; a pass whose labels changed on at most ``tol`` · N pixels (one count and one device
@@ -403,8 +404,14 @@ def hard_converge(features, centroids, cands: Candidates, max_iter: int, tol: fl
     no ``prev_labels`` nothing is counted (all ``max_iter`` passes run, asynchronously): the same result as the
     reference's, which may report fewer rounds when it reaches a fixed point.
 
-    Returns (labels (N,) int32, centroids (K, D) float32, passes run).
+    Returns (labels (N,) int32, centroids (K, D) float32, passes run). ``subsample`` > 1 (row subsampling):
+    the reference's rounds (:func:`.reference.hard_converge_rows`) with this module's assignment — a full pass
+    kept on the round's rows; on a GPU the clustering is not what a frame costs.
     """
+    stride = reference.subsample_rows(subsample)
+    if stride > 1:
+        return reference.hard_converge_rows(features, _f32(centroids).clone(), cands, max_iter, tol, prev_labels,
+                                            stride, assign)
     c = _f32(centroids).clone()
     n = features.shape[0]
     # tol = 0 without previous labels: no count (and no device sync) per pass — an exact fixed point, the only stop

@@ -71,7 +71,8 @@ def require_ray():
 
 
 def make_spec(*, encoder="default", compactness: float | None = None, color_scale: float = 0.26, iterations: int | str = 10,
-              tol: float | None = None, device: str = "cpu", prior: str | None = None, prior_options: dict | None = None,
+              tol: float | None = None, subsample: int | None = None, device: str = "cpu", prior: str | None = None,
+              prior_options: dict | None = None,
               attention=None, attention_ratio: float = 2.5, focus=None, memory_budget: int | None = None,
               memory_limit: int | None = None) -> dict:
     """The picklable description of the per-worker model: SPAM's arguments, the prior provider's
@@ -79,7 +80,8 @@ def make_spec(*, encoder="default", compactness: float | None = None, color_scal
 
     ``attention``: None, ``"saliency"`` (spectral residual) or ``{"dino_weights": PATH}`` (DINO saliency)."""
     return {"model": {"encoder": str(encoder) if isinstance(encoder, Path) else encoder, "compactness": compactness,
-                      "color_scale": color_scale, "iterations": iterations, "tol": tol, "device": device,
+                      "color_scale": color_scale, "iterations": iterations, "tol": tol, "subsample": subsample,
+                      "device": device,
                       "memory_budget": memory_budget, "memory_limit": memory_limit},
             "prior": {"name": prior or "none", **(prior_options or {})},
             "attention": attention, "attention_ratio": attention_ratio, "focus": focus}
