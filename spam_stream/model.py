@@ -438,7 +438,8 @@ class SPAM:
         ``meta["prev_cluster_labels"]`` for the convergence test), else from the seeds' cells; runs at most
         ``frame.iterations`` (default: the model's) iterations, fewer once converged (``frame.tol``, default the
         model's); ``meta["iterations"]``: the rounds run. Row subsampling (``subsample``) is for cold starts only: a
-        warm-started frame runs every row, since its few rounds would see their convergence s rounds late (on pans
+        warm-started frame (``meta["warm_start"]``, a video's frame started from the previous one's clusters) runs
+        every row, since its few rounds would see their convergence s rounds late (on pans
         warm frames then ran 8-10 subsampled rounds instead of 2-5 full ones, and kept fewer ids)."""
         with frame.timed("cluster"):
             h, w = frame.image.shape[:2]
@@ -451,7 +452,7 @@ class SPAM:
                     torch.as_tensor(frame.seeds.init_labels, device=self.device), iterations, tol,
                     centroids=frame.init_centroids,
                     prev_labels=None if prev is None else torch.as_tensor(prev, device=self.device).reshape(-1),
-                    subsample=self.subsample if frame.init_centroids is None else 1)
+                    subsample=1 if frame.meta.get("warm_start") else self.subsample)
             frame.meta["iterations"] = run
             frame.cluster_labels = labels.cpu().numpy().reshape(h, w)
             frame.centroids = centroids

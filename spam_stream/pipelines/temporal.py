@@ -497,6 +497,7 @@ class WarmCluster:
 
     def __call__(self, frame: Frame) -> Frame:
         if self.coherent and not frame.meta.get("reseeded", True) and self._centroids is not None:
+            frame.meta["warm_start"] = True  # from the previous frame's clusters: every row (SPAM.cluster_stage)
             motion = frame.meta.get("motion")
             if motion is None or (round(motion[0]) == 0 and round(motion[1]) == 0):
                 frame.init_centroids = self._centroids
