@@ -66,8 +66,9 @@ def test_cpu_backend_matches_reference_rounds(tol, prev):
     torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("tol,prev", [(0.0, False), (0.0, True), (0.05, False), (0.05, True)])
-def test_triton_backend_matches_reference_rounds(tol, prev):
+def triton_backend():
+    """(the Triton kernels module, the device its tensors go to), or skip: Triton runs on a CUDA device or under
+    TRITON_INTERPRET=1 on CPU tensors."""
     pytest.importorskip("triton")
     import os
 
@@ -75,7 +76,12 @@ def test_triton_backend_matches_reference_rounds(tol, prev):
         pytest.skip("Triton kernels need a CUDA device or TRITON_INTERPRET=1")
     from spam_stream.kernels import triton_kernels as tk
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return tk, "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("tol,prev", [(0.0, False), (0.0, True), (0.05, False), (0.05, True)])
+def test_triton_backend_matches_reference_rounds(tol, prev):
+    tk, device = triton_backend()
     f, c, cands = smooth_case(seed=4)
     prev_labels = reference.assign(f, c, cands) if prev else None
     got = tk.hard_converge(f.to(device), c.to(device), cands.to(device), 30, tol,
@@ -159,14 +165,7 @@ def test_row_subsampling_rounds_visit_their_rows_only():
 
 @pytest.mark.parametrize("tol,prev", [(0.0, False), (0.05, True)])
 def test_triton_backend_row_subsampling_matches_reference(tol, prev):
-    pytest.importorskip("triton")
-    import os
-
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not torch.cuda.is_available():
-        pytest.skip("Triton kernels need a CUDA device or TRITON_INTERPRET=1")
-    from spam_stream.kernels import triton_kernels as tk
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tk, device = triton_backend()
     f, c, cands = smooth_case(seed=6)
     prev_labels = reference.assign(f, c, cands) if prev else None
     got = tk.hard_converge(f.to(device), c.to(device), cands.to(device), 12, tol,
